@@ -1,0 +1,64 @@
+"""Chunk choices, kept in one place.
+
+Every stage works on chunks that hold complete temperature trajectories: the
+temperature axis is never split.  Spatial chunks are whole multiples of the
+file's own HDF5 chunks, so each HDF5 chunk is read (and decompressed) once.
+"""
+
+from __future__ import annotations
+
+import math
+
+DEFAULT_TARGET_BYTES = 64 * 2**20
+
+
+def spatial_chunks(
+    shape: tuple[int, ...],
+    file_chunks: tuple[int, ...] | None,
+    n_temperatures: int,
+    itemsize: int,
+    target_bytes: int = DEFAULT_TARGET_BYTES,
+) -> tuple[int, ...]:
+    """Spatial chunk shape for a (L, K, H) grid read with all temperatures at once.
+
+    Grows the file chunk along the fastest axes first (H, then K, then L) in whole
+    multiples until one chunk of ``n_temperatures`` trajectories reaches
+    ``target_bytes``.
+
+    Parameters
+    ----------
+    shape : (n_l, n_k, n_h)
+    file_chunks : (c_l, c_k, c_h) or None
+        HDF5 chunk shape of the stored volume; None for contiguous storage.
+    """
+    shape = tuple(int(s) for s in shape)
+    if file_chunks is None:
+        file_chunks = tuple(min(s, 32) for s in shape)
+    chunks = [min(int(c), s) for c, s in zip(file_chunks, shape)]
+    budget = max(1, target_bytes // (n_temperatures * itemsize))
+    for axis in reversed(range(len(shape))):
+        rest = math.prod(chunks) // chunks[axis]
+        if rest * shape[axis] <= budget:
+            chunks[axis] = shape[axis]
+            continue
+        mult = max(1, budget // (rest * chunks[axis]))
+        chunks[axis] = min(shape[axis], chunks[axis] * mult)
+        break
+    return tuple(chunks)
+
+
+def parse_chunks(text: str | None) -> tuple[int, int, int] | None:
+    """``"16,128,128"`` -> (16, 128, 128); ``None`` or ``"auto"`` -> None."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    from xtec.errors import ParameterError
+
+    try:
+        parts = tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ParameterError(
+            f"--chunks must be 'auto' or three positive integers L,K,H (got {text!r})"
+        )
+    return parts  # type: ignore[return-value]

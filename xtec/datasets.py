@@ -1,0 +1,334 @@
+"""Synthetic temperature series of reciprocal-space volumes with known classes.
+
+The generator plants the features XTEC is meant to separate, each with the
+temperature dependence of its physics:
+
+===========  ==========================================  ==========================
+class        where (r.l.u.)                              intensity vs temperature
+===========  ==========================================  ==========================
+BRAGG (1)    integer (h, k, l), sharp                    Debye-Waller, falls with T
+CDW (2)      (h+1/2, k+1/2, l), sharp                    order parameter below Tc
+CRITICAL (3) broad halo around the CDW positions         peaks at Tc
+TDS (4)      broad halo around the Bragg positions       phonon population, grows with T
+===========  ==========================================  ==========================
+
+on a Q-dependent background with Poisson noise, with detector gaps (planes of
+voxels that are zero at every temperature).  The ground truth is the class of
+the feature that dominates a voxel's mean intensity; a voxel counts as *signal*
+only where that feature is at least ``signal_ratio`` times the background, so
+that "signal" means something a threshold can be expected to keep.
+
+The series is written in either NeXus layout that :mod:`xtec.io.nexus` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+BACKGROUND, BRAGG, CDW, CRITICAL, TDS = 0, 1, 2, 3, 4
+GAP = -1
+CLASS_NAMES = {GAP: "gap", BACKGROUND: "background", BRAGG: "bragg", CDW: "cdw",
+               CRITICAL: "critical", TDS: "tds"}
+
+
+@dataclass
+class SyntheticSeries:
+    """A synthetic series held in memory.
+
+    Attributes
+    ----------
+    intensity : ndarray of shape (n_temperatures, n_l, n_k, n_h), float32
+    temperature : ndarray of shape (n_temperatures,), K
+    ql, qk, qh : ndarray, r.l.u.
+    classes : ndarray of shape (n_l, n_k, n_h), int8
+        Dominant planted feature per voxel (``GAP``, ``BACKGROUND`` or a class).
+    signal : ndarray of shape (n_l, n_k, n_h), bool
+        Voxels whose dominant feature is at least ``signal_ratio`` x background.
+    tc : float
+        Planted transition temperature (K).
+    """
+
+    intensity: np.ndarray
+    temperature: np.ndarray
+    ql: np.ndarray
+    qk: np.ndarray
+    qh: np.ndarray
+    classes: np.ndarray
+    signal: np.ndarray
+    tc: float
+    params: dict = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return int(len(np.unique(self.classes[self.signal])))
+
+
+def _axis(lo: float, hi: float, step: float) -> np.ndarray:
+    n = int(round((hi - lo) / step)) + 1
+    return np.round(lo + step * np.arange(n), 6)
+
+
+def make_series(
+    *,
+    shape: tuple[int, int, int] | None = None,
+    h_range: tuple[float, float] = (-3.0, 3.0),
+    k_range: tuple[float, float] = (-3.0, 3.0),
+    l_range: tuple[float, float] = (-1.0, 1.0),
+    hk_step: float = 0.05,
+    l_step: float = 0.1,
+    temperatures: np.ndarray | None = None,
+    tc: float = 130.0,
+    beta: float = 0.33,
+    background: float = 4.0,
+    signal_ratio: float = 3.0,
+    gaps: bool = True,
+    seed: int = 0,
+) -> SyntheticSeries:
+    """Generate a series with planted Bragg, CDW, critical and TDS features.
+
+    Parameters
+    ----------
+    shape : (n_l, n_k, n_h), optional
+        Overrides the ranges: a grid of this shape centred on the origin with the
+        given steps (used to make large volumes for benchmarks).
+    temperatures : array of shape (n_temperatures,), optional
+        Default 24 temperatures from 20 K to 300 K.
+    tc : float
+        Transition temperature of the charge-density wave (K).
+    signal_ratio : float
+        A voxel is *signal* if its dominant feature is at least this many times
+        the background there.
+    seed : int
+        Seeds peak amplitudes and the Poisson noise.
+
+    Returns
+    -------
+    SyntheticSeries
+    """
+    rng = np.random.default_rng(seed)
+    if temperatures is None:
+        temperatures = np.linspace(20.0, 300.0, 24)
+    t = np.asarray(temperatures, dtype=np.float64)
+    if shape is not None:
+        nl, nk, nh = shape
+        ql = np.round((np.arange(nl) - nl // 2) * l_step, 6)
+        qk = np.round((np.arange(nk) - nk // 2) * hk_step, 6)
+        qh = np.round((np.arange(nh) - nh // 2) * hk_step, 6)
+    else:
+        ql, qk, qh = _axis(*l_range, l_step), _axis(*k_range, hk_step), _axis(*h_range, hk_step)
+    L, K, H = np.meshgrid(ql, qk, qh, indexing="ij", sparse=True)
+
+    # Per-peak amplitudes, like |F|^2 varying from reflection to reflection.
+    ih, ik, il = np.rint(H).astype(int), np.rint(K).astype(int), np.rint(L).astype(int)
+    span = int(max(np.abs(qh).max(), np.abs(qk).max(), np.abs(ql).max())) + 2
+    table = rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3)
+    amp_bragg = table[il + span, ik + span, ih + span]
+    table_cdw = rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3)
+    ch, ck = np.floor(H).astype(int), np.floor(K).astype(int)
+    amp_cdw = table_cdw[il + span, ck + span, ch + span]
+
+    px = hk_step  # the halo widths are set in pixels of the H/K grid
+    d_bragg2 = ((H - ih) ** 2 + (K - ik) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
+    d_cdw2 = ((H - ch - 0.5) ** 2 + (K - ck - 0.5) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
+    q2 = H**2 + K**2 + L**2
+    q2n = q2 / max(float(q2.max()), 1.0)
+    origin = q2 < 0.25  # no Bragg peak at the direct beam
+
+    bragg_space = np.where(origin, 0.0, 6000.0 * amp_bragg * np.exp(-0.5 * d_bragg2 / 1.0**2))
+    tds_space = np.where(origin, 0.0, 250.0 * (0.4 + q2n) * np.exp(-0.5 * d_bragg2 / 2.5**2))
+    cdw_space = 2000.0 * amp_cdw * np.exp(-0.5 * d_cdw2 / 0.9**2)
+    crit_space = 400.0 * amp_cdw * np.exp(-0.5 * d_cdw2 / 2.2**2)
+    bkg_space = background * (1.0 + 0.6 * np.exp(-q2 / 8.0))
+
+    # Temperature laws, each normalised to a maximum of 1 over the series.
+    two_w = t[:, None, None, None] * (3.0e-3 + 4.0e-3 * q2n)  # Debye-Waller exponent
+    dw = np.exp(-two_w)
+    tds_t = 1.0 / np.tanh(150.0 / (2.0 * t))
+    tds_t = tds_t / tds_t.max()
+    op = np.clip(1.0 - t / tc, 0.0, None) ** (2.0 * beta)
+    op = op / max(op.max(), 1e-12)
+    gamma = 12.0
+    crit_t = gamma**2 / ((t - tc) ** 2 + gamma**2)
+    bkg_t = 1.0 + 0.1 * t / t.max()
+
+    def _b(v):
+        return v[:, None, None, None]
+
+    mean_int = np.stack(
+        np.broadcast_arrays(
+            bkg_space * bkg_t.mean(),
+            bragg_space * dw.mean(axis=0),
+            cdw_space * op.mean(),
+            crit_space * crit_t.mean(),
+            tds_space * tds_t.mean(),
+        )
+    )
+    classes = np.argmax(mean_int, axis=0).astype(np.int8)
+    dominant = np.max(mean_int[1:], axis=0)
+    signal = (classes != BACKGROUND) & (dominant >= signal_ratio * mean_int[0])
+
+    lam = (
+        bkg_space * _b(bkg_t)
+        + bragg_space * dw
+        + cdw_space * _b(op)
+        + crit_space * _b(crit_t)
+        + tds_space * _b(tds_t)
+    )
+    intensity = rng.poisson(lam).astype(np.float32)
+
+    if gaps:
+        gap = np.zeros(classes.shape, dtype=bool)
+        nh_, nk_ = len(qh), len(qk)
+        for frac in (0.31, 0.69):  # detector module gaps, two pixels wide
+            gap[:, :, int(frac * nh_) : int(frac * nh_) + 2] = True
+        gap[:, int(0.45 * nk_) : int(0.45 * nk_) + 2, :] = True
+        intensity[:, gap] = 0.0
+        classes[gap] = GAP
+        signal &= ~gap
+
+    return SyntheticSeries(
+        intensity=intensity,
+        temperature=t,
+        ql=ql,
+        qk=qk,
+        qh=qh,
+        classes=classes,
+        signal=signal,
+        tc=float(tc),
+        params=dict(seed=seed, tc=tc, beta=beta, background=background,
+                    signal_ratio=signal_ratio),
+    )
+
+
+def write_xtec(series: SyntheticSeries, path: str | os.PathLike,
+               chunks: tuple[int, ...] | None = None) -> Path:
+    """Write the series as one NeXus file in the XTEC layout.
+
+    NXdata at ``/entry/data`` with signal ``data`` of shape (T, L, K, H) and
+    axes ``Te, Ql, Qk, Qh``; the ground truth goes to ``/entry/truth``.
+    """
+    import h5py
+
+    path = Path(path)
+    data = series.intensity
+    if chunks is None:
+        chunks = (data.shape[0],) + tuple(min(c, n) for c, n in zip((8, 40, 40), data.shape[1:]))
+    with h5py.File(path, "w") as f:
+        f.attrs["default"] = "entry"
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        entry.attrs["default"] = "data"
+        g = entry.create_group("data")
+        g.attrs["NX_class"] = "NXdata"
+        g.attrs["signal"] = "data"
+        g.attrs["axes"] = np.array(["Te", "Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+        g.create_dataset("data", data=data, chunks=chunks, compression="gzip",
+                         compression_opts=1, shuffle=True)
+        g["Te"] = series.temperature
+        g["Te"].attrs["units"] = "K"
+        for name, ax in (("Ql", series.ql), ("Qk", series.qk), ("Qh", series.qh)):
+            g[name] = ax
+            g[name].attrs["units"] = "rlu"
+        _write_truth(entry, series)
+    return path
+
+
+def write_nxrefine(series: SyntheticSeries, directory: str | os.PathLike,
+                   sample: str = "sample", parent: bool = True) -> list[Path]:
+    """Write the series in the NXRefine layout: one wrapper file per temperature.
+
+    Each ``<sample>_<scan>.nxs`` has ``/entry/sample/temperature`` and the NXdata
+    ``/entry/transform`` whose ``data`` is an external link to
+    ``<scan>/transform.nxs:/entry/data/v`` (float32, chunks 50^3, fill value 0).
+    With ``parent``, ``<sample>.nxs`` holds ``/entry/transform/data`` as a 4-D
+    virtual dataset over the scans (absolute source paths, as NXRefine writes).
+
+    Returns the wrapper files, in temperature order, then the parent if written.
+    """
+    import h5py
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    nl, nk, nh = series.intensity.shape[1:]
+    chunks = (min(50, nl), min(50, nk), min(50, nh))
+    wrappers = []
+    for i, temp in enumerate(series.temperature):
+        scan = f"{int(round(temp)):03d}k"
+        (directory / scan).mkdir(exist_ok=True)
+        with h5py.File(directory / scan / "transform.nxs", "w") as f:
+            e = f.create_group("entry")
+            e.attrs["NX_class"] = "NXentry"
+            d = e.create_group("data")
+            d.attrs["NX_class"] = "NXdata"
+            d.attrs["signal"] = "v"
+            d.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+            d.create_dataset("v", data=series.intensity[i], chunks=chunks, fillvalue=0.0,
+                             compression="gzip", compression_opts=1)
+            for name, ax in (("Ql", series.ql), ("Qk", series.qk), ("Qh", series.qh)):
+                d[name] = ax
+        wpath = directory / f"{sample}_{scan}.nxs"
+        with h5py.File(wpath, "w") as f:
+            e = f.create_group("entry")
+            e.attrs["NX_class"] = "NXentry"
+            s = e.create_group("sample")
+            s.attrs["NX_class"] = "NXsample"
+            s["temperature"] = float(temp)
+            s["temperature"].attrs["units"] = "K"
+            tr = e.create_group("transform")
+            tr.attrs["NX_class"] = "NXdata"
+            tr.attrs["signal"] = "data"
+            tr.attrs["axes"] = np.array(["Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+            tr["data"] = h5py.ExternalLink(f"{scan}/transform.nxs", "/entry/data/v")
+            for name, ax in (("Ql", series.ql), ("Qk", series.qk), ("Qh", series.qh)):
+                tr[name] = ax
+                tr[name].attrs["units"] = "rlu"
+            if i == 0:
+                _write_truth(e, series)
+        wrappers.append(wpath)
+    out = list(wrappers)
+    if parent:
+        ppath = directory / f"{sample}.nxs"
+        layout = h5py.VirtualLayout(shape=(len(wrappers), nl, nk, nh), dtype="float32")
+        for i, temp in enumerate(series.temperature):
+            scan = f"{int(round(temp)):03d}k"
+            src = (directory / scan / "transform.nxs").resolve()
+            layout[i] = h5py.VirtualSource(str(src), "/entry/data/v", shape=(nl, nk, nh))
+        with h5py.File(ppath, "w") as f:
+            e = f.create_group("entry")
+            e.attrs["NX_class"] = "NXentry"
+            tr = e.create_group("transform")
+            tr.attrs["NX_class"] = "NXdata"
+            tr.attrs["signal"] = "data"
+            tr.attrs["axes"] = np.array(["temperature", "Ql", "Qk", "Qh"],
+                                        dtype=h5py.string_dtype())
+            tr.create_virtual_dataset("data", layout, fillvalue=0.0)
+            tr["temperature"] = series.temperature
+            tr["temperature"].attrs["units"] = "K"
+            for name, ax in (("Ql", series.ql), ("Qk", series.qk), ("Qh", series.qh)):
+                tr[name] = ax
+            _write_truth(e, series)
+        out.append(ppath)
+    return out
+
+
+def _write_truth(entry, series: SyntheticSeries) -> None:
+    # Kept out of every NXdata group so the loader never mistakes it for data.
+    g = entry.create_group("truth")
+    g.attrs["NX_class"] = "NXcollection"
+    g["classes"] = series.classes
+    g["signal"] = series.signal
+    g.attrs["tc"] = series.tc
+    g.attrs["class_names"] = ",".join(CLASS_NAMES[c] for c in sorted(CLASS_NAMES))
+
+
+def read_truth(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ground truth written beside a synthetic series: ``(classes, signal, tc)``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        g = f["entry/truth"]
+        return g["classes"][()], g["signal"][()], float(g.attrs["tc"])
