@@ -1,0 +1,137 @@
+"""PyTorch plumbing shared by both models: import guard, seeding, safe model files.
+
+Model files are safetensors: tensors only, plus a string metadata map that holds
+the model kind, the JSON configuration and JSON extras.  Nothing is unpickled on
+load, so a model file from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from xtec.errors import InputError, XtecError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = "1"
+
+
+def require_torch():
+    """Import and return torch, or raise an :class:`XtecError` saying how to get it."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        raise XtecError(
+            "this command needs PyTorch: pip install 'xtec[ml]' "
+            "(on machines without a GPU install the CPU wheel first: "
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+        ) from None
+    return torch
+
+
+@contextlib.contextmanager
+def deterministic(seed: int, n_threads: int | None = None) -> Iterator[None]:
+    """Seed torch and force deterministic kernels for the duration of the block.
+
+    The global RNG state, the deterministic-algorithms flag and the thread count
+    are restored afterwards, so training a model does not change the caller's
+    torch state.  On the CPU, the same seed and thread count give bit-identical
+    results.
+    """
+    torch = require_torch()
+    previous_flag = torch.are_deterministic_algorithms_enabled()
+    previous_threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        if n_threads:
+            torch.set_num_threads(int(n_threads))
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(previous_flag)
+            torch.set_num_threads(previous_threads)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Progress bars on when asked, or by default when stderr is a terminal."""
+    if progress is None:
+        return sys.stderr.isatty()
+    return bool(progress)
+
+
+def save_model_file(
+    path: str | os.PathLike,
+    kind: str,
+    config: dict,
+    state: dict,
+    arrays: dict[str, np.ndarray],
+    extras: dict,
+) -> Path:
+    """Write weights, arrays, configuration and extras to one safetensors file."""
+    torch = require_torch()
+    try:
+        from safetensors.torch import save_file
+    except ModuleNotFoundError:
+        raise XtecError("saving models needs safetensors: pip install 'xtec[ml]'") from None
+    tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
+    for k, v in arrays.items():
+        tensors[f"arrays/{k}"] = torch.as_tensor(np.ascontiguousarray(v))
+    metadata = {
+        "xtec_model": kind,
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(config),
+        "extras": json.dumps(extras),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    log.info("saved %s model to %s", kind, path)
+    return path
+
+
+def load_model_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict, dict, dict]:
+    """Read a file written by :func:`save_model_file`.
+
+    Returns ``(config, state, arrays, extras)``; arrays come back as NumPy.
+
+    Raises
+    ------
+    InputError
+        Missing file, not a safetensors file, or a model of another kind.
+    """
+    require_torch()
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ModuleNotFoundError:
+        raise XtecError("loading models needs safetensors: pip install 'xtec[ml]'") from None
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a model file written by xtec ({exc})") from None
+    found = metadata.get("xtec_model")
+    if found != kind:
+        raise InputError(
+            f"{path}: holds a {found or 'non-xtec'} model, expected a {kind} model"
+        )
+    try:
+        config = json.loads(metadata["config"])
+        extras = json.loads(metadata.get("extras", "{}"))
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: damaged model metadata ({exc})") from None
+    state = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
+    arrays = {k[len("arrays/") :]: v.numpy() for k, v in tensors.items() if k.startswith("arrays/")}
+    return config, state, arrays, extras

@@ -1,0 +1,52 @@
+"""Array namespaces: NumPy, CuPy, or any array-API library (array-api-strict in tests).
+
+Nothing here imports CuPy at module load; ``device="gpu"`` imports it on demand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xtec.errors import ParameterError
+
+
+def namespace(x):
+    """The array-API namespace of ``x`` (NumPy for plain Python/NumPy input)."""
+    if hasattr(x, "__array_namespace__"):
+        return x.__array_namespace__()
+    return np
+
+
+def is_numpy(x) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy any array (NumPy, CuPy, array-API) to host NumPy."""
+    if isinstance(x, np.ndarray):
+        return x
+    if hasattr(x, "get") and type(x).__module__.startswith("cupy"):
+        return x.get()
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError, AttributeError):
+        return np.asarray(x)
+
+
+def get_device_module(device: str):
+    """Array module for ``device``: NumPy for ``cpu``, CuPy for ``gpu``."""
+    if device == "cpu":
+        return np
+    if device == "gpu":
+        try:
+            import cupy
+        except ImportError:
+            raise ParameterError(
+                "--device gpu needs CuPy: pip install 'xtec[gpu]' on a machine with CUDA"
+            ) from None
+        try:
+            cupy.cuda.runtime.getDeviceCount()
+        except Exception:
+            raise ParameterError("--device gpu: no CUDA device is available here") from None
+        return cupy
+    raise ParameterError(f"device must be 'cpu' or 'gpu' (got {device!r})")

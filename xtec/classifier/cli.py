@@ -1,0 +1,279 @@
+"""``xtec classify``: train, predict and evaluate the space-group classifier.
+
+Nothing heavy is imported at module load; each handler imports what it needs so that
+``xtec --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from xtec.errors import InputError, ParameterError
+
+PRETRAINED = Path(__file__).parent / "pretrained"
+
+
+def register(subparsers) -> None:
+    """Add the ``classify`` command and its train / predict / evaluate subcommands."""
+    p = subparsers.add_parser(
+        "classify",
+        help="space groups from powder patterns (trained on synthetic crystals)",
+        description="Space-group classifier trained on synthetic crystals generated on the fly.",
+    )
+    sub = p.add_subparsers(dest="classify_command", metavar="SUBCOMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a classifier online on generated patterns")
+    t.add_argument("--out", required=True, help="output directory (model, checkpoints, history)")
+    t.add_argument("--steps", type=int, default=1000, help="batches to train (default 1000)")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
+    t.add_argument("--width", type=int, default=16, help="channels of the first ResNet stage")
+    t.add_argument("--blocks", default="1,1,1,1", help="residual blocks per stage, e.g. 2,2,2,2")
+    t.add_argument("--head-bins", type=int, default=8, help="2-theta bins before the linear head")
+    t.add_argument("--space-groups", default="1-230", help="classes, e.g. 1-230 or 2,14,62,225")
+    t.add_argument("--max-sites", type=int, default=8, help="most Wyckoff sites per crystal")
+    t.add_argument("--max-atoms", type=int, default=120, help="most atoms per conventional cell")
+    t.add_argument("--n-points", type=int, default=8501, help="2-theta points, 5..90 degrees")
+    t.add_argument("--workers", type=int, default=1, help="data-generating processes")
+    t.add_argument("--threads", type=int, default=1, help="torch threads of the training process")
+    t.add_argument("--val-size", type=int, default=512, help="synthetic validation patterns")
+    t.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
+    t.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    q = sub.add_parser("predict", help="space groups of measured patterns")
+    q.add_argument("patterns", nargs="+", metavar="PATTERN", help="two-column text/CSV or NeXus files")
+    q.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    q.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=_predict)
+
+    e = sub.add_parser("evaluate", help="accuracy on real structures from CIF files")
+    e.add_argument("--cif-dir", action="append", default=[], help="folder of .cif files (repeatable)")
+    e.add_argument(
+        "--installed", action="store_true", help="use the structures shipped by pyxtal, Dans_Diffraction, pymatgen, ase"
+    )
+    e.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    e.add_argument("--nn-baseline", type=int, default=0, metavar="N", help="also run a nearest-neighbour baseline on N synthetic patterns")
+    e.add_argument("--crystallite-size", type=float, default=50.0, help="nm, for the simulated patterns")
+    e.add_argument("--seed", type=int, default=0, help="seed of the baseline's synthetic patterns")
+    e.add_argument("--per-group", action="store_true", help="print the per-space-group table")
+    e.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    e.set_defaults(func=_evaluate)
+
+
+def parse_space_groups(text: str) -> list[int]:
+    """``"1-230"``, ``"2,14,225"`` or mixed ranges to a sorted list of numbers."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                out.update(range(a, b + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise ParameterError(f"--space-groups: cannot read {text!r}; use e.g. 1-230 or 2,14,225") from None
+    if not out or min(out) < 1 or max(out) > 230:
+        raise ParameterError("--space-groups must name numbers in 1..230")
+    return sorted(out)
+
+
+def _model_dir(arg) -> Path:
+    d = Path(arg) if arg else PRETRAINED
+    if not d.is_dir():
+        raise InputError(f"model directory not found: {d}")
+    return d
+
+
+def _train(args) -> int:
+    from xtec.classifier.data import SyntheticConfig
+    from xtec.classifier.model import ModelConfig
+    from xtec.classifier.training import TrainConfig, train
+
+    sgs = parse_space_groups(args.space_groups)
+    try:
+        blocks = [int(b) for b in args.blocks.split(",")]
+    except ValueError:
+        raise ParameterError(f"--blocks: cannot read {args.blocks!r}; use e.g. 1,1,1,1") from None
+    data = SyntheticConfig(space_groups=sgs, max_sites=args.max_sites, max_atoms=args.max_atoms, n_points=args.n_points)
+    model = ModelConfig(
+        space_groups=sgs, width=args.width, blocks=blocks, head_bins=args.head_bins, n_points=args.n_points
+    )
+    tc = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        workers=args.workers,
+        threads=args.threads,
+        seed=args.seed,
+        val_size=args.val_size,
+        checkpoint_every=args.checkpoint_every,
+        time_limit=None if args.time_limit is None else 60 * args.time_limit,
+    )
+    command = "xtec " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
+    hist = train(args.out, model, data, tc, resume=args.resume, progress=not args.no_progress, command=command)
+    last = hist["val"][-1] if hist["val"] else {}
+    if last:
+        print(
+            f"step {last['step']}: synthetic validation top-1 {last['top1']:.3f}, "
+            f"top-5 {last['top5']:.3f}, crystal system {last['system_top1']:.3f}"
+        )
+    print(f"model saved in {args.out}")
+    return 0
+
+
+def _predict(args) -> int:
+    import numpy as np
+
+    from xtec.classifier.data import read_pattern, resample
+    from xtec.classifier.evaluate import model_predict, system_scores
+    from xtec.classifier.model import load_model
+    from xtec.classifier.simulator import PatternGrid
+    from xtec.classifier.symmetry import CRYSTAL_SYSTEMS
+
+    if args.top < 1:
+        raise ParameterError("--top must be at least 1")
+    model, cfg = load_model(_model_dir(args.model))
+    mc = model.config
+    grid = PatternGrid(mc.two_theta_min, mc.two_theta_max, mc.n_points, mc.wavelength)
+    xs = np.stack([resample(*read_pattern(p), grid) for p in args.patterns])
+    probs = model_predict(model, xs)
+    sys_p = system_scores(probs, mc.space_groups)
+    sgs = np.asarray(mc.space_groups)
+    results = []
+    for path, p, sp in zip(args.patterns, probs, sys_p):
+        order = np.argsort(-p)[: args.top]
+        results.append(
+            {
+                "file": str(path),
+                "space_groups": [{"number": int(sgs[i]), "probability": round(float(p[i]), 4)} for i in order],
+                "crystal_system": CRYSTAL_SYSTEMS[int(sp.argmax())],
+                "crystal_system_probability": round(float(sp.max()), 4),
+            }
+        )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        cands = ", ".join(f"{c['number']} ({c['probability']:.2f})" for c in r["space_groups"])
+        print(f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); space groups {cands}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from xtec.classifier import evaluate as ev
+    from xtec.classifier.model import load_model
+    from xtec.classifier.simulator import PatternGrid, PowderSimulator
+
+    files = []
+    for d in args.cif_dir:
+        if not Path(d).is_dir():
+            raise InputError(f"--cif-dir: not a directory: {d}")
+        found = sorted(Path(d).glob("*.cif"))
+        if not found:
+            raise InputError(f"--cif-dir: no .cif files in {d}")
+        files += found
+    if args.installed:
+        files += ev.installed_structure_files()
+    if not files:
+        raise InputError("nothing to evaluate: give --cif-dir DIR and/or --installed")
+    model, cfg = load_model(_model_dir(args.model))
+    mc = model.config
+    structures, skipped = ev.load_structures(files)
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    if not structures:
+        raise InputError("none of the structure files could be read")
+    grid = PatternGrid(mc.two_theta_min, mc.two_theta_max, mc.n_points, mc.wavelength)
+    sim = PowderSimulator(grid, precision="double")
+    x = ev.structure_patterns(structures, sim, args.crystallite_size)
+    true = np.array([s.space_group for s in structures])
+    types = [s.structure_type for s in structures]
+    probs = ev.model_predict(model, x)
+    report = {
+        "model": ev.summarise(true, ev.ranked_space_groups(probs, mc.space_groups), types, ev.system_scores(probs, mc.space_groups).argmax(1)),
+        "chance": ev.chance_level(true, mc.space_groups),
+        "files": len(files),
+        "skipped": skipped,
+    }
+    if args.nn_baseline > 0:
+        report["nearest_neighbour"] = _nn_baseline(args, cfg, x, true, types, mc.space_groups)
+    _print_report(report, args.per_group)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+def _nn_baseline(args, cfg, x, true, types, space_groups) -> dict:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from xtec.classifier import evaluate as ev
+    from xtec.classifier.data import SyntheticConfig, synthetic_batch
+
+    data = SyntheticConfig.from_dict(cfg.get("data", {"space_groups": space_groups}))
+    rng = np.random.SeedSequence([args.seed, 7])
+    g_seed, s_seed = rng.spawn(2)
+    gen, sim = data.generator(np.random.default_rng(g_seed)), data.simulator(np.random.default_rng(s_seed))
+    nn_model = ev.NearestNeighbourBaseline(space_groups)
+    chunk = 256
+    for start in tqdm(range(0, args.nn_baseline, chunk), desc="baseline patterns", unit="batch"):
+        xb, sgb = synthetic_batch(data, min(chunk, args.nn_baseline - start), gen, sim)
+        nn_model.partial_fit(xb, sgb)
+    scores = nn_model.scores(x)
+    sys_pred = ev.system_scores(_softmax_like(scores), space_groups).argmax(1)
+    out = ev.summarise(true, ev.ranked_space_groups(scores, space_groups), types, sys_pred)
+    out["bank_size"] = int(args.nn_baseline)
+    return out
+
+
+def _softmax_like(scores):
+    import numpy as np
+
+    # The nearest neighbour's crystal system: a one-hot on the best-scoring class.
+    out = np.zeros_like(scores)
+    out[np.arange(len(scores)), scores.argmax(1)] = 1
+    return out
+
+
+def _print_report(report: dict, per_group: bool) -> None:
+    m = report["model"]
+    print(f"{m['n_structures']} structures of {m['n_types']} structure types ({len(report['skipped'])} files skipped)")
+    header = f"{'':24s} {'top-1':>7s} {'top-5':>7s} {'system':>7s}   {'by type: top-1':>14s} {'top-5':>7s} {'system':>7s}"
+    print(header)
+    rows = [("model", m), ("nearest neighbour", report.get("nearest_neighbour")), ("chance", report["chance"])]
+    for name, r in rows:
+        if r is None:
+            continue
+        bt = r.get("by_type", r)
+        print(
+            f"{name:24s} {r['top1']:7.3f} {r['top5']:7.3f} {r['system_top1']:7.3f}   "
+            f"{bt['top1']:14.3f} {bt['top5']:7.3f} {bt['system_top1']:7.3f}"
+        )
+    print("\nper crystal system (model):")
+    for name, r in m["per_crystal_system"].items():
+        print(f"  {name:14s} n={r['n']:4d}  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}")
+    if per_group:
+        print("\nper space group (model):")
+        for sg, r in m["per_space_group"].items():
+            print(f"  {sg:4d} n={r['n']:3d}  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}")
+
+
+def main(argv=None) -> int:  # pragma: no cover - convenience for python -m
+    parser = argparse.ArgumentParser(prog="xtec")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)

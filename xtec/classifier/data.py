@@ -1,0 +1,219 @@
+"""Streaming dataset of synthetic patterns, and reading measured patterns from files."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xtec.classifier.generator import CrystalGenerator
+from xtec.classifier.simulator import PatternGrid, PowderSimulator, normalise
+from xtec.errors import InputError, ParameterError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SyntheticConfig:
+    """Generator and simulator settings of a synthetic stream (saved with models)."""
+
+    space_groups: list[int] = field(default_factory=lambda: list(range(1, 231)))
+    space_group_weights: list[float] | None = None
+    max_sites: int = 8
+    max_elements: int = 4
+    max_atoms: int = 120
+    crystallite_size: tuple[float, float] = (20.0, 100.0)
+    two_theta_min: float = 5.0
+    two_theta_max: float = 90.0
+    n_points: int = 8501
+    wavelength: float = 1.5406
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SyntheticConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def grid(self) -> PatternGrid:
+        return PatternGrid(self.two_theta_min, self.two_theta_max, self.n_points, self.wavelength)
+
+    def generator(self, seed) -> CrystalGenerator:
+        return CrystalGenerator(
+            self.space_groups,
+            self.space_group_weights,
+            max_sites=self.max_sites,
+            max_elements=self.max_elements,
+            max_atoms=self.max_atoms,
+            seed=seed,
+        )
+
+    def simulator(self, seed) -> PowderSimulator:
+        return PowderSimulator(self.grid(), tuple(self.crystallite_size), seed=seed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def synthetic_batch(
+    config: SyntheticConfig, n: int, generator: CrystalGenerator, simulator: PowderSimulator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` patterns (n, n_points) float32 and their space-group numbers (n,)."""
+    crystals = generator.generate_many(n)
+    return simulator.simulate(crystals), np.array([c.space_group for c in crystals])
+
+
+def _stream_class():
+    # Defined lazily so that importing this module does not import torch.
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+
+    class SyntheticStream(IterableDataset):
+        """Endless batches (patterns, class indices) of freshly generated crystals.
+
+        Every DataLoader worker draws its own stream, seeded by ``(seed, stream_id,
+        worker id)``, so a seeded run is reproducible for a fixed number of workers;
+        a resumed run passes a new ``stream_id`` so that it does not replay old data.
+        """
+
+        def __init__(self, config: SyntheticConfig, batch_size: int, seed: int, stream_id: int = 0):
+            super().__init__()
+            self.config, self.batch_size = config, int(batch_size)
+            self.seed, self.stream_id = int(seed), int(stream_id)
+            self.index = {sg: i for i, sg in enumerate(config.space_groups)}
+
+        def __iter__(self):
+            info = get_worker_info()
+            wid = 0 if info is None else info.id
+            ss = np.random.SeedSequence([self.seed, self.stream_id, wid])
+            g_seed, s_seed = ss.spawn(2)
+            gen = self.config.generator(np.random.default_rng(g_seed))
+            sim = self.config.simulator(np.random.default_rng(s_seed))
+            while True:
+                x, sg = synthetic_batch(self.config, self.batch_size, gen, sim)
+                y = np.array([self.index[s] for s in sg])
+                yield torch.from_numpy(x), torch.from_numpy(y)
+
+    return SyntheticStream
+
+
+def SyntheticStream(config: SyntheticConfig, batch_size: int, seed: int, stream_id: int = 0):
+    """See the class built by :func:`_stream_class` (a torch ``IterableDataset``)."""
+    return _stream_class()(config, batch_size, seed, stream_id)
+
+
+def read_pattern(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Two-theta (deg) and intensity of a measured pattern, both shape (n,).
+
+    Reads whitespace- or comma-separated text (two columns; lines starting with
+    ``#``, ``!`` or ``'`` and header lines that are not numbers are skipped) and
+    NeXus/HDF5 files (the default NXdata signal and its first axis).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"pattern file not found: {p}")
+    if p.suffix.lower() in (".nxs", ".nx5", ".h5", ".hdf5", ".nx"):
+        x, y = _read_nexus(p)
+    else:
+        x, y = _read_text(p)
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 10:
+        raise InputError(f"{p}: need two columns (2-theta, intensity) with at least 10 rows")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise InputError(f"{p}: contains values that are not finite numbers")
+    order = np.argsort(x)
+    return x[order], y[order]
+
+
+def _read_text(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    rows = []
+    try:
+        text = p.read_text(errors="strict")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise InputError(f"{p}: cannot read as text: {exc}") from exc
+    for n, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s[0] in "#!'%;":
+            continue
+        parts = s.replace(",", " ").replace(";", " ").split()
+        try:
+            vals = [float(v) for v in parts]
+        except ValueError:
+            if rows:
+                raise InputError(f"{p}:{n}: not a number in {line.strip()!r}") from None
+            continue  # a header line before the data
+        if len(vals) < 2:
+            raise InputError(f"{p}:{n}: expected two columns (2-theta, intensity), got {len(vals)}")
+        rows.append(vals[:2])
+    if not rows:
+        raise InputError(f"{p}: no numeric two-column data found")
+    a = np.asarray(rows)
+    return a[:, 0], a[:, 1]
+
+
+def _read_nexus(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            group = _default_nxdata(f)
+            if group is None:
+                raise InputError(f"{p}: no NXdata group with a signal found")
+            sig = group.attrs.get("signal")
+            sig = sig.decode() if isinstance(sig, bytes) else str(sig)
+            axes = group.attrs.get("axes")
+            if isinstance(axes, (bytes, str)):
+                axes = [axes]
+            if axes is None or len(axes) == 0:
+                raise InputError(f"{p}: NXdata group {group.name} names no axes")
+            ax = axes[0].decode() if isinstance(axes[0], bytes) else str(axes[0])
+            return np.asarray(group[ax][...], float).ravel(), np.asarray(group[sig][...], float).ravel()
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read as NeXus/HDF5: {exc}") from exc
+    except KeyError as exc:
+        raise InputError(f"{p}: missing dataset {exc}") from exc
+
+
+def _default_nxdata(f):
+    import h5py
+
+    node = f
+    # Follow the NeXus "default" attributes, then fall back to the first NXdata found.
+    for _ in range(3):
+        name = node.attrs.get("default")
+        if name is None:
+            break
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        if name not in node:
+            break
+        node = node[name]
+    if isinstance(node, h5py.Group) and node.attrs.get("signal") is not None:
+        return node
+    found = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and obj.attrs.get("signal") is not None and not found:
+            found.append(obj)
+
+    f.visititems(visit)
+    return found[0] if found else None
+
+
+def resample(two_theta: np.ndarray, intensity: np.ndarray, grid: PatternGrid) -> np.ndarray:
+    """Measured pattern on the model's grid (n_points,), background-free scale, normalised.
+
+    Outside the measured range the pattern is zero.  Negative intensities are clipped.
+    """
+    tt = grid.two_theta
+    if two_theta[-1] <= tt[0] or two_theta[0] >= tt[-1]:
+        raise InputError(
+            f"pattern covers 2-theta {two_theta[0]:.2f}..{two_theta[-1]:.2f}, "
+            f"outside the model's {tt[0]:.1f}..{tt[-1]:.1f} degrees"
+        )
+    y = np.interp(tt, two_theta, intensity, left=0.0, right=0.0)
+    y = y - np.min(y[(tt >= two_theta[0]) & (tt <= two_theta[-1])])
+    return normalise(y[None], True)[0]
+
+
+def check_positive(name: str, value, minimum=1):
+    if value is None or value < minimum:
+        raise ParameterError(f"{name} must be at least {minimum}, got {value}")
+    return value

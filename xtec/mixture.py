@@ -1,0 +1,616 @@
+"""Gaussian mixtures of temperature trajectories, fitted by EM on arrays or Dask.
+
+The EM is written as *sufficient statistics*: one pass over the data computes,
+for the current parameters, per component the summed responsibilities N_k, the
+responsibility-weighted sums of x and of x x^T (or x^2 for diagonal
+covariances), and the log-likelihood.  Statistics of separate chunks add up, so
+the same estimator fits an in-memory array in one pass per iteration or a Dask
+array of any size by reducing per-chunk statistics (chunks stay on the
+workers; only K x T numbers travel).
+
+Three engines compute the statistics of one chunk:
+
+* ``numba`` (NumPy input, diagonal covariances): one fused pass per point,
+  float32 data read once, float64 arithmetic, no N x K temporaries, parallel
+  over fixed blocks of rows;
+* ``array-api``: matrix products against the array API (NumPy, CuPy,
+  array-api-strict), float64;
+* ``auto`` picks ``numba`` where it applies.
+
+Determinism: the initial means come from a subsample chosen by a hash of each
+voxel's global index (not its position in a chunk), all statistics accumulate
+in float64, and components are put in a canonical order (by the slope of their
+mean trajectory), so a seed gives the same labels whatever the chunking or the
+number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from xtec.backend import is_numpy, namespace, to_numpy
+from xtec.errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+COVARIANCE_TYPES = ("diag", "full")
+ENGINES = ("auto", "numba", "array-api")
+_LOG_2PI = math.log(2.0 * math.pi)
+_ROW_BLOCK = 1024
+
+
+# ----------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class MixtureParams:
+    """Mixture parameters, host float64.
+
+    weights : (K,); means : (K, T); covariances : (K, T) for 'diag', (K, T, T) for 'full'.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    @property
+    def covariance_type(self) -> str:
+        return "diag" if self.covariances.ndim == 2 else "full"
+
+    def precisions_cholesky(self) -> np.ndarray:
+        """(K, T) 1/sqrt(var) for 'diag'; (K, T, T) upper-triangular U with
+        U U^T = Sigma^{-1} for 'full' (scikit-learn's convention)."""
+        if self.covariance_type == "diag":
+            return 1.0 / np.sqrt(self.covariances)
+        t = self.means.shape[1]
+        out = np.empty_like(self.covariances)
+        for k, cov in enumerate(self.covariances):
+            try:
+                chol = np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                raise ParameterError(
+                    "a covariance became singular; increase reg_covar or use diag covariances"
+                ) from None
+            out[k] = np.linalg.solve(chol, np.eye(t)).T
+        return out
+
+    def log_norm(self, prec_chol: np.ndarray) -> np.ndarray:
+        """(K,) log weight + log det of the precision Cholesky - T/2 log 2 pi."""
+        t = self.means.shape[1]
+        if prec_chol.ndim == 2:
+            logdet = np.sum(np.log(prec_chol), axis=1)
+        else:
+            logdet = np.sum(np.log(np.diagonal(prec_chol, axis1=1, axis2=2)), axis=1)
+        return np.log(self.weights) + logdet - 0.5 * t * _LOG_2PI
+
+
+@dataclass
+class SufficientStats:
+    """Per-component sums over a set of points (host float64)."""
+
+    nk: np.ndarray  # (K,)
+    sx: np.ndarray  # (K, T)
+    sxx: np.ndarray  # (K, T) diag, (K, T, T) full
+    loglik: float
+    n: int
+
+    def __add__(self, other: SufficientStats) -> SufficientStats:
+        return SufficientStats(self.nk + other.nk, self.sx + other.sx, self.sxx + other.sxx,
+                               self.loglik + other.loglik, self.n + other.n)
+
+
+def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
+    """Maximum-likelihood parameters from sufficient statistics."""
+    nk = stats.nk + 10 * np.finfo(np.float64).eps
+    means = stats.sx / nk[:, None]
+    if stats.sxx.ndim == 2:
+        cov = stats.sxx / nk[:, None] - means**2
+        cov = np.maximum(cov, 0.0) + reg_covar
+    else:
+        cov = stats.sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :]
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        cov += reg_covar * np.eye(means.shape[1])[None]
+    return MixtureParams(nk / nk.sum(), means, cov)
+
+
+# ------------------------------------------------------------------ array-API engine
+def log_prob(X, params: MixtureParams):
+    """Weighted log densities log(w_k N(x; mu_k, Sigma_k)), shape (N, K), float64.
+
+    X : array (N, T) of any array-API library; the result is of the same library.
+    """
+    xp = namespace(X)
+    X = xp.astype(X, xp.float64)
+    pc = params.precisions_cholesky()
+    norm = xp.asarray(params.log_norm(pc), dtype=xp.float64)
+    means = xp.asarray(params.means, dtype=xp.float64)
+    if pc.ndim == 2:
+        prec = xp.asarray(pc**2, dtype=xp.float64)
+        quad = (X * X) @ xp.permute_dims(prec, (1, 0)) \
+            - 2.0 * X @ xp.permute_dims(means * prec, (1, 0)) \
+            + xp.sum(means * means * prec, axis=1)
+        return norm - 0.5 * quad
+    cols = []
+    for k in range(pc.shape[0]):
+        y = (X - means[k, :]) @ xp.asarray(pc[k], dtype=xp.float64)
+        cols.append(norm[k] - 0.5 * xp.sum(y * y, axis=1))
+    return xp.stack(cols, axis=1)
+
+
+def _logsumexp(a, xp):
+    m = xp.max(a, axis=1, keepdims=True)
+    return xp.reshape(m, (-1,)) + xp.log(xp.sum(xp.exp(a - m), axis=1))
+
+
+def stats_array_api(X, params: MixtureParams) -> SufficientStats:
+    """Sufficient statistics of a chunk (N, T) by matrix products (any array API)."""
+    xp = namespace(X)
+    lp = log_prob(X, params)
+    ll = _logsumexp(lp, xp)
+    r = xp.exp(lp - ll[:, None])
+    X = xp.astype(X, xp.float64)
+    rt = xp.permute_dims(r, (1, 0))
+    nk = xp.sum(r, axis=0)
+    sx = rt @ X
+    if params.covariance_type == "diag":
+        sxx = rt @ (X * X)
+    else:
+        sxx = xp.stack([xp.permute_dims(X * r[:, k:k + 1], (1, 0)) @ X
+                        for k in range(r.shape[1])])
+    return SufficientStats(to_numpy(nk), to_numpy(sx), to_numpy(sxx),
+                           float(to_numpy(xp.sum(ll))), int(X.shape[0]))
+
+
+# ---------------------------------------------------------------------- numba engine
+_kernels: dict = {}
+
+
+def _numba_kernels():
+    """Compile (once, cached on disk) the fused diagonal-covariance kernels."""
+    if _kernels:
+        return _kernels
+    import numba
+
+    opts = dict(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+
+    @numba.njit(fastmath={"reassoc", "contract"}, cache=True)
+    def vexp(a, kbuf):
+        # In-place exp of a <= 0, vectorisable (numba's scalar exp is not):
+        # exp(x) = 2^k exp(r), |r| <= ln2/2, degree-11 Taylor, relative error < 1e-14.
+        m = a.size
+        for i in range(m):
+            x = max(a[i], -700.0)
+            k = np.floor(x * 1.4426950408889634 + 0.5)
+            r = x - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10
+            a[i] = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
+                1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (
+                    1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800)))))))))))
+            kbuf[i] = (np.int64(k) + 1023) << 52
+        scale = kbuf.view(np.float64)
+        for i in range(m):
+            a[i] *= scale[i]
+
+    @numba.njit(**opts)
+    def diag_stats(X, means, prec, norm, block):
+        # Each block is transposed to (T, rows) so every inner loop runs over
+        # contiguous rows and vectorises; sums stay in float64.
+        n, t = X.shape
+        k_ = means.shape[0]
+        nb = (n + block - 1) // block
+        nk = np.zeros((nb, k_))
+        sx = np.zeros((nb, k_, t))
+        sxx = np.zeros((nb, k_, t))
+        ll = np.zeros(nb)
+        for b in numba.prange(nb):
+            lo = b * block
+            m = min(n, lo + block) - lo
+            xt = np.empty((t, m))
+            for i in range(m):
+                for j in range(t):
+                    xt[j, i] = X[lo + i, j]
+            lp = np.empty((k_, m))
+            for k in range(k_):
+                acc = lp[k]
+                for i in range(m):
+                    acc[i] = 0.0
+                for j in range(t):
+                    mu = means[k, j]
+                    pj = prec[k, j]
+                    row = xt[j]
+                    for i in range(m):
+                        d = row[i] - mu
+                        acc[i] += d * d * pj
+                c = norm[k]
+                for i in range(m):
+                    acc[i] = c - 0.5 * acc[i]
+            mx = np.empty(m)
+            for i in range(m):
+                mx[i] = lp[0, i]
+            for k in range(1, k_):
+                for i in range(m):
+                    mx[i] = max(mx[i], lp[k, i])
+            tot = np.zeros(m)
+            kbuf = np.empty(m, np.int64)
+            for k in range(k_):
+                row = lp[k]
+                for i in range(m):
+                    row[i] -= mx[i]
+                vexp(row, kbuf)
+                for i in range(m):
+                    tot[i] += row[i]
+            # One log per 32 points: each total lies in [1, K], so their
+            # product cannot overflow for any practical K.
+            s_ll = 0.0
+            for i in range(m):
+                s_ll += mx[i]
+            for g in range(0, m, 32):
+                prod = 1.0
+                for i in range(g, min(m, g + 32)):
+                    prod *= tot[i]
+                s_ll += np.log(prod)
+            for i in range(m):
+                tot[i] = 1.0 / tot[i]
+            ll[b] = s_ll
+            for k in range(k_):
+                r = lp[k]
+                s_nk = 0.0
+                for i in range(m):
+                    r[i] *= tot[i]
+                    s_nk += r[i]
+                nk[b, k] = s_nk
+                for j in range(t):
+                    row = xt[j]
+                    a1 = 0.0
+                    a2 = 0.0
+                    for i in range(m):
+                        v = r[i] * row[i]
+                        a1 += v
+                        a2 += v * row[i]
+                    sx[b, k, j] = a1
+                    sxx[b, k, j] = a2
+        return nk, sx, sxx, ll
+
+    @numba.njit(**opts)
+    def diag_predict(X, means, prec, norm):
+        n, t = X.shape
+        k_ = means.shape[0]
+        labels = np.empty(n, np.int16)
+        for i in numba.prange(n):
+            best = -np.inf
+            arg = 0
+            for k in range(k_):
+                acc = 0.0
+                for j in range(t):
+                    d = X[i, j] - means[k, j]
+                    acc += d * d * prec[k, j]
+                v = norm[k] - 0.5 * acc
+                if v > best:
+                    best = v
+                    arg = k
+            labels[i] = arg
+        return labels
+
+    _kernels.update(diag_stats=diag_stats, diag_predict=diag_predict)
+    return _kernels
+
+
+def stats_numba(X: np.ndarray, params: MixtureParams) -> SufficientStats:
+    """Sufficient statistics of a NumPy chunk (N, T), diagonal covariances."""
+    kern = _numba_kernels()["diag_stats"]
+    pc = params.precisions_cholesky()
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    nk, sx, sxx, ll = kern(X, params.means, pc**2, params.log_norm(pc), _ROW_BLOCK)
+    return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
+
+
+def _use_numba(X, params: MixtureParams, engine: str) -> bool:
+    if engine == "array-api":
+        return False
+    ok = is_numpy(X) and params.covariance_type == "diag"
+    if engine == "numba" and not ok:
+        raise ParameterError("engine 'numba' needs NumPy input and diagonal covariances")
+    return ok
+
+
+def chunk_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStats:
+    """Sufficient statistics of one in-memory chunk with the chosen engine."""
+    if X.shape[0] == 0:
+        k, t = params.means.shape
+        sxx = np.zeros((k, t) if params.covariance_type == "diag" else (k, t, t))
+        return SufficientStats(np.zeros(k), np.zeros((k, t)), sxx, 0.0, 0)
+    if _use_numba(X, params, engine):
+        return stats_numba(X, params)
+    return stats_array_api(X, params)
+
+
+def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
+    """Hard labels (N,) int16 of one in-memory chunk (host NumPy)."""
+    if X.shape[0] == 0:
+        return np.zeros(0, np.int16)
+    if _use_numba(X, params, engine):
+        pc = params.precisions_cholesky()
+        return _numba_kernels()["diag_predict"](np.ascontiguousarray(X), params.means, pc**2,
+                                                params.log_norm(pc))
+    xp = namespace(X)
+    return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
+
+
+def data_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStats:
+    """Statistics over a whole array: in one call, or reduced over Dask chunks."""
+    if isinstance(X, da.Array):
+        f = dask.delayed(chunk_stats, pure=True)
+        parts = dask.compute(*[f(b, params, engine) for b in X.to_delayed().ravel()])
+        total = parts[0]
+        for p in parts[1:]:  # fixed order: the sum does not depend on who finished first
+            total = total + p
+        return total
+    return chunk_stats(X, params, engine)
+
+
+# ------------------------------------------------------------------- initialisation
+def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform number in [0, 1) per integer id (splitmix64 of id and seed).
+
+    Depends only on the id, so a subsample drawn with it is the same whatever
+    order or chunking the ids come in.
+    """
+    with np.errstate(over="ignore"):
+        z = index.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _sample_chunk(X, index, rate, seed):
+    idx = to_numpy(index)
+    keep = hash_uniform(idx, seed) < rate
+    return idx[keep], to_numpy(X)[keep].astype(np.float64)
+
+
+def init_sample(X, index, size: int, seed: int) -> np.ndarray:
+    """A subsample of about ``size`` rows of X, chosen by hashed ids, in id order."""
+    n = X.shape[0]
+    rate = min(1.0, size / max(n, 1))
+    if isinstance(X, da.Array):
+        if not isinstance(index, da.Array):
+            index = da.from_array(np.asarray(index), chunks=(X.chunks[0],))
+        f = dask.delayed(_sample_chunk, pure=True)
+        parts = dask.compute(*[f(x, i, rate, seed) for x, i in
+                               zip(X.to_delayed().ravel(), index.to_delayed().ravel())])
+    else:
+        parts = [_sample_chunk(X, index, rate, seed)]
+    ids = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(ids, kind="stable")
+    return rows[order]
+
+
+def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
+                    n_lloyd: int = 20) -> np.ndarray:
+    """k-means++ seeding followed by a few Lloyd iterations; X (n, T) -> labels (n,)."""
+    n = X.shape[0]
+    centers = [X[rng.integers(n)]]
+    d2 = np.sum((X - centers[0]) ** 2, axis=1)
+    for _ in range(1, k):
+        total = d2.sum()
+        i = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
+        centers.append(X[i])
+        d2 = np.minimum(d2, np.sum((X - X[i]) ** 2, axis=1))
+    c = np.array(centers)
+    labels = np.zeros(n, np.int64)
+    for _ in range(n_lloyd):
+        dist = (X**2).sum(1)[:, None] - 2 * X @ c.T + (c**2).sum(1)[None]
+        new = np.argmin(dist, axis=1)
+        if np.array_equal(new, labels) and _ > 0:
+            break
+        labels = new
+        for j in range(k):
+            if np.any(labels == j):
+                c[j] = X[labels == j].mean(0)
+    return labels
+
+
+def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_type: str,
+                       reg_covar: float) -> MixtureParams:
+    """Initial parameters from a hard assignment of (a sample of) the data."""
+    r = np.zeros((X.shape[0], k))
+    r[np.arange(X.shape[0]), labels] = 1.0
+    # Empty components start from the global spread so EM can still use them.
+    r += 1e-6
+    sx = r.T @ X
+    if covariance_type == "diag":
+        sxx = r.T @ (X * X)
+    else:
+        sxx = np.einsum("nk,ni,nj->kij", r, X, X)
+    return m_step(SufficientStats(r.sum(0), sx, sxx, 0.0, X.shape[0]), reg_covar)
+
+
+# ------------------------------------------------------------------------- estimator
+def canonical_order(means: np.ndarray) -> np.ndarray:
+    """Component order by the slope of the mean trajectory (falling first)."""
+    t = means.shape[1]
+    tt = np.arange(t) - (t - 1) / 2.0
+    slope = means @ tt
+    return np.lexsort((means[:, 0], slope))
+
+
+class GaussianMixture:
+    """Gaussian mixture fitted by EM, for NumPy, array-API and Dask arrays.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of clusters K.
+    covariance_type : {'diag', 'full'}
+    tol : float
+        Stop when the mean log-likelihood per point changes by at most
+        ``tol * |mean log-likelihood|`` between iterations.
+    reg_covar : float
+        Variance floor added to the diagonal of every covariance.
+    max_iter : int
+    n_init : int
+        Restarts from different k-means++ seeds; the best log-likelihood wins.
+    init_sample : int
+        Size of the subsample k-means++ runs on.
+    random_state : int
+    engine : {'auto', 'numba', 'array-api'}
+
+    Attributes
+    ----------
+    weights_ : (K,); means_ : (K, T); covariances_ : (K, T) or (K, T, T)
+    converged_ : bool; n_iter_ : int; lower_bound_ : float (mean log-likelihood)
+    """
+
+    def __init__(self, n_components: int = 4, *, covariance_type: str = "diag",
+                 tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 500,
+                 n_init: int = 3, init_sample: int = 50_000, random_state: int = 0,
+                 engine: str = "auto"):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_sample = init_sample
+        self.random_state = random_state
+        self.engine = engine
+
+    # -- validation
+    def _validate(self, X) -> None:
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise ParameterError(f"n_components must be a positive integer "
+                                 f"(got {self.n_components!r})")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ParameterError(f"covariance_type must be one of {COVARIANCE_TYPES} "
+                                 f"(got {self.covariance_type!r})")
+        if self.engine not in ENGINES:
+            raise ParameterError(f"engine must be one of {ENGINES} (got {self.engine!r})")
+        if not (self.tol >= 0 and self.reg_covar >= 0 and self.max_iter >= 1
+                and self.n_init >= 1 and self.init_sample >= 1):
+            raise ParameterError("tol and reg_covar must be >= 0; max_iter, n_init and "
+                                 "init_sample >= 1")
+        if len(X.shape) != 2:
+            raise ParameterError(f"X must be 2-D (n_points, n_temperatures), got shape {X.shape}")
+        n = X.shape[0]
+        if isinstance(n, float) and math.isnan(n):
+            raise ParameterError("X has unknown chunk sizes; call compute_chunk_sizes() first")
+        if n < self.n_components:
+            raise ParameterError(
+                f"K={self.n_components} clusters but only {n} points to cluster; lower -k "
+                "or keep more voxels"
+            )
+
+    @property
+    def params_(self) -> MixtureParams:
+        return MixtureParams(self.weights_, self.means_, self.covariances_)
+
+    def _set_params(self, p: MixtureParams) -> None:
+        self.weights_, self.means_, self.covariances_ = p.weights, p.means, p.covariances
+
+    # -- fitting
+    def fit(self, X, index=None) -> GaussianMixture:
+        """Fit to X of shape (N, T): NumPy, array-API or Dask (chunked along N).
+
+        index : (N,) int, optional
+            Global ids of the rows (voxel indices); they choose the k-means++
+            subsample, so the fit does not depend on row order or chunking.
+        """
+        self._validate(X)
+        n = int(X.shape[0])
+        if index is None:
+            index = np.arange(n, dtype=np.int64)
+            if isinstance(X, da.Array):
+                index = da.from_array(index, chunks=(X.chunks[0],))
+        sample = init_sample(X, index, self.init_sample, self.random_state)
+        if not np.all(np.isfinite(sample)):
+            raise ParameterError("X holds NaN or infinite values")
+        best = None
+        for init in range(self.n_init):
+            rng = np.random.default_rng([self.random_state, init])
+            labels = kmeans_plusplus(sample, self.n_components, rng)
+            params = params_from_labels(sample, labels, self.n_components,
+                                        self.covariance_type, self.reg_covar)
+            params, ll, n_iter, converged = self._em(X, params, n)
+            log.info("init %d: mean log-likelihood %.6g after %d iterations", init, ll, n_iter)
+            if best is None or ll > best[1]:
+                best = (params, ll, n_iter, converged)
+        params, ll, n_iter, converged = best
+        order = canonical_order(params.means)
+        self._set_params(MixtureParams(params.weights[order], params.means[order],
+                                       params.covariances[order]))
+        self.lower_bound_, self.n_iter_, self.converged_ = ll, n_iter, converged
+        self.n_features_in_ = int(X.shape[1])
+        if not converged:
+            log.warning("EM did not converge in %d iterations", self.max_iter)
+        return self
+
+    def _em(self, X, params: MixtureParams, n: int):
+        prev = -math.inf
+        converged = False
+        ll = -math.inf
+        it = 0
+        for it in range(1, self.max_iter + 1):
+            stats = data_stats(X, params, self.engine)
+            ll = stats.loglik / n
+            if not math.isfinite(ll):
+                raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
+                                     "or reg_covar is 0 with a constant feature")
+            params = m_step(stats, self.reg_covar)
+            if abs(ll - prev) <= self.tol * abs(ll):
+                converged = True
+                break
+            prev = ll
+        return params, ll, it, converged
+
+    # -- inference
+    def _check_fitted(self):
+        if not hasattr(self, "means_"):
+            raise ParameterError("this GaussianMixture is not fitted yet; call fit first")
+
+    def predict(self, X):
+        """Component of each row: (N,) int16 (a Dask array for Dask input)."""
+        self._check_fitted()
+        p = self.params_
+        if isinstance(X, da.Array):
+            return X.map_blocks(chunk_predict, p, self.engine, drop_axis=1, dtype=np.int16,
+                                meta=np.empty(0, np.int16))
+        return chunk_predict(X, p, self.engine)
+
+    def predict_proba(self, X):
+        """Responsibilities (N, K) float64."""
+        self._check_fitted()
+        if isinstance(X, da.Array):
+            return X.map_blocks(self._proba, dtype=np.float64,
+                                chunks=(X.chunks[0], (self.n_components,)))
+        return self._proba(X)
+
+    def _proba(self, X):
+        xp = namespace(X)
+        lp = log_prob(X, self.params_)
+        return xp.exp(lp - _logsumexp(lp, xp)[:, None])
+
+    def score(self, X) -> float:
+        """Mean log-likelihood per row."""
+        self._check_fitted()
+        s = data_stats(X, self.params_, self.engine)
+        return s.loglik / max(s.n, 1)
+
+    def n_parameters(self) -> int:
+        k, t = self.n_components, self.n_features_in_
+        cov = k * t if self.covariance_type == "diag" else k * t * (t + 1) // 2
+        return int(cov + k * t + k - 1)
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion (lower is better)."""
+        n = int(X.shape[0])
+        return -2.0 * self.score(X) * n + self.n_parameters() * math.log(n)
+
+    def aic(self, X) -> float:
+        return -2.0 * self.score(X) * int(X.shape[0]) + 2 * self.n_parameters()

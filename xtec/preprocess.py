@@ -1,0 +1,485 @@
+"""Preprocessing as in XTEC: zero mask, background threshold, rescaling.
+
+All of it works chunk by chunk on Dask arrays of shape (T, L, K, H) whose chunks
+hold every temperature.  The block functions (``*_block``) are written against
+the array API, so the same code runs on NumPy, CuPy or array-api-strict chunks;
+the reductions for the threshold (moments, histograms, exact quantiles) stream
+over the per-voxel mean volume, never gathering it.
+
+Threshold (``kl``), on x = log(mean_T I) of the voxels with mean_T I > 0:
+
+1. bin width w = IQR(x) / N^(1/3), edges from min(x) in steps of w;
+2. start at bin int(0.5 * argmax(hist) + 0.5 * bin(mean(x) + std(x)));
+3. at bin i, fit a Gaussian (mean, std) to the x below edge i; p is the
+   truncated histogram normalised to 1, q_j = w * N(edge_j; mean, std) on the
+   same bins' left edges, KL(i) = sum_j p_j log(p_j / (q_j + 1e-12));
+4. d = log KL(i+1) - log KL(i); stop if |d| <= w, else move to the bin of
+   edge_i - d; at most 100 steps.  Keep voxels with x > edge_i.
+
+``simple`` keeps x > mean(x) + 2 std(x); a user cutoff is an intensity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+
+from xtec.backend import namespace, to_numpy
+from xtec.errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+RESCALE_METHODS = ("mean", "zscore", "log-mean", "none")
+THRESHOLD_METHODS = ("kl", "simple", "none")
+_FINE_BINS = 4096
+
+
+# --------------------------------------------------------------------------- blocks
+def clean_block(x):
+    """Zero every trajectory holding a NaN and clip negative intensities to 0.
+
+    x : array of shape (T, ...) -> same shape.  A NaN trajectory becomes all-zero,
+    so the zero mask drops the voxel.
+    """
+    xp = namespace(x)
+    bad = xp.any(xp.isnan(x), axis=0)
+    x = xp.where(bad, xp.zeros_like(x), x)
+    return xp.where(x < 0, xp.zeros_like(x), x)
+
+
+def mean_block(x):
+    """Mean over temperature, accumulated in float64; (T, ...) -> (...) float32."""
+    xp = namespace(x)
+    return xp.astype(xp.mean(xp.astype(x, xp.float64), axis=0), xp.float32)
+
+
+def _bad_counts_block(x):
+    xp = namespace(x)
+    n_nan = xp.sum(xp.astype(xp.any(xp.isnan(x), axis=0), xp.int64))
+    n_neg = xp.sum(xp.astype(x < 0, xp.int64))
+    return np.array([int(n_nan), int(n_neg)], dtype=np.int64)
+
+
+def rescale_block(x, method: str = "mean"):
+    """Rescale trajectories along axis 0.
+
+    ``mean``: I / mean_T I - 1; ``zscore``: (I - mean_T I) / std_T I;
+    ``log-mean``: log(1 + I) - mean_T log(1 + I); ``none``: unchanged.
+    Voxels with a zero mean (or zero spread, for zscore) give 0.
+    """
+    xp = namespace(x)
+    x = xp.astype(x, xp.float32)
+    if method == "none":
+        return x
+    if method == "log-mean":
+        y = xp.log1p(x)
+        return y - xp.mean(y, axis=0, keepdims=True)
+    m = xp.mean(x, axis=0, keepdims=True)
+    if method == "mean":
+        safe = xp.where(m > 0, m, xp.ones_like(m))
+        return xp.where(m > 0, x / safe - 1, xp.zeros_like(x))
+    if method == "zscore":
+        s = xp.std(x, axis=0, keepdims=True)
+        safe = xp.where(s > 0, s, xp.ones_like(s))
+        return xp.where(s > 0, (x - m) / safe, xp.zeros_like(x))
+    raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {method!r})")
+
+
+def trajectories_block(x, mask, method: str):
+    """Rescaled trajectories of the kept voxels of one block.
+
+    x : (T, l, k, h); mask : (l, k, h) bool -> (n_kept, T) float32, in C order.
+    """
+    xp = namespace(x)
+    t = x.shape[0]
+    y = rescale_block(x, method)
+    flat = xp.reshape(xp.permute_dims(y, (1, 2, 3, 0)), (-1, t))
+    return flat[xp.reshape(mask, (-1,))]
+
+
+def _log_mean_values(m, mask=None):
+    """x = log(mean) of the voxels with mean > 0, as float64 host NumPy."""
+    m = to_numpy(m).astype(np.float64).ravel()
+    keep = m > 0
+    if mask is not None:
+        keep &= to_numpy(mask).ravel()
+    return np.log(m[keep])
+
+
+# ------------------------------------------------------------------ streaming passes
+def _per_block(arr: da.Array, func, *args) -> list:
+    """Apply ``func(block, *args)`` to every block and return the small results,
+    in block order (so reductions over them are deterministic)."""
+    blocks = arr.to_delayed().ravel()
+    f = dask.delayed(func, pure=True)
+    return list(dask.compute(*[f(b, *args) for b in blocks]))
+
+
+def _moments(m):
+    x = _log_mean_values(m)
+    if x.size == 0:
+        return np.array([0, 0.0, 0.0, np.inf, -np.inf])
+    return np.array([x.size, x.sum(), (x * x).sum(), x.min(), x.max()])
+
+
+def _bin_index(x, lo, width, nbins):
+    return np.clip(np.floor((x - lo) / width).astype(np.int64), 0, nbins - 1)
+
+
+def _fine_hist(m, lo, width, nbins):
+    x = _log_mean_values(m)
+    return np.bincount(_bin_index(x, lo, width, nbins), minlength=nbins)
+
+
+def _values_in_bins(m, lo, width, nbins, bins):
+    x = _log_mean_values(m)
+    return x[np.isin(_bin_index(x, lo, width, nbins), bins)]
+
+
+def _weighted_hist(m, lo, width, nbins):
+    x = _log_mean_values(m)
+    b = _bin_index(x, lo, width, nbins)
+    return np.stack([
+        np.bincount(b, minlength=nbins).astype(np.float64),
+        np.bincount(b, weights=x, minlength=nbins),
+        np.bincount(b, weights=x * x, minlength=nbins),
+    ])
+
+
+@dataclass
+class LogIntensityStats:
+    """Streaming summary of x = log(mean_T I) over the voxels with mean > 0."""
+
+    n: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    q25: float
+    q75: float
+
+
+def log_intensity_stats(mean: da.Array) -> LogIntensityStats:
+    """Moments and exact quartiles of x = log(mean) by streaming passes.
+
+    Quartiles: a fine histogram locates the bins holding the ranks NumPy's
+    ``percentile`` interpolates between, then only those bins' values are
+    gathered, so the result equals ``np.percentile(x, [25, 75])``.
+    """
+    mom = np.sum(_per_block(mean, _moments), axis=0) if mean.npartitions else None
+    n = int(mom[0])
+    if n == 0:
+        raise ParameterError("every voxel is zero at every temperature: nothing to cluster")
+    mu = mom[1] / n
+    std = math.sqrt(max(mom[2] / n - mu * mu, 0.0))
+    lo, hi = float(mom[3]), float(mom[4])
+    width = (hi - lo) / _FINE_BINS or 1.0
+    hist = np.sum(_per_block(mean, _fine_hist, lo, width, _FINE_BINS), axis=0)
+    cum = np.cumsum(hist)
+    ranks = []
+    for q in (0.25, 0.75):
+        pos = q * (n - 1)
+        ranks.append((pos, int(math.floor(pos)), min(int(math.floor(pos)) + 1, n - 1)))
+    need = sorted({int(np.searchsorted(cum, r, side="right")) for _, a, b in ranks
+                   for r in (a, b)})
+    parts = _per_block(mean, _values_in_bins, lo, width, _FINE_BINS, np.array(need))
+    vals = np.concatenate(parts)
+    vbins = _bin_index(vals, lo, width, _FINE_BINS)
+    in_bin = {b: np.sort(vals[vbins == b]) for b in need}
+
+    def value_at(rank):
+        b = int(np.searchsorted(cum, rank, side="right"))
+        first = int(cum[b - 1]) if b > 0 else 0
+        return in_bin[b][rank - first]
+
+    quart = []
+    for pos, a, b in ranks:
+        va, vb = value_at(a), value_at(b)
+        quart.append(float(va + (pos - a) * (vb - va)))
+    return LogIntensityStats(n, float(mu), std, lo, hi, quart[0], quart[1])
+
+
+# ------------------------------------------------------------------------ threshold
+@dataclass
+class Threshold:
+    """Result of the background threshold.
+
+    ``cutoff`` is in log intensity: voxels with log(mean_T I) > cutoff are kept.
+    ``hist``/``edges`` are the Freedman-Diaconis histogram of log(mean_T I) (for
+    the report); ``gaussian`` is the (mean, std) fitted below the cutoff.
+    """
+
+    method: str
+    cutoff: float
+    n_nonzero: int
+    hist: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    edges: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    gaussian: tuple[float, float] = (math.nan, math.nan)
+    iterations: int = 0
+
+    @property
+    def intensity_cutoff(self) -> float:
+        return math.exp(self.cutoff) if math.isfinite(self.cutoff) else 0.0
+
+
+def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: np.ndarray,
+              mean: float, std: float, max_iter: int = 100) -> tuple[int, int, tuple[float, float]]:
+    """XTEC's KL-divergence cutoff on a histogram with per-bin sums.
+
+    Parameters
+    ----------
+    counts, sum_x, sum_x2 : arrays of shape (n_bins,)
+        Per bin: number of values, their sum, the sum of their squares (so the
+        Gaussian below any edge is fitted exactly, without the values).
+    edges : array of shape (n_bins + 1,)
+    mean, std : float
+        Of all values (they set the starting bin).
+
+    Returns
+    -------
+    index : int
+        Cutoff bin: keep values above ``edges[index]``.
+    iterations : int
+    gaussian : (mean, std) fitted to the values below the cutoff.
+    """
+    nb = counts.size
+    width = float(edges[1] - edges[0])
+    c_n, c_s, c_s2 = (np.concatenate([[0.0], np.cumsum(a)]) for a in (counts, sum_x, sum_x2))
+
+    def fit(i):
+        n = c_n[i]
+        mu = c_s[i] / n
+        return mu, math.sqrt(max(c_s2[i] / n - mu * mu, 1e-300))
+
+    def kl(i):
+        n = c_n[i]
+        if n <= 1:
+            return math.inf
+        mu, sigma = fit(i)
+        p = counts[:i] / n
+        z = (edges[:i] - mu) / sigma
+        q = width * np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
+        nz = p > 0
+        return float(np.sum(p[nz] * np.log(p[nz] / (q[nz] + 1e-12))))
+
+    def to_bin(x):
+        return int(min(max(math.floor((x - edges[0]) / width), 2), nb - 1))
+
+    i = int(0.5 * int(np.argmax(counts)) + 0.5 * to_bin(mean + std))
+    i = min(max(i, 2), nb - 1)
+    it = 0
+    for it in range(1, max_iter + 1):
+        k0, k1 = kl(i), kl(min(i + 1, nb))
+        d = math.log(max(k1, 1e-300)) - math.log(max(k0, 1e-300))
+        if not math.isfinite(d) or abs(d) <= width:
+            break
+        i = to_bin(edges[i] - d)
+    return i, it, fit(i)
+
+
+def compute_threshold(mean: da.Array, method: str | float = "kl") -> Threshold:
+    """Background cutoff from the per-voxel mean volume (streaming).
+
+    Parameters
+    ----------
+    mean : dask array of shape (L, K, H)
+        mean_T I per voxel (zero for gaps).
+    method : 'kl', 'simple', 'none', or a number
+        A number is an intensity: keep voxels whose mean exceeds it.
+    """
+    if not isinstance(method, str):
+        value = float(method)
+        if not value > 0:
+            raise ParameterError(f"a threshold intensity must be > 0 (got {value})")
+        n = int(sum(int(a) for a in _per_block(mean, lambda m: int((to_numpy(m) > 0).sum()))))
+        return Threshold("value", math.log(value), n)
+    if method not in THRESHOLD_METHODS:
+        raise ParameterError(
+            f"threshold must be one of {THRESHOLD_METHODS} or an intensity (got {method!r})"
+        )
+    st = log_intensity_stats(mean)
+    if method == "none":
+        return Threshold("none", -math.inf, st.n)
+    if method == "simple":
+        return Threshold("simple", st.mean + 2 * st.std, st.n, gaussian=(st.mean, st.std))
+    iqr = st.q75 - st.q25
+    width = iqr / st.n ** (1.0 / 3.0)
+    if not width > 0:
+        raise ParameterError(
+            "the KL threshold needs spread in log intensity (IQR is 0); use "
+            "--threshold simple or an intensity"
+        )
+    nb = max(3, int(math.ceil((st.max - st.min) / width)))
+    edges = st.min + width * np.arange(nb + 1)
+    counts, s1, s2 = np.sum(_per_block(mean, _weighted_hist, st.min, width, nb), axis=0)
+    idx, it, gauss = kl_cutoff(counts, edges, s1, s2, st.mean, st.std)
+    log.info("KL threshold: bin %d of %d, cutoff %.4g (log), %d steps", idx, nb, edges[idx], it)
+    return Threshold("kl", float(edges[idx]), st.n, counts, edges, gauss, it)
+
+
+def kl_threshold_values(x: np.ndarray, max_iter: int = 100) -> float:
+    """KL cutoff of in-memory log intensities ``x`` (shape (N,)), for small data."""
+    x = np.asarray(x, dtype=np.float64)
+    q25, q75 = np.percentile(x, [25, 75])
+    width = (q75 - q25) / x.size ** (1 / 3)
+    nb = max(3, int(math.ceil((x.max() - x.min()) / width)))
+    edges = x.min() + width * np.arange(nb + 1)
+    b = _bin_index(x, x.min(), width, nb)
+    counts = np.bincount(b, minlength=nb).astype(np.float64)
+    s1 = np.bincount(b, weights=x, minlength=nb)
+    s2 = np.bincount(b, weights=x * x, minlength=nb)
+    idx, _, _ = kl_cutoff(counts, edges, s1, s2, float(x.mean()), float(x.std()), max_iter)
+    return float(edges[idx])
+
+
+# ----------------------------------------------------------------------- the passes
+@dataclass
+class VoxelSummary:
+    """One streaming pass over the raw data."""
+
+    mean: da.Array  # (L, K, H) float32, mean over T after cleaning
+    n_nan_voxels: int
+    n_negative_values: int
+
+
+def summarize(data: da.Array, persist: bool = True) -> VoxelSummary:
+    """Mean over temperature per voxel, and counts of NaN / negative values.
+
+    data : dask array (T, L, K, H) with the temperature axis in one chunk.
+    Both come from one read of the data.
+    """
+    if data.numblocks[0] != 1:
+        data = data.rechunk({0: -1})
+    counts = data.map_blocks(
+        lambda b: _bad_counts_block(b)[None, None, None, :], dtype=np.int64,
+        chunks=(1, 1, 1, 2), drop_axis=[], meta=np.empty((0, 0, 0, 0), np.int64),
+    )
+    mean = clean(data).map_blocks(mean_block, drop_axis=0, dtype=np.float32)
+    if persist:
+        mean, counts = dask.persist(mean, counts)
+    tot = counts.sum(axis=(0, 1, 2)).compute()
+    return VoxelSummary(mean, int(tot[0]), int(tot[1]))
+
+
+def clean(data: da.Array) -> da.Array:
+    """:func:`clean_block` on every chunk."""
+    return data.map_blocks(clean_block, dtype=data.dtype)
+
+
+def keep_mask(mean: da.Array, threshold: Threshold) -> da.Array:
+    """Kept voxels: mean > 0 and log(mean) above the cutoff.  (L, K, H) bool."""
+    def f(m, cut):
+        xp = namespace(m)
+        pos = m > 0
+        safe = xp.where(pos, m, xp.ones_like(m))
+        return pos & (xp.log(xp.astype(safe, xp.float64)) > cut)
+
+    return mean.map_blocks(f, threshold.cutoff, dtype=bool)
+
+
+def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Global C-order voxel indices of the kept voxels of a mask block (host int64).
+
+    mask : (l, k, h) block starting at ``offset`` in a grid of ``shape``.
+    """
+    ijk = np.nonzero(to_numpy(mask))
+    return np.ravel_multi_index(tuple(a + o for a, o in zip(ijk, offset)), shape)
+
+
+@dataclass
+class Trajectories:
+    """Rescaled trajectories of the kept voxels, ragged over the spatial blocks.
+
+    Attributes
+    ----------
+    X : dask array of shape (n_kept, T), float32
+        One chunk per spatial block that keeps any voxel, in block order.
+    index : dask array of shape (n_kept,), int64
+        Global C-order index of each voxel in the (L, K, H) grid: the identity
+        that makes seeded results independent of the chunking.
+    counts : ndarray of shape mask.numblocks
+        Kept voxels per spatial block.
+    """
+
+    X: da.Array
+    index: da.Array
+    counts: np.ndarray
+    mask: da.Array
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+
+def extract_trajectories(data: da.Array, mask: da.Array, rescale: str = "mean") -> Trajectories:
+    """Gather and rescale the trajectories of kept voxels, chunk by chunk.
+
+    data : (T, L, K, H) dask array, temperature in one chunk; mask : (L, K, H) bool
+    with the same spatial chunks.
+    """
+    if rescale not in RESCALE_METHODS:
+        raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {rescale!r})")
+    if data.numblocks[0] != 1:
+        data = data.rechunk({0: -1})
+    counts = mask.map_blocks(
+        lambda m: np.full((1, 1, 1), int(to_numpy(m).sum()), np.int64), dtype=np.int64,
+        chunks=(1, 1, 1),
+    ).compute()
+    t = data.shape[0]
+    dblocks = data.to_delayed()[0]
+    mblocks = mask.to_delayed()
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
+    flat_idx = dask.delayed(flat_indices_block, pure=True)
+    meta2 = _meta_2d(data._meta)
+    xs, ids = [], []
+    traj = dask.delayed(trajectories_block, pure=True)
+    for pos in np.ndindex(*counts.shape):
+        n = int(counts[pos])
+        if n == 0:
+            continue
+        xs.append(da.from_delayed(traj(dblocks[pos], mblocks[pos], rescale), shape=(n, t),
+                                  dtype=np.float32, meta=meta2))
+        offset = tuple(int(st[i]) for st, i in zip(starts, pos))
+        ids.append(da.from_delayed(flat_idx(mblocks[pos], offset, mask.shape), shape=(n,),
+                                   dtype=np.int64))
+    if not xs:
+        raise ParameterError(
+            "the threshold keeps no voxel; lower it (--threshold simple, none, or an intensity)"
+        )
+    return Trajectories(da.concatenate(xs), da.concatenate(ids), counts, mask)
+
+
+def _meta_2d(meta):
+    xp = namespace(meta)
+    return xp.empty((0, 0), dtype=xp.float32)
+
+
+def paint(values: da.Array, traj: Trajectories, fill, dtype) -> da.Array:
+    """Scatter per-kept-voxel ``values`` (n_kept,) back onto the (L, K, H) grid.
+
+    ``values`` must have the chunks of ``traj.X`` along axis 0; voxels not kept
+    get ``fill``.
+    """
+    mask = traj.mask
+    vblocks = iter(values.to_delayed().ravel())
+    mblocks = mask.to_delayed()
+
+    def scatter(m, v):
+        m = to_numpy(m)
+        out = np.full(m.shape, fill, dtype=dtype)
+        if v is not None:
+            out[m] = to_numpy(v)
+        return out
+
+    f = dask.delayed(scatter, pure=True)
+    grid = np.empty(traj.counts.shape, dtype=object)
+    for pos in np.ndindex(*traj.counts.shape):
+        v = next(vblocks) if traj.counts[pos] else None
+        shape = tuple(c[i] for c, i in zip(mask.chunks, pos))
+        grid[pos] = da.from_delayed(f(mblocks[pos], v), shape=shape, dtype=dtype)
+    return da.block(grid.tolist())
