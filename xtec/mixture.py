@@ -556,7 +556,7 @@ class GaussianMixture:
         converged = False
         ll = -math.inf
         it = 0
-        for it in range(1, self.max_iter + 1):
+        for it in range(1, self.max_iter + 1):  # noqa: B007 (it is reported)
             stats = data_stats(X, params, self.engine)
             ll = stats.loglik / n
             if not math.isfinite(ll):

@@ -171,7 +171,8 @@ def log_intensity_stats(mean: da.Array) -> LogIntensityStats:
     ``percentile`` interpolates between, then only those bins' values are
     gathered, so the result equals ``np.percentile(x, [25, 75])``.
     """
-    mom = np.sum(_per_block(mean, _moments), axis=0) if mean.npartitions else None
+    parts = np.array(_per_block(mean, _moments))
+    mom = np.concatenate([parts[:, :3].sum(axis=0), [parts[:, 3].min(), parts[:, 4].max()]])
     n = int(mom[0])
     if n == 0:
         raise ParameterError("every voxel is zero at every temperature: nothing to cluster")
@@ -273,7 +274,7 @@ def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: 
     i = int(0.5 * int(np.argmax(counts)) + 0.5 * to_bin(mean + std))
     i = min(max(i, 2), nb - 1)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
         k0, k1 = kl(i), kl(min(i + 1, nb))
         d = math.log(max(k1, 1e-300)) - math.log(max(k0, 1e-300))
         if not math.isfinite(d) or abs(d) <= width:

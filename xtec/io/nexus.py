@@ -160,6 +160,14 @@ def _read_volume(path: Path, preferred: Sequence[str]) -> _Volume:
         dset = _h5file(target_file)[target_path]
         shape, dtype, file_chunks = tuple(dset.shape), dset.dtype, dset.chunks
     except (OSError, KeyError) as exc:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            link = f.get(signal.nxpath, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            target = (path.parent / link.filename).resolve()
+            raise InputError(f"{path}: {signal.nxpath} links to {target}:{link.path}, which "
+                             "does not exist or cannot be opened") from None
         raise InputError(f"{path}: cannot open {target_path} ({exc})") from None
     axes_attr = group.attrs.get("axes")
     if axes_attr is None:

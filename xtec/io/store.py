@@ -106,12 +106,12 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
     ds.attrs["complete"] = False
     ds = _uniform_chunks(ds)
     try:
-        ds.to_zarr(tmp, mode="w", consolidated=True, zarr_format=3)
+        # Consolidated metadata is not part of the Zarr v3 spec: plain metadata only.
+        ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
         import zarr
 
         group = zarr.open_group(tmp, mode="r+")
         group.attrs["complete"] = True
-        zarr.consolidate_metadata(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -128,7 +128,7 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     if not path.exists():
         raise InputError(f"no such result store: {path}")
     try:
-        ds = xr.open_zarr(path)
+        ds = xr.open_zarr(path, consolidated=False)
     except Exception as exc:
         raise InputError(f"{path} is not a readable Zarr result store ({exc})") from None
     if ds.attrs.get("complete") is not True:

@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic series written to real NeXus files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtec.datasets import make_series, write_nxrefine, write_xtec
+
+
+@pytest.fixture(scope="session")
+def series():
+    """The project's default synthetic series: 24 T x 21 x 121 x 121 (307,461 voxels)."""
+    return make_series(seed=0)
+
+
+@pytest.fixture(scope="session")
+def xtec_file(series, tmp_path_factory):
+    return write_xtec(series, tmp_path_factory.mktemp("xtec") / "series.nxs")
+
+
+@pytest.fixture(scope="session")
+def nxrefine_files(series, tmp_path_factory):
+    """NXRefine wrappers (temperature order) followed by the VDS parent file."""
+    return write_nxrefine(series, tmp_path_factory.mktemp("nxrefine"))
+
+
+@pytest.fixture(scope="session")
+def small_series():
+    return make_series(h_range=(-1.5, 1.5), k_range=(-1.5, 1.5), l_range=(-0.5, 0.5),
+                       temperatures=np.linspace(20, 300, 8), seed=1)
+
+
+@pytest.fixture()
+def small_file(small_series, tmp_path):
+    return write_xtec(small_series, tmp_path / "small.nxs", chunks=(8, 4, 16, 16))

@@ -1,0 +1,169 @@
+"""Zero mask, thresholds (streaming vs definition), rescaling, array-API portability."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from xtec.errors import ParameterError
+from xtec.preprocess import (
+    clean_block,
+    compute_threshold,
+    extract_trajectories,
+    keep_mask,
+    kl_threshold_values,
+    log_intensity_stats,
+    rescale_block,
+    summarize,
+)
+
+
+def reference_kl_cutoff(x: np.ndarray) -> float:
+    """XTEC's KL cutoff written straight from its definition, on the raw values.
+
+    Every Gaussian is fitted with np.mean/np.std of the values below the edge;
+    nothing is shared with the implementation under test.
+    """
+    n = x.size
+    q75, q25 = np.percentile(x, [75, 25])
+    w = (q75 - q25) / n ** (1 / 3)
+    nb = int(math.ceil((x.max() - x.min()) / w))
+    edges = x.min() + w * np.arange(nb + 1)
+    hist = np.array([np.sum((x >= edges[j]) & (x < edges[j + 1])) for j in range(nb)])
+    hist[-1] += np.sum(x >= edges[-1])
+
+    def kl(i):
+        below = x[x < edges[i]]
+        mu, sd = below.mean(), below.std()
+        p = hist[:i] / hist[:i].sum()
+        q = w * np.exp(-0.5 * ((edges[:i] - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+        nz = p > 0
+        return np.sum(p[nz] * np.log(p[nz] / (q[nz] + 1e-12)))
+
+    def snap(v):
+        return int(min(max(math.floor((v - edges[0]) / w), 2), nb - 1))
+
+    i = min(max(int(0.5 * np.argmax(hist) + 0.5 * snap(x.mean() + x.std())), 2), nb - 1)
+    for _ in range(100):
+        d = np.log(kl(i + 1)) - np.log(kl(i))
+        if abs(d) <= w:
+            break
+        i = snap(edges[i] - d)
+    return float(edges[i])
+
+
+@pytest.fixture(scope="module")
+def log_values():
+    # Background (log-normal) plus a tail of signal voxels, like a real volume.
+    rng = np.random.default_rng(3)
+    bkg = rng.normal(1.0, 0.35, 20000)
+    sig = rng.uniform(2.0, 8.0, 1500)
+    return np.concatenate([bkg, sig])
+
+
+def test_kl_cutoff_matches_definition(log_values):
+    ref = reference_kl_cutoff(log_values)
+    assert kl_threshold_values(log_values) == pytest.approx(ref, abs=1e-12)
+    # The background (mean 1, sd 0.35) lies below; most of the tail above.
+    assert 1.5 < ref < 2.5
+
+
+def test_streaming_threshold_equals_in_memory(log_values):
+    rng = np.random.default_rng(0)
+    vol = np.zeros(30 * 40 * 25)
+    vol[rng.permutation(vol.size)[: log_values.size]] = np.exp(log_values)
+    vol = vol.reshape(30, 40, 25)
+    ref = reference_kl_cutoff(log_values)
+    for chunks in ((30, 40, 25), (7, 11, 5), (30, 3, 25)):
+        mean = da.from_array(vol, chunks=chunks)
+        st = log_intensity_stats(mean)
+        q25, q75 = np.percentile(log_values, [25, 75])
+        assert (st.q25, st.q75) == (pytest.approx(q25, abs=1e-13), pytest.approx(q75, abs=1e-13))
+        assert st.n == log_values.size
+        th = compute_threshold(mean, "kl")
+        assert th.cutoff == pytest.approx(ref, abs=1e-9)
+        simple = compute_threshold(mean, "simple")
+        assert simple.cutoff == pytest.approx(log_values.mean() + 2 * log_values.std())
+        user = compute_threshold(mean, 10.0)
+        mask = keep_mask(mean, user).compute()
+        assert mask.sum() == np.sum(vol > 10.0)
+
+
+def test_threshold_errors():
+    zeros = da.zeros((4, 4, 4), chunks=2)
+    with pytest.raises(ParameterError, match="every voxel is zero"):
+        compute_threshold(zeros, "kl")
+    with pytest.raises(ParameterError, match="threshold must be"):
+        compute_threshold(da.ones((4, 4, 4)), "otsu")
+
+
+def test_rescale_definitions():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(1, 10, size=(12, 3, 4, 5)).astype(np.float32)
+    m = x.mean(0)
+    np.testing.assert_allclose(rescale_block(x, "mean"), x / m - 1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rescale_block(x, "zscore"), (x - m) / x.std(0), rtol=1e-4,
+                               atol=1e-5)
+    lg = np.log1p(x)
+    np.testing.assert_allclose(rescale_block(x, "log-mean"), lg - lg.mean(0), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ParameterError):
+        rescale_block(x, "minmax")
+
+
+def test_nan_and_negative_intensities_are_handled():
+    rng = np.random.default_rng(2)
+    x = rng.uniform(1, 5, size=(6, 4, 4, 4)).astype(np.float32)
+    x[2, 1, 1, 1] = np.nan
+    x[3, 0, 0, 0] = -4.0
+    s = summarize(da.from_array(x, chunks=(6, 2, 2, 2)))
+    assert (s.n_nan_voxels, s.n_negative_values) == (1, 1)
+    mean = s.mean.compute()
+    assert mean[1, 1, 1] == 0  # the NaN voxel is dropped by the zero mask
+    assert np.isfinite(mean).all()
+    c = clean_block(x)
+    assert c.min() >= 0 and np.isfinite(c).all()
+
+
+def test_extracted_trajectories_do_not_depend_on_chunking(small_series):
+    data = small_series.intensity
+    mask = data.mean(0) > 20
+    expected_index = np.flatnonzero(mask)
+    expected = (data[:, mask] / data[:, mask].mean(0) - 1).T
+    for chunks in ((8, 11, 61, 61), (8, 3, 16, 7)):
+        d = da.from_array(data, chunks=chunks)
+        m = da.from_array(mask, chunks=chunks[1:])
+        tr = extract_trajectories(d, m, "mean")
+        idx = tr.index.compute()
+        X = tr.X.compute()
+        order = np.argsort(idx)
+        np.testing.assert_array_equal(idx[order], expected_index)
+        np.testing.assert_allclose(X[order], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_block_functions_run_on_array_api_strict():
+    xps = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(4)
+    host = rng.uniform(0, 5, size=(6, 3, 4, 5)).astype(np.float32)
+    host[:, 0, 0, 0] = 0
+    x = xps.asarray(host)
+    for method in ("mean", "zscore", "log-mean"):
+        out = rescale_block(x, method)
+        assert isinstance(out, type(x))
+        np.testing.assert_allclose(np.from_dlpack(out), rescale_block(host, method), rtol=1e-5,
+                                   atol=1e-6)
+    host_bad = host.copy()
+    host_bad[1, 2, 2, 2] = -1
+    host_bad[0, 1, 1, 1] = np.nan
+    cleaned = clean_block(xps.asarray(host_bad))
+    np.testing.assert_array_equal(np.from_dlpack(cleaned), clean_block(host_bad))
+    from xtec.preprocess import mean_block, trajectories_block
+
+    np.testing.assert_allclose(np.from_dlpack(mean_block(x)), mean_block(host))
+    mask = host.mean(0) > 2.5
+    t = trajectories_block(x, xps.asarray(mask), "mean")
+    np.testing.assert_allclose(np.from_dlpack(t), trajectories_block(host, mask, "mean"),
+                               rtol=1e-6)
