@@ -84,7 +84,7 @@ def save_model_file(
         raise XtecError("saving models needs safetensors: pip install 'xtec[ml]'") from None
     tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     for k, v in arrays.items():
-        tensors[f"arrays/{k}"] = torch.as_tensor(np.ascontiguousarray(v))
+        tensors[f"arrays/{k}"] = torch.tensor(np.array(v, copy=True))
     metadata = {
         "xtec_model": kind,
         "format_version": FORMAT_VERSION,
@@ -124,9 +124,7 @@ def load_model_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict, dic
         raise InputError(f"{path}: not a model file written by xtec ({exc})") from None
     found = metadata.get("xtec_model")
     if found != kind:
-        raise InputError(
-            f"{path}: holds a {found or 'non-xtec'} model, expected a {kind} model"
-        )
+        raise InputError(f"{path}: holds a {found or 'non-xtec'} model, expected a {kind} model")
     try:
         config = json.loads(metadata["config"])
         extras = json.loads(metadata.get("extras", "{}"))

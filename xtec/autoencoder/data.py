@@ -115,7 +115,10 @@ def load_curves(paths: PathLike | Sequence[PathLike], kind: str = "pattern") -> 
     names = set(parts[0].coords) - {first, axis}
     for part in parts[1:]:
         names &= set(part.coords) - {first, axis}
-    parts = [p.assign_coords({axis: grid}).drop_vars(set(p.coords) - names - {first, axis}) for p in parts]
+    parts = [
+        p.assign_coords({axis: grid}).drop_vars(set(p.coords) - names - {first, axis})
+        for p in parts
+    ]
     out = xr.concat(parts, dim=first)
     out[first] = np.arange(out.sizes[first])
     return out
@@ -190,7 +193,9 @@ def _load_csv(path: Path, first: str, axis: str) -> xr.DataArray:
                         f"{path}: row {r + 2}, column {header[i]!r}: {row[i]!r} is not a number"
                     )
                 values[r, c] = v
-        other = {header[i]: [row[i].strip() for row in body] for i in range(width) if i not in grid_cols}
+        other = {
+            header[i]: [row[i].strip() for row in body] for i in range(width) if i not in grid_cols
+        }
         coords = {first: np.arange(len(body)), axis: grid, **_descriptor_coords(first, other)}
         return xr.DataArray(values, dims=(first, axis), coords=coords)
     # Column layout: the first column is the grid, each other column one curve.
@@ -240,7 +245,9 @@ def _load_text(path: Path, first: str, axis: str) -> xr.DataArray:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read as a two-column text file ({exc})") from None
     if not data:
-        raise InputError(f"{path}: no numeric data rows found (expected two columns: {axis}, intensity)")
+        raise InputError(
+            f"{path}: no numeric data rows found (expected two columns: {axis}, intensity)"
+        )
     table = np.asarray(data, dtype=float)
     coords = {first: [0], axis: table[:, 0], **_descriptor_coords(first, descriptors)}
     return xr.DataArray(table[None, :, 1], dims=(first, axis), coords=coords)
@@ -348,9 +355,7 @@ def save_curves(da: xr.DataArray, path: PathLike) -> Path:
     first, axis = da.dims
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
-    extra = [
-        n for n, c in da.coords.items() if c.dims == (first,) and n != first
-    ]
+    extra = [n for n, c in da.coords.items() if c.dims == (first,) and n != first]
     if suffix in _NEXUS_SUFFIXES:
         import h5py
 
@@ -384,7 +389,10 @@ def save_curves(da: xr.DataArray, path: PathLike) -> Path:
             )
         lines = [f"# {name} = {da[name].values[0]}" for name in extra]
         lines.append(f"# {axis} intensity")
-        lines += [f"{x!r} {y!r}" for x, y in zip(da[axis].values.tolist(), da.values[0].tolist(), strict=True)]
+        lines += [
+            f"{x!r} {y!r}"
+            for x, y in zip(da[axis].values.tolist(), da.values[0].tolist(), strict=True)
+        ]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -476,7 +484,9 @@ def synthetic_alloy_series(
             raise ParameterError(f"n_patterns must be at least 1, not {n_patterns}")
         lo, hi = composition_range
         if not 0.0 <= lo < hi <= 1.0:
-            raise ParameterError(f"composition_range must satisfy 0 <= lo < hi <= 1, not {composition_range}")
+            raise ParameterError(
+                f"composition_range must satisfy 0 <= lo < hi <= 1, not {composition_range}"
+            )
         x = np.sort(rng.uniform(lo, hi, n_patterns))
     else:
         x = np.asarray(composition, dtype=float).ravel()
@@ -510,7 +520,9 @@ def synthetic_alloy_series(
         centre = np.degrees(2 * theta)
         inside = ok & (centre > tt.min() - 2) & (centre < tt.max() + 2) & (intensity > 0)
         tan_t = np.tan(theta[inside])
-        size_term = size_broadening * abs(1 + size_spread * rng.standard_normal()) / np.cos(theta[inside])
+        size_term = (
+            size_broadening * abs(1 + size_spread * rng.standard_normal()) / np.cos(theta[inside])
+        )
         fwhm = np.sqrt(np.maximum(u * tan_t**2 + v * tan_t + w, 1e-6)) + size_term
         d = tt[None, :] - centre[inside, None]
         hw = fwhm[:, None] / 2
@@ -556,7 +568,9 @@ def reflection_positions(
     h, k, l = _cubic_reflections(two_theta_range[1], wavelength, min(lattice))  # noqa: E741
     seen = {}
     for hh, kk, ll in zip(h, k, l, strict=True):
-        key = tuple(sorted((abs(int(hh)), abs(int(kk)), abs(int(ll)))), )[::-1]
+        key = tuple(
+            sorted((abs(int(hh)), abs(int(kk)), abs(int(ll)))),
+        )[::-1]
         if key in seen:
             continue
         sin_t = np.sqrt(hh**2 + kk**2 + ll**2) * wavelength / (2 * a)
@@ -601,7 +615,8 @@ def synthetic_spectra(
     Returns
     -------
     DataArray of shape (n_spectra, n_energy), dims ``("spectrum", "energy")``,
-    with one coordinate per descriptor and ``broadening`` along ``spectrum``.
+    with one coordinate per descriptor and ``nuisance_broadening`` (not a
+    descriptor: the CLI leaves ``nuisance_*`` coordinates unconstrained) along ``spectrum``.
     Energies default to 256 points from -20 to 60 eV relative to the edge.
     """
     if n_spectra < 1:
@@ -623,7 +638,11 @@ def synthetic_spectra(
     exafs = 0.15 * np.sin(2 * k * radius * 1.9) * np.exp(-0.08 * k**2 * 4) * (ee > 5.0) * step
     mu = step + white + pre + exafs
     mu = mu + noise * rng.standard_normal(mu.shape)
-    coords = {"spectrum": np.arange(n_spectra), "energy": e, "broadening": ("spectrum", broad)}
+    coords = {
+        "spectrum": np.arange(n_spectra),
+        "energy": e,
+        "nuisance_broadening": ("spectrum", broad),
+    }
     for j, name in enumerate(SPECTRUM_DESCRIPTORS):
         coords[name] = ("spectrum", d[:, j])
     return xr.DataArray(
@@ -631,5 +650,8 @@ def synthetic_spectra(
         dims=DIMS["spectrum"],
         coords=coords,
         name="absorption",
-        attrs={"description": "synthetic XANES-like spectra with known descriptors", "units_energy": "eV"},
+        attrs={
+            "description": "synthetic XANES-like spectra with known descriptors",
+            "units_energy": "eV",
+        },
     )

@@ -86,7 +86,9 @@ def _inverse_stabilize(t: np.ndarray, how: str) -> np.ndarray:
     return np.sign(t) * t**2 if how == "sqrt" else t
 
 
-def mask_window(pattern: np.ndarray, grid: np.ndarray, lo: float, hi: float, edge: int = 3) -> np.ndarray:
+def mask_window(
+    pattern: np.ndarray, grid: np.ndarray, lo: float, hi: float, edge: int = 3
+) -> np.ndarray:
     """Replace ``pattern`` on ``lo <= grid <= hi`` by a straight background line.
 
     The line joins the medians of ``edge`` points just outside each end, so a
@@ -168,7 +170,8 @@ def find_peaks(
     -------
     Peaks sorted by position.
     """
-    from scipy.signal import find_peaks as _find, peak_widths
+    from scipy.signal import find_peaks as _find
+    from scipy.signal import peak_widths
 
     y = np.asarray(pattern, dtype=float)
     scale = float(np.max(y) - np.min(y)) or 1.0
@@ -183,7 +186,9 @@ def find_peaks(
     peaks = []
     for i, w in zip(idx, widths, strict=True):
         half = window / 2 if window is not None else max(width_factor * w, 2 * step)
-        peaks.append(Peak(float(grid[i]), float(y[i]), float(grid[i] - half), float(grid[i] + half)))
+        peaks.append(
+            Peak(float(grid[i]), float(y[i]), float(grid[i] - half), float(grid[i] + half))
+        )
     return peaks
 
 
@@ -334,7 +339,9 @@ class FeatureSpaceConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.input_noise < 0:
             raise ParameterError("lr must be positive; weight_decay and input_noise non-negative")
         if self.normalize not in ("area", "max", "none"):
-            raise ParameterError(f"normalize must be 'area', 'max' or 'none', not {self.normalize!r}")
+            raise ParameterError(
+                f"normalize must be 'area', 'max' or 'none', not {self.normalize!r}"
+            )
         if self.transform not in ("sqrt", "none"):
             raise ParameterError(f"transform must be 'sqrt' or 'none', not {self.transform!r}")
         nc = self.n_components
@@ -380,7 +387,7 @@ class FeatureSpaceAE:
         shifts are reported in this unit
     estimator_ : :class:`ConcentrationEstimator` or None, fitted on the training
         latents when the training data carry the descriptor
-    history_ : mean training loss per epoch
+    history_ : mean training loss per epoch (MSE of the variance-stabilised patterns)
     """
 
     def __init__(self, *, n_threads: int | None = None, progress: bool | None = None, **params):
@@ -402,7 +409,9 @@ class FeatureSpaceAE:
                 x = x.expand_dims("pattern")
             if hasattr(self, "grid_"):
                 grid = np.asarray(x[x.dims[-1]].values, dtype=float)
-                if grid.shape != self.grid_.shape or not np.allclose(grid, self.grid_, rtol=1e-6, atol=1e-9):
+                if grid.shape != self.grid_.shape or not np.allclose(
+                    grid, self.grid_, rtol=1e-6, atol=1e-9
+                ):
                     raise InputError(
                         f"the patterns' grid ({grid.size} points, {grid[0]:g}..{grid[-1]:g}) differs "
                         f"from the model's ({self.grid_.size} points, {self.grid_[0]:g}..{self.grid_[-1]:g})"
@@ -412,7 +421,9 @@ class FeatureSpaceAE:
         if x.ndim == 1:
             x = x[None]
         if hasattr(self, "grid_") and x.shape[1] != self.grid_.size:
-            raise InputError(f"patterns have {x.shape[1]} points, the model expects {self.grid_.size}")
+            raise InputError(
+                f"patterns have {x.shape[1]} points, the model expects {self.grid_.size}"
+            )
         return normalize_patterns(x, self.config.normalize) if normalize else x
 
     def _to_net(self, x: np.ndarray) -> np.ndarray:
@@ -435,6 +446,8 @@ class FeatureSpaceAE:
         if not isinstance(patterns, xr.DataArray) or patterns.ndim != 2:
             raise InputError("fit() needs a 2-D DataArray (pattern, two_theta)")
         cfg = self.config
+        for stale in ("grid_", "components_"):  # a refit starts from the new data
+            self.__dict__.pop(stale, None)
         x = self._matrix(patterns)
         n, m = x.shape
         if n < 2:
@@ -466,19 +479,28 @@ class FeatureSpaceAE:
         with deterministic(cfg.seed, self.n_threads):
             net = _build_net(m, cfg.hidden, cfg.latent_dim, self.components_.shape[0])
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+                opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05
+            )
             gen = torch.Generator().manual_seed(cfg.seed)
             xt = torch.as_tensor((t - self.mean_pattern_) / self.scale_, dtype=torch.float32)
             basis = torch.as_tensor(self.components_.T, dtype=torch.float32)
             bs = min(cfg.batch_size, n)
             history = []
-            bar = tqdm(range(cfg.epochs), desc="ae train", disable=not show_progress(self.progress), leave=False)
+            bar = tqdm(
+                range(cfg.epochs),
+                desc="ae train",
+                disable=not show_progress(self.progress),
+                leave=False,
+            )
             for _epoch in bar:
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
                 for i in range(0, n, bs):
                     xb = xt[perm[i : i + bs]]
-                    noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(xb.shape, generator=gen)
+                    noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(
+                        xb.shape, generator=gen
+                    )
                     rec = net["decoder"](net["encoder"](noisy @ basis))
                     loss = torch.mean((rec - xb) ** 2)
                     opt.zero_grad()
@@ -507,7 +529,10 @@ class FeatureSpaceAE:
                 self.estimator_ = ConcentrationEstimator().fit(z, values.astype(float))
         log.info(
             "trained feature-space AE on %d patterns x %d points in %.1f s (reconstruction MSE %.3g)",
-            n, m, self.train_seconds_, self.reconstruction_mse_,
+            n,
+            m,
+            self.train_seconds_,
+            self.reconstruction_mse_,
         )
         return self
 
@@ -542,7 +567,9 @@ class FeatureSpaceAE:
         self._check_fitted()
         z = np.atleast_2d(np.asarray(latent, dtype=float))
         if z.shape[1] != self.config.latent_dim:
-            raise ParameterError(f"latent points need {self.config.latent_dim} coordinates, got {z.shape[1]}")
+            raise ParameterError(
+                f"latent points need {self.config.latent_dim} coordinates, got {z.shape[1]}"
+            )
         with torch.no_grad():
             y = self.net_["decoder"](torch.as_tensor(z, dtype=torch.float32))
         t = y.numpy().astype(float) * self.scale_ + self.mean_pattern_
@@ -562,7 +589,9 @@ class FeatureSpaceAE:
             )
         return self.estimator_.predict(self.transform(patterns))
 
-    def set_reference(self, patterns: xr.DataArray, descriptor: str = "composition", **kwargs) -> None:
+    def set_reference(
+        self, patterns: xr.DataArray, descriptor: str = "composition", **kwargs
+    ) -> None:
         """Use ``patterns`` with known ``descriptor`` values as the reference path."""
         if descriptor not in patterns.coords:
             raise InputError(f"the reference patterns have no {descriptor!r} coordinate")
@@ -575,7 +604,7 @@ class FeatureSpaceAE:
         """Latent coordinates, cluster, and (when possible) composition estimates.
 
         Returns a Dataset along the patterns' first dim with ``latent``
-        (pattern, latent), ``cluster`` and, with a reference, ``estimate`` and
+        (pattern, latent_dim), ``cluster`` and, with a reference, ``estimate`` and
         ``uncertainty`` of the descriptor; the patterns' coordinates are kept.
         """
         first = patterns.dims[0] if isinstance(patterns, xr.DataArray) else "pattern"
@@ -585,10 +614,10 @@ class FeatureSpaceAE:
             coords = {n: c for n, c in patterns.coords.items() if c.dims == (first,)}
         ds = xr.Dataset(
             {
-                "latent": ((first, "latent"), z),
+                "latent": ((first, "latent_dim"), z),
                 "cluster": ((first,), self.predict_cluster(z)),
             },
-            coords={**coords, "latent": np.arange(z.shape[1])},
+            coords=coords,
         )
         if self.estimator_ is not None:
             est, unc = self.estimator_.predict(z)
@@ -597,7 +626,9 @@ class FeatureSpaceAE:
         return ds
 
     # -- peak relevance
-    def window_shifts(self, pattern, windows: Sequence[tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    def window_shifts(
+        self, pattern, windows: Sequence[tuple[float, float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Latent shift from masking each (lo, hi) window of one pattern.
 
         Returns ``(shift (w,), masked_latent (w, latent_dim))``; shifts are in
@@ -605,7 +636,11 @@ class FeatureSpaceAE:
         """
         x = self._matrix(pattern)[0]
         base = self.transform(x[None], normalize=False)[0]
-        masked = np.stack([mask_window(x, self.grid_, lo, hi) for lo, hi in windows]) if windows else np.empty((0, x.size))
+        masked = (
+            np.stack([mask_window(x, self.grid_, lo, hi) for lo, hi in windows])
+            if windows
+            else np.empty((0, x.size))
+        )
         if not len(masked):
             return np.empty(0), np.empty((0, base.size))
         z = self.transform(masked, normalize=False)
@@ -640,7 +675,9 @@ class FeatureSpaceAE:
         self._check_fitted()
         x = self._matrix(pattern)[0]
         if peaks is None:
-            peaks = find_peaks(x, self.grid_, prominence=prominence, window=window, max_peaks=max_peaks)
+            peaks = find_peaks(
+                x, self.grid_, prominence=prominence, window=window, max_peaks=max_peaks
+            )
         if not peaks:
             raise InputError("no peaks found in the pattern; lower the prominence threshold")
         shift, z = self.window_shifts(x, [(p.lo, p.hi) for p in peaks])
@@ -656,22 +693,26 @@ class FeatureSpaceAE:
                 "latent_shift": ("peak", shift),
                 "relevance": ("peak", shift / top),
                 "rank": ("peak", rank),
-                "masked_latent": (("peak", "latent"), z),
+                "masked_latent": (("peak", "latent_dim"), z),
             },
             coords={"peak": np.arange(len(peaks))},
             attrs={"shift_unit": "RMS spread of the training latents"},
         )
 
     # -- generation
-    def interpolate(self, start, end, n_steps: int = 7) -> xr.DataArray:
-        """Decode ``n_steps`` points evenly spaced from ``start``'s latent to ``end``'s.
+    def interpolate(self, start, end, n_steps: int = 7, along: str = "line") -> xr.DataArray:
+        """Decode ``n_steps`` points between ``start``'s latent and ``end``'s.
 
         ``start`` and ``end`` are patterns (m,) or latent points (latent_dim,).
+        ``along="line"`` spaces the points evenly on the straight segment (the
+        published method); ``along="path"`` follows the reference path instead,
+        evenly in the descriptor, which stays among realistic patterns where the
+        path is curved (needs a reference).
 
         Returns
         -------
         DataArray (step, two_theta) of normalised patterns, with coordinates
-        ``t`` (0..1), ``latent`` (step, latent) and, with a reference,
+        ``t`` (0..1), the latent coordinates ``z0``, ``z1``, ... and, with a reference,
         the estimated descriptor and its uncertainty.
         """
         self._check_fitted()
@@ -686,9 +727,29 @@ class FeatureSpaceAE:
 
         za, zb = as_latent(start), as_latent(end)
         t = np.linspace(0.0, 1.0, n_steps)
-        z = za[None] + t[:, None] * (zb - za)[None]
+        if along == "line":
+            z = za[None] + t[:, None] * (zb - za)[None]
+        elif along == "path":
+            if self.estimator_ is None:
+                raise ParameterError("interpolating along the path needs reference compositions")
+            est = self.estimator_
+            (va, vb), _ = est.predict(np.stack([za, zb]))
+            values = va + t * (vb - va)
+            # path_values_ is a running mean of sorted values, so non-decreasing.
+            z = np.stack(
+                [
+                    np.interp(values, est.path_values_, est.path_latent_[:, j])
+                    for j in range(za.size)
+                ],
+                axis=1,
+            )
+            z[0], z[-1] = za, zb
+        else:
+            raise ParameterError(f"along must be 'line' or 'path', not {along!r}")
         y = self.decode(z)
-        coords = {"step": np.arange(n_steps), self.grid_name_: self.grid_, "t": ("step", t), "latent": (("step", "latent_dim"), z)}
+        coords = {"step": np.arange(n_steps), self.grid_name_: self.grid_, "t": ("step", t)}
+        for j in range(z.shape[1]):
+            coords[f"z{j}"] = ("step", z[:, j])
         if self.estimator_ is not None:
             est, unc = self.estimator_.predict(z)
             coords[self.descriptor] = ("step", est)
@@ -724,7 +785,9 @@ class FeatureSpaceAE:
                 "n_neighbors": self.estimator_.n_neighbors,
                 "smoothing": self.estimator_.smoothing,
             }
-        save_model_file(path, MODEL_KIND, asdict(self.config), self.net_.state_dict(), arrays, extras)
+        save_model_file(
+            path, MODEL_KIND, asdict(self.config), self.net_.state_dict(), arrays, extras
+        )
 
     @classmethod
     def load(cls, path, **kwargs) -> FeatureSpaceAE:
@@ -735,11 +798,16 @@ class FeatureSpaceAE:
             model = cls(**config, **kwargs)
             grid = arrays["grid"]
             net = _build_net(
-                grid.size, model.config.hidden, model.config.latent_dim, arrays["components"].shape[0]
+                grid.size,
+                model.config.hidden,
+                model.config.latent_dim,
+                arrays["components"].shape[0],
             )
             net.load_state_dict(state)
         except (KeyError, TypeError, RuntimeError) as exc:
-            raise InputError(f"{path}: model file does not match its configuration ({exc})") from None
+            raise InputError(
+                f"{path}: model file does not match its configuration ({exc})"
+            ) from None
         net.eval()
         model.net_ = net
         model.grid_ = grid

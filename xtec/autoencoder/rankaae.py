@@ -1,0 +1,524 @@
+"""Rank-constrained adversarial autoencoder (RankAAE) for spectra.
+
+After Liang, Carbone, ..., Qu, "Decoding structure-spectrum relationships with
+physically organized latent spaces", Phys. Rev. Materials 7, 053802 (2023).
+
+A fully connected encoder maps a spectrum to a batch-standardised latent; a fully
+connected decoder with a softplus(beta=2) output maps it back.  Besides the
+reconstruction, training minimises
+
+* the rank constraint: for each labelled descriptor ``d`` and its latent
+  dimension ``z``, ``-sum_ij (z_i - z_j) sign(d_i - d_j) / (N (N-1) K)``, with
+  concordant pairs down-weighted so that they weigh as much as the discordant
+  ones (otherwise the many already-ordered pairs drown out the few that are not);
+* an adversarial Gaussian prior: a discriminator tells latents from N(0, I)
+  samples, and a gradient-reversal layer makes the encoder fool it;
+* a latent cycle loss ``MSE(E(D(z)), z)`` for z drawn from the prior;
+* a smoothness loss between the reconstruction and its Gaussian-smoothed copy.
+
+The first ``len(descriptors)`` latent dimensions are constrained, in order; the
+last ``n_free`` are left free to take up what the descriptors do not explain.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import xarray as xr
+
+from xtec.autoencoder._nn import (
+    deterministic,
+    load_model_file,
+    require_torch,
+    save_model_file,
+    show_progress,
+)
+from xtec.errors import InputError, ParameterError
+
+log = logging.getLogger(__name__)
+
+MODEL_KIND = "rankaae"
+
+
+# --------------------------------------------------------------------------- pure functions
+
+
+def rank_loss(z, d):
+    """Balanced pairwise rank loss between latent columns and descriptors.
+
+    Parameters
+    ----------
+    z
+        Tensor (B, K): the constrained latent dimensions.
+    d
+        Tensor (B, K): the descriptors, NaN where unknown (those pairs are skipped).
+
+    Returns
+    -------
+    Scalar tensor; ``-1`` would mean every pair perfectly ordered with unit gaps.
+    """
+    torch = require_torch()
+    b, k = z.shape
+    if b < 2:
+        return z.sum() * 0.0
+    dz = z[:, None, :] - z[None, :, :]
+    dd = d[:, None, :] - d[None, :, :]
+    valid = torch.isfinite(dd)
+    sd = torch.where(valid, torch.sign(torch.nan_to_num(dd)), torch.zeros_like(dd))
+    s = dz * sd
+    with torch.no_grad():
+        conc = s > 0
+        disc = (s < 0) & (sd != 0)
+        n_conc = conc.sum(dim=(0, 1)).clamp(min=1).to(z.dtype)
+        n_disc = disc.sum(dim=(0, 1)).to(z.dtype)
+        # Weigh concordant pairs (all of them together) as the discordant ones,
+        # never more than one each.
+        w_conc = (n_disc / n_conc).clamp(max=1.0)
+        w = torch.where(conc, w_conc[None, None, :].expand_as(s), torch.ones_like(s))
+    return -(w * s).sum() / (b * (b - 1) * k)
+
+
+def spearman_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Spearman correlations between the columns of ``a`` (n, p) and of ``b`` (n, q).
+
+    Rows with a NaN in either column are left out pair by pair.  Returns (p, q),
+    or (p, p) when ``b`` is None.
+    """
+    from scipy.stats import rankdata
+
+    a = np.asarray(a, dtype=float)
+    b = a if b is None else np.asarray(b, dtype=float)
+    out = np.full((a.shape[1], b.shape[1]), np.nan)
+    for i in range(a.shape[1]):
+        for j in range(b.shape[1]):
+            ok = np.isfinite(a[:, i]) & np.isfinite(b[:, j])
+            if ok.sum() < 3:
+                continue
+            ra, rb = rankdata(a[ok, i]), rankdata(b[ok, j])
+            if ra.std() == 0 or rb.std() == 0:
+                continue
+            out[i, j] = np.corrcoef(ra, rb)[0, 1]
+    return out
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random train/test split of ``range(n)``: (train, test), each sorted."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ParameterError(f"test_fraction must lie in [0, 1), not {test_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    if n - n_test < 2:
+        raise InputError(f"only {n} spectra: too few to train on")
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class RankAAEConfig:
+    """Hyper-parameters of :class:`RankAAE` (saved with the model)."""
+
+    descriptors: Sequence[str] = ()
+    n_free: int = 1
+    hidden: int = 64
+    n_layers: int = 5
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    input_noise: float = 0.02
+    w_rank: float = 1.0
+    w_adversarial: float = 0.1
+    w_cycle: float = 0.5
+    w_smooth: float = 5.0
+    smooth_sigma: float = 2.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.descriptors:
+            raise ParameterError("name at least one descriptor to constrain")
+        if len(set(self.descriptors)) != len(self.descriptors):
+            raise ParameterError(f"descriptors repeat: {list(self.descriptors)}")
+        if self.n_free < 0:
+            raise ParameterError(f"n_free must be non-negative, not {self.n_free}")
+        if self.hidden < 1 or self.n_layers < 2:
+            raise ParameterError("hidden must be at least 1 and n_layers at least 2")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ParameterError("epochs must be at least 1 and batch_size at least 2")
+        if self.lr <= 0 or self.weight_decay < 0 or self.input_noise < 0:
+            raise ParameterError("lr must be positive; weight_decay and input_noise non-negative")
+        weights = (self.w_rank, self.w_adversarial, self.w_cycle, self.w_smooth)
+        if min(weights) < 0 or self.smooth_sigma <= 0:
+            raise ParameterError("loss weights must be non-negative and smooth_sigma positive")
+
+    @property
+    def latent_dim(self) -> int:
+        return len(self.descriptors) + self.n_free
+
+
+def _build(n_in: int, cfg: RankAAEConfig):
+    torch = require_torch()
+    nn = torch.nn
+
+    def mlp(sizes, last):
+        layers = []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(nn.SiLU())
+        layers.append(last)
+        return nn.Sequential(*layers)
+
+    inner = [cfg.hidden] * (cfg.n_layers - 1)
+    latent = cfg.latent_dim
+    return nn.ModuleDict(
+        {
+            # The latent is batch-standardised (zero mean, unit variance per dim),
+            # which fixes its scale for the rank loss and the prior.
+            "encoder": mlp([n_in, *inner, latent], nn.BatchNorm1d(latent, affine=False)),
+            "decoder": mlp([latent, *inner, n_in], nn.Softplus(beta=2.0)),
+            "discriminator": mlp([latent, cfg.hidden, cfg.hidden, 1], nn.Identity()),
+        }
+    )
+
+
+def _grad_reverse():
+    torch = require_torch()
+
+    class GradReverse(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return -grad
+
+    return GradReverse.apply
+
+
+def _gaussian_kernel(sigma: float):
+    torch = require_torch()
+    half = max(1, int(np.ceil(3 * sigma)))
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return (k / k.sum()).view(1, 1, -1)
+
+
+class RankAAE:
+    """Rank-constrained adversarial autoencoder of spectra with known descriptors.
+
+    Parameters are those of :class:`RankAAEConfig`; ``n_threads`` and
+    ``progress`` only affect how training runs.
+
+    Attributes (after :meth:`fit`)
+    ------------------------------
+    grid_ : (m,) energy grid
+    history_ : dict of per-epoch mean losses
+    train_index_, test_index_ : indices of the split used in :meth:`fit_split`
+    """
+
+    def __init__(self, *, n_threads: int | None = None, progress: bool | None = None, **params):
+        unknown = set(params) - set(RankAAEConfig.__dataclass_fields__)
+        if unknown:
+            raise ParameterError(f"unknown parameters: {sorted(unknown)}")
+        params.setdefault("descriptors", ())
+        params["descriptors"] = tuple(params["descriptors"])
+        self.config = RankAAEConfig(**params)
+        self.config.validate()
+        self.n_threads = n_threads
+        self.progress = progress
+        self.net_ = None
+        self.train_index_ = np.empty(0, dtype=int)
+        self.test_index_ = np.empty(0, dtype=int)
+
+    # -- data plumbing
+    def _arrays(
+        self, spectra: xr.DataArray, need_descriptors: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        if not isinstance(spectra, xr.DataArray) or spectra.ndim != 2:
+            raise InputError("expected a 2-D DataArray (spectrum, energy)")
+        x = np.asarray(spectra.values, dtype=float)
+        if hasattr(self, "grid_"):
+            grid = np.asarray(spectra[spectra.dims[-1]].values, dtype=float)
+            if grid.shape != self.grid_.shape or not np.allclose(
+                grid, self.grid_, rtol=1e-6, atol=1e-9
+            ):
+                raise InputError(
+                    f"the spectra's grid ({grid.size} points, {grid[0]:g}..{grid[-1]:g}) differs from "
+                    f"the model's ({self.grid_.size} points, {self.grid_[0]:g}..{self.grid_[-1]:g})"
+                )
+        missing = [d for d in self.config.descriptors if d not in spectra.coords]
+        if missing:
+            if need_descriptors:
+                have = [n for n, c in spectra.coords.items() if c.dims == (spectra.dims[0],)]
+                raise InputError(f"descriptor(s) {missing} not in the data; it has {have}")
+            return x, None
+        d = np.stack(
+            [np.asarray(spectra[n].values, dtype=float) for n in self.config.descriptors], axis=1
+        )
+        return x, d
+
+    def _check_fitted(self) -> None:
+        if self.net_ is None:
+            raise ParameterError("the model is not trained; call fit() or load() first")
+
+    # -- training
+    def fit_split(self, spectra: xr.DataArray, test_fraction: float = 0.2) -> RankAAE:
+        """Hold out a seeded ``test_fraction`` of the spectra, and train on the rest."""
+        train, test = split_indices(spectra.shape[0], test_fraction, self.config.seed)
+        self.fit(spectra.isel({spectra.dims[0]: train}))
+        self.train_index_, self.test_index_ = train, test
+        self.n_split_ = int(spectra.shape[0])
+        return self
+
+    def fit(self, spectra: xr.DataArray) -> RankAAE:
+        """Train on spectra (n, m) with the descriptor coordinates named in the config."""
+        torch = require_torch()
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        x, d = self._arrays(spectra, need_descriptors=True)
+        n, m = x.shape
+        if n < 2:
+            raise InputError(f"need at least 2 spectra to train, got {n}")
+        if not np.all(np.isfinite(x)):
+            raise InputError("spectra contain non-finite values")
+        self.grid_ = np.asarray(spectra[spectra.dims[-1]].values, dtype=float)
+        self.grid_name_ = str(spectra.dims[-1])
+        self.x_mean_ = x.mean(0)
+        self.x_std_ = float(x.std()) or 1.0
+        grl = _grad_reverse()
+        kernel = _gaussian_kernel(cfg.smooth_sigma)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        mse = torch.nn.functional.mse_loss
+        k = len(cfg.descriptors)
+        start = time.perf_counter()
+        with deterministic(cfg.seed, self.n_threads):
+            net = _build(m, cfg)
+            opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            xt = torch.as_tensor(x, dtype=torch.float32)
+            dt = torch.as_tensor(d, dtype=torch.float32)
+            mean = torch.as_tensor(self.x_mean_, dtype=torch.float32)
+            bs = min(cfg.batch_size, n)
+            names = ("total", "reconstruction", "rank", "adversarial", "cycle", "smooth")
+            history = {name: [] for name in names}
+            bar = tqdm(
+                range(cfg.epochs),
+                desc="rankaae train",
+                disable=not show_progress(self.progress),
+                leave=False,
+            )
+            pad = kernel.shape[-1] // 2
+            for _epoch in bar:
+                net.train()
+                perm = torch.randperm(n, generator=gen)
+                sums = dict.fromkeys(names, 0.0)
+                steps = 0
+                for i in range(0, n - 1, bs):
+                    idx = perm[i : i + bs]
+                    if idx.numel() < 2:  # batch norm needs two samples
+                        continue
+                    xb, db = xt[idx], dt[idx]
+                    noisy = xb + cfg.input_noise * torch.randn(xb.shape, generator=gen)
+                    z = net["encoder"]((noisy - mean) / self.x_std_)
+                    rec = net["decoder"](z)
+                    l_rec = mse(rec, xb)
+                    l_rank = rank_loss(z[:, :k], db)
+                    prior = torch.randn(z.shape, generator=gen)
+                    logits = net["discriminator"](torch.cat([prior, grl(z)]))
+                    target = torch.cat([torch.ones(len(z), 1), torch.zeros(len(z), 1)])
+                    l_adv = bce(logits, target)
+                    z_back = net["encoder"]((net["decoder"](prior) - mean) / self.x_std_)
+                    l_cyc = mse(z_back, prior)
+                    smooth = torch.nn.functional.conv1d(
+                        torch.nn.functional.pad(rec[:, None, :], (pad, pad), mode="replicate"),
+                        kernel,
+                    )[:, 0]
+                    l_smooth = mse(rec, smooth)
+                    loss = (
+                        l_rec
+                        + cfg.w_rank * l_rank
+                        + cfg.w_adversarial * l_adv
+                        + cfg.w_cycle * l_cyc
+                        + cfg.w_smooth * l_smooth
+                    )
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    for name, value in zip(
+                        names, (loss, l_rec, l_rank, l_adv, l_cyc, l_smooth), strict=True
+                    ):
+                        sums[name] += float(value.detach())
+                    steps += 1
+                for name in names:
+                    history[name].append(sums[name] / max(steps, 1))
+                bar.set_postfix(
+                    rec=f"{history['reconstruction'][-1]:.2e}",
+                    rank=f"{history['rank'][-1]:.3f}",
+                    refresh=False,
+                )
+        net.eval()
+        self.net_ = net
+        self.history_ = {name: np.asarray(v) for name, v in history.items()}
+        self.train_seconds_ = time.perf_counter() - start
+        log.info("trained RankAAE on %d spectra x %d points in %.1f s", n, m, self.train_seconds_)
+        return self
+
+    # -- inference
+    def transform(self, spectra) -> np.ndarray:
+        """Latent points (n, latent_dim) of spectra (n, m)."""
+        torch = require_torch()
+        self._check_fitted()
+        x = (
+            spectra.values
+            if isinstance(spectra, xr.DataArray)
+            else np.asarray(spectra, dtype=float)
+        )
+        x = np.atleast_2d(x)
+        if x.shape[1] != self.grid_.size:
+            raise InputError(
+                f"spectra have {x.shape[1]} points, the model expects {self.grid_.size}"
+            )
+        with torch.no_grad():
+            z = self.net_["encoder"](
+                torch.as_tensor((x - self.x_mean_) / self.x_std_, dtype=torch.float32)
+            )
+        return z.numpy().astype(float)
+
+    def decode(self, latent: np.ndarray) -> np.ndarray:
+        """Spectra (n, m) decoded from latent points (n, latent_dim)."""
+        torch = require_torch()
+        self._check_fitted()
+        z = np.atleast_2d(np.asarray(latent, dtype=float))
+        if z.shape[1] != self.config.latent_dim:
+            raise ParameterError(
+                f"latent points need {self.config.latent_dim} coordinates, got {z.shape[1]}"
+            )
+        with torch.no_grad():
+            y = self.net_["decoder"](torch.as_tensor(z, dtype=torch.float32))
+        return y.numpy().astype(float)
+
+    def latent_names(self) -> list[str]:
+        return [*self.config.descriptors, *[f"free{i}" for i in range(self.config.n_free)]]
+
+    def sweep(
+        self,
+        spectra: xr.DataArray,
+        n_points: int = 7,
+        percentiles: tuple[float, float] = (5.0, 95.0),
+    ) -> xr.DataArray:
+        """Decoded spectra as each latent dimension is swept, the others held.
+
+        Each dimension runs from its ``percentiles[0]`` to its ``percentiles[1]``
+        percentile over the latents of ``spectra``; the other dimensions stay at
+        their medians.
+
+        Returns
+        -------
+        DataArray (latent, step, energy) with coordinate ``value`` (latent, step).
+        """
+        if n_points < 2:
+            raise ParameterError(f"n_points must be at least 2, not {n_points}")
+        z = self.transform(spectra)
+        centre = np.median(z, axis=0)
+        lo, hi = np.percentile(z, percentiles, axis=0)
+        out = np.empty((z.shape[1], n_points, self.grid_.size))
+        values = np.empty((z.shape[1], n_points))
+        for j in range(z.shape[1]):
+            pts = np.repeat(centre[None], n_points, axis=0)
+            pts[:, j] = np.linspace(lo[j], hi[j], n_points)
+            values[j] = pts[:, j]
+            out[j] = self.decode(pts)
+        return xr.DataArray(
+            out,
+            dims=("latent", "step", self.grid_name_),
+            coords={
+                "latent": self.latent_names(),
+                "step": np.linspace(percentiles[0], percentiles[1], n_points),
+                self.grid_name_: self.grid_,
+                "value": (("latent", "step"), values),
+            },
+            name="decoded",
+        )
+
+    def report(self, spectra: xr.DataArray) -> dict:
+        """Quality of the physically organised latent on ``spectra``.
+
+        Returns a dict with ``spearman`` (descriptor → Spearman correlation of its
+        latent dimension with it), ``reconstruction_mae``, ``max_constrained_correlation``
+        (largest |Spearman| between two constrained dimensions),
+        ``max_latent_correlation`` (the same over all dimensions) and
+        ``n_spectra``.
+        """
+        x, d = self._arrays(spectra, need_descriptors=False)
+        z = self.transform(x)
+        k = len(self.config.descriptors)
+        out: dict = {"n_spectra": int(x.shape[0])}
+        if d is not None:
+            rho = spearman_matrix(z[:, :k], d)
+            out["spearman"] = {
+                name: float(rho[i, i]) for i, name in enumerate(self.config.descriptors)
+            }
+        out["reconstruction_mae"] = float(np.mean(np.abs(self.decode(z) - x)))
+        corr = np.abs(spearman_matrix(z))
+        np.fill_diagonal(corr, np.nan)
+        out["max_constrained_correlation"] = float(np.nanmax(corr[:k, :k])) if k > 1 else 0.0
+        out["max_latent_correlation"] = float(np.nanmax(corr)) if z.shape[1] > 1 else 0.0
+        return out
+
+    # -- persistence
+    def save(self, path) -> None:
+        """Write weights, configuration, grid and split to a safetensors file."""
+        self._check_fitted()
+        cfg = asdict(self.config)
+        cfg["descriptors"] = list(cfg["descriptors"])
+        arrays = {
+            "grid": self.grid_,
+            "x_mean": self.x_mean_,
+            "train_index": np.asarray(self.train_index_, dtype=np.int64),
+            "test_index": np.asarray(self.test_index_, dtype=np.int64),
+        }
+        for name, values in self.history_.items():
+            arrays[f"history_{name}"] = values
+        extras = {
+            "grid_name": self.grid_name_,
+            "x_std": self.x_std_,
+            "train_seconds": self.train_seconds_,
+            "n_split": getattr(self, "n_split_", None),
+        }
+        save_model_file(path, MODEL_KIND, cfg, self.net_.state_dict(), arrays, extras)
+
+    @classmethod
+    def load(cls, path, **kwargs) -> RankAAE:
+        """Read a model written by :meth:`save` (no pickle involved)."""
+        config, state, arrays, extras = load_model_file(path, MODEL_KIND)
+        try:
+            model = cls(**config, **kwargs)
+            net = _build(arrays["grid"].size, model.config)
+            net.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise InputError(
+                f"{path}: model file does not match its configuration ({exc})"
+            ) from None
+        net.eval()
+        model.net_ = net
+        model.grid_ = arrays["grid"]
+        model.grid_name_ = extras.get("grid_name", "energy")
+        model.x_mean_ = arrays["x_mean"]
+        model.x_std_ = float(extras["x_std"])
+        model.train_seconds_ = float(extras.get("train_seconds") or np.nan)
+        model.train_index_ = arrays["train_index"]
+        model.test_index_ = arrays["test_index"]
+        if extras.get("n_split") is not None:
+            model.n_split_ = int(extras["n_split"])
+        model.history_ = {
+            k[len("history_") :]: v for k, v in arrays.items() if k.startswith("history_")
+        }
+        return model
