@@ -62,3 +62,16 @@ def parse_chunks(text: str | None) -> tuple[int, int, int] | None:
             f"--chunks must be 'auto' or three positive integers L,K,H (got {text!r})"
         )
     return parts  # type: ignore[return-value]
+
+
+def target_bytes_for_workers(memory_per_worker: int | None, threads_per_worker: int) -> int:
+    """Chunk size that keeps a worker well inside its memory limit.
+
+    A task holds its input chunk, a float32 rescaled copy, and the float64
+    temporaries of the mean: about 6 chunk sizes at once, per thread; leave
+    half the limit for Dask itself and persisted results.
+    """
+    if not memory_per_worker:
+        return DEFAULT_TARGET_BYTES
+    per_thread = memory_per_worker // (2 * 6 * max(1, threads_per_worker))
+    return int(min(max(per_thread, 4 * 2**20), 128 * 2**20))

@@ -24,7 +24,9 @@ _CLUSTER_KEYS = {
     "ql": "ql", "qk": "qk", "qh": "qh", "chunks": "chunks", "device": "device",
     "persist": "persist", "overwrite": "overwrite",
 }
-_RUNTIME_KEYS = ("workers", "threads_per_worker", "memory_limit", "scheduler", "progress")
+_RUNTIME_KEYS = ("workers", "threads_per_worker", "memory_limit", "scheduler", "scheduler_file",
+                 "progress", "cluster", "cores", "memory", "processes", "walltime", "queue",
+                 "account", "jobs", "jobqueue_config", "job_extra")
 
 
 def register(sub) -> None:
@@ -84,7 +86,8 @@ def add_cluster_options(p) -> None:
     _add_range_options(p)
     p.add_argument("--device", default=None, help="cpu (default) or gpu (CuPy)")
     p.add_argument("--persist", default=None,
-                   help="keep trajectories in memory: auto (default), yes, no")
+                   help="where kept trajectories live during EM: auto (default: memory if they "
+                        "fit, else a scratch Zarr store), memory, disk, none (re-read input)")
     p.add_argument("--overwrite", action="store_true", default=None)
     g = p.add_argument_group("where it runs")
     g.add_argument("--workers", type=int, default=None,
@@ -92,8 +95,24 @@ def add_cluster_options(p) -> None:
     g.add_argument("--threads-per-worker", type=int, default=None)
     g.add_argument("--memory-limit", default=None, help="per worker, e.g. 2GB (default auto)")
     g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    g.add_argument("--scheduler-file", default=None,
+                   help="scheduler file of a Dask cluster started inside an existing allocation")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")
+    h = p.add_argument_group("batch jobs (dask-jobqueue)")
+    h.add_argument("--cluster", default=None, choices=("slurm", "pbs"),
+                   help="submit Dask workers as batch jobs")
+    h.add_argument("--jobs", type=int, default=None, help="number of batch jobs (default 1)")
+    h.add_argument("--cores", type=int, default=None, help="cores per job")
+    h.add_argument("--memory", default=None, help="memory per job, e.g. 64GB")
+    h.add_argument("--processes", type=int, default=None, help="worker processes per job")
+    h.add_argument("--walltime", default=None, help="e.g. 02:00:00")
+    h.add_argument("--queue", default=None, help="partition / queue")
+    h.add_argument("--account", default=None, help="project account")
+    h.add_argument("--job-extra", action="append", default=None,
+                   help="extra scheduler directive (repeatable), e.g. --job-extra='--gres=gpu:1'")
+    h.add_argument("--jobqueue-config", default=None,
+                   help="YAML file with dask-jobqueue settings (its 'jobqueue:' section)")
 
 
 def parse_range(text) -> tuple[float, float] | None:
@@ -122,7 +141,8 @@ def load_job_file(path: str | None) -> dict:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ParameterError(f"{path} is not valid TOML ({exc})") from None
-    data = data.get("cluster", data)
+    if isinstance(data.get("cluster"), dict):  # an optional [cluster] table
+        data = data["cluster"]
     out = {}
     for key, value in data.items():
         k = key.replace("-", "_")
@@ -180,15 +200,23 @@ def _progress(enabled: bool, runtime):
 
 def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.pipeline import run_cluster
-    from xtec.runtime import dask_runtime
+    from xtec.runtime import JobqueueOptions, dask_runtime
 
     progress = opts.get("progress")
     if progress is None:
         progress = sys.stderr.isatty()
+    jq = JobqueueOptions(
+        cores=opts.get("cores"), memory=opts.get("memory"), processes=opts.get("processes"),
+        walltime=opts.get("walltime"), queue=opts.get("queue"), account=opts.get("account"),
+        jobs=int(opts.get("jobs") or 1), config_file=opts.get("jobqueue_config"),
+        job_extra=opts.get("job_extra"),
+    )
     with dask_runtime(
-        scheduler=opts.get("scheduler"), workers=int(opts.get("workers") or 0),
+        scheduler=opts.get("scheduler"), scheduler_file=opts.get("scheduler_file"),
+        workers=int(opts.get("workers") or 0),
         threads_per_worker=int(opts.get("threads_per_worker") or 1),
         memory_limit=opts.get("memory_limit") or "auto",
+        cluster=opts.get("cluster"), jobqueue=jq,
     ) as rt:
         if rt.dashboard_link and not quiet:
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)

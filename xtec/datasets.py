@@ -120,14 +120,52 @@ def make_series(
         qh = np.round((np.arange(nh) - nh // 2) * hk_step, 6)
     else:
         ql, qk, qh = _axis(*l_range, l_step), _axis(*k_range, hk_step), _axis(*h_range, hk_step)
+    span = int(max(np.abs(qh).max(), np.abs(qk).max(), np.abs(ql).max())) + 2
+    tables = (rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3),
+              rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3))
+    q2max = max(float(qh.max() ** 2 + qk.max() ** 2 + ql.max() ** 2), 1.0)
+    model = dict(t=t, tables=tables, span=span, q2max=q2max, hk_step=hk_step, l_step=l_step,
+                 tc=tc, beta=beta, background=background, signal_ratio=signal_ratio)
+    lam, classes, signal = _planted(ql, qk, qh, **model)
+    intensity = rng.poisson(lam).astype(np.float32)
+
+    if gaps:
+        gap = np.zeros(classes.shape, dtype=bool)
+        nh_, nk_ = len(qh), len(qk)
+        for frac in (0.31, 0.69):  # detector module gaps, two pixels wide
+            gap[:, :, int(frac * nh_) : int(frac * nh_) + 2] = True
+        gap[:, int(0.45 * nk_) : int(0.45 * nk_) + 2, :] = True
+        intensity[:, gap] = 0.0
+        classes[gap] = GAP
+        signal &= ~gap
+
+    return SyntheticSeries(
+        intensity=intensity,
+        temperature=t,
+        ql=ql,
+        qk=qk,
+        qh=qh,
+        classes=classes,
+        signal=signal,
+        tc=float(tc),
+        params=dict(seed=seed, tc=tc, beta=beta, background=background,
+                    signal_ratio=signal_ratio),
+    )
+
+
+def _planted(ql, qk, qh, *, t, tables, span, q2max, hk_step, l_step, tc, beta, background,
+             signal_ratio):
+    """Expected counts (T, L, K, H) and the ground truth of a (sub-)grid.
+
+    Depends only on the voxel positions, so slabs of a large grid can be made
+    one at a time and agree with the whole.
+    """
     L, K, H = np.meshgrid(ql, qk, qh, indexing="ij", sparse=True)
 
     # Per-peak amplitudes, like |F|^2 varying from reflection to reflection.
     ih, ik, il = np.rint(H).astype(int), np.rint(K).astype(int), np.rint(L).astype(int)
-    span = int(max(np.abs(qh).max(), np.abs(qk).max(), np.abs(ql).max())) + 2
-    table = rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3)
+    table, table_cdw = tables
     amp_bragg = table[il + span, ik + span, ih + span]
-    table_cdw = rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3)
     ch, ck = np.floor(H).astype(int), np.floor(K).astype(int)
     amp_cdw = table_cdw[il + span, ck + span, ch + span]
 
@@ -135,7 +173,7 @@ def make_series(
     d_bragg2 = ((H - ih) ** 2 + (K - ik) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
     d_cdw2 = ((H - ch - 0.5) ** 2 + (K - ck - 0.5) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
     q2 = H**2 + K**2 + L**2
-    q2n = q2 / max(float(q2.max()), 1.0)
+    q2n = q2 / q2max
     origin = q2 < 0.25  # no Bragg peak at the direct beam
 
     bragg_space = np.where(origin, 0.0, 6000.0 * amp_bragg * np.exp(-0.5 * d_bragg2 / 1.0**2))
@@ -178,30 +216,7 @@ def make_series(
         + crit_space * _b(crit_t)
         + tds_space * _b(tds_t)
     )
-    intensity = rng.poisson(lam).astype(np.float32)
-
-    if gaps:
-        gap = np.zeros(classes.shape, dtype=bool)
-        nh_, nk_ = len(qh), len(qk)
-        for frac in (0.31, 0.69):  # detector module gaps, two pixels wide
-            gap[:, :, int(frac * nh_) : int(frac * nh_) + 2] = True
-        gap[:, int(0.45 * nk_) : int(0.45 * nk_) + 2, :] = True
-        intensity[:, gap] = 0.0
-        classes[gap] = GAP
-        signal &= ~gap
-
-    return SyntheticSeries(
-        intensity=intensity,
-        temperature=t,
-        ql=ql,
-        qk=qk,
-        qh=qh,
-        classes=classes,
-        signal=signal,
-        tc=float(tc),
-        params=dict(seed=seed, tc=tc, beta=beta, background=background,
-                    signal_ratio=signal_ratio),
-    )
+    return lam, classes, signal
 
 
 def write_xtec(series: SyntheticSeries, path: str | os.PathLike,
@@ -234,6 +249,56 @@ def write_xtec(series: SyntheticSeries, path: str | os.PathLike,
             g[name] = ax
             g[name].attrs["units"] = "rlu"
         _write_truth(entry, series)
+    return path
+
+
+def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
+                     temperatures: np.ndarray | None = None, seed: int = 0,
+                     hk_step: float = 0.05, l_step: float = 0.1, tc: float = 130.0,
+                     chunks: tuple[int, int, int] | None = None,
+                     compression: str | None = None) -> Path:
+    """Write a synthetic series larger than memory, one L slab at a time.
+
+    Same planted model as :func:`make_series` (grid centred on the origin),
+    without detector gaps; the noise of each slab is seeded by (seed, slab).
+    """
+    import h5py
+
+    t = np.linspace(20.0, 300.0, 24) if temperatures is None else np.asarray(temperatures, float)
+    nl, nk, nh = shape
+    ql = np.round((np.arange(nl) - nl // 2) * l_step, 6)
+    qk = np.round((np.arange(nk) - nk // 2) * hk_step, 6)
+    qh = np.round((np.arange(nh) - nh // 2) * hk_step, 6)
+    rng = np.random.default_rng(seed)
+    span = int(max(np.abs(qh).max(), np.abs(qk).max(), np.abs(ql).max())) + 2
+    tables = (rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3),
+              rng.uniform(0.3, 1.0, size=(2 * span + 1,) * 3))
+    q2max = max(float(qh.max() ** 2 + qk.max() ** 2 + ql.max() ** 2), 1.0)
+    model = dict(t=t, tables=tables, span=span, q2max=q2max, hk_step=hk_step, l_step=l_step,
+                 tc=tc, beta=0.33, background=4.0, signal_ratio=3.0)
+    chunks = chunks or (1, min(nk, 128), min(nh, 128))
+    path = Path(path)
+    with h5py.File(path, "w") as f:
+        entry = f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        g = entry.create_group("data")
+        g.attrs["NX_class"] = "NXdata"
+        g.attrs["signal"] = "data"
+        g.attrs["axes"] = np.array(["Te", "Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
+        d = g.create_dataset("data", shape=(t.size, nl, nk, nh), dtype="float32",
+                             chunks=(t.size,) + tuple(chunks), compression=compression)
+        g["Te"] = t
+        g["Ql"], g["Qk"], g["Qh"] = ql, qk, qh
+        tr = entry.create_group("truth")
+        cls = tr.create_dataset("classes", shape=shape, dtype="int8")
+        sig = tr.create_dataset("signal", shape=shape, dtype=bool)
+        tr.attrs["tc"] = tc
+        for i in range(nl):
+            lam, c, s_ = _planted(ql[i:i + 1], qk, qh, **model)
+            noise = np.random.default_rng([seed, i])
+            d[:, i:i + 1] = noise.poisson(lam).astype(np.float32)
+            cls[i:i + 1] = c
+            sig[i:i + 1] = s_
     return path
 
 

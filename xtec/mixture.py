@@ -298,9 +298,19 @@ def _numba_kernels():
     return _kernels
 
 
-def stats_numba(X: np.ndarray, params: MixtureParams) -> SufficientStats:
-    """Sufficient statistics of a NumPy chunk (N, T), diagonal covariances."""
+def stats_numba(X: np.ndarray, params: MixtureParams, threads: int | None = None
+                ) -> SufficientStats:
+    """Sufficient statistics of a NumPy chunk (N, T), diagonal covariances.
+
+    threads : int, optional
+        Numba threads for this call (thread-local); 1 inside Dask tasks that
+        already run in parallel, so the two levels do not oversubscribe the cores.
+    """
     kern = _numba_kernels()["diag_stats"]
+    import numba
+
+    top = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(max(1, min(threads or top, top)))
     pc = params.precisions_cholesky()
     X = np.ascontiguousarray(X)
     if X.dtype not in (np.float32, np.float64):
@@ -318,14 +328,15 @@ def _use_numba(X, params: MixtureParams, engine: str) -> bool:
     return ok
 
 
-def chunk_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStats:
+def chunk_stats(X, params: MixtureParams, engine: str = "auto",
+                threads: int | None = None) -> SufficientStats:
     """Sufficient statistics of one in-memory chunk with the chosen engine."""
     if X.shape[0] == 0:
         k, t = params.means.shape
         sxx = np.zeros((k, t) if params.covariance_type == "diag" else (k, t, t))
         return SufficientStats(np.zeros(k), np.zeros((k, t)), sxx, 0.0, 0)
     if _use_numba(X, params, engine):
-        return stats_numba(X, params)
+        return stats_numba(X, params, threads)
     return stats_array_api(X, params)
 
 
@@ -345,7 +356,9 @@ def data_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStat
     """Statistics over a whole array: in one call, or reduced over Dask chunks."""
     if isinstance(X, da.Array):
         f = dask.delayed(chunk_stats, pure=True)
-        parts = dask.compute(*[f(b, params, engine) for b in X.to_delayed().ravel()])
+        blocks = X.to_delayed().ravel()
+        threads = 1 if len(blocks) > 1 else None
+        parts = dask.compute(*[f(b, params, engine, threads) for b in blocks])
         total = parts[0]
         for p in parts[1:]:  # fixed order: the sum does not depend on who finished first
             total = total + p

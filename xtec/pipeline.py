@@ -12,6 +12,7 @@ import datetime as _dt
 import logging
 import math
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import xarray as xr
 
 from xtec import __version__
 from xtec.backend import get_device_module, to_numpy
+from xtec.chunks import target_bytes_for_workers
 from xtec.errors import ParameterError
 from xtec.io.nexus import open_nexus
 from xtec.io.store import check_output, color_block, palette, write_result
@@ -39,6 +41,10 @@ from xtec.preprocess import (
 log = logging.getLogger(__name__)
 
 METHODS = ("xtec-d",)
+# Where the kept trajectories live while EM iterates: worker memory, a scratch
+# Zarr store (written once, read every iteration), or nowhere (re-read from the
+# input files every iteration); "auto" picks memory if they fit, else disk.
+PERSIST_MODES = ("auto", "memory", "disk", "none")
 
 
 @dataclass
@@ -86,8 +92,9 @@ class ClusterConfig:
         if self.covariance not in COVARIANCE_TYPES:
             raise ParameterError(f"--covariance must be one of {COVARIANCE_TYPES} "
                                  f"(got {self.covariance!r})")
-        if self.persist not in ("auto", "yes", "no"):
-            raise ParameterError(f"--persist must be auto, yes or no (got {self.persist!r})")
+        if self.persist not in PERSIST_MODES:
+            raise ParameterError(f"--persist must be one of {PERSIST_MODES} "
+                                 f"(got {self.persist!r})")
 
 
 @dataclass
@@ -126,14 +133,34 @@ def cluster_profiles(X, labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return n.astype(np.int64), mean, std
 
 
-def _should_persist(nbytes: int, policy: str, runtime_memory: int | None) -> bool:
+def _persist_mode(nbytes: int, policy: str, runtime) -> str:
     if policy != "auto":
-        return policy == "yes"
-    if runtime_memory is None:
+        return policy
+    total = getattr(runtime, "worker_memory", None)
+    if total is None:
         import psutil
 
-        runtime_memory = psutil.virtual_memory().available
-    return nbytes < 0.4 * runtime_memory
+        total = psutil.virtual_memory().available
+    return "memory" if nbytes < 0.3 * total else "disk"
+
+
+def _wait(*arrays) -> None:
+    """Block until persisted arrays are in (distributed) memory, for honest timings."""
+    try:
+        from distributed import default_client, wait
+
+        default_client()
+    except (ImportError, ValueError):
+        return  # the local schedulers persist synchronously
+    wait(list(arrays))
+
+
+def _spill_to_zarr(X: da.Array, index: da.Array, scratch: Path, t: int):
+    """Write trajectories once to a scratch Zarr store and read them back lazily."""
+    rows = max(1, (32 * 2**20) // (4 * t))
+    X.rechunk((rows, t)).to_zarr(str(scratch / "X"), overwrite=True)
+    index.rechunk((rows,)).to_zarr(str(scratch / "index"), overwrite=True)
+    return da.from_zarr(str(scratch / "X")), da.from_zarr(str(scratch / "index"))
 
 
 def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
@@ -143,13 +170,18 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     started = _dt.datetime.now(_dt.timezone.utc)
     xp = get_device_module(config.device)
 
+    target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
+                                      getattr(runtime, "threads_per_worker", 1))
     arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                     chunks=config.chunks)
+                     chunks=config.chunks, target_chunk_bytes=target)
     data = arr.data
     if xp is not np:
         data = data.map_blocks(xp.asarray, dtype=data.dtype, meta=xp.empty((0,) * 4, data.dtype))
 
+    timings = {}
+    tick = time.perf_counter()
     summary_pass = summarize(data)
+    timings["mean_pass"] = time.perf_counter() - tick
     notes = []
     if summary_pass.n_nan_voxels:
         notes.append(f"{summary_pass.n_nan_voxels} voxels with NaN intensities were dropped")
@@ -158,9 +190,11 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     for n in notes:
         log.warning(n)
 
+    tick = time.perf_counter()
     threshold = compute_threshold(summary_pass.mean, config.threshold)
     mask = keep_mask(summary_pass.mean, threshold).persist()
     traj = extract_trajectories(data, mask, config.rescale)
+    timings["threshold"] = time.perf_counter() - tick
     n_kept = traj.n
     log.info("threshold %s keeps %d of %d non-zero voxels", threshold.method, n_kept,
              threshold.n_nonzero)
@@ -169,20 +203,50 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
             f"the threshold keeps {n_kept} voxels, fewer than K={config.k}; lower -k or the "
             "threshold"
         )
-    mem = getattr(runtime, "worker_memory", None)
+    n_t = arr.sizes["temperature"]
+    mode = _persist_mode(n_kept * n_t * 4, config.persist, runtime)
     X, index = traj.X, traj.index
-    if _should_persist(n_kept * arr.sizes["temperature"] * 4, config.persist, mem):
+    scratch = out.with_name(out.name + ".scratch")
+    tick = time.perf_counter()
+    if mode == "memory":
         X, index = dask.persist(X, index)
+        _wait(X, index)
         traj.X = X
+    elif mode == "disk":
+        log.info("trajectories (%.2f GB) go to scratch store %s", n_kept * n_t * 4 / 1e9, scratch)
+        X, index = _spill_to_zarr(X, index, scratch, n_t)
     else:
-        log.info("trajectories do not fit in memory: re-reading them every iteration")
+        log.info("trajectories are re-read from the input every iteration")
+    timings["trajectories"] = time.perf_counter() - tick
+    try:
+        tick = time.perf_counter()
+        gmm = GaussianMixture(
+            config.k, covariance_type=config.covariance, tol=config.tol,
+            max_iter=config.max_iter, n_init=config.n_init, random_state=config.seed,
+        ).fit(X, index)
+        labels = gmm.predict(X)
+        counts, cmean, cstd = cluster_profiles(X, labels, config.k)
+        if X.chunks[0] != traj.X.chunks[0]:
+            labels = labels.rechunk((traj.X.chunks[0],))
+        labels = labels.persist()
+        timings["gmm"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        result = _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels,
+                           counts, cmean, cstd, notes, started, mode, out)
+        timings["write"] = time.perf_counter() - tick
+        result.summary["timings"] = timings
+    finally:
+        if scratch.exists():
+            import shutil
 
-    gmm = GaussianMixture(
-        config.k, covariance_type=config.covariance, tol=config.tol, max_iter=config.max_iter,
-        n_init=config.n_init, random_state=config.seed,
-    ).fit(X, index)
-    labels = gmm.predict(X)
-    counts, cmean, cstd = cluster_profiles(X, labels, config.k)
+            shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels, counts, cmean,
+              cstd, notes, started, mode, out) -> ClusterResult:
+    """Paint the labels, build the result Dataset with its provenance, write it."""
+    n_kept = traj.n
 
     pal = palette(config.k)
     labels_vol = paint(labels, traj, -1, np.int16)
@@ -237,6 +301,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
         gmm={"converged": bool(gmm.converged_), "n_iter": int(gmm.n_iter_),
              "mean_loglik": float(gmm.lower_bound_), "n_init": config.n_init,
              "tol": config.tol},
+        trajectories_held=mode,
         notes=notes,
         parameters=cfg,
         versions=_versions(),

@@ -36,21 +36,93 @@ class Runtime:
         return int(sum(limits)) or None
 
     @property
+    def memory_per_worker(self) -> int | None:
+        """Smallest worker memory limit in bytes (None in-process or unlimited)."""
+        if self.client is None:
+            return None
+        info = self.client.scheduler_info()
+        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+        limits = [m for m in limits if m]
+        return int(min(limits)) if limits else None
+
+    @property
+    def threads_per_worker(self) -> int:
+        if self.client is None:
+            import os
+
+            return os.cpu_count() or 1
+        info = self.client.scheduler_info()
+        threads = [w.get("nthreads") or 1 for w in info.get("workers", {}).values()]
+        return int(max(threads)) if threads else 1
+
+    @property
     def n_workers(self) -> int:
         if self.client is None:
             return 1
         return len(self.client.scheduler_info().get("workers", {}))
 
 
+JOBQUEUE_KINDS = ("slurm", "pbs")
+
+
+@dataclass
+class JobqueueOptions:
+    """Batch-job settings for dask-jobqueue (unset values come from its config file)."""
+
+    cores: int | None = None
+    memory: str | None = None
+    processes: int | None = None
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    jobs: int = 1
+    config_file: str | None = None
+    job_extra: list[str] | None = None
+
+    def cluster_kwargs(self) -> dict:
+        kw = {k: getattr(self, k) for k in ("cores", "memory", "processes", "walltime", "queue",
+                                            "account") if getattr(self, k) is not None}
+        if self.job_extra:
+            kw["job_extra_directives"] = list(self.job_extra)
+        return kw
+
+
+def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
+    """A dask-jobqueue cluster (not yet scaled): SLURMCluster or PBSCluster."""
+    if kind not in JOBQUEUE_KINDS:
+        raise ParameterError(f"--cluster must be one of {JOBQUEUE_KINDS} (got {kind!r})")
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ParameterError("--cluster needs dask-jobqueue: pip install 'xtec[hpc]'") from None
+    if options.config_file:
+        import yaml
+
+        try:
+            with open(options.config_file) as fh:
+                dask.config.update(dask.config.config, yaml.safe_load(fh) or {}, priority="new")
+        except (OSError, yaml.YAMLError) as exc:
+            raise ParameterError(f"cannot read the jobqueue config {options.config_file} "
+                                 f"({exc})") from None
+    cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+    try:
+        return cls(**options.cluster_kwargs())
+    except ValueError as exc:  # e.g. cores/memory missing from both flags and config
+        raise ParameterError(f"cannot configure the {kind} cluster: {exc}") from None
+
+
 @contextlib.contextmanager
 def dask_runtime(
     *,
     scheduler: str | None = None,
+    scheduler_file: str | None = None,
     workers: int = 0,
     threads_per_worker: int = 1,
     memory_limit: str | int | None = "auto",
     dashboard_address: str | None = ":0",
     processes: bool = True,
+    cluster: str | None = None,
+    jobqueue: JobqueueOptions | None = None,
 ) -> Iterator[Runtime]:
     """Start (or connect to) the scheduler for one job.
 
@@ -58,30 +130,51 @@ def dask_runtime(
     ----------
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://host:8786``).
+    scheduler_file : str, optional
+        Scheduler file written by ``dask scheduler --scheduler-file`` inside an
+        existing allocation (workers started with ``srun dask worker ...``).
     workers : int
         If > 0 (and no address), a LocalCluster of that many worker processes.
-        Otherwise the job runs in-process on the threaded scheduler.
+    cluster : 'slurm' or 'pbs', optional
+        Submit ``jobqueue.jobs`` batch jobs with dask-jobqueue.
+    Without any of these the job runs in-process on the threaded scheduler.
     """
-    if scheduler and workers:
-        raise ParameterError("give either --scheduler or --workers, not both")
+    chosen = [x for x in (scheduler, scheduler_file, workers, cluster) if x]
+    if len(chosen) > 1:
+        raise ParameterError("give only one of --scheduler, --scheduler-file, --workers, "
+                             "--cluster")
     if workers < 0:
         raise ParameterError(f"--workers must be >= 0 (got {workers})")
-    if not scheduler and not workers:
+    if not chosen:
         with dask.config.set(scheduler="threads"):
             yield Runtime("threads")
         return
     from distributed import Client, LocalCluster
 
-    if scheduler:
+    if scheduler or scheduler_file:
+        where = scheduler or scheduler_file
         try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise ParameterError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") \
+            client = (Client(scheduler, timeout="10s") if scheduler else
+                      Client(scheduler_file=scheduler_file, timeout="10s"))
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"cannot reach the Dask scheduler at {where} ({exc})") \
                 from None
         try:
             yield Runtime("address", client, client.dashboard_link)
         finally:
             client.close()
+        return
+    if cluster:
+        options = jobqueue or JobqueueOptions()
+        jq = make_jobqueue_cluster(cluster, options)
+        log.info("%s job script:\n%s", cluster, jq.job_script())
+        jq.scale(jobs=options.jobs)
+        client = Client(jq)
+        try:
+            yield Runtime(cluster, client, client.dashboard_link)
+        finally:
+            client.close()
+            jq.close()
         return
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,

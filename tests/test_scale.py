@@ -1,0 +1,167 @@
+"""Scaling out: persistence modes, memory-limited workers, batch jobs, GPU selection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xtec.chunks import spatial_chunks, target_bytes_for_workers
+from xtec.cli import main
+from xtec.datasets import write_xtec_large
+from xtec.errors import ParameterError
+from xtec.io.store import open_result
+from xtec.pipeline import ClusterConfig, run_cluster
+from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster
+
+
+@pytest.fixture(scope="module")
+def medium_file(tmp_path_factory):
+    # 24 x 8 x 160 x 160 float32 = 19.7 MB, chunked (24, 1, 64, 64) on disk.
+    path = tmp_path_factory.mktemp("medium") / "medium.nxs"
+    return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference_labels(medium_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="memory"))
+    return open_result(out).labels.values
+
+
+@pytest.mark.parametrize("mode", ["disk", "none"])
+def test_out_of_core_modes_give_identical_labels(mode, medium_file, reference_labels, tmp_path):
+    out = tmp_path / f"{mode}.zarr"
+    run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist=mode,
+                              chunks=(2, 64, 64)))
+    ds = open_result(out)
+    assert ds.attrs["trajectories_held"] == mode
+    np.testing.assert_array_equal(ds.labels.values, reference_labels)
+    assert not (tmp_path / f"{mode}.zarr.scratch").exists()
+
+
+def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_labels, tmp_path):
+    """Two workers of 600 MB with chunks sized from that limit; their peak memory is
+    sampled while the job runs and must stay under the limit (no worker restarts)."""
+    import threading
+
+    out = tmp_path / "limited.zarr"
+    limit = 600 * 2**20
+    with dask_runtime(workers=2, memory_limit=limit, dashboard_address=None) as rt:
+        assert rt.memory_per_worker == limit
+        peaks: dict[str, int] = {}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    for addr, m in rt.client.run(_rss).items():
+                        peaks[addr] = max(peaks.get(addr, 0), m)
+                except Exception:  # the cluster may be shutting down
+                    pass
+                stop.wait(0.2)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        pids = set(rt.client.run(_pid).values())
+        run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
+                    runtime=rt)
+        stop.set()
+        th.join()
+        assert set(rt.client.run(_pid).values()) == pids  # no worker was restarted
+    assert peaks and max(peaks.values()) < limit
+    np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _pid():
+    import os
+
+    return os.getpid()
+
+
+def test_chunks_follow_worker_memory():
+    small = target_bytes_for_workers(512 * 2**20, 2)
+    big = target_bytes_for_workers(16 * 2**30, 1)
+    assert small < big <= 128 * 2**20
+    c_small = spatial_chunks((400, 1000, 1000), (50, 50, 50), 24, 4, small)
+    c_big = spatial_chunks((400, 1000, 1000), (50, 50, 50), 24, 4, big)
+    assert all(c % 50 == 0 for c in c_small + c_big)
+    assert np.prod(c_small) < np.prod(c_big)
+    assert np.prod(c_small) * 24 * 4 <= small
+
+
+def test_slurm_job_script_from_cli_options(tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    opts = JobqueueOptions(cores=8, memory="32GB", walltime="01:30:00", queue="beamline",
+                           account="proj42", job_extra=["--exclusive"])
+    cluster = make_jobqueue_cluster("slurm", opts)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p beamline", "#SBATCH -A proj42", "#SBATCH -t 01:30:00",
+                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8"):
+        assert line in script
+    pbs = make_jobqueue_cluster("pbs", JobqueueOptions(cores=4, memory="8GB", queue="short"))
+    try:
+        assert "#PBS -q short" in pbs.job_script()
+    finally:
+        pbs.close()
+    with pytest.raises(ParameterError, match="--cluster must be"):
+        make_jobqueue_cluster("lsf", opts)
+
+
+def test_cluster_runtime_submits_the_requested_jobs(monkeypatch):
+    """Only the queue is mocked: scale() would call sbatch, which is not here."""
+    dask_jobqueue = pytest.importorskip("dask_jobqueue")
+    calls = []
+    monkeypatch.setattr(dask_jobqueue.SLURMCluster, "scale",
+                        lambda self, n=None, jobs=0, **kw: calls.append(jobs))
+    opts = JobqueueOptions(cores=2, memory="4GB", jobs=3)
+    with dask_runtime(cluster="slurm", jobqueue=opts) as rt:
+        assert rt.kind == "slurm" and rt.client is not None
+    assert calls[0] == 3  # (closing scales back to 0)
+
+
+def test_job_file_holds_hpc_options(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    from xtec import cli_core
+
+    job = tmp_path / "job.toml"
+    job.write_text('inputs = ["x.nxs"]\nout = "o.zarr"\ncluster = "slurm"\ncores = 4\n'
+                   'memory = "16GB"\njobs = 2\nwalltime = "00:10:00"\n')
+    opts = cli_core.load_job_file(str(job))
+    assert opts["cluster"] == "slurm" and opts["jobs"] == 2
+    job.write_text('inputs = ["x.nxs"]\nbogus = 1\n')
+    code = main(["cluster", "--config", str(job)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown option 'bogus'" in err
+
+
+def test_gpu_device_without_cupy_is_a_clear_error(tmp_path, capsys, small_file):
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    code = main(["cluster", str(small_file), "-o", str(tmp_path / "g.zarr"), "--device", "gpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--device gpu needs CuPy" in err
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_matches_cpu(medium_file, reference_labels, tmp_path):
+    cupy = pytest.importorskip("cupy")
+    try:
+        cupy.cuda.runtime.getDeviceCount()
+    except Exception:
+        pytest.skip("no CUDA device")
+    out = tmp_path / "gpu.zarr"
+    run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), device="gpu"))
+    np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
