@@ -6,15 +6,19 @@ the array API, so the same code runs on NumPy, CuPy or array-api-strict chunks;
 the reductions for the threshold (moments, histograms, exact quantiles) stream
 over the per-voxel mean volume, never gathering it.
 
-Threshold (``kl``), on x = log(mean_T I) of the voxels with mean_T I > 0:
+Threshold (``kl``), on x = log(mean_T I) of the N voxels with mean_T I > 0,
+following the published XTEC procedure step for step:
 
-1. bin width w = IQR(x) / N^(1/3), edges from min(x) in steps of w;
-2. start at bin int(0.5 * argmax(hist) + 0.5 * bin(mean(x) + std(x)));
-3. at bin i, fit a Gaussian (mean, std) to the x below edge i; p is the
-   truncated histogram normalised to 1, q_j = w * N(edge_j; mean, std) on the
-   same bins' left edges, KL(i) = sum_j p_j log(p_j / (q_j + 1e-12));
-4. d = log KL(i+1) - log KL(i); stop if |d| <= w, else move to the bin of
-   edge_i - d; at most 100 steps.  Keep voxels with x > edge_i.
+1. w = IQR / N^(1/3) with IQR = x_(round(0.75 N)) - x_(round(0.25 N)) (order
+   statistics, i.e. half the Freedman-Diaconis width); ceil((max - min) / w)
+   equal bins from min(x) to max(x) (``numpy.histogram``'s edges);
+2. start at bin int(0.5 * argmax(hist) + 0.5 * i0), i0 the first left edge
+   >= mean(x) + std(x);
+3. KL(i): fit a Gaussian (mean, population std) to the x below left edge i;
+   p = the histogram density of bins < i renormalised to integrate to 1,
+   q = the Gaussian density at the left edges + 1e-12, KL = sum p log(p / q);
+4. d = log KL(i+1) - log KL(i); move to the first left edge >= edge_i - d
+   (at most bin n-2); repeat while |d| > w, at most 100 times.  Keep x > edge_i.
 
 ``simple`` keeps x > mean(x) + 2 std(x); a user cutoff is an intensity.
 """
@@ -131,6 +135,11 @@ def _bin_index(x, lo, width, nbins):
     return np.clip(np.floor((x - lo) / width).astype(np.int64), 0, nbins - 1)
 
 
+def _edge_index(x, edges):
+    """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed)."""
+    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
+
+
 def _fine_hist(m, lo, width, nbins):
     x = _log_mean_values(m)
     return np.bincount(_bin_index(x, lo, width, nbins), minlength=nbins)
@@ -141,13 +150,14 @@ def _values_in_bins(m, lo, width, nbins, bins):
     return x[np.isin(_bin_index(x, lo, width, nbins), bins)]
 
 
-def _weighted_hist(m, lo, width, nbins):
+def _weighted_hist(m, edges):
     x = _log_mean_values(m)
-    b = _bin_index(x, lo, width, nbins)
+    nb = edges.size - 1
+    b = _edge_index(x, edges)
     return np.stack([
-        np.bincount(b, minlength=nbins).astype(np.float64),
-        np.bincount(b, weights=x, minlength=nbins),
-        np.bincount(b, weights=x * x, minlength=nbins),
+        np.bincount(b, minlength=nb).astype(np.float64),
+        np.bincount(b, weights=x, minlength=nb),
+        np.bincount(b, weights=x * x, minlength=nb),
     ])
 
 
@@ -160,17 +170,10 @@ class LogIntensityStats:
     std: float
     min: float
     max: float
-    q25: float
-    q75: float
 
 
 def log_intensity_stats(mean: da.Array) -> LogIntensityStats:
-    """Moments and exact quartiles of x = log(mean) by streaming passes.
-
-    Quartiles: a fine histogram locates the bins holding the ranks NumPy's
-    ``percentile`` interpolates between, then only those bins' values are
-    gathered, so the result equals ``np.percentile(x, [25, 75])``.
-    """
+    """Count, moments and range of x = log(mean) in one streaming pass."""
     parts = np.array(_per_block(mean, _moments))
     mom = np.concatenate([parts[:, :3].sum(axis=0), [parts[:, 3].min(), parts[:, 4].max()]])
     n = int(mom[0])
@@ -178,31 +181,35 @@ def log_intensity_stats(mean: da.Array) -> LogIntensityStats:
         raise ParameterError("every voxel is zero at every temperature: nothing to cluster")
     mu = mom[1] / n
     std = math.sqrt(max(mom[2] / n - mu * mu, 0.0))
-    lo, hi = float(mom[3]), float(mom[4])
-    width = (hi - lo) / _FINE_BINS or 1.0
-    hist = np.sum(_per_block(mean, _fine_hist, lo, width, _FINE_BINS), axis=0)
+    return LogIntensityStats(n, float(mu), std, float(mom[3]), float(mom[4]))
+
+
+def order_statistics(mean: da.Array, st: LogIntensityStats, ranks) -> np.ndarray:
+    """Exact k-th smallest values of x = log(mean) (0-based ``ranks``), streaming.
+
+    A fine histogram locates the bin holding each rank; only those bins'
+    values are then gathered and sorted, never the whole volume.
+    """
+    width = (st.max - st.min) / _FINE_BINS or 1.0
+    hist = np.sum(_per_block(mean, _fine_hist, st.min, width, _FINE_BINS), axis=0)
     cum = np.cumsum(hist)
-    ranks = []
-    for q in (0.25, 0.75):
-        pos = q * (n - 1)
-        ranks.append((pos, int(math.floor(pos)), min(int(math.floor(pos)) + 1, n - 1)))
-    need = sorted({int(np.searchsorted(cum, r, side="right")) for _, a, b in ranks
-                   for r in (a, b)})
-    parts = _per_block(mean, _values_in_bins, lo, width, _FINE_BINS, np.array(need))
-    vals = np.concatenate(parts)
-    vbins = _bin_index(vals, lo, width, _FINE_BINS)
+    ranks = [min(max(int(r), 0), st.n - 1) for r in ranks]
+    need = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
+    vals = np.concatenate(_per_block(mean, _values_in_bins, st.min, width, _FINE_BINS,
+                                     np.array(need)))
+    vbins = _bin_index(vals, st.min, width, _FINE_BINS)
     in_bin = {b: np.sort(vals[vbins == b]) for b in need}
-
-    def value_at(rank):
-        b = int(np.searchsorted(cum, rank, side="right"))
+    out = []
+    for r in ranks:
+        b = int(np.searchsorted(cum, r, side="right"))
         first = int(cum[b - 1]) if b > 0 else 0
-        return in_bin[b][rank - first]
+        out.append(in_bin[b][r - first])
+    return np.array(out)
 
-    quart = []
-    for pos, a, b in ranks:
-        va, vb = value_at(a), value_at(b)
-        quart.append(float(va + (pos - a) * (vb - va)))
-    return LogIntensityStats(n, float(mu), std, lo, hi, quart[0], quart[1])
+
+def iqr_ranks(n: int) -> tuple[int, int]:
+    """Ranks of the order statistics XTEC takes its IQR from (NumPy rounding)."""
+    return int(np.round(n * 0.25)), min(int(np.round(n * 0.75)), n - 1)
 
 
 # ------------------------------------------------------------------------ threshold
@@ -229,7 +236,8 @@ class Threshold:
 
 
 def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: np.ndarray,
-              mean: float, std: float, max_iter: int = 100) -> tuple[int, int, tuple[float, float]]:
+              mean: float, std: float, width: float, max_iter: int = 100
+              ) -> tuple[int, int, tuple[float, float]]:
     """XTEC's KL-divergence cutoff on a histogram with per-bin sums.
 
     Parameters
@@ -240,6 +248,9 @@ def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: 
     edges : array of shape (n_bins + 1,)
     mean, std : float
         Of all values (they set the starting bin).
+    width : float
+        The Freedman-Diaconis step w (the stopping scale; the bins themselves
+        are (max - min) / n_bins wide).
 
     Returns
     -------
@@ -249,37 +260,44 @@ def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: 
     gaussian : (mean, std) fitted to the values below the cutoff.
     """
     nb = counts.size
-    width = float(edges[1] - edges[0])
+    left = edges[:-1]
+    dx = float(left[1] - left[0]) if nb > 1 else float(edges[1] - edges[0])
+    n_total = counts.sum()
+    density = counts / (n_total * width)
     c_n, c_s, c_s2 = (np.concatenate([[0.0], np.cumsum(a)]) for a in (counts, sum_x, sum_x2))
 
     def fit(i):
         n = c_n[i]
+        if n == 0:
+            return math.nan, math.nan
         mu = c_s[i] / n
-        return mu, math.sqrt(max(c_s2[i] / n - mu * mu, 1e-300))
+        return mu, math.sqrt(max(c_s2[i] / n - mu * mu, 0.0))
 
     def kl(i):
-        n = c_n[i]
-        if n <= 1:
-            return math.inf
         mu, sigma = fit(i)
-        p = counts[:i] / n
-        z = (edges[:i] - mu) / sigma
-        q = width * np.exp(-0.5 * z * z) / (sigma * math.sqrt(2 * math.pi))
-        nz = p > 0
-        return float(np.sum(p[nz] * np.log(p[nz] / (q[nz] + 1e-12))))
+        p = density[:i] / (density[:i].sum() * dx)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            q = np.exp(-((left[:i] - mu) ** 2) / (2 * sigma**2)) / math.sqrt(
+                2 * math.pi * sigma**2) + 1e-12
+            nz = p > 0
+            return float(np.sum(p[nz] * np.log(p[nz] / q[nz])))
 
-    def to_bin(x):
-        return int(min(max(math.floor((x - edges[0]) / width), 2), nb - 1))
-
-    i = int(0.5 * int(np.argmax(counts)) + 0.5 * to_bin(mean + std))
-    i = min(max(i, 2), nb - 1)
+    i0 = int(np.searchsorted(left, mean + std, side="left"))
+    i = int(0.5 * int(np.argmax(density)) + 0.5 * i0)
+    if i >= nb:
+        i = int(np.argmax(density)) - 2
+    i = min(max(i, 1), nb - 2)
     it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
-        k0, k1 = kl(i), kl(min(i + 1, nb))
-        d = math.log(max(k1, 1e-300)) - math.log(max(k0, 1e-300))
-        if not math.isfinite(d) or abs(d) <= width:
+    while it < max_iter:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = math.log(kl(i + 1)) - math.log(kl(i)) if kl(i) > 0 else math.nan
+        it += 1
+        if not math.isfinite(d):
             break
-        i = to_bin(edges[i] - d)
+        i = int(np.searchsorted(left, left[i] - d, side="left"))
+        i = min(max(i, 1), nb - 2)
+        if abs(d) <= width:
+            break
     return i, it, fit(i)
 
 
@@ -308,33 +326,42 @@ def compute_threshold(mean: da.Array, method: str | float = "kl") -> Threshold:
         return Threshold("none", -math.inf, st.n)
     if method == "simple":
         return Threshold("simple", st.mean + 2 * st.std, st.n, gaussian=(st.mean, st.std))
-    iqr = st.q75 - st.q25
-    width = iqr / st.n ** (1.0 / 3.0)
+    q25, q75 = order_statistics(mean, st, iqr_ranks(st.n))
+    width = (q75 - q25) / st.n ** (1.0 / 3.0)
     if not width > 0:
         raise ParameterError(
             "the KL threshold needs spread in log intensity (IQR is 0); use "
             "--threshold simple or an intensity"
         )
-    nb = max(3, int(math.ceil((st.max - st.min) / width)))
-    edges = st.min + width * np.arange(nb + 1)
-    counts, s1, s2 = np.sum(_per_block(mean, _weighted_hist, st.min, width, nb), axis=0)
-    idx, it, gauss = kl_cutoff(counts, edges, s1, s2, st.mean, st.std)
+    nb = int(math.ceil((st.max - st.min) / width))
+    if nb < 4:
+        raise ParameterError("too few distinct intensities for the KL threshold; use "
+                             "--threshold simple or an intensity")
+    edges = np.linspace(st.min, st.max, nb + 1)
+    counts, s1, s2 = np.sum(_per_block(mean, _weighted_hist, edges), axis=0)
+    idx, it, gauss = kl_cutoff(counts, edges, s1, s2, st.mean, st.std, width)
     log.info("KL threshold: bin %d of %d, cutoff %.4g (log), %d steps", idx, nb, edges[idx], it)
+    if not st.mean - st.std <= edges[idx] <= st.mean + 2 * st.std:
+        # The published code flags the same case as unsuccessful.
+        log.warning("the KL cutoff %.3g lies outside mean - std .. mean + 2 std of log "
+                    "intensity; check the threshold histogram", edges[idx])
     return Threshold("kl", float(edges[idx]), st.n, counts, edges, gauss, it)
 
 
 def kl_threshold_values(x: np.ndarray, max_iter: int = 100) -> float:
-    """KL cutoff of in-memory log intensities ``x`` (shape (N,)), for small data."""
+    """KL cutoff (log intensity) of in-memory log intensities ``x`` of shape (N,)."""
     x = np.asarray(x, dtype=np.float64)
-    q25, q75 = np.percentile(x, [25, 75])
-    width = (q75 - q25) / x.size ** (1 / 3)
-    nb = max(3, int(math.ceil((x.max() - x.min()) / width)))
-    edges = x.min() + width * np.arange(nb + 1)
-    b = _bin_index(x, x.min(), width, nb)
+    srt = np.sort(x)
+    r25, r75 = iqr_ranks(x.size)
+    width = (srt[r75] - srt[r25]) / x.size ** (1 / 3)
+    nb = int(math.ceil((x.max() - x.min()) / width))
+    edges = np.linspace(x.min(), x.max(), nb + 1)
+    b = _edge_index(x, edges)
     counts = np.bincount(b, minlength=nb).astype(np.float64)
     s1 = np.bincount(b, weights=x, minlength=nb)
     s2 = np.bincount(b, weights=x * x, minlength=nb)
-    idx, _, _ = kl_cutoff(counts, edges, s1, s2, float(x.mean()), float(x.std()), max_iter)
+    idx, _, _ = kl_cutoff(counts, edges, s1, s2, float(x.mean()), float(x.std()), width,
+                          max_iter)
     return float(edges[idx])
 
 
