@@ -144,6 +144,15 @@ def _persist_mode(nbytes: int, policy: str, runtime) -> str:
     return "memory" if nbytes < 0.3 * total else "disk"
 
 
+def _balanced_rows(n: int, runtime) -> int | None:
+    """Rows per trajectory chunk for the EM on a Dask cluster (None in-process)."""
+    client = getattr(runtime, "client", None)
+    if client is None:
+        return None
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values())
+    return max(16_384, -(-n // max(1, 2 * threads)))
+
+
 def _wait(*arrays) -> None:
     """Block until persisted arrays are in (distributed) memory, for honest timings."""
     try:
@@ -212,6 +221,12 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
         X, index = dask.persist(X, index)
         _wait(X, index)
         traj.X = X
+        rows = _balanced_rows(n_kept, runtime)
+        if rows and len(X.chunks[0]) != -(-n_kept // rows):
+            # EM passes are many and short: one even chunk per worker thread
+            # beats the uneven spatial blocks.
+            X, index = dask.persist(X.rechunk({0: rows}), index.rechunk(rows))
+            _wait(X, index)
     elif mode == "disk":
         log.info("trajectories (%.2f GB) go to scratch store %s", n_kept * n_t * 4 / 1e9, scratch)
         X, index = _spill_to_zarr(X, index, scratch, n_t)

@@ -291,7 +291,8 @@ def _open_4d(vol: _Volume, path: Path, chunks, target_bytes) -> xr.DataArray:
     file_order_chunks = [0] * 4
     for dim_pos, file_axis in enumerate(order):
         file_order_chunks[file_axis] = shape[0] if dim_pos == 0 else sp[dim_pos - 1]
-    data = da.from_array(vol.source, chunks=tuple(file_order_chunks), name=_token(vol),
+    data = da.from_array(vol.source, chunks=tuple(file_order_chunks),
+                         name=_token(vol, file_order_chunks),
                          asarray=True, fancy=False)
     data = data.transpose(order)
     coords = {d: vol.coords[vol.axes[i]] for d, i in zip(DIMS, order)}
@@ -333,7 +334,8 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes)
         file_chunks[file_axis] = sp[dim_pos]
     sort = np.argsort(temps)
     parts = [
-        da.from_array(volumes[i].source, chunks=tuple(file_chunks), name=_token(volumes[i]),
+        da.from_array(volumes[i].source, chunks=tuple(file_chunks),
+                      name=_token(volumes[i], file_chunks),
                       asarray=True, fancy=False).transpose(order)
         for i in sort
     ]
@@ -345,12 +347,14 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes)
     return arr
 
 
-def _token(vol: _Volume) -> str:
-    # Deterministic names: the same file gives the same graph keys in every run.
+def _token(vol: _Volume, chunks) -> str:
+    # Deterministic names: the same file and chunking give the same graph keys
+    # in every run; a different chunking must not reuse them.
     from dask.base import tokenize
 
     st = os.stat(vol.filename)
-    return "nexus-" + tokenize(vol.filename, vol.source.path, st.st_mtime_ns, st.st_size)
+    return "nexus-" + tokenize(vol.filename, vol.source.path, st.st_mtime_ns, st.st_size,
+                               tuple(chunks))
 
 
 def select(

@@ -1,0 +1,262 @@
+"""End-to-end scaling benchmark: xtec against the I/O floor, scikit-learn and the reference.
+
+For series of growing size (the largest bigger than the memory given to the
+Dask workers) this writes a synthetic XTEC-layout file, then in one run:
+
+* the I/O floor: one pass reading the whole input with h5py (chunk-aligned
+  slabs, in one process), after a warm-up read so both sides see the page cache;
+* xtec end to end (`run_cluster`) on a LocalCluster of ``--workers`` processes
+  with ``--worker-memory`` each, sampling every worker's RSS to record its peak
+  and checking that no worker was restarted;
+* the GMM stage alone on the same thresholded trajectories, xtec vs
+  scikit-learn ``GaussianMixture(covariance_type='diag')``, same initial
+  parameters, same fixed number of EM iterations;
+* where ``--reference-python`` points at a virtual environment holding the
+  published package (``pip install xtec==0.1.1``, never vendored): its KL
+  threshold and its GMM on the smallest size.
+
+    python benchmarks/bench_pipeline.py --sizes 0.1,0.4,1.5,3 --workers 2 --worker-memory 1GB
+
+Prints a table and writes benchmarks/results/pipeline.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+T = 24
+
+
+def shape_for(gb: float, n_l: int = 16) -> tuple[int, int, int]:
+    voxels = gb * 1e9 / (T * 4)
+    n = int(round(math.sqrt(voxels / n_l)))
+    return (n_l, n, n)
+
+
+def read_floor(path: Path) -> float:
+    import h5py
+
+    t0 = time.perf_counter()
+    total = 0.0
+    with h5py.File(path, "r") as f:
+        d = f["entry/data/data"]
+        for i in range(d.shape[1]):
+            total += float(d[:, i].sum(dtype=np.float64))
+    return time.perf_counter() - t0
+
+
+def _rss():
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _pid():
+    return os.getpid()
+
+
+def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
+    from xtec.pipeline import ClusterConfig, run_cluster
+    from xtec.runtime import dask_runtime
+
+    with dask_runtime(workers=workers, memory_limit=memory, dashboard_address=None) as rt:
+        peaks: dict[str, int] = {}
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                try:
+                    for addr, m in rt.client.run(_rss).items():
+                        peaks[addr] = max(peaks.get(addr, 0), m)
+                except Exception:
+                    pass
+                stop.wait(0.25)
+
+        pids = set(rt.client.run(_pid).values())
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        t0 = time.perf_counter()
+        res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True),
+                          runtime=rt)
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+        restarted = set(rt.client.run(_pid).values()) != pids
+        limit = rt.memory_per_worker
+    return {"wall_s": wall, "peak_rss_per_worker": sorted(peaks.values()),
+            "worker_limit": limit, "restarted": restarted, "n_kept": res.summary["n_kept"],
+            "timings": res.summary["timings"]}
+
+
+def trajectories(path: Path) -> np.ndarray:
+    """The thresholded, rescaled trajectories exactly as the pipeline makes them."""
+    import dask
+
+    from xtec.io.nexus import open_nexus
+    from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
+
+    with dask.config.set(scheduler="threads"):
+        data = open_nexus(path).data
+        s = summarize(data)
+        mask = keep_mask(s.mean, compute_threshold(s.mean, "kl"))
+        tr = extract_trajectories(data, mask.persist(), "mean")
+        return np.ascontiguousarray(tr.X.compute())
+
+
+def gmm_vs_sklearn(X: np.ndarray, k: int = 4, iters: int = 50) -> dict:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.mixture import GaussianMixture as SkGMM
+
+    from xtec.mixture import GaussianMixture, data_stats, m_step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p0 = GaussianMixture(k, n_init=1, max_iter=1, random_state=0).fit(X).params_
+    p = p0
+    data_stats(X[:1000], p)  # compile outside the timing
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        p = m_step(data_stats(X, p), 1e-6)
+    ours = time.perf_counter() - t0
+    sk = SkGMM(k, covariance_type="diag", tol=0.0, max_iter=iters, weights_init=p0.weights,
+               means_init=p0.means, precisions_init=1 / p0.covariances, reg_covar=1e-6)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        sk.fit(X.astype(np.float64))
+    theirs = time.perf_counter() - t0
+    return {"n": int(X.shape[0]), "iterations": iters, "xtec_s": ours, "sklearn_s": theirs,
+            "speedup": theirs / ours,
+            "means_agree": bool(np.allclose(p.means, sk.means_, rtol=1e-5, atol=1e-6))}
+
+
+_REFERENCE_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+from xtec.Preprocessing import Mask_Zeros, Threshold_Background
+from xtec.GMM import GMM
+data = np.load(sys.argv[1])
+t0 = time.perf_counter()
+mask = Mask_Zeros(data)
+thr = Threshold_Background(mask)
+t_thr = time.perf_counter() - t0
+X = thr.Rescale_mean(thr.data_thresholded).T
+t0 = time.perf_counter()
+g = GMM(X, 4, max_full_epoch=int(sys.argv[2]))
+g.RunEM()
+t_gmm = time.perf_counter() - t0
+print(json.dumps({"cutoff_log": float(thr.LogI_cutoff), "n_kept": int(X.shape[0]),
+                  "threshold_s": t_thr, "gmm_s": t_gmm, "gmm_epochs": int(g.epoch)}))
+"""
+
+
+def reference(python: str, path: Path, epochs: int) -> dict | None:
+    import h5py
+
+    npy = path.with_suffix(".npy")  # the reference package reads arrays, not files
+    with h5py.File(path, "r") as f:
+        np.save(npy, f["entry/data/data"][()])
+    try:
+        proc = subprocess.run([python, "-c", _REFERENCE_SCRIPT, str(npy), str(epochs)],
+                              cwd=tempfile.gettempdir(),
+                              capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": str(exc)}
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="0.1,0.4,1.5,3", help="series sizes in GB")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--worker-memory", default="1GB")
+    ap.add_argument("--gmm-max-size", type=float, default=1.5,
+                    help="largest size (GB) for the scikit-learn comparison")
+    ap.add_argument("--reference-python", default=os.environ.get("XTEC_REFERENCE_PYTHON"),
+                    help="python of a venv with the published xtec 0.1.1")
+    ap.add_argument("--reference-epochs", type=int, default=100)
+    ap.add_argument("--dir", default=None, help="where to write the series (default: temp)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
+    args = ap.parse_args(argv)
+
+    from xtec.datasets import write_xtec_large
+    from xtec.preprocess import compute_threshold, summarize
+
+    sizes = [float(s) for s in args.sizes.split(",")]
+    work = Path(args.dir or tempfile.mkdtemp(prefix="xtec-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for gb in sizes:
+        shape = shape_for(gb)
+        path = work / f"series_{gb:g}GB.nxs"
+        t0 = time.perf_counter()
+        if not path.exists():
+            write_xtec_large(path, shape, chunks=(1, 128, 128))
+        gen = time.perf_counter() - t0
+        nbytes = T * math.prod(shape) * 4
+        read_floor(path)  # warm the page cache for both sides
+        floor = min(read_floor(path) for _ in range(2))
+        res = run_xtec(path, work / f"result_{gb:g}.zarr", args.workers, args.worker_memory)
+        row = {"size_gb": nbytes / 1e9, "shape": [T, *shape], "voxels": math.prod(shape),
+               "generate_s": gen, "io_floor_s": floor, **res,
+               "ratio_to_floor": res["wall_s"] / floor,
+               "ns_per_voxel": 1e9 * res["wall_s"] / math.prod(shape)}
+        if gb <= args.gmm_max_size:
+            row["gmm"] = gmm_vs_sklearn(trajectories(path))
+        if args.reference_python and gb == min(sizes):
+            row["reference"] = reference(args.reference_python, path, args.reference_epochs)
+            import dask
+
+            from xtec.io.nexus import open_nexus
+
+            with dask.config.set(scheduler="threads"):
+                s = summarize(open_nexus(path).data)
+                row["xtec_cutoff_log"] = compute_threshold(s.mean, "kl").cutoff
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "timings"}, default=str),
+              flush=True)
+
+    print()
+    print(f"{'size GB':>8} {'voxels':>11} {'floor s':>8} {'xtec s':>8} {'x floor':>8} "
+          f"{'ns/voxel':>9} {'peak MB/worker':>15} {'limit MB':>9} {'restart':>8}")
+    for r in rows:
+        peak = max(r["peak_rss_per_worker"]) / 2**20 if r["peak_rss_per_worker"] else float("nan")
+        print(f"{r['size_gb']:8.2f} {r['voxels']:11d} {r['io_floor_s']:8.2f} {r['wall_s']:8.2f} "
+              f"{r['ratio_to_floor']:8.2f} {r['ns_per_voxel']:9.1f} {peak:15.0f} "
+              f"{(r['worker_limit'] or 0) / 2**20:9.0f} {str(r['restarted']):>8}")
+    flat = max(r["ns_per_voxel"] for r in rows) / min(r["ns_per_voxel"] for r in rows)
+    print(f"time per voxel, largest / smallest spread: {flat:.2f}x")
+    for r in rows:
+        if "gmm" in r:
+            g = r["gmm"]
+            print(f"GMM stage, {g['n']} trajectories, {g['iterations']} EM iterations: "
+                  f"xtec {g['xtec_s']:.2f} s, scikit-learn {g['sklearn_s']:.2f} s, "
+                  f"{g['speedup']:.1f}x (same means: {g['means_agree']})")
+        if "reference" in r:
+            ref = r["reference"]
+            print(f"reference xtec 0.1.1 on {r['size_gb']:.2f} GB: {ref}")
+            print(f"  KL cutoff: xtec {r['xtec_cutoff_log']:.6f} vs reference "
+                  f"{ref.get('cutoff_log', float('nan')):.6f}")
+    out = {"rows": rows, "workers": args.workers, "worker_memory": args.worker_memory,
+           "time_per_voxel_spread": flat, "python": sys.version.split()[0]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Numba kernels of the EM (NumPy engine), kept at module level so numba can
+cache them on disk: worker processes load them instead of compiling (seconds).
+
+Imported only when the NumPy engine runs, so importing xtec stays light.
+"""
+
+import numba
+import numpy as np
+
+# Reassociation lets the row loops vectorise; the result is still the same
+# for the same input whatever the chunking (every point is computed alone).
+_FASTMATH = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def vexp(a, kbuf):
+    # In-place exp of a <= 0, vectorisable (numba's scalar exp is not):
+    # exp(x) = 2^k exp(r), |r| <= ln2/2, degree-11 Taylor, relative error < 1e-14.
+    m = a.size
+    for i in range(m):
+        x = max(a[i], -700.0)
+        k = np.floor(x * 1.4426950408889634 + 0.5)
+        r = x - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10
+        a[i] = 1.0 + r * (
+            1.0
+            + r
+            * (
+                0.5
+                + r
+                * (
+                    1.0 / 6
+                    + r
+                    * (
+                        1.0 / 24
+                        + r
+                        * (
+                            1.0 / 120
+                            + r
+                            * (
+                                1.0 / 720
+                                + r
+                                * (
+                                    1.0 / 5040
+                                    + r
+                                    * (
+                                        1.0 / 40320
+                                        + r
+                                        * (
+                                            1.0 / 362880
+                                            + r * (1.0 / 3628800 + r * (1.0 / 39916800))
+                                        )
+                                    )
+                                )
+                            )
+                        )
+                    )
+                )
+            )
+        )
+        kbuf[i] = (np.int64(k) + 1023) << 52
+    scale = kbuf.view(np.float64)
+    for i in range(m):
+        a[i] *= scale[i]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def diag_stats(X, means, prec, norm, block):
+    # Each block is transposed to (T, rows) so every inner loop runs over
+    # contiguous rows and vectorises; sums stay in float64.
+    n, t = X.shape
+    k_ = means.shape[0]
+    nb = (n + block - 1) // block
+    nk = np.zeros((nb, k_))
+    sx = np.zeros((nb, k_, t))
+    sxx = np.zeros((nb, k_, t))
+    ll = np.zeros(nb)
+    for b in numba.prange(nb):
+        lo = b * block
+        m = min(n, lo + block) - lo
+        xt = np.empty((t, m))
+        for i in range(m):
+            for j in range(t):
+                xt[j, i] = X[lo + i, j]
+        lp = np.empty((k_, m))
+        for k in range(k_):
+            acc = lp[k]
+            for i in range(m):
+                acc[i] = 0.0
+            for j in range(t):
+                mu = means[k, j]
+                pj = prec[k, j]
+                row = xt[j]
+                for i in range(m):
+                    d = row[i] - mu
+                    acc[i] += d * d * pj
+            c = norm[k]
+            for i in range(m):
+                acc[i] = c - 0.5 * acc[i]
+        mx = np.empty(m)
+        for i in range(m):
+            mx[i] = lp[0, i]
+        for k in range(1, k_):
+            for i in range(m):
+                mx[i] = max(mx[i], lp[k, i])
+        tot = np.zeros(m)
+        kbuf = np.empty(m, np.int64)
+        for k in range(k_):
+            row = lp[k]
+            for i in range(m):
+                row[i] -= mx[i]
+            vexp(row, kbuf)
+            for i in range(m):
+                tot[i] += row[i]
+        # One log per 32 points: each total lies in [1, K], so their
+        # product cannot overflow for any practical K.
+        s_ll = 0.0
+        for i in range(m):
+            s_ll += mx[i]
+        for g in range(0, m, 32):
+            prod = 1.0
+            for i in range(g, min(m, g + 32)):
+                prod *= tot[i]
+            s_ll += np.log(prod)
+        for i in range(m):
+            tot[i] = 1.0 / tot[i]
+        ll[b] = s_ll
+        for k in range(k_):
+            r = lp[k]
+            s_nk = 0.0
+            for i in range(m):
+                r[i] *= tot[i]
+                s_nk += r[i]
+            nk[b, k] = s_nk
+            for j in range(t):
+                row = xt[j]
+                a1 = 0.0
+                a2 = 0.0
+                for i in range(m):
+                    v = r[i] * row[i]
+                    a1 += v
+                    a2 += v * row[i]
+                sx[b, k, j] = a1
+                sxx[b, k, j] = a2
+    return nk, sx, sxx, ll
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def diag_predict(X, means, prec, norm):
+    n, t = X.shape
+    k_ = means.shape[0]
+    labels = np.empty(n, np.int16)
+    for i in numba.prange(n):
+        best = -np.inf
+        arg = 0
+        for k in range(k_):
+            acc = 0.0
+            for j in range(t):
+                d = X[i, j] - means[k, j]
+                acc += d * d * prec[k, j]
+            v = norm[k] - 0.5 * acc
+            if v > best:
+                best = v
+                arg = k
+        labels[i] = arg
+    return labels
