@@ -187,6 +187,20 @@ def config_from_options(opts: dict):
     return ClusterConfig(**kw)
 
 
+def _show_stages() -> None:
+    """Stage messages of the library (its INFO log) on stderr, as progress."""
+    import logging
+
+    logger = logging.getLogger("xtec")
+    if not any(getattr(h, "_xtec_progress", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        handler._xtec_progress = True
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.INFO, logging.INFO))
+        logger.propagate = False
+
+
 @contextlib.contextmanager
 def _progress(enabled: bool, runtime):
     if enabled and runtime.client is None:
@@ -205,6 +219,8 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
     progress = opts.get("progress")
     if progress is None:
         progress = sys.stderr.isatty()
+    if progress:
+        _show_stages()
     jq = JobqueueOptions(
         cores=opts.get("cores"), memory=opts.get("memory"), processes=opts.get("processes"),
         walltime=opts.get("walltime"), queue=opts.get("queue"), account=opts.get("account"),
@@ -248,9 +264,10 @@ def describe_trajectory(mean: np.ndarray, temperature: np.ndarray) -> str:
         return "flat"
     if 0 < i_max < len(m) - 1 and m[i_max] - max(m[0], m[-1]) > 0.5 * span:
         return f"peaks at {t[i_max]:.0f} K"
-    low = m < m.min() + 0.05 * span
-    if m[0] > m[-1] and low.sum() >= 3 and np.all(low[int(np.argmax(low)):]):
-        return f"falls, vanishes above {t[int(np.argmax(low))]:.0f} K"
+    drop = -np.diff(m)
+    j = int(np.argmax(drop))
+    if m[0] > m[-1] and drop[j] > 0.3 * span:  # an order parameter switching off
+        return f"falls, switches off between {t[j]:.0f} and {t[j + 1]:.0f} K"
     return "falls with T" if m[-1] < m[0] else "rises with T"
 
 

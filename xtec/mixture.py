@@ -434,6 +434,8 @@ class GaussianMixture:
             if best is None or ll > best[1]:
                 best = (params, ll)
         params, ll, n_iter, converged = self._em(X, best[0], n)
+        log.info("EM on all %d points: mean log-likelihood %.6g after %d iterations", n, ll,
+                 n_iter)
         order = canonical_order(params.means)
         self._set_params(MixtureParams(params.weights[order], params.means[order],
                                        params.covariances[order]))
@@ -455,6 +457,7 @@ class GaussianMixture:
                 raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
                                      "or reg_covar is 0 with a constant feature")
             params = m_step(stats, self.reg_covar)
+            log.debug("EM iteration %d on %d points: mean log-likelihood %.8g", it, n, ll)
             if abs(ll - prev) <= self.tol * abs(ll):
                 converged = True
                 break

@@ -189,6 +189,8 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
 
     timings = {}
     tick = time.perf_counter()
+    log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
+             f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     summary_pass = summarize(data)
     timings["mean_pass"] = time.perf_counter() - tick
     notes = []
@@ -217,6 +219,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     X, index = traj.X, traj.index
     scratch = out.with_name(out.name + ".scratch")
     tick = time.perf_counter()
+    log.info("pass 2 of 2: rescaled trajectories of the kept voxels (held in %s)", mode)
     if mode == "memory":
         X, index = dask.persist(X, index)
         _wait(X, index)
@@ -235,6 +238,8 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     timings["trajectories"] = time.perf_counter() - tick
     try:
         tick = time.perf_counter()
+        log.info("EM: K=%d, %s covariances, %d restarts on a subsample", config.k,
+                 config.covariance, config.n_init)
         gmm = GaussianMixture(
             config.k, covariance_type=config.covariance, tol=config.tol,
             max_iter=config.max_iter, n_init=config.n_init, random_state=config.seed,
@@ -246,6 +251,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
         labels = labels.persist()
         timings["gmm"] = time.perf_counter() - tick
         tick = time.perf_counter()
+        log.info("writing %s", out)
         result = _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels,
                            counts, cmean, cstd, notes, started, mode, out)
         timings["write"] = time.perf_counter() - tick
