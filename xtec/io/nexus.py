@@ -294,12 +294,14 @@ def _open_4d(vol: _Volume, path: Path, chunks, target_bytes) -> xr.DataArray:
     data = da.from_array(vol.source, chunks=tuple(file_order_chunks),
                          name=_token(vol, file_order_chunks),
                          asarray=True, fancy=False)
-    data = data.transpose(order)
+    if order != sorted(order):
+        data = data.transpose(order)
     coords = {d: vol.coords[vol.axes[i]] for d, i in zip(DIMS, order)}
     temps = coords["temperature"]
     _check_temperatures(temps, [str(path)])
     arr = xr.DataArray(data, dims=DIMS, coords=coords, name="intensity")
-    arr = arr.sortby("temperature")
+    if np.any(np.diff(temps) < 0):  # sorting adds a gather: only when needed
+        arr = arr.sortby("temperature")
     arr.temperature.attrs["units"] = "K"
     return arr
 
@@ -335,10 +337,11 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes)
     sort = np.argsort(temps)
     parts = [
         da.from_array(volumes[i].source, chunks=tuple(file_chunks),
-                      name=_token(volumes[i], file_chunks),
-                      asarray=True, fancy=False).transpose(order)
+                      name=_token(volumes[i], file_chunks), asarray=True, fancy=False)
         for i in sort
     ]
+    if order != sorted(order):
+        parts = [p.transpose(order) for p in parts]
     data = da.stack(parts, axis=0)
     coords = {"temperature": temps[sort]}
     coords.update({d: first.coords[first.axes[i]] for d, i in zip(DIMS[1:], order)})
