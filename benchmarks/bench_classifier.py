@@ -81,7 +81,9 @@ def main(argv=None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
     }
-    print(f"crystals: {args.n} (atoms per cell: median {res['atoms_per_cell_median']:.0f}, mean {res['atoms_per_cell_mean']:.1f})")
+    print(
+        f"crystals: {args.n} (atoms per cell: median {res['atoms_per_cell_median']:.0f}, mean {res['atoms_per_cell_mean']:.1f})"
+    )
     print(
         f"xtec generator + simulator: {ours:8.1f} patterns/s/core "
         f"({res['xtec_generator_ms_per_crystal']:.2f} ms generate + {res['xtec_simulator_ms_per_pattern']:.2f} ms simulate)"

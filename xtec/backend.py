@@ -11,7 +11,15 @@ from xtec.errors import ParameterError
 
 
 def namespace(x):
-    """The array-API namespace of ``x`` (NumPy for plain Python/NumPy input)."""
+    """The array-API namespace of ``x`` (NumPy for plain Python/NumPy input).
+
+    CuPy goes through array-api-compat (part of the ``gpu`` extra), which fills
+    the gaps between CuPy's NumPy-style API and the array API.
+    """
+    if type(x).__module__.startswith("cupy"):
+        import array_api_compat
+
+        return array_api_compat.array_namespace(x)
     if hasattr(x, "__array_namespace__"):
         return x.__array_namespace__()
     return np

@@ -262,7 +262,7 @@ def unit_cell_from_axes(*axes: np.ndarray) -> tuple[float, ...]:
         step = float(np.median(np.abs(np.diff(a))))
         if step <= 0:
             raise ParameterError("axis coordinates must change from point to point")
-        out.append(1.0 / step)
+        out.append(round(1.0 / step, 6))
     return tuple(out)
 
 
@@ -289,12 +289,12 @@ def neighbour_stencil(shape: tuple[int, ...], kernel: str = "local", length_scal
         raise ParameterError(f"kernel must be one of {KERNELS} (got {kernel!r})")
     if not length_scale > 0:
         raise ParameterError(f"the length scale must be > 0 (got {length_scale!r})")
-    r = _log_cut(cutoff) * length_scale**2  # w > cutoff  <=>  sum_i e_i < r
+    r = _log_cut(cutoff)  # w = exp(-sum_i e_i) > cutoff  <=>  sum_i e_i < r
     ndim = len(shape)
     if kernel == "local":
         per_axis = []
         for s in shape:
-            m = min(int(math.floor(math.sqrt(r))), s - 1)
+            m = min(int(math.floor(length_scale * math.sqrt(r))), s - 1)
             d = np.arange(-m, m + 1)
             per_axis.append((d, d.astype(np.float64) ** 2 / length_scale**2))
     else:
@@ -401,20 +401,31 @@ def only_self_loops(w: sp.spmatrix) -> bool:
 
 
 # ------------------------------------------------------------------ label smoothing
+def _one_blas_thread():
+    # The products here have an inner dimension of T or K: multi-threaded BLAS
+    # gains nothing and, on a shared or oversubscribed machine (Dask workers
+    # already run in parallel), it is up to 100x slower.
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
 def _resp_block(X, params: MixtureParams):
     """Responsibilities (n, K) float64 and summed log-likelihood of one block."""
-    lp = np.asarray(to_numpy(log_prob(X, params)))
+    with _one_blas_thread():
+        lp = np.asarray(to_numpy(log_prob(X, params)))
     ll = _logsumexp(lp, np)
     return np.exp(lp - ll[:, None]), float(ll.sum())
 
 
 def _stats_from_resp(X, r: np.ndarray, covariance_type: str) -> SufficientStats:
     x = np.asarray(to_numpy(X), dtype=np.float64)
-    sx = r.T @ x
-    if covariance_type == "diag":
-        sxx = r.T @ (x * x)
-    else:
-        sxx = np.einsum("nk,ni,nj->kij", r, x, x)
+    with _one_blas_thread():
+        sx = r.T @ x
+        if covariance_type == "diag":
+            sxx = r.T @ (x * x)
+        else:
+            sxx = np.einsum("nk,ni,nj->kij", r, x, x)
     return SufficientStats(r.sum(0), sx, sxx, 0.0, x.shape[0])
 
 

@@ -50,20 +50,37 @@ def register(subparsers) -> None:
     t.set_defaults(func=_train)
 
     q = sub.add_parser("predict", help="space groups of measured patterns")
-    q.add_argument("patterns", nargs="+", metavar="PATTERN", help="two-column text/CSV or NeXus files")
+    q.add_argument(
+        "patterns", nargs="+", metavar="PATTERN", help="two-column text/CSV or NeXus files"
+    )
     q.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     q.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     q.set_defaults(func=_predict)
 
     e = sub.add_parser("evaluate", help="accuracy on real structures from CIF files")
-    e.add_argument("--cif-dir", action="append", default=[], help="folder of .cif files (repeatable)")
     e.add_argument(
-        "--installed", action="store_true", help="use the structures shipped by pyxtal, Dans_Diffraction, pymatgen, ase"
+        "--cif-dir", action="append", default=[], help="folder of .cif files (repeatable)"
+    )
+    e.add_argument(
+        "--installed",
+        action="store_true",
+        help="use the structures shipped by pyxtal, Dans_Diffraction, pymatgen, ase",
     )
     e.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    e.add_argument("--nn-baseline", type=int, default=0, metavar="N", help="also run a nearest-neighbour baseline on N synthetic patterns")
-    e.add_argument("--crystallite-size", type=float, default=50.0, help="nm, for the simulated patterns")
+    e.add_argument(
+        "--nn-baseline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run a nearest-neighbour baseline on N synthetic patterns",
+    )
+    e.add_argument(
+        "--workers", type=int, default=1, help="processes generating the baseline's patterns"
+    )
+    e.add_argument(
+        "--crystallite-size", type=float, default=50.0, help="nm, for the simulated patterns"
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the baseline's synthetic patterns")
     e.add_argument("--per-group", action="store_true", help="print the per-space-group table")
     e.add_argument("--json", default=None, help="also write all figures to this JSON file")
@@ -82,7 +99,9 @@ def parse_space_groups(text: str) -> list[int]:
             elif part:
                 out.add(int(part))
     except ValueError:
-        raise ParameterError(f"--space-groups: cannot read {text!r}; use e.g. 1-230 or 2,14,225") from None
+        raise ParameterError(
+            f"--space-groups: cannot read {text!r}; use e.g. 1-230 or 2,14,225"
+        ) from None
     if not out or min(out) < 1 or max(out) > 230:
         raise ParameterError("--space-groups must name numbers in 1..230")
     return sorted(out)
@@ -105,9 +124,15 @@ def _train(args) -> int:
         blocks = [int(b) for b in args.blocks.split(",")]
     except ValueError:
         raise ParameterError(f"--blocks: cannot read {args.blocks!r}; use e.g. 1,1,1,1") from None
-    data = SyntheticConfig(space_groups=sgs, max_sites=args.max_sites, max_atoms=args.max_atoms, n_points=args.n_points)
+    data = SyntheticConfig(
+        space_groups=sgs, max_sites=args.max_sites, max_atoms=args.max_atoms, n_points=args.n_points
+    )
     model = ModelConfig(
-        space_groups=sgs, width=args.width, blocks=blocks, head_bins=args.head_bins, n_points=args.n_points
+        space_groups=sgs,
+        width=args.width,
+        blocks=blocks,
+        head_bins=args.head_bins,
+        n_points=args.n_points,
     )
     tc = TrainConfig(
         steps=args.steps,
@@ -121,7 +146,15 @@ def _train(args) -> int:
         time_limit=None if args.time_limit is None else 60 * args.time_limit,
     )
     command = "xtec " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
-    hist = train(args.out, model, data, tc, resume=args.resume, progress=not args.no_progress, command=command)
+    hist = train(
+        args.out,
+        model,
+        data,
+        tc,
+        resume=args.resume,
+        progress=not args.no_progress,
+        command=command,
+    )
     last = hist["val"][-1] if hist["val"] else {}
     if last:
         print(
@@ -151,12 +184,14 @@ def _predict(args) -> int:
     sys_p = system_scores(probs, mc.space_groups)
     sgs = np.asarray(mc.space_groups)
     results = []
-    for path, p, sp in zip(args.patterns, probs, sys_p):
+    for path, p, sp in zip(args.patterns, probs, sys_p, strict=False):
         order = np.argsort(-p)[: args.top]
         results.append(
             {
                 "file": str(path),
-                "space_groups": [{"number": int(sgs[i]), "probability": round(float(p[i]), 4)} for i in order],
+                "space_groups": [
+                    {"number": int(sgs[i]), "probability": round(float(p[i]), 4)} for i in order
+                ],
                 "crystal_system": CRYSTAL_SYSTEMS[int(sp.argmax())],
                 "crystal_system_probability": round(float(sp.max()), 4),
             }
@@ -166,7 +201,9 @@ def _predict(args) -> int:
         return 0
     for r in results:
         cands = ", ".join(f"{c['number']} ({c['probability']:.2f})" for c in r["space_groups"])
-        print(f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); space groups {cands}")
+        print(
+            f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); space groups {cands}"
+        )
     return 0
 
 
@@ -177,6 +214,8 @@ def _evaluate(args) -> int:
     from xtec.classifier.model import load_model
     from xtec.classifier.simulator import PatternGrid, PowderSimulator
 
+    if args.workers < 1 or args.nn_baseline < 0 or args.crystallite_size <= 0:
+        raise ParameterError("--workers must be >= 1, --nn-baseline >= 0 and --crystallite-size > 0")
     files = []
     for d in args.cif_dir:
         if not Path(d).is_dir():
@@ -203,7 +242,12 @@ def _evaluate(args) -> int:
     types = [s.structure_type for s in structures]
     probs = ev.model_predict(model, x)
     report = {
-        "model": ev.summarise(true, ev.ranked_space_groups(probs, mc.space_groups), types, ev.system_scores(probs, mc.space_groups).argmax(1)),
+        "model": ev.summarise(
+            true,
+            ev.ranked_space_groups(probs, mc.space_groups),
+            types,
+            ev.system_scores(probs, mc.space_groups).argmax(1),
+        ),
         "chance": ev.chance_level(true, mc.space_groups),
         "files": len(files),
         "skipped": skipped,
@@ -218,21 +262,17 @@ def _evaluate(args) -> int:
 
 
 def _nn_baseline(args, cfg, x, true, types, space_groups) -> dict:
-    import numpy as np
     from tqdm.auto import tqdm
 
     from xtec.classifier import evaluate as ev
-    from xtec.classifier.data import SyntheticConfig, synthetic_batch
+    from xtec.classifier.data import SyntheticConfig
 
     data = SyntheticConfig.from_dict(cfg.get("data", {"space_groups": space_groups}))
-    rng = np.random.SeedSequence([args.seed, 7])
-    g_seed, s_seed = rng.spawn(2)
-    gen, sim = data.generator(np.random.default_rng(g_seed)), data.simulator(np.random.default_rng(s_seed))
-    nn_model = ev.NearestNeighbourBaseline(space_groups)
-    chunk = 256
-    for start in tqdm(range(0, args.nn_baseline, chunk), desc="baseline patterns", unit="batch"):
-        xb, sgb = synthetic_batch(data, min(chunk, args.nn_baseline - start), gen, sim)
-        nn_model.partial_fit(xb, sgb)
+    with tqdm(total=args.nn_baseline, desc="baseline patterns", unit="pattern") as bar:
+        feats, labels = ev.synthetic_bank(
+            data, args.nn_baseline, args.seed, args.workers, progress=bar.update
+        )
+    nn_model = ev.NearestNeighbourBaseline(space_groups).fit_features(feats, labels)
     scores = nn_model.scores(x)
     sys_pred = ev.system_scores(_softmax_like(scores), space_groups).argmax(1)
     out = ev.summarise(true, ev.ranked_space_groups(scores, space_groups), types, sys_pred)
@@ -251,10 +291,16 @@ def _softmax_like(scores):
 
 def _print_report(report: dict, per_group: bool) -> None:
     m = report["model"]
-    print(f"{m['n_structures']} structures of {m['n_types']} structure types ({len(report['skipped'])} files skipped)")
+    print(
+        f"{m['n_structures']} structures of {m['n_types']} structure types ({len(report['skipped'])} files skipped)"
+    )
     header = f"{'':24s} {'top-1':>7s} {'top-5':>7s} {'system':>7s}   {'by type: top-1':>14s} {'top-5':>7s} {'system':>7s}"
     print(header)
-    rows = [("model", m), ("nearest neighbour", report.get("nearest_neighbour")), ("chance", report["chance"])]
+    rows = [
+        ("model", m),
+        ("nearest neighbour", report.get("nearest_neighbour")),
+        ("chance", report["chance"]),
+    ]
     for name, r in rows:
         if r is None:
             continue

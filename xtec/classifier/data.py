@@ -165,7 +165,9 @@ def _read_nexus(p: Path) -> tuple[np.ndarray, np.ndarray]:
             if axes is None or len(axes) == 0:
                 raise InputError(f"{p}: NXdata group {group.name} names no axes")
             ax = axes[0].decode() if isinstance(axes[0], bytes) else str(axes[0])
-            return np.asarray(group[ax][...], float).ravel(), np.asarray(group[sig][...], float).ravel()
+            return np.asarray(group[ax][...], float).ravel(), np.asarray(
+                group[sig][...], float
+            ).ravel()
     except OSError as exc:
         raise InputError(f"{p}: cannot read as NeXus/HDF5: {exc}") from exc
     except KeyError as exc:

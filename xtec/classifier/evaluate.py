@@ -57,7 +57,9 @@ class RealStructure:
     formula: str
 
 
-def load_structures(paths, symprec: float = 0.01, max_atoms: int = 1000) -> tuple[list[RealStructure], list[str]]:
+def load_structures(
+    paths, symprec: float = 0.01, max_atoms: int = 1000
+) -> tuple[list[RealStructure], list[str]]:
     """Parse structure files; returns the structures and one line per file skipped (and why)."""
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -67,25 +69,34 @@ def load_structures(paths, symprec: float = 0.01, max_atoms: int = 1000) -> tupl
         p = Path(p)
         try:
             with warnings.catch_warnings():
+                # CIF parsers and spglib warn a lot about harmless things.
                 warnings.simplefilter("ignore")
                 s = Structure.from_file(str(p))
-            if len(s) > max_atoms:
-                skipped.append(f"{p.name}: {len(s)} atoms (> {max_atoms})")
-                continue
-            sga = SpacegroupAnalyzer(s, symprec=symprec)
-            sg = int(sga.get_space_group_number())
-            sym = sga.get_symmetrized_structure()
+                if len(s) > max_atoms:
+                    skipped.append(f"{p.name}: {len(s)} atoms (> {max_atoms})")
+                    continue
+                sga = SpacegroupAnalyzer(s, symprec=symprec)
+                sg = int(sga.get_space_group_number())
+                sym = sga.get_symmetrized_structure()
             letters = sorted(ws for ws in sym.wyckoff_symbols)
             key = f"{sg}|{'-'.join(letters)}|{s.composition.anonymized_formula}"
-            out.append(RealStructure(p, Crystal.from_pymatgen(s, sg), sg, key, s.composition.reduced_formula))
+            out.append(
+                RealStructure(
+                    p, Crystal.from_pymatgen(s, sg), sg, key, s.composition.reduced_formula
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything
             skipped.append(f"{p.name}: {type(exc).__name__}: {str(exc)[:80]}")
     return out, skipped
 
 
-def structure_patterns(structures, simulator: PowderSimulator, crystallite_size: float = 50.0) -> np.ndarray:
+def structure_patterns(
+    structures, simulator: PowderSimulator, crystallite_size: float = 50.0
+) -> np.ndarray:
     """Simulated patterns (n, n_points) of real structures at one crystallite size (nm)."""
-    return simulator.simulate([s.crystal for s in structures], np.full(len(structures), crystallite_size))
+    return simulator.simulate(
+        [s.crystal for s in structures], np.full(len(structures), crystallite_size)
+    )
 
 
 def ranked_space_groups(scores: np.ndarray, space_groups) -> np.ndarray:
@@ -93,7 +104,9 @@ def ranked_space_groups(scores: np.ndarray, space_groups) -> np.ndarray:
     return np.asarray(space_groups)[np.argsort(-scores, axis=1, kind="stable")]
 
 
-def summarise(true_sg: np.ndarray, ranked: np.ndarray, types: list[str], system_pred: np.ndarray) -> dict:
+def summarise(
+    true_sg: np.ndarray, ranked: np.ndarray, types: list[str], system_pred: np.ndarray
+) -> dict:
     """Top-1/top-5 overall, per structure type, per space group and per crystal system.
 
     ``ranked`` (n, >=5) predicted space groups best first; ``system_pred`` (n,) predicted
@@ -108,13 +121,19 @@ def summarise(true_sg: np.ndarray, ranked: np.ndarray, types: list[str], system_
     groups = defaultdict(list)
     for i, t in enumerate(types):
         groups[t].append(i)
-    per_type = np.array([[hit1[g].mean(), hit5[g].mean(), sys_hit[g].mean()] for g in groups.values()])
+    per_type = np.array(
+        [[hit1[g].mean(), hit5[g].mean(), sys_hit[g].mean()] for g in groups.values()]
+    )
 
     def table(keys):
         rows = {}
         for k in sorted(set(keys.tolist())):
             m = keys == k
-            rows[k] = {"n": int(m.sum()), "top1": float(hit1[m].mean()), "top5": float(hit5[m].mean())}
+            rows[k] = {
+                "n": int(m.sum()),
+                "top1": float(hit1[m].mean()),
+                "top5": float(hit5[m].mean()),
+            }
         return rows
 
     by_system = table(true_sys)
@@ -167,6 +186,56 @@ def pool_features(patterns: np.ndarray, factor: int = 8) -> np.ndarray:
     return p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
 
 
+def _bank_chunk(args) -> tuple[np.ndarray, np.ndarray]:
+    from xtec.classifier.data import SyntheticConfig, synthetic_batch
+
+    data_dict, n, seed, index, pool = args
+    data = SyntheticConfig.from_dict(data_dict)
+    g_seed, s_seed = np.random.SeedSequence([seed, 7, index]).spawn(2)
+    gen = data.generator(np.random.default_rng(g_seed))
+    sim = data.simulator(np.random.default_rng(s_seed))
+    x, sg = synthetic_batch(data, n, gen, sim)
+    return pool_features(x, pool), sg
+
+
+def synthetic_bank(
+    data_config,
+    n: int,
+    seed: int = 0,
+    workers: int = 1,
+    pool: int = 8,
+    chunk: int = 256,
+    progress=None,
+):
+    """Pooled features (n, n_points // pool) and space groups (n,) of ``n`` synthetic patterns.
+
+    Chunk ``i`` is seeded by ``(seed, 7, i)``, so the bank does not depend on ``workers``.
+    ``progress`` is an optional callable taking the number of patterns just added.
+    """
+    jobs = [
+        (data_config.to_dict(), min(chunk, n - i), seed, k, pool)
+        for k, i in enumerate(range(0, n, chunk))
+    ]
+    feats, labels = [], []
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as ex:
+            for (f, sg), job in zip(ex.map(_bank_chunk, jobs), jobs, strict=True):
+                feats.append(f)
+                labels.append(sg)
+                if progress:
+                    progress(job[1])
+    else:
+        for job in jobs:
+            f, sg = _bank_chunk(job)
+            feats.append(f)
+            labels.append(sg)
+            if progress:
+                progress(job[1])
+    return np.concatenate(feats), np.concatenate(labels)
+
+
 class NearestNeighbourBaseline:
     """Space group of the most similar synthetic pattern (cosine similarity).
 
@@ -186,11 +255,13 @@ class NearestNeighbourBaseline:
         self.labels = np.array([index[int(s)] for s in space_group_labels])
         return self
 
-    def partial_fit(self, patterns: np.ndarray, space_group_labels: np.ndarray) -> NearestNeighbourBaseline:
+    def fit_features(
+        self, features: np.ndarray, space_group_labels: np.ndarray
+    ) -> NearestNeighbourBaseline:
+        """Store already pooled features (from :func:`pool_features` with the same ``pool``)."""
         index = {int(s): i for i, s in enumerate(self.space_groups)}
-        feats = pool_features(patterns, self.pool)
-        self.bank = feats if self.bank.size == 0 else np.concatenate([self.bank, feats])
-        self.labels = np.concatenate([self.labels, [index[int(s)] for s in space_group_labels]])
+        self.bank = np.asarray(features, np.float32)
+        self.labels = np.array([index[int(s)] for s in space_group_labels])
         return self
 
     def scores(self, patterns: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ class _Wyckoff:
     translations: np.ndarray  # (m, 3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def wyckoff_positions(space_group: int) -> tuple[_Wyckoff, ...]:
     """Wyckoff positions of ``space_group`` (standard setting) from pyxtal, general first.
 
@@ -157,7 +157,9 @@ def _lattice_matrix(a, b, c, alpha, beta, gamma) -> np.ndarray:
     return np.array([ax, bx, [cx, cy, cz]])
 
 
-def spglib_space_group(crystal: Crystal, symprec: float = 1e-3, keep_rotations: bool = False) -> int:
+def spglib_space_group(
+    crystal: Crystal, symprec: float = 1e-3, keep_rotations: bool = False
+) -> int:
     """Space-group number that spglib finds for ``crystal`` (0 if it finds none).
 
     With ``keep_rotations`` the point-group rotations found are stored on the crystal.
@@ -226,22 +228,34 @@ class CrystalGenerator:
         max_tries: int = 200,
         seed=None,
     ) -> None:
-        self.space_groups = np.arange(1, 231) if space_groups is None else np.asarray(space_groups, dtype=int)
-        if self.space_groups.size == 0 or np.any((self.space_groups < 1) | (self.space_groups > 230)):
+        self.space_groups = (
+            np.arange(1, 231) if space_groups is None else np.asarray(space_groups, dtype=int)
+        )
+        if self.space_groups.size == 0 or np.any(
+            (self.space_groups < 1) | (self.space_groups > 230)
+        ):
             raise ParameterError("space_groups must be numbers in 1..230")
         self.sg_p = _weights(space_group_weights, len(self.space_groups), "space_group_weights")
         self.elements = np.asarray(DEFAULT_ELEMENTS if elements is None else elements, dtype=int)
         if self.elements.size == 0 or np.any((self.elements < 1) | (self.elements > 94)):
             raise ParameterError("elements must be atomic numbers in 1..94")
         self.el_p = _weights(element_weights, len(self.elements), "element_weights")
-        for name, v in (("max_sites", max_sites), ("max_elements", max_elements), ("max_atoms", max_atoms)):
+        for name, v in (
+            ("max_sites", max_sites),
+            ("max_elements", max_elements),
+            ("max_atoms", max_atoms),
+        ):
             if int(v) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {v}")
         if wyckoff_weighting not in ("uniform", "general"):
             raise ParameterError("wyckoff_weighting must be 'uniform' or 'general'")
         if not 0 < density_factor[0] <= density_factor[1]:
             raise ParameterError("density_factor must be an increasing pair of positive numbers")
-        self.max_sites, self.max_elements, self.max_atoms = int(max_sites), int(max_elements), int(max_atoms)
+        self.max_sites, self.max_elements, self.max_atoms = (
+            int(max_sites),
+            int(max_elements),
+            int(max_atoms),
+        )
         self.wyckoff_weighting = wyckoff_weighting
         self.density_factor = tuple(density_factor)
         self.symprec, self.max_tries = float(symprec), int(max_tries)
@@ -260,7 +274,9 @@ class CrystalGenerator:
             crystal = self._draw(sg)
             if crystal is not None and spglib_space_group(crystal, self.symprec, True) == sg:
                 return crystal
-        raise XtecError(f"no crystal of space group {sg} passed the spglib check in {self.max_tries} tries")
+        raise XtecError(
+            f"no crystal of space group {sg} passed the spglib check in {self.max_tries} tries"
+        )
 
     def generate_many(self, n: int, space_group: int | None = None) -> list[Crystal]:
         return [self.generate(space_group) for _ in range(n)]
@@ -270,7 +286,11 @@ class CrystalGenerator:
         wps = wyckoff_positions(sg)
         n_sites = int(rng.integers(1, self.max_sites + 1))
         n_el = int(rng.integers(1, min(self.max_elements, n_sites) + 1))
-        pool = rng.choice(self.elements, size=n_el, replace=False, p=self.el_p) if n_el <= len(self.elements) else self.elements
+        pool = (
+            rng.choice(self.elements, size=n_el, replace=False, p=self.el_p)
+            if n_el <= len(self.elements)
+            else self.elements
+        )
         mult = np.array([w.multiplicity for w in wps])
         base_w = np.ones(len(wps))
         if self.wyckoff_weighting == "general":
@@ -297,7 +317,9 @@ class CrystalGenerator:
         if not coords:
             return None
         numbers = np.concatenate(numbers)
-        volume = rng.uniform(*self.density_factor) * np.sum(4 / 3 * np.pi * self._radii[numbers] ** 3)
+        volume = rng.uniform(*self.density_factor) * np.sum(
+            4 / 3 * np.pi * self._radii[numbers] ** 3
+        )
         system = CRYSTAL_SYSTEMS[crystal_system_index(sg)]
         lattice = random_lattice(system, volume, rng)
         return Crystal(lattice, np.concatenate(coords), numbers, None, sg)

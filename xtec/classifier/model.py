@@ -68,7 +68,9 @@ class _Block(nn.Module):
         self.conv2 = nn.Conv1d(c_out, c_out, 3, 1, 1, bias=False)
         self.norm2 = nn.GroupNorm(groups, c_out)
         self.skip = (
-            nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(groups, c_out))
+            nn.Sequential(
+                nn.Conv1d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(groups, c_out)
+            )
             if stride != 1 or c_in != c_out
             else nn.Identity()
         )
@@ -93,7 +95,10 @@ class ResNet1D(nn.Module):
         # The second input channel is the 2-theta coordinate: convolutions alone are
         # translation invariant, but a space group is told by absolute peak positions.
         self.stem = nn.Sequential(
-            nn.Conv1d(2, w, 9, 4, 4, bias=False), nn.GroupNorm(g, w), nn.ReLU(), nn.MaxPool1d(3, 2, 1)
+            nn.Conv1d(2, w, 9, 4, 4, bias=False),
+            nn.GroupNorm(g, w),
+            nn.ReLU(),
+            nn.MaxPool1d(3, 2, 1),
         )
         layers, c = [], w
         for i, n in enumerate(config.blocks):
@@ -115,7 +120,10 @@ class ResNet1D(nn.Module):
 def system_matrix(space_groups: list[int]) -> torch.Tensor:
     """One-hot (n_classes, 7) mapping space-group classes to crystal systems."""
     m = torch.zeros(len(space_groups), len(CRYSTAL_SYSTEMS))
-    m[torch.arange(len(space_groups)), torch.as_tensor(crystal_system_index(np.array(space_groups)))] = 1
+    m[
+        torch.arange(len(space_groups)),
+        torch.as_tensor(crystal_system_index(np.array(space_groups))),
+    ] = 1
     return m
 
 
@@ -137,7 +145,9 @@ def load_model(directory: str | Path) -> tuple[ResNet1D, dict]:
 
     d = Path(directory)
     if not (d / WEIGHTS_FILE).is_file() or not (d / CONFIG_FILE).is_file():
-        raise InputError(f"{d} is not a classifier model directory (needs {WEIGHTS_FILE} and {CONFIG_FILE})")
+        raise InputError(
+            f"{d} is not a classifier model directory (needs {WEIGHTS_FILE} and {CONFIG_FILE})"
+        )
     try:
         cfg = json.loads((d / CONFIG_FILE).read_text())
         model = ResNet1D(ModelConfig.from_dict(cfg["model"]))

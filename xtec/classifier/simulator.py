@@ -40,8 +40,13 @@ def scattering_table() -> tuple[np.ndarray, np.ndarray]:
     """
     spec = find_spec("pymatgen")
     if spec is None or not spec.submodule_search_locations:
-        raise XtecError("the classifier needs pymatgen's scattering table: pip install 'xtec[classify]'")
-    path = Path(next(iter(spec.submodule_search_locations))) / "analysis/diffraction/atomic_scattering_params.json"
+        raise XtecError(
+            "the classifier needs pymatgen's scattering table: pip install 'xtec[classify]'"
+        )
+    path = (
+        Path(next(iter(spec.submodule_search_locations)))
+        / "analysis/diffraction/atomic_scattering_params.json"
+    )
     table = json.loads(path.read_text())
     from ase.data import atomic_numbers
 
@@ -215,7 +220,9 @@ class PowderSimulator:
         self.dtype = np.float32 if precision == "single" else np.float64
         self.grid = grid or PatternGrid()
         if not 0 < crystallite_size[0] <= crystallite_size[1]:
-            raise ParameterError("crystallite_size must be an increasing pair of positive sizes (nm)")
+            raise ParameterError(
+                "crystallite_size must be an increasing pair of positive sizes (nm)"
+            )
         if scherrer_k <= 0 or n_fine < 1024:
             raise ParameterError("scherrer_k must be positive and n_fine at least 1024")
         self.crystallite_size = tuple(crystallite_size)

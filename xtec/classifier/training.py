@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +47,9 @@ class TrainConfig:
             raise ParameterError("lr must be positive")
 
 
-def topk_metrics(logits: torch.Tensor, target: torch.Tensor, sys_matrix: torch.Tensor, sys_target) -> dict:
+def topk_metrics(
+    logits: torch.Tensor, target: torch.Tensor, sys_matrix: torch.Tensor, sys_target
+) -> dict:
     """Top-1 / top-5 space-group accuracy and top-1 crystal-system accuracy.
 
     ``logits`` (n, n_classes); ``target`` (n,) class indices; crystal-system scores are
@@ -68,7 +70,9 @@ def _warmup_cosine(steps: int):
 
     def factor(s: int) -> float:
         # Short linear warm-up (Adam's early steps are noisy), then cosine decay.
-        return float(min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        return float(
+            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+        )
 
     return factor
 
@@ -95,7 +99,9 @@ def train(
     torch.set_num_threads(train_config.threads)
     torch.manual_seed(train_config.seed)
     model = ResNet1D(model_config)
-    opt = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(train_config.steps))
     step, history = 0, {"val": [], "train_loss": []}
     ckpt = out / CHECKPOINT_FILE
@@ -107,7 +113,11 @@ def train(
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step = int(state["step"])
-        history = json.loads((out / "history.json").read_text()) if (out / "history.json").is_file() else history
+        history = (
+            json.loads((out / "history.json").read_text())
+            if (out / "history.json").is_file()
+            else history
+        )
         log.info("resumed from step %d", step)
 
     # A fixed validation set, from its own seed so that it never overlaps training draws.
@@ -124,7 +134,9 @@ def train(
     smat = system_matrix(data_config.space_groups)
     sys_v = smat[yv].argmax(1)
 
-    stream = SyntheticStream(data_config, train_config.batch_size, train_config.seed, stream_id=step)
+    stream = SyntheticStream(
+        data_config, train_config.batch_size, train_config.seed, stream_id=step
+    )
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=None,
@@ -144,15 +156,24 @@ def train(
 
     def checkpoint() -> None:
         torch.save(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step},
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "step": step,
+            },
             ckpt,
         )
-        save_model(model, out, {**extra, "step": step, "patterns_seen": step * train_config.batch_size})
+        save_model(
+            model, out, {**extra, "step": step, "patterns_seen": step * train_config.batch_size}
+        )
         (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
 
     t0 = time.monotonic()
     model.train()
-    bar = tqdm(total=train_config.steps, initial=step, disable=not progress, desc="train", unit="batch")
+    bar = tqdm(
+        total=train_config.steps, initial=step, disable=not progress, desc="train", unit="batch"
+    )
     running = None
     it = iter(loader)
     while step < train_config.steps:
@@ -167,12 +188,16 @@ def train(
         running = lv if running is None else 0.98 * running + 0.02 * lv
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}")
-        timed_out = train_config.time_limit is not None and time.monotonic() - t0 > train_config.time_limit
+        timed_out = (
+            train_config.time_limit is not None and time.monotonic() - t0 > train_config.time_limit
+        )
         if step % train_config.checkpoint_every == 0 or step == train_config.steps or timed_out:
             m = evaluate()
             history["val"].append({"step": step, "elapsed_s": round(time.monotonic() - t0, 1), **m})
             history["train_loss"].append({"step": step, "loss": running})
-            log.info("step %d loss %.3f val top1 %.3f top5 %.3f", step, running, m["top1"], m["top5"])
+            log.info(
+                "step %d loss %.3f val top1 %.3f top5 %.3f", step, running, m["top1"], m["top5"]
+            )
             checkpoint()
         if timed_out:
             log.warning("time limit reached at step %d of %d", step, train_config.steps)
