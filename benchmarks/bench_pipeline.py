@@ -4,7 +4,8 @@ For series of growing size (the largest bigger than the memory given to the
 Dask workers) this writes a synthetic XTEC-layout file, then in one run:
 
 * the I/O floor: one pass reading the whole input with h5py (chunk-aligned
-  slabs, in one process), after a warm-up read so both sides see the page cache;
+  slabs, in one process); with ``--cold`` (root only) the page cache is dropped
+  before the floor and before xtec, so both start from the disk;
 * xtec end to end (`run_cluster`) on a LocalCluster of ``--workers`` processes
   with ``--worker-memory`` each, sampling every worker's RSS to record its peak
   and checking that no worker was restarted;
@@ -15,7 +16,11 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
   published package (``pip install xtec==0.1.1``, never vendored): its KL
   threshold and its GMM on the smallest size.
 
-    python benchmarks/bench_pipeline.py --sizes 0.1,0.4,1.5,3 --workers 2 --worker-memory 1GB
+    python benchmarks/bench_pipeline.py --sizes 0.1,0.4,1.5,3 --workers 2 --worker-memory 1GB \
+        --compression gzip --cold
+
+The files are written with the given HDF5 compression (``gzip`` level 1 with
+shuffle, as archived NeXus files often are, or ``none``).
 
 Prints a table and writes benchmarks/results/pipeline.json.
 """
@@ -43,6 +48,17 @@ def shape_for(gb: float, n_l: int = 16) -> tuple[int, int, int]:
     voxels = gb * 1e9 / (T * 4)
     n = int(round(math.sqrt(voxels / n_l)))
     return (n_l, n, n)
+
+
+def drop_page_cache() -> bool:
+    """Empty the OS page cache (needs root); False where that is not allowed."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def read_floor(path: Path) -> float:
@@ -190,6 +206,9 @@ def main(argv=None) -> dict:
                     help="python of a venv with the published xtec 0.1.1")
     ap.add_argument("--reference-epochs", type=int, default=100)
     ap.add_argument("--dir", default=None, help="where to write the series (default: temp)")
+    ap.add_argument("--compression", default="gzip", choices=("gzip", "lzf", "none"))
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each timed read (root only)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
     args = ap.parse_args(argv)
 
@@ -202,16 +221,23 @@ def main(argv=None) -> dict:
     rows = []
     for gb in sizes:
         shape = shape_for(gb)
-        path = work / f"series_{gb:g}GB.nxs"
+        path = work / f"series_{gb:g}GB_{args.compression}.nxs"
         t0 = time.perf_counter()
         if not path.exists():
-            write_xtec_large(path, shape, chunks=(1, 128, 128))
+            write_xtec_large(path, shape, chunks=(1, 128, 128),
+                             compression=None if args.compression == "none" else args.compression)
         gen = time.perf_counter() - t0
         nbytes = T * math.prod(shape) * 4
-        read_floor(path)  # warm the page cache for both sides
-        floor = min(read_floor(path) for _ in range(2))
+        cold = args.cold and drop_page_cache()
+        if not cold:
+            read_floor(path)  # warm the page cache for both sides
+        floor = read_floor(path)
+        if cold:
+            drop_page_cache()
         res = run_xtec(path, work / f"result_{gb:g}.zarr", args.workers, args.worker_memory)
         row = {"size_gb": nbytes / 1e9, "shape": [T, *shape], "voxels": math.prod(shape),
+               "file_bytes": path.stat().st_size, "compression": args.compression,
+               "cold_cache": cold,
                "generate_s": gen, "io_floor_s": floor, **res,
                "ratio_to_floor": res["wall_s"] / floor,
                "ns_per_voxel": 1e9 * res["wall_s"] / math.prod(shape)}

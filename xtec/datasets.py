@@ -286,7 +286,9 @@ def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
         g.attrs["signal"] = "data"
         g.attrs["axes"] = np.array(["Te", "Ql", "Qk", "Qh"], dtype=h5py.string_dtype())
         d = g.create_dataset("data", shape=(t.size, nl, nk, nh), dtype="float32",
-                             chunks=(t.size,) + tuple(chunks), compression=compression)
+                             chunks=(t.size,) + tuple(chunks), compression=compression,
+                             shuffle=compression is not None,
+                             compression_opts=1 if compression == "gzip" else None)
         g["Te"] = t
         g["Ql"], g["Qk"], g["Qh"] = ql, qk, qh
         tr = entry.create_group("truth")
