@@ -144,6 +144,23 @@ def _persist_mode(nbytes: int, policy: str, runtime) -> str:
     return "memory" if nbytes < 0.3 * total else "disk"
 
 
+def _load_kernels() -> bool:
+    from xtec.mixture import _numba_kernels
+
+    _numba_kernels()
+    return True
+
+
+def _warm_workers(runtime) -> None:
+    """Have every worker load the EM kernels now, overlapping the first pass."""
+    client = getattr(runtime, "client", None)
+    if client is None:
+        return
+    for addr in client.scheduler_info()["workers"]:
+        client.submit(_load_kernels, workers=[addr], allow_other_workers=False, pure=False,
+                      key=f"xtec-warm-{addr}")
+
+
 def _balanced_rows(n: int, runtime) -> int | None:
     """Rows per trajectory chunk for the EM on a Dask cluster (None in-process)."""
     client = getattr(runtime, "client", None)
@@ -191,6 +208,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
+    _warm_workers(runtime)
     summary_pass = summarize(data)
     timings["mean_pass"] = time.perf_counter() - tick
     notes = []
