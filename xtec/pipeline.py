@@ -151,14 +151,13 @@ def _load_kernels() -> bool:
     return True
 
 
-def _warm_workers(runtime) -> None:
+def _warm_workers(runtime) -> list:
     """Have every worker load the EM kernels now, overlapping the first pass."""
     client = getattr(runtime, "client", None)
     if client is None:
-        return
-    for addr in client.scheduler_info()["workers"]:
-        client.submit(_load_kernels, workers=[addr], allow_other_workers=False, pure=False,
-                      key=f"xtec-warm-{addr}")
+        return []
+    return [client.submit(_load_kernels, workers=[addr], allow_other_workers=False, pure=False)
+            for addr in client.scheduler_info()["workers"]]
 
 
 def _balanced_rows(n: int, runtime) -> int | None:
@@ -208,7 +207,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
-    _warm_workers(runtime)
+    warming = _warm_workers(runtime)  # futures: held so the tasks are not cancelled
     summary_pass = summarize(data)
     timings["mean_pass"] = time.perf_counter() - tick
     notes = []
@@ -254,6 +253,7 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     else:
         log.info("trajectories are re-read from the input every iteration")
     timings["trajectories"] = time.perf_counter() - tick
+    del warming
     try:
         tick = time.perf_counter()
         log.info("EM: K=%d, %s covariances, %d restarts on a subsample", config.k,
