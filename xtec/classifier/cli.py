@@ -44,6 +44,12 @@ def register(subparsers) -> None:
     t.add_argument("--val-size", type=int, default=512, help="synthetic validation patterns")
     t.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
     t.add_argument("--time-limit", type=float, default=None, help="stop after this many minutes")
+    t.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop at this step (the learning-rate schedule still spans --steps)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -144,6 +150,7 @@ def _train(args) -> int:
         val_size=args.val_size,
         checkpoint_every=args.checkpoint_every,
         time_limit=None if args.time_limit is None else 60 * args.time_limit,
+        stop_after=args.stop_after,
     )
     command = "xtec " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else None
     hist = train(
@@ -215,7 +222,9 @@ def _evaluate(args) -> int:
     from xtec.classifier.simulator import PatternGrid, PowderSimulator
 
     if args.workers < 1 or args.nn_baseline < 0 or args.crystallite_size <= 0:
-        raise ParameterError("--workers must be >= 1, --nn-baseline >= 0 and --crystallite-size > 0")
+        raise ParameterError(
+            "--workers must be >= 1, --nn-baseline >= 0 and --crystallite-size > 0"
+        )
     files = []
     for d in args.cif_dir:
         if not Path(d).is_dir():

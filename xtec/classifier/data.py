@@ -10,7 +10,7 @@ import numpy as np
 
 from xtec.classifier.generator import CrystalGenerator
 from xtec.classifier.simulator import PatternGrid, PowderSimulator, normalise
-from xtec.errors import InputError, ParameterError
+from xtec.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,3 @@ def resample(two_theta: np.ndarray, intensity: np.ndarray, grid: PatternGrid) ->
     y = np.interp(tt, two_theta, intensity, left=0.0, right=0.0)
     y = y - np.min(y[(tt >= two_theta[0]) & (tt <= two_theta[-1])])
     return normalise(y[None], True)[0]
-
-
-def check_positive(name: str, value, minimum=1):
-    if value is None or value < minimum:
-        raise ParameterError(f"{name} must be at least {minimum}, got {value}")
-    return value

@@ -78,13 +78,10 @@ def load_structures(
                 sga = SpacegroupAnalyzer(s, symprec=symprec)
                 sg = int(sga.get_space_group_number())
                 sym = sga.get_symmetrized_structure()
-            letters = sorted(ws for ws in sym.wyckoff_symbols)
-            key = f"{sg}|{'-'.join(letters)}|{s.composition.anonymized_formula}"
-            out.append(
-                RealStructure(
-                    p, Crystal.from_pymatgen(s, sg), sg, key, s.composition.reduced_formula
-                )
-            )
+                letters = sorted(ws for ws in sym.wyckoff_symbols)
+                key = f"{sg}|{'-'.join(letters)}|{s.composition.anonymized_formula}"
+                formula = s.composition.reduced_formula
+            out.append(RealStructure(p, Crystal.from_pymatgen(s, sg), sg, key, formula))
         except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything
             skipped.append(f"{p.name}: {type(exc).__name__}: {str(exc)[:80]}")
     return out, skipped

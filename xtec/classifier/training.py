@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from xtec.classifier.data import SyntheticConfig, SyntheticStream, synthetic_batch
-from xtec.classifier.model import ModelConfig, ResNet1D, load_model, save_model, system_matrix
+from xtec.classifier.model import ModelConfig, ResNet1D, save_model, system_matrix
 from xtec.errors import InputError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class TrainConfig:
     val_size: int = 512
     checkpoint_every: int = 200
     time_limit: float | None = None  # seconds; stop (and save) early when reached
+    stop_after: int | None = None  # stop (and save) at this step; the schedule still spans `steps`
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "threads", "val_size", "checkpoint_every"):
@@ -176,7 +177,8 @@ def train(
     )
     running = None
     it = iter(loader)
-    while step < train_config.steps:
+    last = min(train_config.steps, train_config.stop_after or train_config.steps)
+    while step < last:
         x, y = next(it)
         loss = loss_fn(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -191,7 +193,7 @@ def train(
         timed_out = (
             train_config.time_limit is not None and time.monotonic() - t0 > train_config.time_limit
         )
-        if step % train_config.checkpoint_every == 0 or step == train_config.steps or timed_out:
+        if step % train_config.checkpoint_every == 0 or step == last or timed_out:
             m = evaluate()
             history["val"].append({"step": step, "elapsed_s": round(time.monotonic() - t0, 1), **m})
             history["train_loss"].append({"step": step, "loss": running})
@@ -205,8 +207,3 @@ def train(
     bar.close()
     del it
     return history
-
-
-def load_for_inference(directory: str | Path):
-    """(model, config dict) of a trained classifier directory."""
-    return load_model(directory)
