@@ -8,8 +8,8 @@ class        where (r.l.u.)                              intensity vs temperatur
 ===========  ==========================================  ==========================
 BRAGG (1)    integer (h, k, l), sharp                    Debye-Waller, falls with T
 CDW (2)      (h+1/2, k+1/2, l), sharp                    order parameter below Tc
-CRITICAL (3) broad halo around the CDW positions         peaks at Tc
-TDS (4)      broad halo around the Bragg positions       phonon population, grows with T
+CRITICAL (3) broad, at (h, k+1/2, l)                      peaks at Tc
+TDS (4)      broad, at (h+1/2, k, l) (soft phonon)        phonon population, grows with T
 ===========  ==========================================  ==========================
 
 on a Q-dependent background with Poisson noise, with detector gaps (planes of
@@ -85,6 +85,7 @@ def make_series(
     beta: float = 0.33,
     background: float = 4.0,
     signal_ratio: float = 3.0,
+    exposure: float = 0.2,
     gaps: bool = True,
     seed: int = 0,
 ) -> SyntheticSeries:
@@ -102,6 +103,9 @@ def make_series(
     signal_ratio : float
         A voxel is *signal* if its dominant feature is at least this many times
         the background there.
+    exposure : float
+        Scales every expected count (lower exposure, noisier trajectories);
+        the default 0.2 leaves about 1 background count per voxel.
     seed : int
         Seeds peak amplitudes and the Poisson noise.
 
@@ -127,7 +131,7 @@ def make_series(
     model = dict(t=t, tables=tables, span=span, q2max=q2max, hk_step=hk_step, l_step=l_step,
                  tc=tc, beta=beta, background=background, signal_ratio=signal_ratio)
     lam, classes, signal = _planted(ql, qk, qh, **model)
-    intensity = rng.poisson(lam).astype(np.float32)
+    intensity = rng.poisson(lam * exposure).astype(np.float32)
 
     if gaps:
         gap = np.zeros(classes.shape, dtype=bool)
@@ -149,7 +153,7 @@ def make_series(
         signal=signal,
         tc=float(tc),
         params=dict(seed=seed, tc=tc, beta=beta, background=background,
-                    signal_ratio=signal_ratio),
+                    signal_ratio=signal_ratio, exposure=exposure),
     )
 
 
@@ -169,17 +173,27 @@ def _planted(ql, qk, qh, *, t, tables, span, q2max, hk_step, l_step, tc, beta, b
     ch, ck = np.floor(H).astype(int), np.floor(K).astype(int)
     amp_cdw = table_cdw[il + span, ck + span, ch + span]
 
-    px = hk_step  # the halo widths are set in pixels of the H/K grid
-    d_bragg2 = ((H - ih) ** 2 + (K - ik) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
-    d_cdw2 = ((H - ch - 0.5) ** 2 + (K - ck - 0.5) ** 2) / px**2 + ((L - il) / l_step) ** 2 * 0.6
+    px = hk_step  # the widths are set in pixels of the H/K grid
+    dl2 = ((L - il) / l_step) ** 2 * 0.6
+
+    def d2(h0, k0):
+        return ((H - h0) ** 2 + (K - k0) ** 2) / px**2 + dl2
+
     q2 = H**2 + K**2 + L**2
     q2n = q2 / q2max
     origin = q2 < 0.25  # no Bragg peak at the direct beam
 
-    bragg_space = np.where(origin, 0.0, 6000.0 * amp_bragg * np.exp(-0.5 * d_bragg2 / 1.0**2))
-    tds_space = np.where(origin, 0.0, 250.0 * (0.4 + q2n) * np.exp(-0.5 * d_bragg2 / 2.5**2))
-    cdw_space = 2000.0 * amp_cdw * np.exp(-0.5 * d_cdw2 / 0.9**2)
-    crit_space = 400.0 * amp_cdw * np.exp(-0.5 * d_cdw2 / 2.2**2)
+    # Each family sits at its own positions, at least 10 pixels from the others,
+    # so every kept voxel has one unambiguous class and every connected region
+    # of the threshold mask holds one feature.
+    bragg_space = np.where(origin, 0.0, 6000.0 * amp_bragg * np.exp(-0.5 * d2(ih, ik) / 1.0**2))
+    cdw_space = 2000.0 * amp_cdw * np.exp(-0.5 * d2(ch + 0.5, ck + 0.5) / 0.9**2)
+    # Critical fluctuations of a competing instability at (h, k+1/2, l): its
+    # susceptibility peaks at Tc, but it never orders.
+    crit_space = 400.0 * amp_cdw * np.exp(-0.5 * d2(ih, ck + 0.5) / 2.0**2)
+    # Diffuse scattering of a soft zone-boundary phonon at (h+1/2, k, l): its
+    # population, and so its intensity, grows with T.
+    tds_space = 250.0 * (0.4 + q2n) * np.exp(-0.5 * d2(ch + 0.5, ik) / 2.0**2)
     bkg_space = background * (1.0 + 0.6 * np.exp(-q2 / 8.0))
 
     # Temperature laws, each normalised to a maximum of 1 over the series.
@@ -255,7 +269,7 @@ def write_xtec(series: SyntheticSeries, path: str | os.PathLike,
 def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
                      temperatures: np.ndarray | None = None, seed: int = 0,
                      hk_step: float = 0.05, l_step: float = 0.1, tc: float = 130.0,
-                     chunks: tuple[int, int, int] | None = None,
+                     exposure: float = 0.2, chunks: tuple[int, int, int] | None = None,
                      compression: str | None = None) -> Path:
     """Write a synthetic series larger than memory, one L slab at a time.
 
@@ -298,7 +312,7 @@ def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
         for i in range(nl):
             lam, c, s_ = _planted(ql[i:i + 1], qk, qh, **model)
             noise = np.random.default_rng([seed, i])
-            d[:, i:i + 1] = noise.poisson(lam).astype(np.float32)
+            d[:, i:i + 1] = noise.poisson(lam * exposure).astype(np.float32)
             cls[i:i + 1] = c
             sig[i:i + 1] = s_
     return path
