@@ -22,7 +22,11 @@ _CLUSTER_KEYS = {
     "threshold": "threshold", "rescale": "rescale", "covariance": "covariance",
     "seed": "seed", "n_init": "n_init", "max_iter": "max_iter", "tol": "tol",
     "ql": "ql", "qk": "qk", "qh": "qh", "chunks": "chunks", "device": "device",
-    "persist": "persist", "overwrite": "overwrite",
+    "persist": "persist", "overwrite": "overwrite", "kernel": "kernel",
+    "length_scale": "length_scale", "unit_cell": "unit_cell",
+    "smooth_iterations": "smooth_iterations", "neighbour_weights": "neighbour_weights",
+    "peak_stat": "peak_stat", "bic_ks": "bic_ks", "bic_seeds": "bic_seeds",
+    "parent": "parent", "parent_cluster": "parent_cluster",
 }
 _RUNTIME_KEYS = ("workers", "threads_per_worker", "memory_limit", "scheduler", "scheduler_file",
                  "progress", "cluster", "cores", "memory", "processes", "walltime", "queue",
@@ -52,6 +56,23 @@ def register(sub) -> None:
     add_cluster_options(p)
     p.set_defaults(func=cmd_cluster)
 
+    p = sub.add_parser("bic", help="BIC and log-likelihood over K, with the elbow marked",
+                       description="Fit K over a range with several seeds (in parallel on a "
+                                   "Dask cluster) and report BIC per K.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--ks", default="2:14", metavar="MIN:MAX", help="K range (default 2:14)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per K (default 3)")
+    p.add_argument("--plot", default="bic.png", help="PNG to write (default bic.png)")
+    p.add_argument("--json", default=None, help="also write the table as JSON here")
+    p.add_argument("--threshold", default="kl")
+    p.add_argument("--rescale", default="mean")
+    p.add_argument("--covariance", default="diag")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    _add_range_options(p)
+    p.add_argument("--workers", type=int, default=0, help="local Dask workers (0: in-process)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
+    p.set_defaults(func=cmd_bic)
+
     p = sub.add_parser("demo", help="synthesise a series, cluster it, summarise the clusters")
     p.add_argument("--dir", default="xtec-demo", help="working directory (default ./xtec-demo)")
     p.add_argument("--layout", choices=("xtec", "nxrefine"), default="xtec")
@@ -73,8 +94,10 @@ def add_cluster_options(p) -> None:
                    help="XTEC file, NXRefine parent file, or NXRefine wrapper files / glob")
     p.add_argument("-o", "--out", default=None, help="output .zarr store")
     p.add_argument("--config", default=None, help="TOML job file with any of these options")
-    p.add_argument("-k", type=int, default=None, help="number of clusters (default 4)")
-    p.add_argument("--method", default=None, help="xtec-d (default)")
+    p.add_argument("-k", default=None, help="number of clusters (default 4), or 'auto' (BIC)")
+    p.add_argument("--method", default=None,
+                   help="xtec-d (default: every voxel), peaks (peak averaging), smooth "
+                        "(label smoothing)")
     p.add_argument("--threshold", default=None,
                    help="kl (default), simple, none, or an intensity cutoff")
     p.add_argument("--rescale", default=None, help="mean (default), zscore, log-mean, none")
@@ -89,6 +112,23 @@ def add_cluster_options(p) -> None:
                    help="where kept trajectories live during EM: auto (default: memory if they "
                         "fit, else a scratch Zarr store), memory, disk, none (re-read input)")
     p.add_argument("--overwrite", action="store_true", default=None)
+    x = p.add_argument_group("XTEC-s, K selection, second round")
+    x.add_argument("--kernel", default=None, help="smoothing kernel: local (default), periodic")
+    x.add_argument("--length-scale", type=float, default=None,
+                   help="smoothing length scale L in pixels (default 1)")
+    x.add_argument("--unit-cell", default=None, metavar="L,K,H",
+                   help="pixels per r.l.u. for the periodic kernel (default: from the axes)")
+    x.add_argument("--smooth-iterations", type=int, default=None,
+                   help="times the neighbour average is applied per EM step (default 1)")
+    x.add_argument("--neighbour-weights", default=None, help="uniform (default) or kernel")
+    x.add_argument("--peak-stat", default=None, help="peaks: mean (default) or max trajectory")
+    x.add_argument("--bic-ks", default=None, metavar="MIN:MAX",
+                   help="K range for -k auto (default 2:14)")
+    x.add_argument("--bic-seeds", type=int, default=None, help="seeds per K (default 3)")
+    x.add_argument("--parent", default=None, metavar="RESULT.zarr",
+                   help="second round: re-cluster voxels of a cluster of this result")
+    x.add_argument("--parent-cluster", type=int, default=None, metavar="C",
+                   help="second round: the parent's cluster to split")
     g = p.add_argument_group("where it runs")
     g.add_argument("--workers", type=int, default=None,
                    help="start a local Dask cluster with N worker processes")
@@ -127,6 +167,26 @@ def parse_range(text) -> tuple[float, float] | None:
     except ValueError:
         raise ParameterError(f"a range must be MIN:MAX in r.l.u. (got {text!r})") from None
     return lo, hi
+
+
+def parse_k(value) -> int | str:
+    if isinstance(value, int) or str(value) == "auto":
+        return value if isinstance(value, int) else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise ParameterError(f"-k must be a positive integer or 'auto' (got {value!r})") from None
+
+
+def parse_triple(value, name: str) -> tuple[float, float, float]:
+    vals = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        out = tuple(float(v) for v in vals)
+    except ValueError:
+        out = ()
+    if len(out) != 3 or min(out) <= 0:
+        raise ParameterError(f"{name} must be three positive numbers L,K,H (got {value!r})")
+    return out  # type: ignore[return-value]
 
 
 def load_job_file(path: str | None) -> dict:
@@ -168,7 +228,7 @@ def config_from_options(opts: dict):
     from xtec.chunks import parse_chunks
     from xtec.pipeline import ClusterConfig
 
-    if not opts.get("inputs"):
+    if not opts.get("inputs") and not opts.get("parent"):
         raise ParameterError("no input files: give INPUT... or 'inputs' in the job file")
     if not opts.get("out"):
         raise ParameterError("no output: give --out OUT.zarr or 'out' in the job file")
@@ -176,8 +236,18 @@ def config_from_options(opts: dict):
     for k, field in _CLUSTER_KEYS.items():
         if k in opts:
             kw[field] = opts[k]
+    kw.setdefault("inputs", [])
     if isinstance(kw.get("inputs"), str):
         kw["inputs"] = [kw["inputs"]]
+    if "k" in kw:
+        kw["k"] = parse_k(kw["k"])
+    if "bic_ks" in kw:
+        lo, hi = parse_range(kw["bic_ks"])
+        if lo != int(lo) or hi != int(hi):
+            raise ParameterError(f"--bic-ks must be integers MIN:MAX (got {kw['bic_ks']!r})")
+        kw["bic_ks"] = (int(lo), int(hi))
+    if "unit_cell" in kw and kw["unit_cell"] is not None:
+        kw["unit_cell"] = parse_triple(kw["unit_cell"], "--unit-cell")
     for ax in ("ql", "qk", "qh"):
         if ax in kw:
             kw[ax] = parse_range(kw[ax])
@@ -277,6 +347,49 @@ def format_clusters(s: dict) -> str:
         lines.append(f"{i:>7} {n:>8} {w:>7.3f}  "
                      f"{describe_trajectory(s['cluster_mean'][i], s['temperature'])}")
     return "\n".join(lines)
+
+
+def cmd_bic(args) -> int:
+    import json
+
+    from xtec.chunks import parse_chunks
+    from xtec.pipeline import ClusterConfig, bic_for_inputs
+    from xtec.runtime import dask_runtime
+    from xtec.select import choose_k, plot_bic
+
+    lo, hi = parse_range(args.ks)
+    if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi:
+        raise ParameterError(f"--ks must be integers MIN:MAX with 1 <= MIN <= MAX "
+                             f"(got {args.ks!r})")
+    if args.seeds < 1:
+        raise ParameterError("--seeds must be at least 1")
+    if not str(args.plot).endswith(".png"):
+        raise ParameterError(f"--plot must name a .png file (got {args.plot})")
+    config = ClusterConfig(inputs=list(args.inputs), out="unused.zarr",
+                           threshold=args.threshold, rescale=args.rescale,
+                           covariance=args.covariance, ql=parse_range(args.ql),
+                           qk=parse_range(args.qk), qh=parse_range(args.qh),
+                           chunks=parse_chunks(args.chunks))
+    with dask_runtime(workers=args.workers, scheduler=args.scheduler) as rt:
+        if rt.dashboard_link:
+            print(f"Dask dashboard: {rt.dashboard_link}", flush=True)
+        result = bic_for_inputs(config, rt, ks=range(int(lo), int(hi) + 1),
+                                seeds=range(args.seed, args.seed + args.seeds))
+    k_elbow, k_min = choose_k(result, "elbow"), choose_k(result, "min")
+    print(f"{result.n_points} trajectories x {result.n_features} temperatures, "
+          f"{len(result.seeds)} seeds per K")
+    print(f"{'K':>3} {'best BIC':>14} {'mean BIC':>14} {'std':>10} {'log-lik':>10}")
+    for row in result.table():
+        mark = (" <- elbow" if row["k"] == k_elbow else "") + \
+               (" <- minimum" if row["k"] == k_min else "")
+        print(f"{row['k']:>3} {row['best_bic']:>14.1f} {row['mean_bic']:>14.1f} "
+              f"{row['std_bic']:>10.1f} {row['loglik']:>10.4f}{mark}")
+    plot_bic(result, args.plot, rule="elbow")
+    print(f"chosen K = {k_elbow} (elbow; minimum at K = {k_min}); plot: {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"elbow": k_elbow, "minimum": k_min,
+                                               "table": result.table()}, indent=2))
+    return 0
 
 
 def cmd_synth(args) -> int:

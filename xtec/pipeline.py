@@ -31,6 +31,7 @@ from xtec.mixture import COVARIANCE_TYPES, GaussianMixture
 from xtec.preprocess import (
     RESCALE_METHODS,
     THRESHOLD_METHODS,
+    Threshold,
     compute_threshold,
     extract_trajectories,
     keep_mask,
@@ -40,7 +41,8 @@ from xtec.preprocess import (
 
 log = logging.getLogger(__name__)
 
-METHODS = ("xtec-d",)
+METHODS = ("xtec-d", "peaks", "smooth")
+KERNELS = ("local", "periodic")
 # Where the kept trajectories live while EM iterates: worker memory, a scratch
 # Zarr store (written once, read every iteration), or nowhere (re-read from the
 # input files every iteration); "auto" picks memory if they fit, else disk.
@@ -49,11 +51,19 @@ PERSIST_MODES = ("auto", "memory", "disk", "none")
 
 @dataclass
 class ClusterConfig:
-    """Every option of one clustering job (the CLI and TOML job files fill it)."""
+    """Every option of one clustering job (the CLI and TOML job files fill it).
+
+    ``k`` is an int or ``"auto"`` (BIC elbow over ``bic_ks`` with ``bic_seeds``
+    seeds).  ``method``: ``xtec-d`` (every voxel), ``peaks`` (one trajectory per
+    connected component of the threshold mask), ``smooth`` (label smoothing
+    with ``kernel``/``length_scale``/``unit_cell``/``smooth_iterations``).
+    ``parent``/``parent_cluster``: re-cluster the voxels of one cluster of an
+    earlier result (its mask replaces the threshold).
+    """
 
     inputs: list[str]
     out: str
-    k: int = 4
+    k: int | str = 4
     method: str = "xtec-d"
     threshold: str | float = "kl"
     rescale: str = "mean"
@@ -69,13 +79,23 @@ class ClusterConfig:
     device: str = "cpu"
     persist: str = "auto"
     overwrite: bool = False
+    kernel: str = "local"
+    length_scale: float = 1.0
+    unit_cell: tuple[float, float, float] | None = None
+    smooth_iterations: int = 1
+    neighbour_weights: str = "uniform"
+    peak_stat: str = "mean"
+    bic_ks: tuple[int, int] = (2, 14)
+    bic_seeds: int = 3
+    parent: str | None = None
+    parent_cluster: int | None = None
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        if not self.inputs:
+        if not self.inputs and not self.parent:
             raise ParameterError("no input files given")
-        if not isinstance(self.k, int) or self.k < 1:
-            raise ParameterError(f"-k must be a positive integer (got {self.k!r})")
+        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
+            raise ParameterError(f"-k must be a positive integer or 'auto' (got {self.k!r})")
         if self.method not in METHODS:
             raise ParameterError(f"--method must be one of {METHODS} (got {self.method!r})")
         if isinstance(self.threshold, str) and self.threshold not in THRESHOLD_METHODS:
@@ -95,6 +115,21 @@ class ClusterConfig:
         if self.persist not in PERSIST_MODES:
             raise ParameterError(f"--persist must be one of {PERSIST_MODES} "
                                  f"(got {self.persist!r})")
+        if self.kernel not in KERNELS:
+            raise ParameterError(f"--kernel must be one of {KERNELS} (got {self.kernel!r})")
+        if not self.length_scale > 0 or self.smooth_iterations < 0:
+            raise ParameterError("--length-scale must be > 0 and --smooth-iterations >= 0")
+        if self.neighbour_weights not in ("uniform", "kernel"):
+            raise ParameterError("--neighbour-weights must be uniform or kernel")
+        if self.peak_stat not in ("mean", "max"):
+            raise ParameterError("--peak-stat must be mean or max")
+        lo, hi = self.bic_ks
+        if not 1 <= lo <= hi or self.bic_seeds < 1:
+            raise ParameterError(f"--bic-ks must be MIN:MAX with 1 <= MIN <= MAX "
+                                 f"(got {self.bic_ks!r})")
+        if (self.parent is None) != (self.parent_cluster is None):
+            raise ParameterError("a second round needs both --parent RESULT.zarr and "
+                                 "--parent-cluster C")
 
 
 @dataclass
@@ -188,13 +223,60 @@ def _spill_to_zarr(X: da.Array, index: da.Array, scratch: Path, t: int):
     return da.from_zarr(str(scratch / "X")), da.from_zarr(str(scratch / "index"))
 
 
-def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
-    """Run one XTEC-d job and write its Zarr store. Returns the path and a summary."""
-    config.validate()
-    out = check_output(config.out, config.overwrite)
-    started = _dt.datetime.now(_dt.timezone.utc)
-    xp = get_device_module(config.device)
+def _open_parent(config: ClusterConfig):
+    """The parent result of a second round, its cluster mask, and inputs/ranges from it."""
+    from xtec.io.store import open_result
 
+    parent = open_result(config.parent)
+    k_parent = int(parent.sizes["cluster"])
+    if not 0 <= config.parent_cluster < k_parent:
+        raise ParameterError(f"--parent-cluster must be in 0..{k_parent - 1} "
+                             f"(got {config.parent_cluster})")
+    if not config.inputs:
+        config.inputs = list(parent.attrs["source_files"])
+    ranges = parent.attrs.get("ranges") or {}
+    for ax, dim in (("ql", "Ql"), ("qk", "Qk"), ("qh", "Qh")):
+        if getattr(config, ax) is None and ranges.get(dim) is not None:
+            setattr(config, ax, tuple(ranges[dim]))
+    return parent
+
+
+def _fit_k(config: ClusterConfig, X, index) -> tuple[int, object]:
+    """K: the configured one, or the BIC elbow over the configured range."""
+    if config.k != "auto":
+        return int(config.k), None
+    from xtec.select import bic_scan, choose_k
+
+    lo, hi = config.bic_ks
+    n = int(X.shape[0])
+    ks = [k for k in range(lo, hi + 1) if k <= n]
+    if not ks:
+        raise ParameterError(f"-k auto: only {n} trajectories, fewer than K={lo}")
+    log.info("-k auto: BIC over K=%d..%d with %d seeds", ks[0], ks[-1], config.bic_seeds)
+    result = bic_scan(X, index, ks=ks, seeds=range(config.seed, config.seed + config.bic_seeds),
+                      covariance_type=config.covariance, max_iter=config.max_iter,
+                      tol=config.tol)
+    k = int(choose_k(result, "elbow"))
+    log.info("-k auto chose K=%d (BIC elbow)", k)
+    return k, result
+
+
+@dataclass
+class _Prepared:
+    arr: xr.DataArray
+    data: da.Array
+    summary: object
+    threshold: Threshold
+    mask: da.Array
+    traj: object
+    notes: list
+    timings: dict
+    warming: list
+
+
+def _prepare(config: ClusterConfig, runtime, parent=None) -> _Prepared:
+    """Load, first pass (mean), threshold (or the parent's cluster), trajectories (lazy)."""
+    xp = get_device_module(config.device)
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
     arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
@@ -219,23 +301,163 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
         log.warning(n)
 
     tick = time.perf_counter()
-    threshold = compute_threshold(summary_pass.mean, config.threshold)
-    mask = keep_mask(summary_pass.mean, threshold).persist()
+    if parent is not None:
+        plabels = parent.labels
+        if plabels.shape != summary_pass.mean.shape or not all(
+                np.allclose(parent[d].values, arr[d].values) for d in ("Ql", "Qk", "Qh")):
+            raise ParameterError(f"{config.parent} covers a different grid than the inputs; "
+                                 "give the parent's inputs and ranges")
+        pmask = da.from_array(plabels.values == config.parent_cluster,
+                              chunks=summary_pass.mean.chunks)
+        n_nonzero = int(da.count_nonzero(summary_pass.mean > 0).compute())
+        threshold = Threshold("parent", -math.inf, n_nonzero)
+        mask = (pmask & (summary_pass.mean > 0)).persist()
+    else:
+        threshold = compute_threshold(summary_pass.mean, config.threshold)
+        mask = keep_mask(summary_pass.mean, threshold).persist()
     traj = extract_trajectories(data, mask, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
+    return _Prepared(arr, data, summary_pass, threshold, mask, traj, notes, timings, warming)
+
+
+def bic_for_inputs(config: ClusterConfig, runtime=None, ks=range(2, 15), seeds=(0, 1, 2)):
+    """BIC and log-likelihood over K for the kept trajectories of a series."""
+    from xtec.select import bic_scan
+
+    config.validate()
+    prep = _prepare(config, runtime)
+    ks = [k for k in ks if k <= prep.traj.n]
+    if not ks:
+        raise ParameterError(f"only {prep.traj.n} voxels are kept: too few for the K range")
+    X, index = dask.persist(prep.traj.X, prep.traj.index)
+    return bic_scan(X, index, ks=ks, seeds=seeds, covariance_type=config.covariance,
+                    max_iter=config.max_iter, tol=config.tol)
+
+
+def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
+    """Run one clustering job and write its Zarr store. Returns the path and a summary."""
+    config.validate()
+    out = check_output(config.out, config.overwrite)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    parent = _open_parent(config) if config.parent else None
+
+    prep = _prepare(config, runtime, parent)
+    arr, data, summary_pass, threshold, mask, traj = (
+        prep.arr, prep.data, prep.summary, prep.threshold, prep.mask, prep.traj)
+    notes, timings, warming = prep.notes, prep.timings, prep.warming
+    tick = time.perf_counter()
     n_kept = traj.n
     log.info("threshold %s keeps %d of %d non-zero voxels", threshold.method, n_kept,
              threshold.n_nonzero)
-    if n_kept < config.k:
+    if config.k != "auto" and n_kept < config.k:
         raise ParameterError(
             f"the threshold keeps {n_kept} voxels, fewer than K={config.k}; lower -k or the "
             "threshold"
         )
     n_t = arr.sizes["temperature"]
-    mode = _persist_mode(n_kept * n_t * 4, config.persist, runtime)
-    X, index = traj.X, traj.index
     scratch = out.with_name(out.name + ".scratch")
-    tick = time.perf_counter()
+    mode = "none" if config.method == "peaks" else _persist_mode(n_kept * n_t * 4,
+                                                                  config.persist, runtime)
+    gmm_kw = dict(covariance_type=config.covariance, tol=config.tol, max_iter=config.max_iter,
+                  n_init=config.n_init, random_state=config.seed)
+    extra_vars: dict = {}
+    try:
+        tick = time.perf_counter()
+        if config.method == "peaks":
+            del warming
+            from xtec.spatial import fit_peaks
+
+            k = config.k
+            if k == "auto":
+                from xtec.spatial import component_trajectories, label_components
+
+                comp, n_comp = label_components(mask)
+                comp = comp.persist()
+                ctraj = component_trajectories(data, comp, n_comp, config.peak_stat)
+                from xtec.preprocess import rescale_block
+
+                cX = np.ascontiguousarray(rescale_block(ctraj.T.astype(np.float32),
+                                                        config.rescale).T)
+                k, bic = _fit_k(config, cX, np.arange(1, n_comp + 1))
+                extra_vars.update(_bic_vars(bic))
+            log.info("peak averaging: K=%d", k)
+            pr = fit_peaks(data, mask, k, rescale=config.rescale, how=config.peak_stat,
+                           **gmm_kw)
+            gmm = pr.gmm
+            labels_vol = pr.paint()
+            # Profiles per cluster over the component trajectories, voxel-weighted.
+            counts = np.bincount(pr.component_cluster, weights=pr.counts,
+                                 minlength=k).astype(np.int64)
+            _, cmean, cstd = cluster_profiles(pr.X, pr.component_cluster, k)
+            extra_vars["component"] = (("Ql", "Qk", "Qh"), pr.labels.astype(np.int32))
+            extra_attrs = {"n_components": int(pr.n_components), "peak_stat": config.peak_stat}
+            timings["trajectories"] = 0.0
+        else:
+            X, index = _hold_trajectories(traj, mode, runtime, scratch, n_t)
+            timings["trajectories"] = time.perf_counter() - tick
+            del warming
+            tick = time.perf_counter()
+            k, bic = _fit_k(config, X, index)
+            extra_vars.update(_bic_vars(bic))
+            extra_attrs = {}
+            if config.method == "smooth":
+                from xtec.spatial import (
+                    SmoothedGaussianMixture,
+                    neighbour_matrix,
+                    unit_cell_from_axes,
+                )
+
+                cell = config.unit_cell or unit_cell_from_axes(
+                    *(arr[d].values for d in ("Ql", "Qk", "Qh")))
+                idx_np = index.compute() if isinstance(index, da.Array) else np.asarray(index)
+                W = neighbour_matrix(idx_np, mask.shape, kernel=config.kernel,
+                                     length_scale=config.length_scale, unit_cell=cell,
+                                     weights=config.neighbour_weights)
+                log.info("label smoothing: %s kernel, L=%g, %.1f neighbours per voxel",
+                         config.kernel, config.length_scale, W.nnz / max(W.shape[0], 1))
+                gmm = SmoothedGaussianMixture(k, neighbours=W,
+                                              n_smooth=config.smooth_iterations,
+                                              **gmm_kw).fit(X, index)
+                labels = da.from_array(gmm.labels_, chunks=(X.chunks[0],))
+                extra_attrs = {"kernel": config.kernel, "length_scale": config.length_scale,
+                               "unit_cell_pixels": list(map(float, cell)),
+                               "smooth_iterations": config.smooth_iterations,
+                               "neighbour_weights": config.neighbour_weights,
+                               "neighbours_per_voxel": W.nnz / max(W.shape[0], 1)}
+            else:
+                log.info("EM: K=%d, %s covariances, %d restarts on a subsample", k,
+                         config.covariance, config.n_init)
+                gmm = GaussianMixture(k, **gmm_kw).fit(X, index)
+                labels = gmm.predict(X)
+            counts, cmean, cstd = cluster_profiles(X, labels, k)
+            if X.chunks[0] != traj.X.chunks[0]:
+                labels = labels.rechunk((traj.X.chunks[0],))
+            labels_vol = paint(labels.persist(), traj, -1, np.int16)
+        timings["gmm"] = time.perf_counter() - tick
+        tick = time.perf_counter()
+        log.info("writing %s", out)
+        if parent is not None:
+            extra_attrs["parent"] = {"path": str(Path(config.parent).resolve()),
+                                     "cluster": int(config.parent_cluster),
+                                     "method": parent.attrs.get("method"),
+                                     "k": parent.attrs.get("k")}
+        result = _assemble(config, k, arr, n_kept, mask, summary_pass, threshold, gmm,
+                           labels_vol, counts, cmean, cstd, notes, started, mode, out,
+                           extra_vars, extra_attrs)
+        timings["write"] = time.perf_counter() - tick
+        result.summary["timings"] = timings
+    finally:
+        if scratch.exists():
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _hold_trajectories(traj, mode: str, runtime, scratch: Path, n_t: int):
+    """Keep the kept trajectories where ``mode`` says, for the EM's many passes."""
+    X, index = traj.X, traj.index
+    n_kept = traj.n
     log.info("pass 2 of 2: rescaled trajectories of the kept voxels (held in %s)", mode)
     if mode == "memory":
         X, index = dask.persist(X, index)
@@ -252,67 +474,49 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
         X, index = _spill_to_zarr(X, index, scratch, n_t)
     else:
         log.info("trajectories are re-read from the input every iteration")
-    timings["trajectories"] = time.perf_counter() - tick
-    del warming
-    try:
-        tick = time.perf_counter()
-        log.info("EM: K=%d, %s covariances, %d restarts on a subsample", config.k,
-                 config.covariance, config.n_init)
-        gmm = GaussianMixture(
-            config.k, covariance_type=config.covariance, tol=config.tol,
-            max_iter=config.max_iter, n_init=config.n_init, random_state=config.seed,
-        ).fit(X, index)
-        labels = gmm.predict(X)
-        counts, cmean, cstd = cluster_profiles(X, labels, config.k)
-        if X.chunks[0] != traj.X.chunks[0]:
-            labels = labels.rechunk((traj.X.chunks[0],))
-        labels = labels.persist()
-        timings["gmm"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        log.info("writing %s", out)
-        result = _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels,
-                           counts, cmean, cstd, notes, started, mode, out)
-        timings["write"] = time.perf_counter() - tick
-        result.summary["timings"] = timings
-    finally:
-        if scratch.exists():
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
-    return result
+    return X, index
 
 
-def _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels, counts, cmean,
-              cstd, notes, started, mode, out) -> ClusterResult:
-    """Paint the labels, build the result Dataset with its provenance, write it."""
-    n_kept = traj.n
+def _bic_vars(bic) -> dict:
+    if bic is None:
+        return {}
+    return {
+        "bic_k": (("bic_k",), np.asarray(bic.ks, dtype=np.int64)),
+        "bic_best": (("bic_k",), np.asarray(bic.best_bic, dtype=np.float64)),
+        "bic_mean": (("bic_k",), np.asarray(bic.mean_bic, dtype=np.float64)),
+        "bic_std": (("bic_k",), np.asarray(bic.std_bic, dtype=np.float64)),
+        "bic_loglik": (("bic_k",), np.asarray(bic.best_loglik, dtype=np.float64)),
+    }
 
-    pal = palette(config.k)
-    labels_vol = paint(labels, traj, -1, np.int16)
+
+def _assemble(config, k, arr, n_kept, mask, summary_pass, threshold, gmm, labels_vol, counts,
+              cmean, cstd, notes, started, mode, out, extra_vars, extra_attrs
+              ) -> ClusterResult:
+    """Colour the labels, build the result Dataset with its provenance, write it."""
+    pal = palette(k)
     color = da.map_blocks(color_block, labels_vol, mask.map_blocks(to_numpy, dtype=bool), pal,
                           dtype=np.uint8, new_axis=3, chunks=labels_vol.chunks + ((3,),))
     mean_host = summary_pass.mean.map_blocks(to_numpy, dtype=np.float32)
 
     ended = _dt.datetime.now(_dt.timezone.utc)
     coords = {d: arr[d].values for d in ("Ql", "Qk", "Qh")}
-    coords.update(temperature=arr.temperature.values, cluster=np.arange(config.k),
+    coords.update(temperature=arr.temperature.values, cluster=np.arange(k),
                   rgb=np.arange(3))
-    ds = xr.Dataset(
-        {
-            "labels": (("Ql", "Qk", "Qh"), labels_vol),
-            "color": (("Ql", "Qk", "Qh", "rgb"), color),
-            "mask": (("Ql", "Qk", "Qh"), mask.map_blocks(to_numpy, dtype=bool)),
-            "mean_intensity": (("Ql", "Qk", "Qh"), mean_host),
-            "palette": (("cluster", "rgb"), pal),
-            "cluster_mean": (("cluster", "temperature"), cmean.astype(np.float32)),
-            "cluster_std": (("cluster", "temperature"), cstd.astype(np.float32)),
-            "cluster_count": (("cluster",), counts),
-            "weights": (("cluster",), gmm.weights_.astype(np.float32)),
-            "threshold_hist": (("bin",), np.asarray(threshold.hist, dtype=np.float64)),
-            "threshold_edges": (("edge",), np.asarray(threshold.edges, dtype=np.float64)),
-        },
-        coords=coords,
-    )
+    variables = {
+        "labels": (("Ql", "Qk", "Qh"), labels_vol),
+        "color": (("Ql", "Qk", "Qh", "rgb"), color),
+        "mask": (("Ql", "Qk", "Qh"), mask.map_blocks(to_numpy, dtype=bool)),
+        "mean_intensity": (("Ql", "Qk", "Qh"), mean_host),
+        "palette": (("cluster", "rgb"), pal),
+        "cluster_mean": (("cluster", "temperature"), cmean.astype(np.float32)),
+        "cluster_std": (("cluster", "temperature"), cstd.astype(np.float32)),
+        "cluster_count": (("cluster",), counts),
+        "weights": (("cluster",), gmm.weights_.astype(np.float32)),
+        "threshold_hist": (("bin",), np.asarray(threshold.hist, dtype=np.float64)),
+        "threshold_edges": (("edge",), np.asarray(threshold.edges, dtype=np.float64)),
+    }
+    variables.update(extra_vars)
+    ds = xr.Dataset(variables, coords=coords)
     ds.labels.attrs["description"] = "cluster per voxel, -1 not clustered"
     ds.color.attrs["description"] = "palette colour; grey kept but unclustered; black dropped"
     ds.temperature.attrs["units"] = "K"
@@ -322,7 +526,8 @@ def _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels, cou
     cfg.pop("extra")
     ds.attrs.update(
         method=config.method,
-        k=config.k,
+        k=int(k),
+        k_requested=config.k,
         seed=config.seed,
         rescale=config.rescale,
         covariance_type=config.covariance,
@@ -346,12 +551,14 @@ def _assemble(config, arr, traj, mask, summary_pass, threshold, gmm, labels, cou
         versions=_versions(),
         started=started.isoformat(),
         ended=ended.isoformat(),
+        **extra_attrs,
     )
     path = write_result(ds, out, overwrite=config.overwrite)
     summary = {
         "n_voxels": int(math.prod(arr.shape[1:])),
         "n_nonzero": threshold.n_nonzero,
         "n_kept": n_kept,
+        "k": int(k),
         "threshold": threshold.method,
         "cutoff_intensity": threshold.intensity_cutoff,
         "counts": counts.tolist(),

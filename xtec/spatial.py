@@ -4,8 +4,9 @@ Two published variants use that diffraction features are spatially extended:
 
 * **Peak averaging** clusters one trajectory per connected component of the
   threshold mask (26-connectivity) and paints every voxel of a component with
-  its component's cluster.  Components are found with ``dask_image`` (labels
-  per chunk, merged across chunk faces) and renumbered canonically by their
+  its component's cluster.  Components are labelled per chunk with scipy.ndimage,
+  merged across chunk boundaries from the voxel planes either side of each
+  boundary, and renumbered canonically by their
   smallest global flat voxel index, so ids do not depend on the chunking.
   Per-component trajectories stream over the chunks (sorted segment sums per
   block, reduced on the driver): no whole-volume gather.
@@ -82,14 +83,59 @@ def _lookup_block(lab, lut, dtype):
     return lut[np.asarray(lab)].astype(dtype, copy=False)
 
 
+def _relabel_block(raw, keys, vals, dtype):
+    raw = np.asarray(raw)
+    out = np.zeros(raw.shape, dtype=dtype)
+    nz = raw > 0
+    out[nz] = vals[np.searchsorted(keys, raw[nz])]
+    return out
+
+
 def _block_offsets(chunks):
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
-    return {pos: tuple(int(s[i]) for s, i in zip(starts, pos))
-            for pos in np.ndindex(*[len(c) for c in chunks])}
+    return {
+        pos: tuple(int(s[i]) for s, i in zip(starts, pos))
+        for pos in np.ndindex(*[len(c) for c in chunks])
+    }
+
+
+_STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+
+
+def _label_block(m, bases, block_id=None):
+    """Labels of one block, made globally unique by adding the number of voxels in
+    all earlier blocks (a block has fewer labels than voxels)."""
+    import scipy.ndimage as ndi
+
+    lab, _ = ndi.label(np.asarray(to_numpy(m)), structure=_STRUCTURE)
+    lab = lab.astype(np.int64)
+    lab[lab > 0] += bases[block_id]
+    return lab
+
+
+def _face_pairs(slab, axis):
+    """(raw label a, raw label b) pairs touching across a block boundary.
+
+    slab : the two voxel planes either side of the boundary (size 2 along axis),
+    spanning the whole grid across; 26-connectivity means a voxel touches the 3x3
+    voxels facing it, which covers faces, edges and corners at once.
+    """
+    a = np.take(slab, 0, axis=axis)
+    b = np.take(slab, 1, axis=axis)
+    out = []
+    n0, n1 = a.shape
+    for d0 in (-1, 0, 1):
+        for d1 in (-1, 0, 1):
+            sa = a[max(0, -d0) : n0 - max(0, d0), max(0, -d1) : n1 - max(0, d1)]
+            sb = b[max(0, d0) : n0 - max(0, -d0), max(0, d1) : n1 - max(0, -d1)]
+            hit = (sa > 0) & (sb > 0)
+            out.append(np.stack([sa[hit], sb[hit]], axis=1))
+    pairs = np.concatenate(out)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
 def label_components(mask: da.Array) -> tuple[da.Array, int]:
-    """Connected components (26-connectivity) of a boolean mask.
+    """Connected components (26-connectivity) of a boolean mask, across chunks.
 
     mask : dask (or NumPy) array (L, K, H) bool.
 
@@ -97,32 +143,54 @@ def label_components(mask: da.Array) -> tuple[da.Array, int]:
     2^31 - 1 components) with 0 = background and components numbered 1..n in
     the order of their smallest global C-order flat voxel index (so the ids are
     the same whatever the chunking); n, the number of components.
+
+    Each block is labelled with scipy.ndimage (ids made unique by the block's
+    voxel offset); the two voxel planes either side of every internal chunk
+    boundary give the pairs of block labels that touch; connected components of
+    that small graph (scipy.sparse.csgraph) merge them.  Only the boundary planes
+    and per-label minima travel to the driver.  (dask_image.ndmeasure.label does
+    the same merge, but its graph grows with the number of block faces and took
+    minutes for a few dozen chunks here.)
     """
-    from dask_image.ndmeasure import label
+    from scipy.sparse.csgraph import connected_components
 
     mask = da.asarray(mask).astype(bool)
     if mask.ndim != 3:
         raise ParameterError(f"the mask must be 3-D (L, K, H), got shape {mask.shape}")
-    structure = np.ones((3,) * mask.ndim, dtype=bool)
-    raw, _ = label(mask, structure=structure)
+    sizes = np.array(
+        [np.prod([c[i] for c, i in zip(mask.chunks, pos)]) for pos in np.ndindex(*mask.numblocks)],
+        dtype=np.int64,
+    )
+    bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).reshape(mask.numblocks)
+    raw = mask.map_blocks(_label_block, bases, dtype=np.int64)
     f = dask.delayed(_block_min_index, pure=True)
     offsets = _block_offsets(raw.chunks)
     blocks = raw.to_delayed()
-    parts = dask.compute(*[f(blocks[pos], off, mask.shape) for pos, off in offsets.items()])
-    ids = np.concatenate([p[0] for p in parts])
-    mins = np.concatenate([p[1] for p in parts])
+    mins_parts = [f(blocks[pos], off, mask.shape) for pos, off in offsets.items()]
+    g = dask.delayed(_face_pairs, pure=True)
+    pair_parts = []
+    for axis, ch in enumerate(mask.chunks):
+        for p in np.cumsum(ch)[:-1]:
+            sl = [slice(None)] * 3
+            sl[axis] = slice(int(p) - 1, int(p) + 1)
+            pair_parts.append(g(raw[tuple(sl)], axis))
+    mins_parts, pair_parts = dask.compute(mins_parts, pair_parts)
+    ids = np.concatenate([p[0] for p in mins_parts])
+    mins = np.concatenate([p[1] for p in mins_parts])
     if ids.size == 0:
         return da.zeros(mask.shape, chunks=mask.chunks, dtype=np.int32), 0
-    # Per raw label its smallest flat index (a component may span blocks).
-    order = np.lexsort((mins, ids))
+    order = np.argsort(ids)  # raw ids are unique per block, hence overall
     ids, mins = ids[order], mins[order]
-    first = np.r_[True, ids[1:] != ids[:-1]]
-    ids, mins = ids[first], mins[first]
-    n = ids.size
+    pairs = np.concatenate(pair_parts) if pair_parts else np.zeros((0, 2), np.int64)
+    ii, jj = np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1])
+    graph = sp.coo_matrix((np.ones(len(ii)), (ii, jj)), shape=(ids.size, ids.size))
+    n, comp = connected_components(graph, directed=False)
+    first = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(first, comp, mins)
     dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
-    lut = np.zeros(int(ids.max()) + 1, dtype=dtype)
-    lut[ids[np.argsort(mins, kind="stable")]] = np.arange(1, n + 1, dtype=dtype)
-    labels = raw.map_blocks(_lookup_block, lut, dtype, dtype=dtype)
+    rank = np.empty(n, dtype=dtype)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, n + 1, dtype=dtype)
+    labels = raw.map_blocks(_relabel_block, ids, rank[comp], dtype, dtype=dtype)
     return labels, int(n)
 
 
@@ -137,8 +205,10 @@ def _component_block(x, lab, how):
     t = x.shape[0]
     if sel.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, t))
-    x = to_numpy(clean_block(x))
-    vals = x.reshape(t, -1)[:, sel].astype(np.float64)
+    # Clean only the gathered trajectories (same rule as preprocess.clean_block:
+    # a NaN anywhere zeroes the trajectory, negatives become 0).
+    vals = to_numpy(clean_block(np.asarray(to_numpy(x)).reshape(t, -1)[:, sel]))
+    vals = vals.astype(np.float64)
     ids = lab.ravel()[sel].astype(np.int64)
     order = np.argsort(ids, kind="stable")
     ids, vals = ids[order], vals[:, order]
@@ -151,8 +221,9 @@ def _component_block(x, lab, how):
     return ids[starts], counts, red.T
 
 
-def component_trajectories(data: da.Array, labels: da.Array, n: int, how: str = "mean",
-                           return_counts: bool = False):
+def component_trajectories(
+    data: da.Array, labels: da.Array, n: int, how: str = "mean", return_counts: bool = False
+):
     """One raw-intensity trajectory per component, streamed over the chunks.
 
     data : dask (T, L, K, H); labels : (L, K, H) ids 0..n (0 ignored); n : int.
@@ -173,8 +244,9 @@ def component_trajectories(data: da.Array, labels: da.Array, n: int, how: str = 
     t = data.shape[0]
     f = dask.delayed(_component_block, pure=True)
     dblocks, lblocks = data.to_delayed()[0], labels.to_delayed()
-    parts = dask.compute(*[f(dblocks[pos], lblocks[pos], how)
-                           for pos in np.ndindex(*labels.numblocks)])
+    parts = dask.compute(
+        *[f(dblocks[pos], lblocks[pos], how) for pos in np.ndindex(*labels.numblocks)]
+    )
     counts = np.zeros(n + 1, np.int64)
     out = np.zeros((n + 1, t)) if how == "mean" else np.full((n + 1, t), -np.inf)
     for ids, c, v in parts:  # fixed block order: the result does not depend on timing
@@ -191,8 +263,9 @@ def component_trajectories(data: da.Array, labels: da.Array, n: int, how: str = 
     return (out, counts) if return_counts else out
 
 
-def paint_components(labels: da.Array, component_cluster: np.ndarray, fill: int = -1,
-                     dtype=np.int16) -> da.Array:
+def paint_components(
+    labels: da.Array, component_cluster: np.ndarray, fill: int = -1, dtype=np.int16
+) -> da.Array:
     """Voxel volume of cluster ids: component i + 1 gets ``component_cluster[i]``.
 
     labels : dask (L, K, H) component ids (0 = background, painted ``fill``).
@@ -224,8 +297,16 @@ class PeakResult:
         return paint_components(self.labels, self.component_cluster, fill)
 
 
-def fit_peaks(data: da.Array, mask: da.Array, k: int, *, rescale: str = "mean",
-              how: str = "mean", persist: bool = True, **gmm_kwargs) -> PeakResult:
+def fit_peaks(
+    data: da.Array,
+    mask: da.Array,
+    k: int,
+    *,
+    rescale: str = "mean",
+    how: str = "mean",
+    persist: bool = True,
+    **gmm_kwargs,
+) -> PeakResult:
     """Peak averaging: cluster one trajectory per connected component of the mask.
 
     data : dask (T, L, K, H) raw intensities; mask : (L, K, H) bool (the
@@ -241,8 +322,10 @@ def fit_peaks(data: da.Array, mask: da.Array, k: int, *, rescale: str = "mean",
     if persist:
         labels = labels.persist()
     if n < k:
-        raise ParameterError(f"the mask has {n} connected components, fewer than K={k}; lower "
-                             "-k or the threshold, or use --method xtec-d")
+        raise ParameterError(
+            f"the mask has {n} connected components, fewer than K={k}; lower "
+            "-k or the threshold, or use --method xtec-d"
+        )
     traj, counts = component_trajectories(data, labels, n, how, return_counts=True)
     X = np.ascontiguousarray(rescale_block(traj.T.astype(np.float32), rescale).T)
     gmm = GaussianMixture(k, **gmm_kwargs).fit(X, np.arange(1, n + 1, dtype=np.int64))
@@ -272,9 +355,13 @@ def _log_cut(cutoff: float) -> float:
     return -math.log(cutoff)
 
 
-def neighbour_stencil(shape: tuple[int, ...], kernel: str = "local", length_scale: float = 1.0,
-                      unit_cell: tuple[float, ...] | None = None,
-                      cutoff: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def neighbour_stencil(
+    shape: tuple[int, ...],
+    kernel: str = "local",
+    length_scale: float = 1.0,
+    unit_cell: tuple[float, ...] | None = None,
+    cutoff: float = 0.01,
+) -> tuple[np.ndarray, np.ndarray]:
     """Offsets whose kernel weight exceeds ``cutoff``, and those weights.
 
     shape : grid shape (L, K, H); offsets are limited to |d_i| < shape_i.
@@ -299,8 +386,10 @@ def neighbour_stencil(shape: tuple[int, ...], kernel: str = "local", length_scal
             per_axis.append((d, d.astype(np.float64) ** 2 / length_scale**2))
     else:
         if unit_cell is None or len(unit_cell) != ndim:
-            raise ParameterError(f"the periodic kernel needs the unit cell in pixels along each "
-                                 f"of the {ndim} axes (got {unit_cell!r})")
+            raise ParameterError(
+                f"the periodic kernel needs the unit cell in pixels along each "
+                f"of the {ndim} axes (got {unit_cell!r})"
+            )
         if not all(u > 0 for u in unit_cell):
             raise ParameterError(f"unit cell sizes must be > 0 (got {unit_cell!r})")
         per_axis = []
@@ -311,8 +400,10 @@ def neighbour_stencil(shape: tuple[int, ...], kernel: str = "local", length_scal
             per_axis.append((d[keep], e[keep]))
     size = math.prod(len(d) for d, _ in per_axis)
     if size > _MAX_STENCIL:
-        raise ParameterError(f"the {kernel} kernel with length scale {length_scale} reaches "
-                             f"{size} offsets; lower the length scale or raise the cutoff")
+        raise ParameterError(
+            f"the {kernel} kernel with length scale {length_scale} reaches "
+            f"{size} offsets; lower the length scale or raise the cutoff"
+        )
     grids = np.meshgrid(*[d for d, _ in per_axis], indexing="ij")
     e = sum(np.meshgrid(*[e for _, e in per_axis], indexing="ij"))
     keep = e < r
@@ -325,9 +416,15 @@ def neighbour_stencil(shape: tuple[int, ...], kernel: str = "local", length_scal
     return offsets, w
 
 
-def neighbour_matrix(index: np.ndarray, shape: tuple[int, ...], kernel: str = "local",
-                     length_scale: float = 1.0, unit_cell: tuple[float, ...] | None = None,
-                     cutoff: float = 0.01, weights: str = "uniform") -> sp.csr_matrix:
+def neighbour_matrix(
+    index: np.ndarray,
+    shape: tuple[int, ...],
+    kernel: str = "local",
+    length_scale: float = 1.0,
+    unit_cell: tuple[float, ...] | None = None,
+    cutoff: float = 0.01,
+    weights: str = "uniform",
+) -> sp.csr_matrix:
     """Row-normalised neighbour matrix of the kept voxels.
 
     index : (N,) global C-order flat indices of the kept voxels in ``shape``,
@@ -351,17 +448,24 @@ def neighbour_matrix(index: np.ndarray, shape: tuple[int, ...], kernel: str = "l
         raise ParameterError("voxel indices lie outside the grid")
     offsets, w = neighbour_stencil(shape, kernel, length_scale, unit_cell, cutoff)
     if len(offsets) == 1:
-        log.warning("the %s kernel with length scale %g keeps no neighbour above the cutoff "
-                    "%g: only self-loops, label smoothing does nothing", kernel, length_scale,
-                    cutoff)
+        log.warning(
+            "the %s kernel with length scale %g keeps no neighbour above the cutoff "
+            "%g: only self-loops, label smoothing does nothing",
+            kernel,
+            length_scale,
+            cutoff,
+        )
     order = np.argsort(index, kind="stable")
     srt = index[order]
     if n > 1 and np.any(srt[1:] == srt[:-1]):
         raise ParameterError("voxel indices must be unique")
     coords = np.unravel_index(srt, shape)
-    strides = np.array([math.prod(shape[i + 1:]) for i in range(len(shape))], np.int64)
-    rows, cols, vals = [np.arange(n)], [np.arange(n)], [np.full(n, 1.0 if weights == "uniform"
-                                                                else w[0])]
+    strides = np.array([math.prod(shape[i + 1 :]) for i in range(len(shape))], np.int64)
+    rows, cols, vals = (
+        [np.arange(n)],
+        [np.arange(n)],
+        [np.full(n, 1.0 if weights == "uniform" else w[0])],
+    )
     # The kernel is symmetric: look up half the offsets and add both directions.
     for d, wd in zip(offsets[1:], w[1:]):
         nzd = d[np.flatnonzero(d)[0]]
@@ -381,17 +485,20 @@ def neighbour_matrix(index: np.ndarray, shape: tuple[int, ...], kernel: str = "l
         rows += [a, b]
         cols += [b, a]
         vals += [v, v]
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
+    r = order[np.concatenate(rows)]  # back from sorted positions to the caller's order
+    c = order[np.concatenate(cols)]
     v = np.concatenate(vals)
-    # Back from sorted positions to the caller's row order.
-    m = sp.csr_matrix((v, (order[r], order[c])), shape=(n, n))
-    m.sum_duplicates()
-    m = sp.diags(1.0 / np.asarray(m.sum(axis=1)).ravel()) @ m
-    m = sp.csr_matrix(m)
+    # Every (row, column) pair occurs once (distinct offsets), so no duplicates to
+    # sum: normalise the rows on the triplets and convert in O(nnz).
+    v /= np.bincount(r, weights=v, minlength=n)[r]
+    m = sp.coo_matrix((v, (r, c)), shape=(n, n)).tocsr()
     if len(offsets) > 1 and only_self_loops(m):
-        log.warning("no two kept voxels are neighbours under the %s kernel with length scale "
-                    "%g: only self-loops, label smoothing does nothing", kernel, length_scale)
+        log.warning(
+            "no two kept voxels are neighbours under the %s kernel with length scale "
+            "%g: only self-loops, label smoothing does nothing",
+            kernel,
+            length_scale,
+        )
     return m
 
 
@@ -447,8 +554,12 @@ def resp_stats(X, r: np.ndarray, covariance_type: str) -> SufficientStats:
     if isinstance(X, da.Array):
         f = dask.delayed(_stats_from_resp, pure=True)
         bounds = np.cumsum((0,) + X.chunks[0])
-        parts = dask.compute(*[f(b, r[lo:hi], covariance_type) for b, lo, hi in
-                               zip(X.to_delayed().ravel(), bounds[:-1], bounds[1:])])
+        parts = dask.compute(
+            *[
+                f(b, r[lo:hi], covariance_type)
+                for b, lo, hi in zip(X.to_delayed().ravel(), bounds[:-1], bounds[1:])
+            ]
+        )
         total = parts[0]
         for p in parts[1:]:
             total = total + p
@@ -481,13 +592,32 @@ class SmoothedGaussianMixture(GaussianMixture):
     chunking.
     """
 
-    def __init__(self, n_components: int = 4, *, neighbours=None, n_smooth: int = 1,
-                 covariance_type: str = "diag", tol: float = 1e-6, reg_covar: float = 1e-6,
-                 max_iter: int = 500, n_init: int = 3, init_sample: int = 50_000,
-                 random_state: int = 0, engine: str = "auto"):
-        super().__init__(n_components, covariance_type=covariance_type, tol=tol,
-                         reg_covar=reg_covar, max_iter=max_iter, n_init=n_init,
-                         init_sample=init_sample, random_state=random_state, engine=engine)
+    def __init__(
+        self,
+        n_components: int = 4,
+        *,
+        neighbours=None,
+        n_smooth: int = 1,
+        covariance_type: str = "diag",
+        tol: float = 1e-6,
+        reg_covar: float = 1e-6,
+        max_iter: int = 500,
+        n_init: int = 3,
+        init_sample: int = 50_000,
+        random_state: int = 0,
+        engine: str = "auto",
+    ):
+        super().__init__(
+            n_components,
+            covariance_type=covariance_type,
+            tol=tol,
+            reg_covar=reg_covar,
+            max_iter=max_iter,
+            n_init=n_init,
+            init_sample=init_sample,
+            random_state=random_state,
+            engine=engine,
+        )
         self.neighbours = neighbours
         self.n_smooth = n_smooth
 
@@ -501,20 +631,33 @@ class SmoothedGaussianMixture(GaussianMixture):
         n = X.shape[0]
         if self.neighbours is None or self.neighbours.shape != (n, n):
             shape = None if self.neighbours is None else self.neighbours.shape
-            raise ParameterError(f"neighbours must be a sparse ({n}, {n}) matrix matching the "
-                                 f"rows of X (got {shape})")
+            raise ParameterError(
+                f"neighbours must be a sparse ({n}, {n}) matrix matching the "
+                f"rows of X (got {shape})"
+            )
         if not isinstance(self.n_smooth, (int, np.integer)) or self.n_smooth < 0:
             raise ParameterError(f"n_smooth must be an integer >= 0 (got {self.n_smooth!r})")
         self.neighbours = sp.csr_matrix(self.neighbours)
         if only_self_loops(self.neighbours):
-            log.warning("the neighbour matrix holds only self-loops: label smoothing does "
-                        "nothing (increase the length scale)")
-        super().fit(X, index)
+            log.warning(
+                "the neighbour matrix holds only self-loops: label smoothing does "
+                "nothing (increase the length scale)"
+            )
+        self._full_X = X
+        try:
+            super().fit(X, index)
+        finally:
+            del self._full_X
         r, _ = responsibilities(X, self.params_)
         self.labels_ = np.argmax(self._smooth(r), axis=1).astype(np.int16)
         return self
 
     def _em(self, X, params: MixtureParams, n: int):
+        if X is not self._full_X:
+            # GaussianMixture.fit may run its restarts on a subsample first (all
+            # rows, but in id order, when N is small); the neighbour matrix
+            # belongs to the rows of the X given to fit, so those runs stay plain.
+            return super()._em(X, params, n)
         prev = -math.inf
         converged = False
         ll = -math.inf
@@ -533,10 +676,20 @@ class SmoothedGaussianMixture(GaussianMixture):
         return params, ll, it, converged
 
 
-def fit_smooth(X, index, shape: tuple[int, ...], k: int, *, kernel: str = "local",
-               length_scale: float = 1.0, unit_cell: tuple[float, ...] | None = None,
-               cutoff: float = 0.01, weights: str = "uniform", n_smooth: int = 1,
-               **gmm_kwargs) -> SmoothedGaussianMixture:
+def fit_smooth(
+    X,
+    index,
+    shape: tuple[int, ...],
+    k: int,
+    *,
+    kernel: str = "local",
+    length_scale: float = 1.0,
+    unit_cell: tuple[float, ...] | None = None,
+    cutoff: float = 0.01,
+    weights: str = "uniform",
+    n_smooth: int = 1,
+    **gmm_kwargs,
+) -> SmoothedGaussianMixture:
     """Label smoothing driver: neighbour matrix of the kept voxels, then the smoothed EM.
 
     X : (N, T) rescaled trajectories (NumPy or Dask, rows in chunk order);
@@ -547,5 +700,6 @@ def fit_smooth(X, index, shape: tuple[int, ...], k: int, *, kernel: str = "local
     idx = np.asarray(index.compute() if isinstance(index, da.Array) else to_numpy(index))
     w = neighbour_matrix(idx, shape, kernel, length_scale, unit_cell, cutoff, weights)
     model = SmoothedGaussianMixture(k, neighbours=w, n_smooth=n_smooth, **gmm_kwargs)
-    return model.fit(X, idx if not isinstance(X, da.Array) else
-                     da.from_array(idx, chunks=(X.chunks[0],)))
+    return model.fit(
+        X, idx if not isinstance(X, da.Array) else da.from_array(idx, chunks=(X.chunks[0],))
+    )

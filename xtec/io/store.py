@@ -133,10 +133,11 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
         raise InputError(f"{path} is not a readable Zarr result store ({exc})") from None
     if ds.attrs.get("complete") is not True:
         raise InputError(f"{path} is incomplete (its run did not finish); run it again")
-    for key in ("provenance", "threshold", "ranges", "source_files"):
-        if isinstance(ds.attrs.get(key), str):
+    for key, value in list(ds.attrs.items()):
+        # Nested provenance (dicts, lists) is stored as JSON text.
+        if isinstance(value, str) and value[:1] in "{[":
             try:
-                ds.attrs[key] = json.loads(ds.attrs[key])
+                ds.attrs[key] = json.loads(value)
             except json.JSONDecodeError:
                 pass
     return ds
