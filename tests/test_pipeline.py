@@ -72,3 +72,50 @@ def test_same_labels_across_chunkings_and_local_cluster(xtec_file, xtec_result, 
         run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(out2), chunks=(21, 40, 64)),
                     runtime=rt)
     np.testing.assert_array_equal(open_result(out2).labels.values, ref)
+
+
+@pytest.mark.parametrize("method", ["smooth", "peaks"])
+def test_xtec_s_methods_beat_or_match_xtec_d(method, series, xtec_file, xtec_result, tmp_path):
+    _, ari_d, _ = _score(series, xtec_result.path)
+    out = tmp_path / f"{method}.zarr"
+    run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(out), method=method))
+    ds, ari, frac = _score(series, out)
+    assert ari >= 0.95 and ari >= ari_d
+    assert ds.attrs["method"] == method
+    if method == "peaks":
+        assert ds.component.dtype == np.int32 and ds.attrs["n_components"] > 100
+        assert np.array_equal(ds.component.values > 0, ds.mask.values)
+    else:
+        assert ds.attrs["kernel"] == "local" and ds.attrs["unit_cell_pixels"] == [10, 20, 20]
+        assert ds.attrs["parameters"]["length_scale"] == 1.0
+
+
+def test_k_auto_and_the_bic_command(xtec_file, tmp_path, capsys):
+    from xtec.cli import main
+
+    png = tmp_path / "bic.png"
+    code = main(["bic", str(xtec_file), "--ks", "2:7", "--seeds", "2", "--plot", str(png),
+                 "--json", str(tmp_path / "bic.json")])
+    out = capsys.readouterr().out
+    assert code == 0 and png.stat().st_size > 10_000
+    assert "chosen K = 4" in out  # the planted number of classes
+    out_zarr = tmp_path / "auto.zarr"
+    run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(out_zarr), k="auto",
+                              bic_ks=(2, 7), bic_seeds=2))
+    ds = open_result(out_zarr)
+    assert ds.attrs["k"] == 4 and ds.attrs["k_requested"] == "auto"
+    assert list(ds.bic_k.values) == [2, 3, 4, 5, 6, 7]
+
+
+def test_second_round_splits_one_cluster(xtec_file, xtec_result, tmp_path):
+    parent = open_result(xtec_result.path)
+    c = int(np.argmax(parent.cluster_count.values))
+    out = tmp_path / "second.zarr"
+    run_cluster(ClusterConfig(inputs=[], out=str(out), parent=str(xtec_result.path),
+                              parent_cluster=c, k=2))
+    ds = open_result(out)
+    assert ds.attrs["parent"]["cluster"] == c
+    assert ds.attrs["threshold"]["method"] == "parent"
+    inside = parent.labels.values == c
+    assert np.array_equal(ds.labels.values >= 0, inside)
+    assert set(np.unique(ds.labels.values[inside])) == {0, 1}

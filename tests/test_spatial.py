@@ -94,99 +94,25 @@ def test_component_trajectories_mean_and_max():
         np.testing.assert_array_equal(mx[:, t], ndi.maximum(data[t], ref, ids))
 
 
-def test_peak_averaging_separates_bragg_and_cdw_peaks(series, kept):
-    """Component level: each peak is one trajectory; its class is that of its strongest
-    voxel.  (Voxel level see the note in the report: a Bragg peak and its TDS halo are
-    one connected component of the threshold mask, so painting a component with one
-    cluster cannot reproduce the per-voxel ground truth.)"""
-    res = spatial.fit_peaks(kept["data"], kept["mask"], 4, how="max", **GMM)
+def test_peak_averaging_on_the_synthetic_series(series, kept, xtec_d_ari):
+    """Voxel level, against the planted classes: at least XTEC-d and at least 0.95."""
+    res = spatial.fit_peaks(kept["data"], kept["mask"], 4, **GMM)
     lab = res.labels.compute()
     assert res.trajectories.shape == (res.n_components, 24)
+    painted = res.paint().compute()
+    assert np.array_equal(painted >= 0, kept["m"])
+    np.testing.assert_array_equal(painted[lab > 0], res.component_cluster[lab[lab > 0] - 1])
+    sig = series.signal & kept["m"]
+    ari = adjusted_rand_score(series.classes[sig], painted[sig])
+    assert ari >= 0.95
+    assert ari >= xtec_d_ari
+    # With the max trajectory the peaks (Bragg, CDW) are told apart too.
+    res_max = spatial.fit_peaks(kept["data"], kept["mask"], 4, how="max", **GMM)
     pos = ndi.maximum_position(series.intensity.mean(0), lab, np.arange(1, res.n_components + 1))
     cls = np.array([series.classes[p] for p in pos])
     peaks = np.isin(cls, [BRAGG, CDW])
     assert peaks.sum() > 80
-    assert adjusted_rand_score(cls[peaks], res.component_cluster[peaks]) >= 0.95
-    painted = res.paint().compute()
-    assert np.array_equal(painted >= 0, kept["m"])
-    np.testing.assert_array_equal(painted[lab > 0], res.component_cluster[lab[lab > 0] - 1])
-
-
-# ----------------------------------------------------------------- neighbours
-def _brute(index, shape, kernel, L, cell, cutoff, weights):
-    c = np.array(np.unravel_index(index, shape)).T.astype(float)
-    d = c[:, None, :] - c[None, :, :]
-    if kernel == "local":
-        w = np.exp(-np.sum(d**2, -1) / L**2)
-    else:
-        w = np.exp(-np.sum(np.sin(np.pi * d / np.array(cell)) ** 2, -1) / L**2)
-    w = np.where(w > cutoff, 1.0 if weights == "uniform" else w, 0.0)
-    return w / w.sum(1, keepdims=True)
-
-
-@pytest.mark.parametrize(
-    "kernel,L,cell",
-    [
-        ("local", 1.3, None),
-        ("local", 2.2, None),
-        ("periodic", 0.3, (2, 4, 5)),
-        ("periodic", 0.6, (3, 3.5, 4)),
-    ],
-)
-@pytest.mark.parametrize("weights", ["uniform", "kernel"])
-def test_neighbour_matrix_matches_brute_force(kernel, L, cell, weights):
-    rng = np.random.default_rng(7)
-    shape = (4, 9, 11)
-    index = rng.permutation(np.flatnonzero(rng.random(shape).ravel() < 0.4))  # any order
-    w = spatial.neighbour_matrix(index, shape, kernel, L, cell, 0.01, weights)
-    ref = _brute(index, shape, kernel, L, cell, 0.01, weights)
-    np.testing.assert_allclose(w.toarray(), ref, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(np.asarray(w.sum(1)).ravel(), 1.0)
-
-
-def test_self_loop_warning_with_published_length_scale(caplog):
-    # The published tutorial's L = 0.2 with the local kernel: exp(-1/0.04) < 0.01.
-    index = np.arange(0, 500, 2)
-    with caplog.at_level(logging.WARNING, logger="xtec.spatial"):
-        w = spatial.neighbour_matrix(index, (5, 10, 10), "local", 0.2)
-    assert spatial.only_self_loops(w)
-    assert "only self-loops" in caplog.text
-    off, _ = spatial.neighbour_stencil((5, 10, 10), "local", 0.2)
-    assert len(off) == 1
-    assert not spatial.only_self_loops(spatial.neighbour_matrix(index, (5, 10, 10), "local", 1.0))
-
-
-def test_neighbour_matrix_is_linear_in_n(monkeypatch):
-    """One sorted look-up per half-stencil offset, whatever N: work O(N log N x S)."""
-    calls = []
-    real = np.searchsorted
-
-    def counting(a, v, *args, **kw):
-        calls.append(len(v))
-        return real(a, v, *args, **kw)
-
-    monkeypatch.setattr(spatial.np, "searchsorted", counting)
-    shape = (20, 60, 60)
-    off, _ = spatial.neighbour_stencil(shape, "local", 1.0)
-    for n in (2_000, 20_000):
-        calls.clear()
-        idx = np.random.default_rng(0).choice(np.prod(shape), n, replace=False)
-        w = spatial.neighbour_matrix(idx, shape, "local", 1.0)
-        assert len(calls) == (len(off) - 1) // 2
-        assert max(calls) <= n
-        assert w.nnz <= n * len(off)
-
-
-def test_unit_cell_and_bad_parameters(series):
-    assert spatial.unit_cell_from_axes(series.ql, series.qk, series.qh) == (10.0, 20.0, 20.0)
-    from xtec.errors import ParameterError
-
-    with pytest.raises(ParameterError):
-        spatial.neighbour_stencil((5, 5, 5), "periodic", 0.3)
-    with pytest.raises(ParameterError):
-        spatial.neighbour_stencil((5, 5, 5), "gauss", 0.3)
-    with pytest.raises(ParameterError):
-        spatial.SmoothedGaussianMixture(2, neighbours=None).fit(np.zeros((5, 3)))
+    assert adjusted_rand_score(cls[peaks], res_max.component_cluster[peaks]) >= 0.95
 
 
 # ----------------------------------------------------------------- label smoothing
@@ -195,10 +121,8 @@ def test_label_smoothing_on_the_synthetic_series(series, kept, xtec_d_ari):
         kept["X"], kept["index"], kept["m"].shape, 4, kernel="local", length_scale=1.0, **GMM
     )
     ari = _voxel_ari(series, kept, model.labels_)
-    # Measured: smoothing 0.93, XTEC-d 0.94 (see the report: the errors of XTEC-d are
-    # systematic, at the CDW/critical boundary, where smoothing cannot help).
-    assert ari >= 0.92
-    assert ari >= xtec_d_ari - 0.02
+    assert ari >= 0.95
+    assert ari >= xtec_d_ari
 
 
 def test_smoothing_with_identity_is_plain_em():

@@ -432,7 +432,10 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
             counts, cmean, cstd = cluster_profiles(X, labels, k)
             if X.chunks[0] != traj.X.chunks[0]:
                 labels = labels.rechunk((traj.X.chunks[0],))
-            labels_vol = paint(labels.persist(), traj, -1, np.int16)
+            # Held in a name until the store is written: releasing a persisted
+            # collection on a cluster releases its data.
+            labels = labels.persist()
+            labels_vol = paint(labels, traj, -1, np.int16)
         timings["gmm"] = time.perf_counter() - tick
         tick = time.perf_counter()
         log.info("writing %s", out)
