@@ -163,3 +163,41 @@ def diag_predict(X, means, prec, norm):
                 arg = k
         labels[i] = arg
     return labels
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def mean_over_t(x, block):
+    """Per column of x (T, n): the mean over T after clipping negatives to 0, and 0
+    where any value is NaN (float32 out, float64 sums); plus NaN columns and
+    negative values counted.  One pass, no temporaries the size of x."""
+    t, n = x.shape
+    out = np.empty(n, np.float32)
+    nb = (n + block - 1) // block
+    n_nan = np.zeros(nb, np.int64)
+    n_neg = np.zeros(nb, np.int64)
+    for b in numba.prange(nb):
+        lo = b * block
+        hi = min(n, lo + block)
+        acc = np.zeros(hi - lo)
+        bad = np.zeros(hi - lo, np.bool_)
+        neg = 0
+        for j in range(t):
+            row = x[j]
+            for i in range(lo, hi):
+                v = row[i]
+                if v != v:
+                    bad[i - lo] = True
+                elif v < 0:
+                    neg += 1
+                else:
+                    acc[i - lo] += v
+        nan = 0
+        for i in range(lo, hi):
+            if bad[i - lo]:
+                out[i] = 0.0
+                nan += 1
+            else:
+                out[i] = acc[i - lo] / t
+        n_nan[b] = nan
+        n_neg[b] = neg
+    return out, n_nan.sum(), n_neg.sum()

@@ -101,9 +101,13 @@ def trajectories_block(x, mask, method: str):
     """
     xp = namespace(x)
     t = x.shape[0]
-    y = rescale_block(x, method)
-    flat = xp.reshape(xp.permute_dims(y, (1, 2, 3, 0)), (-1, t))
-    return flat[xp.reshape(mask, (-1,))]
+    # Gather the kept columns first: only they are rescaled and transposed.
+    cols = xp.nonzero(xp.reshape(mask, (-1,)))[0]
+    kept = xp.take(xp.reshape(x, (t, -1)), cols, axis=1)
+    # Kept voxels hold no NaN (their mean is > 0); negatives count as 0, as in the mean.
+    kept = xp.where(kept < 0, xp.zeros_like(kept), kept)
+    out = xp.permute_dims(rescale_block(kept, method), (1, 0))
+    return np.ascontiguousarray(out) if isinstance(out, np.ndarray) else out
 
 
 def _log_mean_values(m, mask=None):
@@ -375,23 +379,45 @@ class VoxelSummary:
     n_negative_values: int
 
 
+def _summary_block(x):
+    """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
+    block, [n_nan_voxels, n_negative_values]); NumPy chunks take one fused pass."""
+    if isinstance(x, np.ndarray):
+        from xtec import _kernels
+
+        flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float32)
+        m, n_nan, n_neg = _kernels.mean_over_t(flat, 4096)
+        return m.reshape(x.shape[1:]), np.array([n_nan, n_neg], np.int64)
+    return mean_block(clean_block(x)), _bad_counts_block(x)
+
+
 def summarize(data: da.Array, persist: bool = True) -> VoxelSummary:
     """Mean over temperature per voxel, and counts of NaN / negative values.
 
     data : dask array (T, L, K, H) with the temperature axis in one chunk.
-    Both come from one read of the data.
+    Both come from one read of the data, in one task per chunk.
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    counts = data.map_blocks(
-        lambda b: _bad_counts_block(b)[None, None, None, :], dtype=np.int64,
-        chunks=(1, 1, 1, 2), drop_axis=[], meta=np.empty((0, 0, 0, 0), np.int64),
-    )
-    mean = clean(data).map_blocks(mean_block, drop_axis=0, dtype=np.float32)
+    f = dask.delayed(_summary_block, pure=True, nout=2)
+    blocks = data.to_delayed()[0]
+    grid = np.empty(blocks.shape, dtype=object)
+    counts = []
+    meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
+        if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
+    for pos in np.ndindex(*blocks.shape):
+        m, c = f(blocks[pos])
+        shape = tuple(ch[i] for ch, i in zip(data.chunks[1:], pos))
+        grid[pos] = da.from_delayed(m, shape=shape, dtype=np.float32, meta=meta)
+        counts.append(c)
+    mean = da.block(grid.tolist())
     if persist:
-        mean, counts = dask.persist(mean, counts)
-    tot = counts.sum(axis=(0, 1, 2)).compute()
-    return VoxelSummary(mean, int(tot[0]), int(tot[1]))
+        # One graph, so each chunk is read once for both outputs.
+        mean, *counts = dask.persist(mean, *counts)
+    totals = np.sum(dask.compute(*counts), axis=0)
+    return VoxelSummary(mean, int(totals[0]), int(totals[1]))
 
 
 def clean(data: da.Array) -> da.Array:
