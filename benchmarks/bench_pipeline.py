@@ -83,6 +83,20 @@ def _pid():
     return os.getpid()
 
 
+def _warm_imports():
+    # A running cluster has its code loaded; the cold cache is for the data only.
+    import h5py  # noqa: F401
+    import nexusformat.nexus  # noqa: F401
+
+    import xtec.pipeline  # noqa: F401
+    from xtec.mixture import _numba_kernels
+
+    _numba_kernels()
+    from xtec import _kernels  # noqa: F401
+
+    return True
+
+
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
     from xtec.pipeline import ClusterConfig, run_cluster
     from xtec.runtime import dask_runtime
@@ -100,6 +114,7 @@ def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
                     pass
                 stop.wait(0.25)
 
+        rt.client.run(_warm_imports)
         pids = set(rt.client.run(_pid).values())
         th = threading.Thread(target=sample, daemon=True)
         th.start()

@@ -383,8 +383,13 @@ def _summary_block(x):
     """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
     block, [n_nan_voxels, n_negative_values]); NumPy chunks take one fused pass."""
     if isinstance(x, np.ndarray):
+        import numba
+
         from xtec import _kernels
 
+        # Dask runs one task per core already; nested numba threads would
+        # oversubscribe the cores (and spin-wait).
+        numba.set_num_threads(1)
         flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
         if flat.dtype not in (np.float32, np.float64):
             flat = flat.astype(np.float32)
