@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import dask.array as da
 import numpy as np
 import pytest

@@ -27,6 +27,10 @@ _API = {
 __all__ = sorted(_API)
 
 
+# Registers the ``ds.xtec`` accessor (numpy and xarray only: cheap).
+from xtec import accessor as _accessor  # noqa: E402, F401
+
+
 def __getattr__(name: str):
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)

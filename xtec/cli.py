@@ -22,6 +22,7 @@ from xtec.errors import XtecError
 _PLUGINS = [
     ("xtec.autoencoder.cli", "register"),
     ("xtec.classifier.cli", "register"),
+    ("xtec.cli_report", "register"),
 ]
 
 

@@ -491,7 +491,7 @@ def _bic_vars(bic) -> dict:
         return {}
     return {
         "bic_k": (("bic_k",), np.asarray(bic.ks, dtype=np.int64)),
-        "bic_best": (("bic_k",), np.asarray(bic.best_bic, dtype=np.float64)),
+        "bic": (("bic_k",), np.asarray(bic.best_bic, dtype=np.float64)),
         "bic_mean": (("bic_k",), np.asarray(bic.mean_bic, dtype=np.float64)),
         "bic_std": (("bic_k",), np.asarray(bic.std_bic, dtype=np.float64)),
         "bic_loglik": (("bic_k",), np.asarray(bic.best_loglik, dtype=np.float64)),

@@ -112,7 +112,9 @@ def parse_plane(text: str | tuple) -> tuple[str, float]:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ParameterError(f"a plane's position must be a number in r.l.u. (got {value!r})")
+        raise ParameterError(
+            f"a plane's position must be a number in r.l.u. (got {value!r})"
+        ) from None
     return names[key], v
 
 
