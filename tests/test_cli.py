@@ -118,3 +118,15 @@ def test_console_script_demo(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "xtec.cli", "info", str(tmp_path / "nope")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_missing_optional_package_is_one_line(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a core-only install
+    for mod in [m for m in sys.modules if m.startswith("xtec.classifier.") and
+                m != "xtec.classifier.cli"]:
+        monkeypatch.delitem(sys.modules, mod)
+    code = main(["classify", "predict", "pattern.xy"])
+    err = capsys.readouterr().err
+    assert_one_line_error(code, err, "needs the optional package 'torch'")

@@ -26,6 +26,19 @@ _PLUGINS = [
 ]
 
 
+# Optional packages -> how to install them (one line instead of a traceback).
+_OPTIONAL = {
+    "torch": "pip install torch==2.13.0 && pip install 'xtec[ml]'",
+    "safetensors": "pip install 'xtec[ml]'",
+    "pyxtal": "pip install 'xtec[classify]'",
+    "pymatgen": "pip install 'xtec[classify]'",
+    "spglib": "pip install 'xtec[classify]'",
+    "ase": "pip install 'xtec[classify]'",
+    "dask_jobqueue": "pip install 'xtec[hpc]'",
+    "cupy": "pip install 'xtec[gpu]'",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -60,6 +73,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except XtecError as exc:
         print(f"xtec {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        extra = _OPTIONAL.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"xtec {args.command}: error: this command needs the optional package "
+              f"{exc.name!r}; install it with: {extra}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"xtec {args.command}: interrupted", file=sys.stderr)
