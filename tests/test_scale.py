@@ -165,3 +165,19 @@ def test_gpu_pipeline_matches_cpu(medium_file, reference_labels, tmp_path):
     out = tmp_path / "gpu.zarr"
     run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), device="gpu"))
     np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
+
+
+def test_cluster_progress_bar_counts_tasks(capsys):
+    import dask.array as da
+
+    from xtec.progress import cluster_progress
+
+    with dask_runtime(workers=1, dashboard_address=None) as rt:
+        with cluster_progress(rt.client, interval=0.05):
+            x = da.ones((200, 200), chunks=20)
+            assert float((x + 1).sum().compute()) == 80_000
+            import time
+
+            time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert "task" in err and "100%" in err

@@ -69,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # Dask's own INFO chatter (scheduler start, worker functions) drowns the
+    # progress output; -v brings it back.
+    logging.getLogger("distributed").setLevel(level)
     try:
         return int(args.func(args) or 0)
     except XtecError as exc:

@@ -273,13 +273,18 @@ def _show_stages() -> None:
 
 @contextlib.contextmanager
 def _progress(enabled: bool, runtime):
-    if enabled and runtime.client is None:
+    if not enabled:
+        yield
+    elif runtime.client is None:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(out=sys.stderr, minimum=1.0):
             yield
     else:
-        yield
+        from xtec.progress import cluster_progress
+
+        with cluster_progress(runtime.client):
+            yield
 
 
 def run_with_runtime(config, opts: dict, quiet: bool = False):
