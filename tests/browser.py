@@ -34,13 +34,26 @@ CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-st
 # Headless, no sandbox (containers run as root), nothing in the background that
 # reaches the network.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--no-default-browser-check", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-extensions",
-    "--disable-default-apps", "--disable-domain-reliability", "--disable-breakpad",
-    "--disable-client-side-phishing-detection", "--disable-features=Translate,MediaRouter,"
-    "OptimizationHints,AutofillServerCommunication", "--metrics-recording-only",
-    "--no-pings", "--mute-audio", "--hide-scrollbars", "--remote-allow-origins=*",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-breakpad",
+    "--disable-client-side-phishing-detection",
+    "--disable-features=Translate,MediaRouter,OptimizationHints,AutofillServerCommunication",
+    "--metrics-recording-only",
+    "--no-pings",
+    "--mute-audio",
+    "--hide-scrollbars",
+    "--remote-allow-origins=*",
 ]
 
 
@@ -58,18 +71,23 @@ def ensure_chromium(log_dir: str | os.PathLike) -> tuple[str | None, str]:
     if path:
         return path, ""
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, ("Chromium is not installed and cannot be installed here (needs root and "
-                      "apt-get): apt-get install -y chromium")
+        return None, (
+            "Chromium is not installed and cannot be installed here (needs root and "
+            "apt-get): apt-get install -y chromium"
+        )
     log = Path(log_dir) / "chromium-apt.log"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     with open(log, "w") as fh:
-        for cmd in (["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
-                    ["apt-get", "update"],
-                    ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+        for cmd in (
+            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+        ):
             fh.write(f"$ {' '.join(cmd)}\n")
             fh.flush()
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                timeout=900).returncode
+            rc = subprocess.run(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=900
+            ).returncode
             if cmd[1] == "install" and rc == 0:
                 break
     path = find_chromium()
@@ -87,9 +105,11 @@ class WebSocket:
         self.sock = socket.create_connection((u.hostname, u.port or 80), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
         path = u.path + (f"?{u.query}" if u.query else "")
-        req = (f"GET {path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n")
+        req = (
+            f"GET {path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        )
         self.sock.sendall(req.encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -202,23 +222,38 @@ class PageCheck:
     text: str = field(default="", repr=False)
 
 
-def open_page(chromium: str, html_path: str | os.PathLike, width: int = 1280,
-              height: int = 900, timeout: float = 60.0) -> PageCheck:
+def open_page(
+    chromium: str,
+    html_path: str | os.PathLike,
+    width: int = 1280,
+    height: int = 900,
+    timeout: float = 60.0,
+) -> PageCheck:
     """Load ``html_path`` from file:// in headless Chromium and report on it."""
     url = Path(html_path).resolve().as_uri()
     with tempfile.TemporaryDirectory(prefix="xtec-chromium-") as profile:
         err = open(Path(profile) / "stderr.log", "wb")
         proc = subprocess.Popen(
-            [chromium, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=err)
+            [
+                chromium,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
             end = time.monotonic() + timeout
             while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
                 if proc.poll() is not None:
-                    raise RuntimeError(f"Chromium exited with {proc.returncode}: "
-                                       f"{(Path(profile) / 'stderr.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"Chromium exited with {proc.returncode}: "
+                        f"{(Path(profile) / 'stderr.log').read_text()[-2000:]}"
+                    )
                 if time.monotonic() > end:
                     raise TimeoutError("Chromium did not open its DevTools port")
                 time.sleep(0.1)
@@ -245,15 +280,24 @@ def open_page(chromium: str, html_path: str | os.PathLike, width: int = 1280,
 def _check(cdp: CDP, url: str, width: int, height: int, timeout: float) -> PageCheck:
     for domain in ("Page", "Runtime", "Log", "Network"):
         cdp.call(f"{domain}.enable")
-    cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-             deviceScaleFactor=1, mobile=False)
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
     cdp.events.clear()
     nav = cdp.call("Page.navigate", url=url)
     if nav.get("errorText"):
         raise RuntimeError(f"navigation to {url} failed: {nav['errorText']}")
     cdp.wait_event("Page.loadEventFired", timeout)
     # Every image decoded (complete with a natural size), read from the page itself.
-    res = cdp.call("Runtime.evaluate", returnByValue=True, awaitPromise=True, expression="""
+    res = cdp.call(
+        "Runtime.evaluate",
+        returnByValue=True,
+        awaitPromise=True,
+        expression="""
         Promise.all(Array.from(document.images).map(i => i.decode().then(() => true,
             () => false))).then(ok => ({
           title: document.title,
@@ -262,23 +306,35 @@ def _check(cdp: CDP, url: str, width: int, height: int, timeout: float) -> PageC
             file: i.dataset.file || '', alt: i.alt, src: i.src.slice(0, 30),
             complete: i.complete, decoded: ok[n],
             naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight}))}))
-    """)
+    """,
+    )
     if "exceptionDetails" in res:
         raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
     value = res["result"]["value"]
     metrics = cdp.call("Page.getLayoutMetrics")
     size = metrics.get("cssContentSize") or metrics["contentSize"]
     full_h = int(min(max(size["height"], height), 16000))
-    cdp.call("Emulation.setDeviceMetricsOverride", width=width, height=full_h,
-             deviceScaleFactor=1, mobile=False)
-    shot = cdp.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                    clip={"x": 0, "y": 0, "width": width, "height": full_h, "scale": 1})
+    cdp.call(
+        "Emulation.setDeviceMetricsOverride",
+        width=width,
+        height=full_h,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    shot = cdp.call(
+        "Page.captureScreenshot",
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": width, "height": full_h, "scale": 1},
+    )
     errors, requests = [], []
     for e in cdp.events:
         m, p = e["method"], e.get("params", {})
         if m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-            errors.append("console: " + " ".join(str(a.get("value", a.get("description")))
-                                                  for a in p.get("args", [])))
+            errors.append(
+                "console: "
+                + " ".join(str(a.get("value", a.get("description"))) for a in p.get("args", []))
+            )
         elif m == "Runtime.exceptionThrown":
             errors.append("exception: " + json.dumps(p.get("exceptionDetails", {}))[:500])
         elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
@@ -287,8 +343,14 @@ def _check(cdp: CDP, url: str, width: int, height: int, timeout: float) -> PageC
             errors.append(f"request failed: {p.get('errorText')}")
         elif m == "Network.requestWillBeSent":
             requests.append(p.get("request", {}).get("url", "")[:80])
-    return PageCheck(value["images"], errors, requests, base64.b64decode(shot["data"]),
-                     value["title"], value["text"])
+    return PageCheck(
+        value["images"],
+        errors,
+        requests,
+        base64.b64decode(shot["data"]),
+        value["title"],
+        value["text"],
+    )
 
 
 # --------------------------------------------------------------------------- shared result
@@ -309,10 +371,14 @@ def small_result(tmp_path_factory):
         from xtec.pipeline import ClusterConfig, run_cluster
 
         d = tmp_path_factory.mktemp("report-result")
-        series = make_series(h_range=(-1.5, 1.5), k_range=(-1.5, 1.5), l_range=(-0.5, 0.5),
-                             temperatures=np.linspace(20, 300, 16), seed=0)
+        series = make_series(
+            h_range=(-1.5, 1.5),
+            k_range=(-1.5, 1.5),
+            l_range=(-0.5, 0.5),
+            temperatures=np.linspace(20, 300, 16),
+            seed=0,
+        )
         src = write_xtec(series, d / "series.nxs")
-        res = run_cluster(ClusterConfig(inputs=[str(src)], out=str(d / "result.zarr"), k=4,
-                                        seed=0))
+        res = run_cluster(ClusterConfig(inputs=[str(src)], out=str(d / "result.zarr"), k=4, seed=0))
         _RESULTS["small"] = (series, src, res.path)
     return _RESULTS["small"]

@@ -57,10 +57,12 @@ def test_trajectories_are_lazy_and_match_the_stored_means(ds):
         assert tr.sizes["voxel"] == int(ds.cluster_count.values[c])
         assert {"Ql", "Qk", "Qh"} <= set(tr.coords)
         # the same rescaled trajectories the pipeline clustered
-        np.testing.assert_allclose(tr.mean("voxel").values, ds.cluster_mean.values[c],
-                                   rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(tr.std("voxel").values, ds.cluster_std.values[c],
-                                   rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(
+            tr.mean("voxel").values, ds.cluster_mean.values[c], rtol=1e-4, atol=1e-4
+        )
+        np.testing.assert_allclose(
+            tr.std("voxel").values, ds.cluster_std.values[c], rtol=1e-3, atol=1e-3
+        )
     raw = ds.xtec.trajectories(0).values
     assert raw.min() >= 0 and raw.max() > 10  # raw intensities
 

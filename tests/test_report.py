@@ -47,8 +47,9 @@ def _palette(result):
 def _rgb(png_bytes_or_path):
     import matplotlib.image as mpimg
 
-    src = io.BytesIO(png_bytes_or_path) if isinstance(png_bytes_or_path, bytes) else \
-        png_bytes_or_path
+    src = (
+        io.BytesIO(png_bytes_or_path) if isinstance(png_bytes_or_path, bytes) else png_bytes_or_path
+    )
     img = mpimg.imread(src, format="png")
     return np.rint(img[..., :3] * 255).astype(np.int64)
 
@@ -71,8 +72,15 @@ def test_report_writes_self_contained_html_and_pngs(written, result):
     assert all(s.startswith("data:image/png;base64,") for s in srcs)
     assert "http://" not in text and "https://" not in text and "<script" not in text
     # provenance and the palette are in the page
-    for key in ("source_files", "threshold.method", "threshold.cutoff_intensity", "rescale",
-                "parameters.k", "versions.xtec", "started"):
+    for key in (
+        "source_files",
+        "threshold.method",
+        "threshold.cutoff_intensity",
+        "rescale",
+        "parameters.k",
+        "versions.xtec",
+        "started",
+    ):
         assert f">{key}<" in text
     for rgb in _palette(result):
         assert report.hex_color(rgb) in text
@@ -110,14 +118,21 @@ def test_figures_show_the_palette_colours(written, result):
 
 def test_slice_rgb_colours_voxels_exactly():
     ds = xr.Dataset(
-        {"labels": (("Ql", "Qk", "Qh"), np.array([[[0, 1, -1, -1]]], np.int16)),
-         "mask": (("Ql", "Qk", "Qh"), np.array([[[True, True, True, False]]])),
-         "mean_intensity": (("Ql", "Qk", "Qh"), np.array([[[9.0, 9.0, 5.0, 1.0]]])),
-         "palette": (("cluster", "rgb"), np.array([[230, 159, 0], [86, 180, 233]], np.uint8)),
-         "cluster_mean": (("cluster", "temperature"), np.zeros((2, 3))),
-         "cluster_std": (("cluster", "temperature"), np.zeros((2, 3)))},
-        coords={"Ql": [0.0], "Qk": [0.0], "Qh": [0.0, 0.5, 1.0, 1.5],
-                "temperature": [10.0, 20.0, 30.0]})
+        {
+            "labels": (("Ql", "Qk", "Qh"), np.array([[[0, 1, -1, -1]]], np.int16)),
+            "mask": (("Ql", "Qk", "Qh"), np.array([[[True, True, True, False]]])),
+            "mean_intensity": (("Ql", "Qk", "Qh"), np.array([[[9.0, 9.0, 5.0, 1.0]]])),
+            "palette": (("cluster", "rgb"), np.array([[230, 159, 0], [86, 180, 233]], np.uint8)),
+            "cluster_mean": (("cluster", "temperature"), np.zeros((2, 3))),
+            "cluster_std": (("cluster", "temperature"), np.zeros((2, 3))),
+        },
+        coords={
+            "Ql": [0.0],
+            "Qk": [0.0],
+            "Qh": [0.0, 0.5, 1.0, 1.5],
+            "temperature": [10.0, 20.0, 30.0],
+        },
+    )
     img, info = report.slice_rgb(ds, "Ql", 0.0)
     px = np.rint(img[0] * 255).astype(int)
     assert px[0].tolist() == [230, 159, 0] and px[1].tolist() == [86, 180, 233]
@@ -156,7 +171,8 @@ def test_bic_curve_when_present(result, tmp_path):
 
     attrs = dict(zarr.open_group(result, mode="r").attrs)
     xr.Dataset({"bic": ("bic_k", bic)}, coords={"bic_k": ks}).to_zarr(
-        store, mode="a", consolidated=False)
+        store, mode="a", consolidated=False
+    )
     zarr.open_group(store, mode="r+").attrs.update(attrs)  # appending resets the attributes
     ds = report.load_result(store)
     got = report.bic_curve(ds)
@@ -165,8 +181,11 @@ def test_bic_curve_when_present(result, tmp_path):
     assert (html.parent / "bic.png").exists()
     assert "Model selection" in html.read_text()
     # the attribute forms
-    for attr in ({"2": 3.0, "3": 1.0, "4": 2.0}, [[2, 3.0], [3, 1.0], [4, 2.0]],
-                 {"k": [2, 3, 4], "bic": [3.0, 1.0, 2.0]}):
+    for attr in (
+        {"2": 3.0, "3": 1.0, "4": 2.0},
+        [[2, 3.0], [3, 1.0], [4, 2.0]],
+        {"k": [2, 3, 4], "bic": [3.0, 1.0, 2.0]},
+    ):
         k, b = report.bic_curve(xr.Dataset(attrs={"bic": attr}))
         assert k.tolist() == [2, 3, 4] and b.tolist() == [3.0, 1.0, 2.0]
     assert report.bic_curve(xr.Dataset()) is None
@@ -174,8 +193,12 @@ def test_bic_curve_when_present(result, tmp_path):
 
 def test_threshold_plot_without_stored_histogram(result):
     ds = report.load_result(result).drop_vars(["threshold_hist", "threshold_edges"])
-    ds.attrs["threshold"] = {"method": "simple", "cutoff_log": 2.5, "gaussian_mean": 2.0,
-                             "gaussian_std": 0.3}
+    ds.attrs["threshold"] = {
+        "method": "simple",
+        "cutoff_log": 2.5,
+        "gaussian_mean": 2.0,
+        "gaussian_std": 0.3,
+    }
     ax = report.plot_threshold(ds)
     assert ax.get_title().startswith("threshold: simple")
     assert len(ax.lines) == 2  # Gaussian and cutoff
@@ -192,8 +215,20 @@ def _parser():
 
 
 def test_cli_report(result, tmp_path):
-    args = _parser().parse_args(["report", str(result), "--out", str(tmp_path / "r"),
-                                 "--plane", "Ql=0", "--plane", "h=-1", "--dpi", "60"])
+    args = _parser().parse_args(
+        [
+            "report",
+            str(result),
+            "--out",
+            str(tmp_path / "r"),
+            "--plane",
+            "Ql=0",
+            "--plane",
+            "h=-1",
+            "--dpi",
+            "60",
+        ]
+    )
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert args.func(args) == 0
@@ -207,12 +242,14 @@ def test_bad_input_is_one_clear_error(result, tmp_path):
         report.write_report(tmp_path / "missing.zarr")
     partial = tmp_path / "partial.zarr"
     xr.Dataset({"labels": ("x", np.zeros(3, np.int16))}, attrs={"complete": False}).to_zarr(
-        partial, consolidated=False, zarr_format=3)
+        partial, consolidated=False, zarr_format=3
+    )
     with pytest.raises(InputError, match="incomplete"):
         report.write_report(partial)
     other = tmp_path / "other.zarr"
     xr.Dataset({"a": ("x", np.zeros(3))}, attrs={"complete": True}).to_zarr(
-        other, consolidated=False, zarr_format=3)
+        other, consolidated=False, zarr_format=3
+    )
     with pytest.raises(InputError, match="not an xtec result"):
         report.write_report(other)
     afile = tmp_path / "file.zarr"

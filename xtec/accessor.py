@@ -46,8 +46,7 @@ def _decoded(attrs: dict, key: str, default=None):
 
 
 # --------------------------------------------------------------------------- fits
-def order_parameter_model(t, tc, beta, amplitude, background, critical=0.0, gamma=1.0,
-                          slope=0.0):
+def order_parameter_model(t, tc, beta, amplitude, background, critical=0.0, gamma=1.0, slope=0.0):
     """Order parameter squared plus critical scattering and background.
 
     ``amplitude * (1 - T/Tc)^(2 beta)`` below Tc (zero above), plus a critical
@@ -91,10 +90,11 @@ class OrderParameterFit:
         return order_parameter_model(t, **self.params)
 
     def __str__(self) -> str:
-        return (f"Tc = {self.tc:.4g} \u00b1 {self.tc_err:.2g} K, "
-                f"beta = {self.beta:.3g} \u00b1 {self.beta_err:.2g}"
-                + (f" (cluster {self.cluster}, {self.source})" if self.cluster is not None
-                   else ""))
+        return (
+            f"Tc = {self.tc:.4g} \u00b1 {self.tc_err:.2g} K, "
+            f"beta = {self.beta:.3g} \u00b1 {self.beta_err:.2g}"
+            + (f" (cluster {self.cluster}, {self.source})" if self.cluster is not None else "")
+        )
 
     def plot(self, ax=None, color=None):
         """Data, fitted curve and Tc on ``ax`` (a new pyplot figure if None)."""
@@ -103,16 +103,29 @@ class OrderParameterFit:
 
             _, ax = plt.subplots(figsize=(6, 4), layout="constrained")
         used = np.ones(self.data.shape, bool) if self.used is None else self.used
-        ax.errorbar(self.temperature[used], self.data[used],
-                    yerr=None if self.sigma is None else self.sigma[used], fmt="o", ms=4,
-                    capsize=2, color=color or "#0072B2", label="data")
+        ax.errorbar(
+            self.temperature[used],
+            self.data[used],
+            yerr=None if self.sigma is None else self.sigma[used],
+            fmt="o",
+            ms=4,
+            capsize=2,
+            color=color or "#0072B2",
+            label="data",
+        )
         if (~used).any():
-            ax.plot(self.temperature[~used], self.data[~used], "x", color="#999999",
-                    label="not fitted")
+            ax.plot(
+                self.temperature[~used], self.data[~used], "x", color="#999999", label="not fitted"
+            )
         tt = np.linspace(self.temperature.min(), self.temperature.max(), 600)
-        ax.plot(tt, self.model(tt), color="#D55E00", lw=2,
-                label=f"fit: Tc = {self.tc:.1f}\u00b1{self.tc_err:.1f} K, "
-                      f"\u03b2 = {self.beta:.2f}\u00b1{self.beta_err:.2f}")
+        ax.plot(
+            tt,
+            self.model(tt),
+            color="#D55E00",
+            lw=2,
+            label=f"fit: Tc = {self.tc:.1f}\u00b1{self.tc_err:.1f} K, "
+            f"\u03b2 = {self.beta:.2f}\u00b1{self.beta_err:.2f}",
+        )
         ax.axvline(self.tc, color="#D55E00", ls=":", lw=1)
         ax.set_xlabel("temperature (K)")
         ax.set_ylabel("intensity" if self.source == "raw" else "rescaled intensity")
@@ -120,10 +133,18 @@ class OrderParameterFit:
         return ax
 
 
-def fit_order_parameter(temperature, y, sigma=None, *, tc=None, beta=None,
-                        critical: bool = True, slope: bool = False,
-                        t_range: tuple[float, float] | None = None,
-                        loss: str = "linear") -> OrderParameterFit:
+def fit_order_parameter(
+    temperature,
+    y,
+    sigma=None,
+    *,
+    tc=None,
+    beta=None,
+    critical: bool = True,
+    slope: bool = False,
+    t_range: tuple[float, float] | None = None,
+    loss: str = "linear",
+) -> OrderParameterFit:
     """Fit :func:`order_parameter_model` to a trajectory.
 
     Parameters
@@ -159,8 +180,7 @@ def fit_order_parameter(temperature, y, sigma=None, *, tc=None, beta=None,
     names += ["critical", "gamma"] if critical else []
     names += ["slope"] if slope else []
     if used.sum() <= len(names):
-        raise ParameterError(f"{int(used.sum())} points are too few to fit {len(names)} "
-                             "parameters")
+        raise ParameterError(f"{int(used.sum())} points are too few to fit {len(names)} parameters")
     order = np.argsort(t[used])
     tu, yu = t[used][order], y[used][order]
     w = np.ones_like(yu)
@@ -173,14 +193,28 @@ def fit_order_parameter(temperature, y, sigma=None, *, tc=None, beta=None,
 
     tmin, tmax = float(tu.min()), float(tu.max())
     span = tmax - tmin
-    b0 = float(np.median(yu[-max(2, len(yu) // 4):]))  # warmest quarter
+    b0 = float(np.median(yu[-max(2, len(yu) // 4) :]))  # warmest quarter
     a0 = float(yu[0] - b0) or 1.0
     peak0 = max(float(yu.max() - max(yu[0], b0)), 0.0)
     beta0 = 1.0 / 3.0 if beta is None else float(beta)
-    lo = {"tc": tmin + 1e-3 * span, "beta": 0.01, "amplitude": -np.inf, "background": -np.inf,
-          "critical": 0.0, "gamma": span / (4 * len(tu)), "slope": -np.inf}
-    hi = {"tc": tmax + 0.5 * span, "beta": 3.0, "amplitude": np.inf, "background": np.inf,
-          "critical": np.inf, "gamma": span, "slope": np.inf}
+    lo = {
+        "tc": tmin + 1e-3 * span,
+        "beta": 0.01,
+        "amplitude": -np.inf,
+        "background": -np.inf,
+        "critical": 0.0,
+        "gamma": span / (4 * len(tu)),
+        "slope": -np.inf,
+    }
+    hi = {
+        "tc": tmax + 0.5 * span,
+        "beta": 3.0,
+        "amplitude": np.inf,
+        "background": np.inf,
+        "critical": np.inf,
+        "gamma": span,
+        "slope": np.inf,
+    }
     lo_b, hi_b = [lo[n] for n in names], [hi[n] for n in names]
 
     def fit(x0, weights):
@@ -197,13 +231,20 @@ def fit_order_parameter(temperature, y, sigma=None, *, tc=None, beta=None,
     x0s = []
     for tc0 in starts:
         for g0 in gammas:
-            p0 = {"tc": tc0, "beta": beta0, "amplitude": a0, "background": b0,
-                  "critical": peak0, "gamma": g0, "slope": 0.0}
+            p0 = {
+                "tc": tc0,
+                "beta": beta0,
+                "amplitude": a0,
+                "background": b0,
+                "critical": peak0,
+                "gamma": g0,
+                "slope": 0.0,
+            }
             x0s.append([_inside(p0[n], a, b) for n, a, b in zip(names, lo_b, hi_b)])
     # Unweighted starts first (weights that vary by orders of magnitude over the
     # range trap the fit in local minima), then the weighted fit from the best.
     best = None
-    for weights in ((np.ones_like(w),) if np.allclose(w, w[0]) else (np.ones_like(w), w)):
+    for weights in (np.ones_like(w),) if np.allclose(w, w[0]) else (np.ones_like(w), w):
         cands = x0s if best is None else [best.x, *x0s]
         best = None
         for x0 in cands:
@@ -228,8 +269,19 @@ def fit_order_parameter(temperature, y, sigma=None, *, tc=None, beta=None,
         err = np.full(len(p), np.nan)
     params = dict(zip(names, map(float, p)))
     errors = dict(zip(names, map(float, err)))
-    return OrderParameterFit(params["tc"], errors["tc"], params["beta"], errors["beta"], params,
-                             errors, t, y, s, used, chi2_red=chi2)
+    return OrderParameterFit(
+        params["tc"],
+        errors["tc"],
+        params["beta"],
+        errors["beta"],
+        params,
+        errors,
+        t,
+        y,
+        s,
+        used,
+        chi2_red=chi2,
+    )
 
 
 def _inside(v: float, a: float, b: float) -> float:
@@ -265,8 +317,11 @@ class XtecDatasetAccessor:
     def clusters(self) -> np.ndarray:
         self._require("cluster_mean")
         ds = self._ds
-        return np.asarray(ds["cluster"].values) if "cluster" in ds.coords else \
-            np.arange(ds.sizes["cluster"])
+        return (
+            np.asarray(ds["cluster"].values)
+            if "cluster" in ds.coords
+            else np.arange(ds.sizes["cluster"])
+        )
 
     @property
     def palette(self) -> np.ndarray:
@@ -322,16 +377,23 @@ class XtecDatasetAccessor:
         try:
             arr = open_nexus(files, chunks=chunks, **kw)
         except InputError as exc:
-            raise InputError(f"cannot re-open the source files recorded in the result: {exc}") \
-                from None
+            raise InputError(
+                f"cannot re-open the source files recorded in the result: {exc}"
+            ) from None
         for d in Q_DIMS:
-            if d in self._ds.coords and (arr.sizes[d] != self._ds.sizes[d] or not np.allclose(
-                    arr[d].values, self._ds[d].values, atol=1e-6)):
+            if d in self._ds.coords and (
+                arr.sizes[d] != self._ds.sizes[d]
+                or not np.allclose(arr[d].values, self._ds[d].values, atol=1e-6)
+            ):
                 raise InputError(f"the source files' {d} axis no longer matches the result")
         return arr
 
-    def trajectories(self, cluster: int | Sequence[int], rescale: str | None = "none",
-                     source: xr.DataArray | None = None) -> xr.DataArray:
+    def trajectories(
+        self,
+        cluster: int | Sequence[int],
+        rescale: str | None = "none",
+        source: xr.DataArray | None = None,
+    ) -> xr.DataArray:
         """Trajectories of a cluster's voxels, lazily: (temperature, voxel).
 
         Parameters
@@ -355,14 +417,21 @@ class XtecDatasetAccessor:
         tr = self.trajectories(cluster, rescale=rescale)
         m, s = (x.compute() for x in (tr.mean("voxel"), tr.std("voxel")))
         n = tr.sizes["voxel"]
-        out = m.assign_coords(std=("temperature", s.values),
-                              sem=("temperature", s.values / math.sqrt(max(n, 1))))
+        out = m.assign_coords(
+            std=("temperature", s.values), sem=("temperature", s.values / math.sqrt(max(n, 1)))
+        )
         out.attrs.update(cluster=int(cluster), n_voxels=int(n), rescale=str(rescale))
         return out
 
     # -- plots
-    def plot_trajectories(self, clusters: int | Iterable[int] | None = None, ax=None,
-                          band: bool = True, voxels: int = 0, seed: int = 0):
+    def plot_trajectories(
+        self,
+        clusters: int | Iterable[int] | None = None,
+        ax=None,
+        band: bool = True,
+        voxels: int = 0,
+        seed: int = 0,
+    ):
         """Mean trajectories with +-1 sigma bands; ``voxels=n`` adds n single voxels (read
         from the source files) of each cluster as thin lines."""
         from xtec import report
@@ -372,13 +441,14 @@ class XtecDatasetAccessor:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-        cs = None if clusters is None else ([clusters] if np.ndim(clusters) == 0 else
-                                            list(clusters))
+        cs = (
+            None if clusters is None else ([clusters] if np.ndim(clusters) == 0 else list(clusters))
+        )
         report.plot_trajectories(self._ds, cs, ax=ax, band=band)
         if voxels:
             arr = self.source()
             rng = np.random.default_rng(seed)
-            for c in (self.clusters if cs is None else cs):
+            for c in self.clusters if cs is None else cs:
                 tr = self.trajectories(c, rescale="result", source=arr)
                 n = tr.sizes["voxel"]
                 pick = np.sort(rng.choice(n, size=min(voxels, n), replace=False))
@@ -386,8 +456,7 @@ class XtecDatasetAccessor:
                 ax.plot(tr.temperature.values, lines, color=self.color(c), lw=0.5, alpha=0.5)
         return ax
 
-    def plot_slice(self, dim: str | None = None, value: float | None = None, ax=None,
-                   **plane):
+    def plot_slice(self, dim: str | None = None, value: float | None = None, ax=None, **plane):
         """One HKL plane coloured by cluster, e.g. ``plot_slice(Ql=0.0)``."""
         from xtec import report
 
@@ -432,11 +501,13 @@ class XtecDatasetAccessor:
         """Write the HTML report of the store this dataset was opened from."""
         from xtec.report import write_report
 
-        path = self._ds.encoding.get("source") or _decoded(self._ds.attrs, "parameters",
-                                                           {}).get("out")
+        path = self._ds.encoding.get("source") or _decoded(self._ds.attrs, "parameters", {}).get(
+            "out"
+        )
         if not path:
-            raise InputError("cannot tell which store this dataset came from; use "
-                             "xtec.report.write_report(path)")
+            raise InputError(
+                "cannot tell which store this dataset came from; use xtec.report.write_report(path)"
+            )
         return write_report(path, out_dir=out_dir, planes=planes)
 
     # -- order parameter
@@ -466,8 +537,9 @@ class XtecDatasetAccessor:
             raise ParameterError("no cluster's mean trajectory falls on warming")
         return int(self.clusters[best])
 
-    def fit_order_parameter(self, cluster: int | None = None, source: str = "mean",
-                            **kwargs) -> OrderParameterFit:
+    def fit_order_parameter(
+        self, cluster: int | None = None, source: str = "mean", **kwargs
+    ) -> OrderParameterFit:
         """Fit ``A (1 - T/Tc)^(2 beta) + B`` to a cluster's mean trajectory.
 
         Parameters
@@ -493,8 +565,9 @@ class XtecDatasetAccessor:
             sigma = sd / math.sqrt(max(n, 1.0))
         elif source == "raw":
             mt = self.mean_trajectory(cluster, rescale="none")
-            t, y, sigma = (np.asarray(v, np.float64) for v in
-                           (mt.temperature.values, mt.values, mt.sem.values))
+            t, y, sigma = (
+                np.asarray(v, np.float64) for v in (mt.temperature.values, mt.values, mt.sem.values)
+            )
         else:
             raise ParameterError(f"source must be 'mean' or 'raw' (got {source!r})")
         fit = fit_order_parameter(t, y, sigma, **kwargs)
@@ -511,16 +584,17 @@ def _gather(arr: xr.DataArray, mask: np.ndarray, rescale: str) -> xr.DataArray:
         raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {rescale!r})")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != tuple(arr.sizes[d] for d in Q_DIMS):
-        raise ParameterError(f"mask of shape {mask.shape} does not fit the volume "
-                             f"{tuple(arr.sizes[d] for d in Q_DIMS)}")
+        raise ParameterError(
+            f"mask of shape {mask.shape} does not fit the volume "
+            f"{tuple(arr.sizes[d] for d in Q_DIMS)}"
+        )
     idx = np.nonzero(mask)
     sel = {d: xr.DataArray(i, dims="voxel") for d, i in zip(Q_DIMS, idx)}
     tr = arr.transpose("temperature", *Q_DIMS).isel(sel)
     data = tr.data
     if hasattr(data, "map_blocks"):  # dask: whole trajectories per block
         data = data.rechunk({0: -1})
-        data = data.map_blocks(lambda x: rescale_block(clean_block(x), rescale),
-                               dtype=np.float32)
+        data = data.map_blocks(lambda x: rescale_block(clean_block(x), rescale), dtype=np.float32)
     else:
         data = rescale_block(clean_block(np.asarray(data)), rescale)
     out = tr.copy(data=data)
@@ -553,7 +627,8 @@ class XtecDataArrayAccessor:
         data = a.data
         if hasattr(data, "map_blocks"):
             data = data.rechunk({0: -1}).map_blocks(
-                lambda x: rescale_block(clean_block(x), method), dtype=np.float32)
+                lambda x: rescale_block(clean_block(x), method), dtype=np.float32
+            )
         else:
             data = rescale_block(clean_block(np.asarray(data)), method)
         return a.copy(data=data)
@@ -569,14 +644,20 @@ class XtecDataArrayAccessor:
         self._check()
         return _gather(self._arr, np.asarray(getattr(mask, "values", mask)), rescale)
 
-    def plot_slice(self, ax=None, temperature: float | None = None, log: bool = True,
-                   cmap: str = "viridis", **plane):
+    def plot_slice(
+        self,
+        ax=None,
+        temperature: float | None = None,
+        log: bool = True,
+        cmap: str = "viridis",
+        **plane,
+    ):
         """Intensity on one plane, e.g. ``arr.xtec.plot_slice(Ql=0, temperature=30)``;
         without a temperature, the mean over temperature."""
         self._check()
         if len(plane) != 1:
             raise ParameterError("give one plane, e.g. Ql=0.0")
-        (dim, value), = plane.items()
+        ((dim, value),) = plane.items()
         if dim not in Q_DIMS:
             raise ParameterError(f"the plane's dimension must be one of {Q_DIMS}")
         a = self._arr.sel({dim: value}, method="nearest")
@@ -594,7 +675,8 @@ class XtecDataArrayAccessor:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(5.6, 5.0), layout="constrained")
-        img.plot.imshow(ax=ax, x=xdim, y=ydim, cmap=cmap,
-                        cbar_kwargs={"label": "log(1 + I)" if log else "I"})
+        img.plot.imshow(
+            ax=ax, x=xdim, y=ydim, cmap=cmap, cbar_kwargs={"label": "log(1 + I)" if log else "I"}
+        )
         ax.set_title(f"{dim} = {float(a[dim]):g}, {what}")
         return ax

@@ -5,18 +5,29 @@ from __future__ import annotations
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "report", help="write an HTML report with figures of a result store",
+        "report",
+        help="write an HTML report with figures of a result store",
         description="Write PNG figures (cluster trajectories, voxel counts, HKL slices, "
-                    "threshold histogram, BIC curve when present) and report.html, which "
-                    "embeds them and opens from disk without a server.",
+        "threshold histogram, BIC curve when present) and report.html, which "
+        "embeds them and opens from disk without a server.",
     )
     p.add_argument("result", metavar="RESULT.zarr", help="result store of `xtec cluster`")
-    p.add_argument("-o", "--out", default=None, metavar="DIR",
-                   help="output directory (default: RESULT_report beside the store)")
-    p.add_argument("--plane", action="append", default=None, metavar="DIM=VALUE",
-                   help="HKL plane to draw, in r.l.u. (repeatable; e.g. --plane Ql=0 "
-                        "--plane Qh=0.5); default: per axis the plane with the most "
-                        "clustered voxels")
+    p.add_argument(
+        "-o",
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="output directory (default: RESULT_report beside the store)",
+    )
+    p.add_argument(
+        "--plane",
+        action="append",
+        default=None,
+        metavar="DIM=VALUE",
+        help="HKL plane to draw, in r.l.u. (repeatable; e.g. --plane Ql=0 "
+        "--plane Qh=0.5); default: per axis the plane with the most "
+        "clustered voxels",
+    )
     p.add_argument("--dpi", type=int, default=110, help="resolution of the PNGs (default 110)")
     p.set_defaults(func=cmd_report)
 

@@ -118,8 +118,9 @@ def parse_plane(text: str | tuple) -> tuple[str, float]:
     return names[key], v
 
 
-def default_planes(ds: xr.Dataset, per_axis: int = 1,
-                   dims: Sequence[str] = Q_DIMS) -> list[tuple[str, float]]:
+def default_planes(
+    ds: xr.Dataset, per_axis: int = 1, dims: Sequence[str] = Q_DIMS
+) -> list[tuple[str, float]]:
     """The planes with the most clustered voxels: ``per_axis`` for each of ``dims``."""
     clustered = ds["labels"] >= 0
     out = []
@@ -205,8 +206,9 @@ def _new_axes(ax=None, figsize=(6.4, 4.2)):
     return fig.add_subplot()
 
 
-def plot_trajectories(ds: xr.Dataset, clusters: Iterable[int] | None = None, ax=None,
-                      band: bool = True):
+def plot_trajectories(
+    ds: xr.Dataset, clusters: Iterable[int] | None = None, ax=None, band: bool = True
+):
     """Mean rescaled trajectory of each cluster with a +-1 sigma band."""
     ax = _new_axes(ax)
     pal = palette_rgb(ds)
@@ -220,8 +222,9 @@ def plot_trajectories(ds: xr.Dataset, clusters: Iterable[int] | None = None, ax=
         j = ids.index(c)
         label = f"cluster {c}" + (f" ({int(count[j]):,} voxels)" if count is not None else "")
         if band:
-            ax.fill_between(t, mean[j] - std[j], mean[j] + std[j], color=pal[j], alpha=0.25,
-                            linewidth=0)
+            ax.fill_between(
+                t, mean[j] - std[j], mean[j] + std[j], color=pal[j], alpha=0.25, linewidth=0
+            )
         ax.plot(t, mean[j], color=pal[j], lw=2.2, marker="o", ms=3.5, label=label)
     units = ds["temperature"].attrs.get("units", "K")
     ax.set_xlabel(f"temperature ({units})")
@@ -244,8 +247,13 @@ def plot_counts(ds: xr.Dataset, ax=None):
         counts = np.bincount(lab[lab >= 0], minlength=len(ids))[: len(ids)]
     bars = ax.bar([str(c) for c in ids], counts, color=pal, edgecolor="black", linewidth=0.5)
     for b, n in zip(bars, counts):
-        ax.annotate(f"{int(n):,}", (b.get_x() + b.get_width() / 2, b.get_height()),
-                    ha="center", va="bottom", fontsize="small")
+        ax.annotate(
+            f"{int(n):,}",
+            (b.get_x() + b.get_width() / 2, b.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize="small",
+        )
     ax.set_xlabel("cluster")
     ax.set_ylabel("voxels")
     ax.set_title("voxels per cluster")
@@ -253,8 +261,14 @@ def plot_counts(ds: xr.Dataset, ax=None):
     return ax
 
 
-def plot_slice(ds: xr.Dataset, dim: str | None = None, value: float | None = None, ax=None,
-               legend: bool = True, **plane):
+def plot_slice(
+    ds: xr.Dataset,
+    dim: str | None = None,
+    value: float | None = None,
+    ax=None,
+    legend: bool = True,
+    **plane,
+):
     """One HKL plane coloured by cluster over the log mean intensity.
 
     ``plot_slice(ds, "Ql", 0.0)`` or ``plot_slice(ds, Ql=0.0)``; the nearest plane is drawn.
@@ -262,7 +276,7 @@ def plot_slice(ds: xr.Dataset, dim: str | None = None, value: float | None = Non
     if plane:
         if dim is not None or len(plane) != 1:
             raise ParameterError("give one plane, e.g. Ql=0.0")
-        (dim, value), = plane.items()
+        ((dim, value),) = plane.items()
     if dim is None:
         dim, value = default_planes(ds, dims=("Ql",))[0]
     dim, value = parse_plane((dim, value))
@@ -270,8 +284,13 @@ def plot_slice(ds: xr.Dataset, dim: str | None = None, value: float | None = Non
     ax = _new_axes(ax, figsize=(5.6, 5.0))
     ext = info["extent"]
     ratio = (ext[3] - ext[2]) / max(ext[1] - ext[0], 1e-12)
-    ax.imshow(img, origin="lower", extent=ext, interpolation="nearest",
-              aspect="equal" if 0.2 <= ratio <= 5 else "auto")
+    ax.imshow(
+        img,
+        origin="lower",
+        extent=ext,
+        interpolation="nearest",
+        aspect="equal" if 0.2 <= ratio <= 5 else "auto",
+    )
     ax.set_xlabel(f"{info['x']} (r.l.u.)")
     ax.set_ylabel(f"{info['y']} (r.l.u.)")
     ax.set_title(f"{dim} = {info['value']:g}")
@@ -281,19 +300,29 @@ def plot_slice(ds: xr.Dataset, dim: str | None = None, value: float | None = Non
         pal = palette_rgb(ds)
         handles = [Patch(color=pal[j], label=f"cluster {c}") for j, c in enumerate(cluster_ids(ds))]
         labels = np.asarray(ds["labels"].isel({dim: _nearest(ds, dim, value)[0]}).values)
-        mask = (np.asarray(ds["mask"].isel({dim: _nearest(ds, dim, value)[0]}).values)
-                if "mask" in ds else labels >= 0)
+        mask = (
+            np.asarray(ds["mask"].isel({dim: _nearest(ds, dim, value)[0]}).values)
+            if "mask" in ds
+            else labels >= 0
+        )
         if np.any(mask & (labels < 0)):
             handles.append(Patch(color=np.asarray(KEPT_GREY) / 255, label="kept, unclustered"))
-        ax.legend(handles=handles, fontsize="x-small", loc="upper left",
-                  bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.legend(
+            handles=handles,
+            fontsize="x-small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+        )
     return ax
 
 
 def _threshold_histogram(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
     if "threshold_hist" in ds and ds.sizes.get("bin", 0) > 0:
-        return (np.asarray(ds["threshold_hist"].values, np.float64),
-                np.asarray(ds["threshold_edges"].values, np.float64))
+        return (
+            np.asarray(ds["threshold_hist"].values, np.float64),
+            np.asarray(ds["threshold_edges"].values, np.float64),
+        )
     # Simple / value / no threshold: histogram the log mean intensity here.
     m = np.asarray(ds["mean_intensity"].values, np.float64).ravel()
     x = np.log(m[m > 0])
@@ -327,11 +356,21 @@ def plot_threshold(ds: xr.Dataset, ax=None):
             xs = np.linspace(edges[0], edges[-1], 400)
             g = below * width * np.exp(-0.5 * ((xs - mu) / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
             g = np.where(g >= 0.3, g, np.nan)
-            ax.plot(xs, g, color="#0072B2", lw=1.8,
-                    label=f"Gaussian fit (\u03bc={mu:.3g}, \u03c3={sd:.3g})")
+            ax.plot(
+                xs,
+                g,
+                color="#0072B2",
+                lw=1.8,
+                label=f"Gaussian fit (\u03bc={mu:.3g}, \u03c3={sd:.3g})",
+            )
         if _finite(cut):
-            ax.axvline(cut, color="#D55E00", lw=1.8, ls="--",
-                       label=f"cutoff {cut:.3g} (I = {math.exp(cut):.3g})")
+            ax.axvline(
+                cut,
+                color="#D55E00",
+                lw=1.8,
+                ls="--",
+                label=f"cutoff {cut:.3g} (I = {math.exp(cut):.3g})",
+            )
         ax.set_yscale("log")
         ax.set_ylim(0.8, max(float(hist.max()), 1.0) * 3)
     kept = thr.get("n_kept")
@@ -470,18 +509,25 @@ Menlo,Consolas,monospace;word-break:break-all;max-width:780px}
 
 def _img_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
-            f'data-file="{html.escape(path.name)}">')
+    return (
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+        f'data-file="{html.escape(path.name)}">'
+    )
 
 
 def _figure(path: Path, caption: str) -> str:
-    return f"<figure>{_img_tag(path, caption)}<figcaption>{html.escape(caption)}</figcaption>" \
-           "</figure>"
+    return (
+        f"<figure>{_img_tag(path, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
-def write_report(result_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 planes: Sequence[str | tuple[str, float]] | None = None, dpi: int = 110,
-                 title: str | None = None) -> Path:
+def write_report(
+    result_path: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    planes: Sequence[str | tuple[str, float]] | None = None,
+    dpi: int = 110,
+    title: str | None = None,
+) -> Path:
     """Write the PNG figures and a self-contained ``report.html`` for a result store.
 
     Parameters
@@ -510,29 +556,61 @@ def write_report(result_path: str | os.PathLike, out_dir: str | os.PathLike | No
     out.mkdir(parents=True, exist_ok=True)
     # Small variables in memory once; labels/mask/mean are read per plane.
     ds = ds.copy()
-    for v in ("palette", "cluster_mean", "cluster_std", "cluster_count", "weights",
-              "threshold_hist", "threshold_edges"):
+    for v in (
+        "palette",
+        "cluster_mean",
+        "cluster_std",
+        "cluster_count",
+        "weights",
+        "threshold_hist",
+        "threshold_edges",
+    ):
         if v in ds:
             ds[v] = ds[v].load()
 
     figs: list[tuple[str, Path, str]] = []  # (section, path, caption)
-    figs.append(("Clusters", _save(plot_trajectories(ds), out / "trajectories.png", dpi),
-                 "Mean rescaled trajectory of each cluster, with a \u00b11\u03c3 band."))
-    figs.append(("Clusters", _save(plot_counts(ds), out / "counts.png", dpi),
-                 "Voxels assigned to each cluster."))
+    figs.append(
+        (
+            "Clusters",
+            _save(plot_trajectories(ds), out / "trajectories.png", dpi),
+            "Mean rescaled trajectory of each cluster, with a \u00b11\u03c3 band.",
+        )
+    )
+    figs.append(
+        (
+            "Clusters",
+            _save(plot_counts(ds), out / "counts.png", dpi),
+            "Voxels assigned to each cluster.",
+        )
+    )
     for dim, value in chosen:
         ax = plot_slice(ds, dim, value)
         exact = _nearest(ds, dim, value)[1]
-        figs.append(("Reciprocal space", _save(ax, out / _plane_name(dim, exact), dpi),
-                     f"{dim} = {exact:g} r.l.u.: voxels coloured by cluster; grey: kept but "
-                     "unclustered; dark: log mean intensity of dropped voxels."))
-    figs.append(("Threshold", _save(plot_threshold(ds), out / "threshold.png", dpi),
-                 "Histogram of log mean intensity with the Gaussian fitted to the "
-                 "background and the cutoff."))
+        figs.append(
+            (
+                "Reciprocal space",
+                _save(ax, out / _plane_name(dim, exact), dpi),
+                f"{dim} = {exact:g} r.l.u.: voxels coloured by cluster; grey: kept but "
+                "unclustered; dark: log mean intensity of dropped voxels.",
+            )
+        )
+    figs.append(
+        (
+            "Threshold",
+            _save(plot_threshold(ds), out / "threshold.png", dpi),
+            "Histogram of log mean intensity with the Gaussian fitted to the "
+            "background and the cutoff.",
+        )
+    )
     ax = plot_bic(ds)
     if ax is not None:
-        figs.append(("Model selection", _save(ax, out / "bic.png", dpi),
-                     "BIC over the number of clusters K."))
+        figs.append(
+            (
+                "Model selection",
+                _save(ax, out / "bic.png", dpi),
+                "BIC over the number of clusters K.",
+            )
+        )
 
     html_path = out / "report.html"
     html_path.write_text(_html(ds, result_path, figs, title), encoding="utf-8")
@@ -544,8 +622,7 @@ def _html(ds: xr.Dataset, result_path: Path, figs, title: str | None) -> str:
     title = title or f"xtec report: {result_path.name}"
     pal = np.asarray(ds["palette"].values)
     ids = cluster_ids(ds)
-    counts = (np.asarray(ds["cluster_count"].values) if "cluster_count" in ds else
-              [None] * len(ids))
+    counts = np.asarray(ds["cluster_count"].values) if "cluster_count" in ds else [None] * len(ids)
     weights = np.asarray(ds["weights"].values) if "weights" in ds else [None] * len(ids)
     rows = []
     for j, c in enumerate(ids):
@@ -553,19 +630,25 @@ def _html(ds: xr.Dataset, result_path: Path, figs, title: str | None) -> str:
         rows.append(
             f'<tr><td><span class="sw" style="background:{hx}"></span> {c}</td><td>{hx}</td>'
             f"<td>{'' if counts[j] is None else f'{int(counts[j]):,}'}</td>"
-            f"<td>{'' if weights[j] is None else f'{float(weights[j]):.3f}'}</td></tr>")
+            f"<td>{'' if weights[j] is None else f'{float(weights[j]):.3f}'}</td></tr>"
+        )
     a = ds.attrs
-    sub = (f"method {html.escape(str(a.get('method', '?')))}, K = {a.get('k', len(ids))}, "
-           f"rescale {html.escape(str(a.get('rescale', '?')))}, "
-           f"{ds.sizes.get('temperature', '?')} temperatures, "
-           f"{' x '.join(str(ds.sizes[d]) for d in Q_DIMS if d in ds.sizes)} voxels")
+    sub = (
+        f"method {html.escape(str(a.get('method', '?')))}, K = {a.get('k', len(ids))}, "
+        f"rescale {html.escape(str(a.get('rescale', '?')))}, "
+        f"{ds.sizes.get('temperature', '?')} temperatures, "
+        f"{' x '.join(str(ds.sizes[d]) for d in Q_DIMS if d in ds.sizes)} voxels"
+    )
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>", f'<p class="sub">{sub}</p>',
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="sub">{sub}</p>',
         "<table><tr><th>cluster</th><th>colour</th><th>voxels</th><th>weight</th></tr>",
-        *rows, "</table>",
+        *rows,
+        "</table>",
     ]
     section = None
     for sec, path, caption in figs:
