@@ -16,6 +16,7 @@ reason, which the tests turn into a skip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -231,7 +232,9 @@ def open_page(
 ) -> PageCheck:
     """Load ``html_path`` from file:// in headless Chromium and report on it."""
     url = Path(html_path).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="xtec-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile as it closes.
+    with tempfile.TemporaryDirectory(prefix="xtec-chromium-",
+                                     ignore_cleanup_errors=True) as profile:
         err = open(Path(profile) / "stderr.log", "wb")
         proc = subprocess.Popen(
             [
@@ -244,6 +247,7 @@ def open_page(
             ],
             stdout=subprocess.DEVNULL,
             stderr=err,
+            start_new_session=True,  # its own process group: closed as a whole below
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -268,11 +272,15 @@ def open_page(
             finally:
                 cdp.ws.close()
         finally:
-            proc.terminate()
+            import signal
+
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             err.close()
 
