@@ -339,10 +339,12 @@ def describe_trajectory(mean: np.ndarray, temperature: np.ndarray) -> str:
         return "flat"
     if 0 < i_max < len(m) - 1 and m[i_max] - max(m[0], m[-1]) > 0.5 * span:
         return f"peaks at {t[i_max]:.0f} K"
-    drop = -np.diff(m)
-    j = int(np.argmax(drop))
-    if m[0] > m[-1] and drop[j] > 0.3 * span:  # an order parameter switching off
-        return f"falls, switches off between {t[j]:.0f} and {t[j + 1]:.0f} K"
+    # An order parameter: falls to a floor and stays there for the last few temperatures.
+    low = m <= m.min() + 0.05 * span
+    tail = np.logical_and.accumulate(low[::-1])[::-1]
+    start = int(np.argmax(tail)) if tail.any() else len(m)
+    if m[0] > m[-1] and len(m) - start >= 4 and start > 0:
+        return f"falls, switches off near {t[start]:.0f} K"
     return "falls with T" if m[-1] < m[0] else "rises with T"
 
 
