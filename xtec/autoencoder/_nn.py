@@ -133,3 +133,19 @@ def load_model_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict, dic
     state = {k[len("weights/") :]: v for k, v in tensors.items() if k.startswith("weights/")}
     arrays = {k[len("arrays/") :]: v.numpy() for k, v in tensors.items() if k.startswith("arrays/")}
     return config, state, arrays, extras
+
+
+def decode_latent(decoder, latent, latent_dim: int) -> np.ndarray:
+    """Run ``decoder`` on latent points (n, latent_dim) -> (n, m) float NumPy.
+
+    Shared by both autoencoders: checks the latent width, no gradients.
+    """
+    from xtec.errors import ParameterError
+
+    torch = require_torch()
+    z = np.atleast_2d(np.asarray(latent, dtype=float))
+    if z.shape[1] != latent_dim:
+        raise ParameterError(f"latent points need {latent_dim} coordinates, got {z.shape[1]}")
+    with torch.no_grad():
+        y = decoder(torch.as_tensor(z, dtype=torch.float32))
+    return y.numpy().astype(float)

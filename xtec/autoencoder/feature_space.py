@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from xtec.autoencoder._nn import (
+    decode_latent,
     deterministic,
     load_model_file,
     require_torch,
@@ -563,16 +564,9 @@ class FeatureSpaceAE:
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """Normalised patterns (n, m) decoded from latent points (n, latent_dim)."""
-        torch = require_torch()
         self._check_fitted()
-        z = np.atleast_2d(np.asarray(latent, dtype=float))
-        if z.shape[1] != self.config.latent_dim:
-            raise ParameterError(
-                f"latent points need {self.config.latent_dim} coordinates, got {z.shape[1]}"
-            )
-        with torch.no_grad():
-            y = self.net_["decoder"](torch.as_tensor(z, dtype=torch.float32))
-        t = y.numpy().astype(float) * self.scale_ + self.mean_pattern_
+        y = decode_latent(self.net_["decoder"], latent, self.config.latent_dim)
+        t = y * self.scale_ + self.mean_pattern_
         return _inverse_stabilize(t, self.config.transform)
 
     def predict_cluster(self, latent: np.ndarray) -> np.ndarray:

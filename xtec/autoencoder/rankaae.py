@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from xtec.autoencoder._nn import (
+    decode_latent,
     deterministic,
     load_model_file,
     require_torch,
@@ -394,16 +395,8 @@ class RankAAE:
 
     def decode(self, latent: np.ndarray) -> np.ndarray:
         """Spectra (n, m) decoded from latent points (n, latent_dim)."""
-        torch = require_torch()
         self._check_fitted()
-        z = np.atleast_2d(np.asarray(latent, dtype=float))
-        if z.shape[1] != self.config.latent_dim:
-            raise ParameterError(
-                f"latent points need {self.config.latent_dim} coordinates, got {z.shape[1]}"
-            )
-        with torch.no_grad():
-            y = self.net_["decoder"](torch.as_tensor(z, dtype=torch.float32))
-        return y.numpy().astype(float)
+        return decode_latent(self.net_["decoder"], latent, self.config.latent_dim)
 
     def latent_names(self) -> list[str]:
         return [*self.config.descriptors, *[f"free{i}" for i in range(self.config.n_free)]]
