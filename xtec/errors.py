@@ -11,3 +11,9 @@ class InputError(XtecError):
 
 class ParameterError(XtecError, ValueError):
     """An option or parameter is out of range."""
+
+
+def check_choice(value, choices, name: str) -> None:
+    """Raise ParameterError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ParameterError(f"{name} must be one of {tuple(choices)} (got {value!r})")

@@ -35,7 +35,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import is_numpy, namespace, to_numpy
-from xtec.errors import ParameterError
+from xtec.errors import ParameterError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -375,11 +375,8 @@ class GaussianMixture:
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise ParameterError(f"n_components must be a positive integer "
                                  f"(got {self.n_components!r})")
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise ParameterError(f"covariance_type must be one of {COVARIANCE_TYPES} "
-                                 f"(got {self.covariance_type!r})")
-        if self.engine not in ENGINES:
-            raise ParameterError(f"engine must be one of {ENGINES} (got {self.engine!r})")
+        check_choice(self.covariance_type, COVARIANCE_TYPES, "covariance_type")
+        check_choice(self.engine, ENGINES, "engine")
         if not (self.tol >= 0 and self.reg_covar >= 0 and self.max_iter >= 1
                 and self.n_init >= 1 and self.init_sample >= 1):
             raise ParameterError("tol and reg_covar must be >= 0; max_iter, n_init and "

@@ -24,7 +24,7 @@ import xarray as xr
 from xtec import __version__
 from xtec.backend import get_device_module, to_numpy
 from xtec.chunks import target_bytes_for_workers
-from xtec.errors import ParameterError
+from xtec.errors import ParameterError, check_choice
 from xtec.io.nexus import open_nexus
 from xtec.io.store import check_output, color_block, palette, write_result
 from xtec.mixture import COVARIANCE_TYPES, GaussianMixture
@@ -96,8 +96,7 @@ class ClusterConfig:
             raise ParameterError("no input files given")
         if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
             raise ParameterError(f"-k must be a positive integer or 'auto' (got {self.k!r})")
-        if self.method not in METHODS:
-            raise ParameterError(f"--method must be one of {METHODS} (got {self.method!r})")
+        check_choice(self.method, METHODS, "--method")
         if isinstance(self.threshold, str) and self.threshold not in THRESHOLD_METHODS:
             try:
                 self.threshold = float(self.threshold)
@@ -106,23 +105,14 @@ class ClusterConfig:
                     f"--threshold must be one of {THRESHOLD_METHODS} or an intensity "
                     f"(got {self.threshold!r})"
                 ) from None
-        if self.rescale not in RESCALE_METHODS:
-            raise ParameterError(f"--rescale must be one of {RESCALE_METHODS} "
-                                 f"(got {self.rescale!r})")
-        if self.covariance not in COVARIANCE_TYPES:
-            raise ParameterError(f"--covariance must be one of {COVARIANCE_TYPES} "
-                                 f"(got {self.covariance!r})")
-        if self.persist not in PERSIST_MODES:
-            raise ParameterError(f"--persist must be one of {PERSIST_MODES} "
-                                 f"(got {self.persist!r})")
-        if self.kernel not in KERNELS:
-            raise ParameterError(f"--kernel must be one of {KERNELS} (got {self.kernel!r})")
+        check_choice(self.rescale, RESCALE_METHODS, "--rescale")
+        check_choice(self.covariance, COVARIANCE_TYPES, "--covariance")
+        check_choice(self.persist, PERSIST_MODES, "--persist")
+        check_choice(self.kernel, KERNELS, "--kernel")
         if not self.length_scale > 0 or self.smooth_iterations < 0:
             raise ParameterError("--length-scale must be > 0 and --smooth-iterations >= 0")
-        if self.neighbour_weights not in ("uniform", "kernel"):
-            raise ParameterError("--neighbour-weights must be uniform or kernel")
-        if self.peak_stat not in ("mean", "max"):
-            raise ParameterError("--peak-stat must be mean or max")
+        check_choice(self.neighbour_weights, ("uniform", "kernel"), "--neighbour-weights")
+        check_choice(self.peak_stat, ("mean", "max"), "--peak-stat")
         lo, hi = self.bic_ks
         if not 1 <= lo <= hi or self.bic_seeds < 1:
             raise ParameterError(f"--bic-ks must be MIN:MAX with 1 <= MIN <= MAX "
