@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -73,16 +72,6 @@ def read_floor(path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def _rss():
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def _pid():
-    return os.getpid()
-
-
 def _warm_imports():
     # A running cluster has its code loaded; the cold cache is for the data only.
     import h5py  # noqa: F401
@@ -99,33 +88,17 @@ def _warm_imports():
 
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime import dask_runtime
+    from xtec.runtime import dask_runtime, watch_workers
 
     with dask_runtime(workers=workers, memory_limit=memory, dashboard_address=None) as rt:
-        peaks: dict[str, int] = {}
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                try:
-                    for addr, m in rt.client.run(_rss).items():
-                        peaks[addr] = max(peaks.get(addr, 0), m)
-                except Exception:
-                    pass
-                stop.wait(0.25)
-
         rt.client.run(_warm_imports)
-        pids = set(rt.client.run(_pid).values())
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        t0 = time.perf_counter()
-        res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True),
-                          runtime=rt)
-        wall = time.perf_counter() - t0
-        stop.set()
-        th.join()
-        restarted = set(rt.client.run(_pid).values()) != pids
+        with watch_workers(rt.client) as watch:
+            t0 = time.perf_counter()
+            res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True),
+                              runtime=rt)
+            wall = time.perf_counter() - t0
         limit = rt.memory_per_worker
+    peaks, restarted = watch.peak_rss, watch.restarted
     return {"wall_s": wall, "peak_rss_per_worker": sorted(peaks.values()),
             "worker_limit": limit, "restarted": restarted, "n_kept": res.summary["n_kept"],
             "timings": res.summary["timings"]}
@@ -238,9 +211,11 @@ def main(argv=None) -> dict:
         shape = shape_for(gb)
         path = work / f"series_{gb:g}GB_{args.compression}.nxs"
         t0 = time.perf_counter()
-        if not path.exists():
-            write_xtec_large(path, shape, chunks=(1, 128, 128),
+        if not path.exists():  # written under a temporary name: no half file is reused
+            tmp = path.with_suffix(".partial")
+            write_xtec_large(tmp, shape, chunks=(1, 128, 128),
                              compression=None if args.compression == "none" else args.compression)
+            tmp.rename(path)
         gen = time.perf_counter() - t0
         nbytes = T * math.prod(shape) * 4
         cold = args.cold and drop_page_cache()

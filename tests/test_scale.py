@@ -11,7 +11,7 @@ from xtec.datasets import write_xtec_large
 from xtec.errors import ParameterError
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
-from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster
+from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster, watch_workers
 
 
 @pytest.fixture(scope="module")
@@ -42,46 +42,16 @@ def test_out_of_core_modes_give_identical_labels(mode, medium_file, reference_la
 def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_labels, tmp_path):
     """Two workers of 600 MB with chunks sized from that limit; their peak memory is
     sampled while the job runs and must stay under the limit (no worker restarts)."""
-    import threading
-
     out = tmp_path / "limited.zarr"
     limit = 600 * 2**20
     with dask_runtime(workers=2, memory_limit=limit, dashboard_address=None) as rt:
         assert rt.memory_per_worker == limit
-        peaks: dict[str, int] = {}
-        stop = threading.Event()
-
-        def sample():
-            while not stop.is_set():
-                try:
-                    for addr, m in rt.client.run(_rss).items():
-                        peaks[addr] = max(peaks.get(addr, 0), m)
-                except Exception:  # the cluster may be shutting down
-                    pass
-                stop.wait(0.2)
-
-        th = threading.Thread(target=sample, daemon=True)
-        th.start()
-        pids = set(rt.client.run(_pid).values())
-        run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
-                    runtime=rt)
-        stop.set()
-        th.join()
-        assert set(rt.client.run(_pid).values()) == pids  # no worker was restarted
-    assert peaks and max(peaks.values()) < limit
+        with watch_workers(rt.client, interval=0.2) as watch:
+            run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
+                        runtime=rt)
+    assert not watch.restarted  # no worker was killed and restarted
+    assert watch.peak_rss and max(watch.peak_rss.values()) < limit
     np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
-
-
-def _rss():
-    import psutil
-
-    return psutil.Process().memory_info().rss
-
-
-def _pid():
-    import os
-
-    return os.getpid()
 
 
 def test_chunks_follow_worker_memory():

@@ -186,3 +186,55 @@ def dask_runtime(
     finally:
         client.close()
         cluster.close()
+
+
+def _worker_rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def _worker_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+@dataclass
+class WorkerWatch:
+    """What :func:`watch_workers` saw: peak RSS per worker, and whether any restarted."""
+
+    peak_rss: dict
+    restarted: bool = False
+
+
+@contextlib.contextmanager
+def watch_workers(client, interval: float = 0.25) -> Iterator[WorkerWatch]:
+    """Sample every worker's resident memory while the block runs.
+
+    On exit ``restarted`` says whether the set of worker processes changed (a
+    worker killed for memory comes back with a new process id).
+    """
+    import threading
+
+    watch = WorkerWatch({})
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                for addr, m in client.run(_worker_rss).items():
+                    watch.peak_rss[addr] = max(watch.peak_rss.get(addr, 0), m)
+            except Exception:  # the cluster may be shutting down
+                pass
+            stop.wait(interval)
+
+    pids = set(client.run(_worker_pid).values())
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        thread.join()
+        watch.restarted = set(client.run(_worker_pid).values()) != pids
