@@ -290,7 +290,7 @@ def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
     q2max = max(float(qh.max() ** 2 + qk.max() ** 2 + ql.max() ** 2), 1.0)
     model = dict(t=t, tables=tables, span=span, q2max=q2max, hk_step=hk_step, l_step=l_step,
                  tc=tc, beta=0.33, background=4.0, signal_ratio=3.0)
-    chunks = chunks or (1, min(nk, 128), min(nh, 128))
+    chunks = tuple(min(c, n) for c, n in zip(chunks or (1, 128, 128), (nl, nk, nh)))
     path = Path(path)
     with h5py.File(path, "w") as f:
         entry = f.create_group("entry")
