@@ -13,7 +13,7 @@ import logging
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import dask
@@ -23,6 +23,7 @@ import xarray as xr
 
 from xtec import __version__
 from xtec.backend import get_device_module, to_numpy
+from xtec.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
 from xtec.chunks import target_bytes_for_workers
 from xtec.errors import ParameterError, check_choice
 from xtec.io.nexus import open_nexus
@@ -129,14 +130,47 @@ class ClusterResult:
 
 
 def _cluster_block_stats(x, labels, k):
+    """Per cluster: count, sum and sum of squares of one block's trajectories, (3, k, T)."""
     x = to_numpy(x).astype(np.float64)
     lab = to_numpy(labels).astype(np.int64)
-    t = x.shape[1]
-    out = np.zeros((3, k, t))
-    np.add.at(out[0], lab, 1.0)
-    np.add.at(out[1], lab, x)
-    np.add.at(out[2], lab, x * x)
+    onehot = np.zeros((x.shape[0], k))
+    onehot[np.arange(x.shape[0]), lab] = 1.0
+    out = np.empty((3, k, x.shape[1]))
+    out[0] = onehot.sum(axis=0)[:, None]
+    out[1] = onehot.T @ x
+    out[2] = onehot.T @ (x * x)
     return out
+
+
+def _profile_totals(tot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = tot[0][:, 0]
+    safe = np.maximum(n, 1)[:, None]
+    mean = tot[1] / safe
+    std = np.sqrt(np.maximum(tot[2] / safe - mean**2, 0.0))
+    return n.astype(np.int64), mean, std
+
+
+def _predict_block_stats(x, params, engine, k):
+    from xtec.mixture import chunk_predict
+
+    labels = chunk_predict(x, params, engine)
+    return labels, _cluster_block_stats(x, labels, k)
+
+
+def predict_with_profiles(gmm, X, k: int):
+    """Labels (persisted) and :func:`cluster_profiles`, from one pass over X.
+
+    X : (N, T) dask array -> labels (N,) int16 dask array with X's chunks,
+    counts (k,), mean (k, T), std (k, T).
+    """
+    f = dask.delayed(_predict_block_stats, pure=True, nout=2)
+    # All Delayed, so one graph: each block of X is read once for both.
+    parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k) for b in X.to_delayed().ravel()])
+    labels = da.concatenate([da.from_delayed(p[0], shape=(n,), dtype=np.int16,
+                                             meta=np.empty(0, np.int16))
+                             for p, n in zip(parts, X.chunks[0])]).persist()
+    tot = np.sum(dask.compute(*[p[1] for p in parts]), axis=0)
+    return (labels, *_profile_totals(tot))
 
 
 def cluster_profiles(X, labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,22 +185,52 @@ def cluster_profiles(X, labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         tot = np.sum(parts, axis=0)
     else:
         tot = _cluster_block_stats(X, labels, k)
-    n = tot[0][:, 0]
-    safe = np.maximum(n, 1)[:, None]
-    mean = tot[1] / safe
-    std = np.sqrt(np.maximum(tot[2] / safe - mean**2, 0.0))
-    return n.astype(np.int64), mean, std
+    return _profile_totals(tot)
 
 
-def _persist_mode(nbytes: int, policy: str, runtime) -> str:
-    if policy != "auto":
-        return policy
+def _memory_budget(runtime) -> float:
+    """Bytes the kept trajectories may take in worker memory (30% of it)."""
     total = getattr(runtime, "worker_memory", None)
     if total is None:
         import psutil
 
         total = psutil.virtual_memory().available
-    return "memory" if nbytes < 0.3 * total else "disk"
+    return 0.3 * total
+
+
+def _persist_mode(nbytes: int, policy: str, runtime) -> str:
+    if policy != "auto":
+        return policy
+    return "memory" if nbytes < _memory_budget(runtime) else "disk"
+
+
+def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, runtime,
+                    scratch: Path | None) -> CandidatePlan | None:
+    """How the first pass captures candidate trajectories (None: it does not)."""
+    if config.method == "peaks" or config.parent or config.persist == "none":
+        return None
+    budget = _memory_budget(runtime)
+    fchunks = arr.attrs.get("file_chunks") or tuple(min(s, 32) for s in arr.shape[1:])
+
+    def pilot_data():
+        return open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
+                          chunks=tuple(fchunks)).data
+
+    plan = plan_candidates(arr.data, config.threshold, config.rescale, budget, pilot_data)
+    if plan is None:
+        return None
+    # Trajectories (float32) and their voxel indices (int64).
+    n_t = arr.sizes["temperature"]
+    nbytes = plan.fraction * math.prod(arr.shape[1:]) * (4 * n_t + 8)
+    mode = _persist_mode(nbytes, config.persist, runtime)
+    if mode == "disk":
+        if scratch is None:
+            return None
+        scratch.mkdir(parents=True, exist_ok=True)
+        plan = replace(plan, scratch=str(scratch))
+    log.info("first pass keeps candidate trajectories (%.2f GB) in %s", nbytes / 1e9,
+             "worker memory" if mode == "memory" else scratch)
+    return plan
 
 
 def _load_kernels() -> bool:
@@ -268,10 +332,15 @@ class _Prepared:
     notes: list
     timings: dict
     warming: list
+    # Where the trajectories come from: "input" (read again) or the captured
+    # candidates, in "memory" or on "disk".
+    source: str = "input"
 
 
-def _prepare(config: ClusterConfig, runtime, parent=None) -> _Prepared:
-    """Load, first pass (mean), threshold (or the parent's cluster), trajectories (lazy)."""
+def _prepare(config: ClusterConfig, runtime, parent=None, scratch: Path | None = None
+             ) -> _Prepared:
+    """Load, first pass (mean, candidates), threshold (or the parent's cluster),
+    trajectories (lazy)."""
     xp = get_device_module(config.device)
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
@@ -286,8 +355,10 @@ def _prepare(config: ClusterConfig, runtime, parent=None) -> _Prepared:
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     warming = _warm_workers(runtime)  # futures: held so the tasks are not cancelled
-    summary_pass = summarize(data)
-    timings["mean_pass"] = time.perf_counter() - tick
+    plan = _candidate_plan(config, arr, runtime, scratch)
+    timings["pilot"] = time.perf_counter() - tick
+    summary_pass = summarize(data, capture=plan)
+    timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
     notes = []
     if summary_pass.n_nan_voxels:
         notes.append(f"{summary_pass.n_nan_voxels} voxels with NaN intensities were dropped")
@@ -311,9 +382,20 @@ def _prepare(config: ClusterConfig, runtime, parent=None) -> _Prepared:
     else:
         threshold = compute_threshold(summary_pass.mean, config.threshold)
         mask = keep_mask(summary_pass.mean, threshold).persist()
-    traj = extract_trajectories(data, mask, config.rescale)
+    source = "input"
+    if plan is not None and threshold.cutoff >= plan.bound:
+        traj = trajectories_from_candidates(summary_pass.captured, mask,
+                                            arr.sizes["temperature"], data._meta)
+        source = "memory" if plan.scratch is None else "disk"
+    else:
+        if plan is not None:
+            log.info("the cutoff %.4g lies below the first pass's bound %.4g: the kept "
+                     "trajectories are read again", threshold.cutoff, plan.bound)
+        summary_pass.captured = None
+        traj = extract_trajectories(data, mask, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
-    return _Prepared(arr, data, summary_pass, threshold, mask, traj, notes, timings, warming)
+    return _Prepared(arr, data, summary_pass, threshold, mask, traj, notes, timings, warming,
+                     source)
 
 
 def bic_for_inputs(config: ClusterConfig, runtime=None, ks=range(2, 15), seeds=(0, 1, 2)):
@@ -337,27 +419,30 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     started = _dt.datetime.now(_dt.timezone.utc)
     parent = _open_parent(config) if config.parent else None
 
-    prep = _prepare(config, runtime, parent)
-    arr, data, summary_pass, threshold, mask, traj = (
-        prep.arr, prep.data, prep.summary, prep.threshold, prep.mask, prep.traj)
-    notes, timings, warming = prep.notes, prep.timings, prep.warming
-    tick = time.perf_counter()
-    n_kept = traj.n
-    log.info("threshold %s keeps %d of %d non-zero voxels", threshold.method, n_kept,
-             threshold.n_nonzero)
-    if config.k != "auto" and n_kept < config.k:
-        raise ParameterError(
-            f"the threshold keeps {n_kept} voxels, fewer than K={config.k}; lower -k or the "
-            "threshold"
-        )
-    n_t = arr.sizes["temperature"]
     scratch = out.with_name(out.name + ".scratch")
-    mode = "none" if config.method == "peaks" else _persist_mode(n_kept * n_t * 4,
-                                                                  config.persist, runtime)
-    gmm_kw = dict(covariance_type=config.covariance, tol=config.tol, max_iter=config.max_iter,
-                  n_init=config.n_init, random_state=config.seed)
-    extra_vars: dict = {}
     try:
+        prep = _prepare(config, runtime, parent, scratch)
+        arr, data, summary_pass, threshold, mask, traj = (
+            prep.arr, prep.data, prep.summary, prep.threshold, prep.mask, prep.traj)
+        notes, timings, warming = prep.notes, prep.timings, prep.warming
+        n_kept = traj.n
+        log.info("threshold %s keeps %d of %d non-zero voxels", threshold.method, n_kept,
+                 threshold.n_nonzero)
+        if config.k != "auto" and n_kept < config.k:
+            raise ParameterError(
+                f"the threshold keeps {n_kept} voxels, fewer than K={config.k}; lower -k or "
+                "the threshold"
+            )
+        n_t = arr.sizes["temperature"]
+        if config.method == "peaks":
+            mode = "none"
+        elif prep.source != "input":
+            mode = prep.source
+        else:
+            mode = _persist_mode(n_kept * n_t * 4, config.persist, runtime)
+        gmm_kw = dict(covariance_type=config.covariance, tol=config.tol,
+                      max_iter=config.max_iter, n_init=config.n_init, random_state=config.seed)
+        extra_vars: dict = {}
         tick = time.perf_counter()
         if config.method == "peaks":
             del warming
@@ -389,7 +474,14 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
             extra_attrs = {"n_components": int(pr.n_components), "peak_stat": config.peak_stat}
             timings["trajectories"] = 0.0
         else:
-            X, index = _hold_trajectories(traj, mode, runtime, scratch, n_t)
+            if prep.source == "disk":
+                # Read from the candidates' files at every pass: no second copy.
+                X, index = traj.X, traj.index
+            else:
+                X, index = _hold_trajectories(traj, mode, runtime, scratch, n_t,
+                                              picked=prep.source != "input")
+            # In memory the trajectories are held now; the candidates can go.
+            summary_pass.captured = None
             timings["trajectories"] = time.perf_counter() - tick
             del warming
             tick = time.perf_counter()
@@ -424,8 +516,12 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
                 log.info("EM: K=%d, %s covariances, %d restarts on a subsample", k,
                          config.covariance, config.n_init)
                 gmm = GaussianMixture(k, **gmm_kw).fit(X, index)
-                labels = gmm.predict(X)
-            counts, cmean, cstd = cluster_profiles(X, labels, k)
+            if config.method != "smooth" and isinstance(X, da.Array):
+                labels, counts, cmean, cstd = predict_with_profiles(gmm, X, k)
+            else:
+                if config.method != "smooth":
+                    labels = gmm.predict(X)
+                counts, cmean, cstd = cluster_profiles(X, labels, k)
             if X.chunks[0] != traj.X.chunks[0]:
                 labels = labels.rechunk((traj.X.chunks[0],))
             # Held in a name until the store is written: releasing a persisted
@@ -453,11 +549,16 @@ def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     return result
 
 
-def _hold_trajectories(traj, mode: str, runtime, scratch: Path, n_t: int):
+def _hold_trajectories(traj, mode: str, runtime, scratch: Path, n_t: int,
+                       picked: bool = False):
     """Keep the kept trajectories where ``mode`` says, for the EM's many passes."""
     X, index = traj.X, traj.index
     n_kept = traj.n
-    log.info("pass 2 of 2: rescaled trajectories of the kept voxels (held in %s)", mode)
+    if not picked:
+        log.info("pass 2 of 2: rescaled trajectories of the kept voxels (held in %s)", mode)
+    else:
+        log.info("kept trajectories picked from the first pass's candidates (held in %s)",
+                 mode)
     if mode == "memory":
         X, index = dask.persist(X, index)
         _wait(X, index)

@@ -377,11 +377,15 @@ class VoxelSummary:
     mean: da.Array  # (L, K, H) float32, mean over T after cleaning
     n_nan_voxels: int
     n_negative_values: int
+    # What ``capture`` returned per spatial block (Delayed, held on the workers),
+    # as an object array of the block grid; None without ``capture``.
+    captured: np.ndarray | None = None
 
 
-def _summary_block(x):
+def _summary_block(x, capture=None, pos=()):
     """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
-    block, [n_nan_voxels, n_negative_values]); NumPy chunks take one fused pass."""
+    block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
+    or None); NumPy chunks take one fused pass for the first two."""
     if isinstance(x, np.ndarray):
         import numba
 
@@ -394,35 +398,49 @@ def _summary_block(x):
         if flat.dtype not in (np.float32, np.float64):
             flat = flat.astype(np.float32)
         m, n_nan, n_neg = _kernels.mean_over_t(flat, 4096)
-        return m.reshape(x.shape[1:]), np.array([n_nan, n_neg], np.int64)
-    return mean_block(clean_block(x)), _bad_counts_block(x)
+        bad = np.array([n_nan, n_neg], np.int64)
+    else:
+        xp = namespace(x)
+        flat = xp.reshape(x, (x.shape[0], -1))
+        m, bad = xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
+    got = capture(flat, m, pos) if capture is not None else None
+    xp = namespace(m)
+    return xp.reshape(m, tuple(x.shape[1:])), bad, got
 
 
-def summarize(data: da.Array, persist: bool = True) -> VoxelSummary:
+def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummary:
     """Mean over temperature per voxel, and counts of NaN / negative values.
 
     data : dask array (T, L, K, H) with the temperature axis in one chunk.
-    Both come from one read of the data, in one task per chunk.
+    All come from one read of the data, in one task per chunk.  ``capture``,
+    if given, is called in each task with the block's values (T, n), means
+    (n,) and block position, while the values are in hand (see
+    :mod:`xtec.candidates`); its results stay where the tasks ran.
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    f = dask.delayed(_summary_block, pure=True, nout=2)
+    f = dask.delayed(_summary_block, pure=True, nout=3)
     blocks = data.to_delayed()[0]
-    grid = np.empty(blocks.shape, dtype=object)
-    counts = []
+    positions = list(np.ndindex(*blocks.shape))
+    parts = [f(blocks[pos], capture, pos) for pos in positions]
+    if persist:
+        # The tuples are persisted first, so each chunk is read once; then
+        # their items, so the means and the captures can be released apart.
+        parts = dask.persist(*parts)
+        items = dask.persist(*[p[i] for p in parts for i in range(3)])
+        parts = [items[3 * j:3 * j + 3] for j in range(len(parts))]
     meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
         if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
-    for pos in np.ndindex(*blocks.shape):
-        m, c = f(blocks[pos])
+    grid = np.empty(blocks.shape, dtype=object)
+    captured = np.empty(blocks.shape, dtype=object) if capture is not None else None
+    for pos, part in zip(positions, parts):
         shape = tuple(ch[i] for ch, i in zip(data.chunks[1:], pos))
-        grid[pos] = da.from_delayed(m, shape=shape, dtype=np.float32, meta=meta)
-        counts.append(c)
+        grid[pos] = da.from_delayed(part[0], shape=shape, dtype=np.float32, meta=meta)
+        if captured is not None:
+            captured[pos] = part[2]
     mean = da.block(grid.tolist())
-    if persist:
-        # One graph, so each chunk is read once for both outputs.
-        mean, *counts = dask.persist(mean, *counts)
-    totals = np.sum(dask.compute(*counts), axis=0)
-    return VoxelSummary(mean, int(totals[0]), int(totals[1]))
+    totals = np.sum(dask.compute(*[p[1] for p in parts]), axis=0)
+    return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured)
 
 
 def clean(data: da.Array) -> da.Array:

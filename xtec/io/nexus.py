@@ -303,6 +303,7 @@ def _open_4d(vol: _Volume, path: Path, chunks, target_bytes) -> xr.DataArray:
     if np.any(np.diff(temps) < 0):  # sorting adds a gather: only when needed
         arr = arr.sortby("temperature")
     arr.temperature.attrs["units"] = "K"
+    arr.attrs["file_chunks"] = list(fchunks) if fchunks else None
     return arr
 
 
@@ -347,6 +348,7 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes)
     coords.update({d: first.coords[first.axes[i]] for d, i in zip(DIMS[1:], order)})
     arr = xr.DataArray(data, dims=DIMS, coords=coords, name="intensity")
     arr.temperature.attrs["units"] = "K"
+    arr.attrs["file_chunks"] = list(fchunks) if fchunks else None
     return arr
 
 

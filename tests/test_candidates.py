@@ -1,0 +1,103 @@
+"""First-pass candidate capture: the kept trajectories without a second read."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import replace
+
+import dask
+import numpy as np
+import pytest
+
+import xtec.candidates as candidates
+import xtec.pipeline as pipeline
+from xtec.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
+from xtec.datasets import write_xtec_large
+from xtec.io.nexus import open_nexus
+from xtec.io.store import open_result
+from xtec.pipeline import ClusterConfig, run_cluster
+from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
+
+
+@pytest.fixture(scope="module")
+def medium_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cand") / "medium.nxs"
+    return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=5)
+
+
+@pytest.fixture(scope="module")
+def reread_labels(medium_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reread") / "none.zarr"
+    run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="none"))
+    ds = open_result(out)
+    assert ds.attrs["trajectories_held"] == "none"
+    return ds.labels.values
+
+
+@pytest.mark.parametrize("rescale", ["mean", "zscore"])
+@pytest.mark.parametrize("where", ["memory", "disk"])
+def test_picked_trajectories_equal_reread_ones(medium_file, tmp_path, rescale, where):
+    data = open_nexus(medium_file, chunks=(2, 64, 96)).data
+    with dask.config.set(scheduler="threads"):
+        plain = summarize(data)
+        thr = compute_threshold(plain.mean, "kl")
+        plan = CandidatePlan(thr.cutoff - 0.3, rescale,
+                             scratch=str(tmp_path) if where == "disk" else None)
+        summ = summarize(data, capture=plan)
+        np.testing.assert_array_equal(summ.mean.compute(), plain.mean.compute())
+        mask = keep_mask(summ.mean, thr).persist()
+        picked = trajectories_from_candidates(summ.captured, mask, data.shape[0])
+        reread = extract_trajectories(data, mask, rescale)
+        np.testing.assert_array_equal(picked.X.compute(), reread.X.compute())
+        np.testing.assert_array_equal(picked.index.compute(), reread.index.compute())
+    # Candidates include voxels below the cutoff: more were captured than kept.
+    n_captured = sum(c.n for c in dask.compute(*summ.captured.ravel()))
+    assert n_captured > picked.n
+    assert (len(list(tmp_path.glob("cand-*.npy"))) > 0) == (where == "disk")
+
+
+def test_pilot_bound_lies_below_the_exact_cutoff(medium_file):
+    data = open_nexus(medium_file).data
+    pilot = open_nexus(medium_file, chunks=(1, 64, 64)).data
+    with dask.config.set(scheduler="threads"):
+        exact = compute_threshold(summarize(data).mean, "kl").cutoff
+        plan = plan_candidates(data, "kl", "mean", budget_bytes=0, pilot_data=pilot)
+        assert plan.source == "pilot"
+        assert plan.bound < exact
+        kept = float((summarize(data).mean.compute() > math.exp(exact)).mean())
+        assert kept < plan.fraction <= kept + 0.2
+        # Exact bounds need no pilot; a series that fits in memory is captured whole.
+        assert plan_candidates(data, 2.5, "mean", 0).bound == pytest.approx(math.log(2.5))
+        assert plan_candidates(data, "none", "mean", 0).bound == -math.inf
+        assert plan_candidates(data, "kl", "mean", 1e12).source == "all"
+
+
+def test_pipeline_with_pilot_and_disk_candidates(medium_file, reread_labels, tmp_path,
+                                                 monkeypatch, caplog):
+    # Workers with almost no memory for trajectories: a pilot sets the bound and
+    # the candidates go to the scratch directory.
+    monkeypatch.setattr(pipeline, "_memory_budget", lambda runtime: 1e5)
+    out = tmp_path / "pilot.zarr"
+    with caplog.at_level(logging.INFO, logger="xtec"):
+        run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), chunks=(2, 64, 64)))
+    assert "pilot cutoff" in caplog.text and "read again" not in caplog.text
+    ds = open_result(out)
+    assert ds.attrs["trajectories_held"] == "disk"
+    np.testing.assert_array_equal(ds.labels.values, reread_labels)
+    assert not (tmp_path / "pilot.zarr.scratch").exists()
+
+
+def test_cutoff_below_the_bound_falls_back_to_a_second_read(medium_file, reread_labels,
+                                                            tmp_path, monkeypatch, caplog):
+    real = candidates.plan_candidates
+
+    def too_high(*args, **kwargs):
+        return replace(real(*args, **kwargs), bound=50.0)
+
+    monkeypatch.setattr(pipeline, "plan_candidates", too_high)
+    out = tmp_path / "fallback.zarr"
+    with caplog.at_level(logging.INFO, logger="xtec"):
+        run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out)))
+    assert "read again" in caplog.text
+    np.testing.assert_array_equal(open_result(out).labels.values, reread_labels)
