@@ -201,3 +201,81 @@ def mean_over_t(x, block):
         n_nan[b] = nan
         n_neg[b] = neg
     return out, n_nan.sum(), n_neg.sum()
+
+
+@numba.njit(parallel=True, cache=True)
+def gather_rescale(x, cols, method, block):
+    """Rescaled trajectories of the columns ``cols`` of x (T, n): (len(cols), T)
+    float32, negatives clipped to 0 first.  method: 0 mean (I / mean - 1),
+    1 zscore, 2 log-mean, 3 none; a zero mean (or spread) gives 0.  Float64
+    sums, one pass over the selected columns, no temporaries the size of x."""
+    t = x.shape[0]
+    m = cols.size
+    out = np.empty((m, t), np.float32)
+    nb = (m + block - 1) // block
+    for b in numba.prange(nb):
+        lo = b * block
+        hi = min(m, lo + block)
+        buf = np.empty((hi - lo, t))
+        for j in range(t):
+            row = x[j]
+            for i in range(lo, hi):
+                v = np.float64(row[cols[i]])
+                if v < 0:
+                    v = 0.0
+                if method == 2:
+                    v = np.log1p(v)
+                buf[i - lo, j] = v
+        for i in range(hi - lo):
+            if method == 3:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j]
+                continue
+            s = 0.0
+            for j in range(t):
+                s += buf[i, j]
+            mu = s / t
+            if method == 1:
+                q = 0.0
+                for j in range(t):
+                    d = buf[i, j] - mu
+                    q += d * d
+                sd = np.sqrt(q / t)
+                for j in range(t):
+                    out[lo + i, j] = (buf[i, j] - mu) / sd if sd > 0 else 0.0
+            elif method == 2:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j] - mu
+            else:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j] / mu - 1.0 if mu > 0 else 0.0
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def lloyd_step(X, centers, block):
+    """Nearest centre of each row of X (n, T) float64, and per centre the
+    count and sum of its rows: one pass, parallel over row blocks."""
+    n, t = X.shape
+    k = centers.shape[0]
+    labels = np.empty(n, np.int64)
+    nb = (n + block - 1) // block
+    sums = np.zeros((nb, k, t))
+    counts = np.zeros((nb, k))
+    for b in numba.prange(nb):
+        for i in range(b * block, min(n, (b + 1) * block)):
+            best = np.inf
+            arg = 0
+            for j in range(k):
+                d = 0.0
+                for f in range(t):
+                    e = X[i, f] - centers[j, f]
+                    d += e * e
+                if d < best:
+                    best = d
+                    arg = j
+            labels[i] = arg
+            counts[b, arg] += 1.0
+            for f in range(t):
+                sums[b, arg, f] += X[i, f]
+    return labels, counts.sum(axis=0), sums.sum(axis=0)

@@ -32,10 +32,9 @@ from xtec.preprocess import (
     THRESHOLD_METHODS,
     Trajectories,
     _meta_2d,
-    clean_block,
+    _summary_block,
     flat_indices_block,
     kl_threshold_values,
-    mean_block,
     trajectories_block,
 )
 
@@ -148,7 +147,7 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
 
 # ---------------------------------------------------------------------------- pilot
 def _pilot_block(x):
-    m = to_numpy(mean_block(clean_block(x))).astype(np.float64).ravel()
+    m = to_numpy(_summary_block(x)[0]).astype(np.float64).ravel()
     return np.log(m[m > 0])
 
 

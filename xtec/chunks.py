@@ -18,6 +18,7 @@ def spatial_chunks(
     n_temperatures: int,
     itemsize: int,
     target_bytes: int = DEFAULT_TARGET_BYTES,
+    min_blocks: int = 1,
 ) -> tuple[int, ...]:
     """Spatial chunk shape for a (L, K, H) grid read with all temperatures at once.
 
@@ -30,11 +31,16 @@ def spatial_chunks(
     shape : (n_l, n_k, n_h)
     file_chunks : (c_l, c_k, c_h) or None
         HDF5 chunk shape of the stored volume; None for contiguous storage.
+    min_blocks : int
+        Make chunks small enough for at least this many (so a small volume
+        still keeps every worker thread busy).
     """
     shape = tuple(int(s) for s in shape)
     if file_chunks is None:
         file_chunks = tuple(min(s, 32) for s in shape)
     chunks = [min(int(c), s) for c, s in zip(file_chunks, shape)]
+    target_bytes = min(target_bytes, math.prod(shape) * n_temperatures * itemsize
+                       // max(1, min_blocks))
     budget = max(1, target_bytes // (n_temperatures * itemsize))
     for axis in reversed(range(len(shape))):
         rest = math.prod(chunks) // chunks[axis]

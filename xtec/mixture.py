@@ -283,6 +283,9 @@ def init_sample(X, index, size: int, seed: int) -> np.ndarray:
 def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
                     n_lloyd: int = 20) -> np.ndarray:
     """k-means++ seeding followed by a few Lloyd iterations; X (n, T) -> labels (n,)."""
+    from xtec import _kernels
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
     centers = [X[rng.integers(n)]]
     d2 = np.sum((X - centers[0]) ** 2, axis=1)
@@ -293,15 +296,13 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
         d2 = np.minimum(d2, np.sum((X - X[i]) ** 2, axis=1))
     c = np.array(centers)
     labels = np.zeros(n, np.int64)
-    for _ in range(n_lloyd):
-        dist = (X**2).sum(1)[:, None] - 2 * X @ c.T + (c**2).sum(1)[None]
-        new = np.argmin(dist, axis=1)
-        if np.array_equal(new, labels) and _ > 0:
+    for it in range(n_lloyd):
+        new, counts, sums = _kernels.lloyd_step(X, c, 1024)
+        if it > 0 and np.array_equal(new, labels):
             break
         labels = new
-        for j in range(k):
-            if np.any(labels == j):
-                c[j] = X[labels == j].mean(0)
+        filled = counts > 0
+        c[filled] = sums[filled] / counts[filled, None]
     return labels
 
 

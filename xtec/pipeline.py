@@ -39,6 +39,7 @@ from xtec.preprocess import (
     paint,
     summarize,
 )
+from xtec.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -344,8 +345,11 @@ def _prepare(config: ClusterConfig, runtime, parent=None, scratch: Path | None =
     xp = get_device_module(config.device)
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
+    # Runtime() is the in-process threaded scheduler: one worker, every core.
+    rt = runtime if runtime is not None else Runtime("threads")
+    threads = rt.n_workers * rt.threads_per_worker
     arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                     chunks=config.chunks, target_chunk_bytes=target)
+                     chunks=config.chunks, target_chunk_bytes=target, min_blocks=2 * threads)
     data = arr.data
     if xp is not np:
         data = data.map_blocks(xp.asarray, dtype=data.dtype, meta=xp.empty((0,) * 4, data.dtype))

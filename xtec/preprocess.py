@@ -99,6 +99,15 @@ def trajectories_block(x, mask, method: str):
 
     x : (T, l, k, h); mask : (l, k, h) bool -> (n_kept, T) float32, in C order.
     """
+    if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
+        import numba
+
+        from xtec import _kernels
+
+        numba.set_num_threads(1)  # one Dask task per core already
+        flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        cols = np.flatnonzero(np.asarray(mask).reshape(-1))
+        return _kernels.gather_rescale(flat, cols, RESCALE_METHODS.index(method), 256)
     xp = namespace(x)
     t = x.shape[0]
     # Gather the kept columns first: only they are rescaled and transposed.

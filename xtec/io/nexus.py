@@ -241,6 +241,7 @@ def open_nexus(
     qh: tuple[float, float] | None = None,
     chunks: tuple[int, int, int] | None = None,
     target_chunk_bytes: int = DEFAULT_TARGET_BYTES,
+    min_blocks: int = 1,
 ) -> xr.DataArray:
     """Open a temperature series lazily.
 
@@ -253,7 +254,8 @@ def open_nexus(
         Sub-volume in r.l.u. (inclusive).
     chunks : (c_l, c_k, c_h), optional
         Spatial Dask chunks; default: whole multiples of the HDF5 chunks of
-        about ``target_chunk_bytes`` with every temperature in one chunk.
+        about ``target_chunk_bytes`` with every temperature in one chunk, and
+        small enough for at least ``min_blocks`` chunks.
 
     Returns
     -------
@@ -265,10 +267,10 @@ def open_nexus(
     volumes = [_read_volume(p, ("entry/data", "entry/transform")) for p in files]
     first = volumes[0]
     if len(volumes) == 1 and len(first.source.shape) == 4:
-        arr = _open_4d(first, files[0], chunks, target_chunk_bytes)
+        arr = _open_4d(first, files[0], chunks, target_chunk_bytes, min_blocks)
         layout = "nxrefine-vds" if "transform" in first.nxpath else "xtec"
     else:
-        arr = _open_stack(volumes, files, chunks, target_chunk_bytes)
+        arr = _open_stack(volumes, files, chunks, target_chunk_bytes, min_blocks)
         layout = "nxrefine"
     arr.attrs.update(
         source_files=[str(p.resolve()) for p in files],
@@ -281,13 +283,13 @@ def open_nexus(
     return arr
 
 
-def _open_4d(vol: _Volume, path: Path, chunks, target_bytes) -> xr.DataArray:
+def _open_4d(vol: _Volume, path: Path, chunks, target_bytes, min_blocks=1) -> xr.DataArray:
     names = _canonical_axes(vol.axes, path, want_temperature=True)
     order = [names.index(d) for d in DIMS]
     shape = tuple(vol.source.shape[i] for i in order)
     fchunks = tuple(vol.file_chunks[i] for i in order[1:]) if vol.file_chunks else None
     sp = chunks or spatial_chunks(shape[1:], fchunks, shape[0], vol.source.dtype.itemsize,
-                                  target_bytes)
+                                  target_bytes, min_blocks)
     file_order_chunks = [0] * 4
     for dim_pos, file_axis in enumerate(order):
         file_order_chunks[file_axis] = shape[0] if dim_pos == 0 else sp[dim_pos - 1]
@@ -307,7 +309,8 @@ def _open_4d(vol: _Volume, path: Path, chunks, target_bytes) -> xr.DataArray:
     return arr
 
 
-def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes) -> xr.DataArray:
+def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes,
+                min_blocks=1) -> xr.DataArray:
     for v, p in zip(volumes, files):
         if len(v.source.shape) != 3:
             raise InputError(
@@ -331,7 +334,7 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes)
     shape3 = tuple(first.source.shape[i] for i in order)
     fchunks = tuple(first.file_chunks[i] for i in order) if first.file_chunks else None
     sp = chunks or spatial_chunks(shape3, fchunks, len(volumes), first.source.dtype.itemsize,
-                                  target_bytes)
+                                  target_bytes, min_blocks)
     file_chunks = [0] * 3
     for dim_pos, file_axis in enumerate(order):
         file_chunks[file_axis] = sp[dim_pos]
