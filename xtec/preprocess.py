@@ -149,8 +149,20 @@ def _bin_index(x, lo, width, nbins):
 
 
 def _edge_index(x, edges):
-    """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed)."""
-    return np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
+    """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed).
+
+    Equal to ``searchsorted(edges, x, 'right') - 1`` clipped, without the
+    binary search: the arithmetic guess is off by at most one bin (rounding),
+    and one comparison with the actual edges on each side corrects it.
+    """
+    nb = edges.size - 1
+    lo, hi = float(edges[0]), float(edges[-1])
+    i = np.floor((x - lo) * (nb / (hi - lo))).astype(np.int64)
+    np.clip(i, 0, nb - 1, out=i)
+    i -= x < edges[i]
+    np.clip(i, 0, nb - 1, out=i)
+    i += (x >= edges[i + 1]) & (i < nb - 1)
+    return i
 
 
 def _fine_hist(m, lo, width, nbins):
@@ -160,7 +172,11 @@ def _fine_hist(m, lo, width, nbins):
 
 def _values_in_bins(m, lo, width, nbins, bins):
     x = _log_mean_values(m)
-    return x[np.isin(_bin_index(x, lo, width, nbins), bins)]
+    b = _bin_index(x, lo, width, nbins)
+    hit = np.zeros(x.shape, bool)
+    for one in bins:  # a few bins: plain comparisons beat isin's sort
+        hit |= b == one
+    return x[hit]
 
 
 def _weighted_hist(m, edges):
