@@ -101,6 +101,7 @@ def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
         limit = rt.memory_per_worker
     peaks, restarted = watch.peak_rss, watch.restarted
     return {"wall_s": wall, "peak_rss_per_worker": sorted(peaks.values()),
+            "spilled_bytes_per_worker": sorted(watch.spilled.values()),
             "worker_limit": limit, "restarted": restarted, "n_kept": res.summary["n_kept"],
             "timings": res.summary["timings"]}
 
@@ -249,12 +250,14 @@ def main(argv=None) -> dict:
 
     print()
     print(f"{'size GB':>8} {'voxels':>11} {'floor s':>8} {'xtec s':>8} {'x floor':>8} "
-          f"{'ns/voxel':>9} {'peak MB/worker':>15} {'limit MB':>9} {'restart':>8}")
+          f"{'ns/voxel':>9} {'peak MB/worker':>15} {'limit MB':>9} {'spilled MB':>10} "
+          f"{'restart':>8}")
     for r in rows:
         peak = max(r["peak_rss_per_worker"]) / 2**20 if r["peak_rss_per_worker"] else float("nan")
         print(f"{r['size_gb']:8.2f} {r['voxels']:11d} {r['io_floor_s']:8.2f} {r['wall_s']:8.2f} "
               f"{r['ratio_to_floor']:8.2f} {r['ns_per_voxel']:9.1f} {peak:15.0f} "
-              f"{(r['worker_limit'] or 0) / 2**20:9.0f} {str(r['restarted']):>8}")
+              f"{(r['worker_limit'] or 0) / 2**20:9.0f} "
+              f"{sum(r['spilled_bytes_per_worker']) / 2**20:10.0f} {str(r['restarted']):>8}")
     flat = max(r["ns_per_voxel"] for r in rows) / min(r["ns_per_voxel"] for r in rows)
     print(f"time per voxel, largest / smallest spread: {flat:.2f}x")
     stages = ("pilot", "mean_pass", "threshold", "trajectories", "gmm", "write")

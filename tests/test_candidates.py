@@ -88,6 +88,19 @@ def test_pipeline_with_pilot_and_disk_candidates(medium_file, reread_labels, tmp
     assert not (tmp_path / "pilot.zarr.scratch").exists()
 
 
+def test_pilot_on_a_local_cluster_equals_in_process(medium_file, reread_labels, tmp_path,
+                                                    monkeypatch):
+    from xtec.runtime import dask_runtime
+
+    monkeypatch.setattr(pipeline, "_memory_budget", lambda runtime: 1e5)
+    out = tmp_path / "cluster.zarr"
+    with dask_runtime(workers=2, memory_limit="600MB", dashboard_address=None) as rt:
+        run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out)), runtime=rt)
+    ds = open_result(out)
+    assert ds.attrs["trajectories_held"] == "disk"
+    np.testing.assert_array_equal(ds.labels.values, reread_labels)
+
+
 def test_cutoff_below_the_bound_falls_back_to_a_second_read(medium_file, reread_labels,
                                                             tmp_path, monkeypatch, caplog):
     real = candidates.plan_candidates

@@ -51,6 +51,7 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
                         runtime=rt)
     assert not watch.restarted  # no worker was killed and restarted
     assert watch.peak_rss and max(watch.peak_rss.values()) < limit
+    assert set(watch.spilled) == set(watch.peak_rss) and sum(watch.spilled.values()) == 0
     np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dask
 
@@ -200,12 +200,20 @@ def _worker_pid() -> int:
     return os.getpid()
 
 
+def _worker_spilled(dask_worker=None) -> float:
+    """Bytes this worker has ever spilled to disk (Dask's own counter)."""
+    metrics = getattr(getattr(dask_worker, "data", None), "cumulative_metrics", {})
+    return float(metrics.get(("disk-write", "bytes"), 0.0))
+
+
 @dataclass
 class WorkerWatch:
-    """What :func:`watch_workers` saw: peak RSS per worker, and whether any restarted."""
+    """What :func:`watch_workers` saw: peak RSS per worker, whether any restarted,
+    and the bytes each spilled to disk meanwhile."""
 
     peak_rss: dict
     restarted: bool = False
+    spilled: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -230,6 +238,7 @@ def watch_workers(client, interval: float = 0.25) -> Iterator[WorkerWatch]:
             stop.wait(interval)
 
     pids = set(client.run(_worker_pid).values())
+    spilled0 = client.run(_worker_spilled)
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
@@ -238,3 +247,5 @@ def watch_workers(client, interval: float = 0.25) -> Iterator[WorkerWatch]:
         stop.set()
         thread.join()
         watch.restarted = set(client.run(_worker_pid).values()) != pids
+        watch.spilled = {a: b - spilled0.get(a, 0.0)
+                         for a, b in client.run(_worker_spilled).items()}
