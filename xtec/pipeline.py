@@ -1,9 +1,12 @@
 """One clustering job: load -> preprocess -> cluster -> paint -> write.
 
 The job runs on whatever Dask scheduler is current (see :mod:`xtec.runtime`).
-Two reads of the input are the floor: one for the per-voxel mean (threshold),
-one for the trajectories of the kept voxels.  Everything between works on the
-mean volume (1/T of the data) or on the kept trajectories.
+The input is read once: the pass that computes the per-voxel mean (for the
+threshold) also keeps the trajectories of likely-kept voxels
+(:mod:`xtec.candidates`), from which the kept ones are picked; only if the
+exact cutoff falls below the pilot's bound is the input read a second time.
+Everything else works on the mean volume (1/T of the data) or on the kept
+trajectories.
 """
 
 from __future__ import annotations
