@@ -109,8 +109,9 @@ def add_cluster_options(p) -> None:
     _add_range_options(p)
     p.add_argument("--device", default=None, help="cpu (default) or gpu (CuPy)")
     p.add_argument("--persist", default=None,
-                   help="where kept trajectories live during EM: auto (default: memory if they "
-                        "fit, else a scratch Zarr store), memory, disk, none (re-read input)")
+                   help="where the first pass's candidate trajectories and the kept ones live "
+                        "during EM: auto (default: memory if they fit, else scratch files), "
+                        "memory, disk, none (no capture; re-read the input every iteration)")
     p.add_argument("--overwrite", action="store_true", default=None)
     x = p.add_argument_group("XTEC-s, K selection, second round")
     x.add_argument("--kernel", default=None, help="smoothing kernel: local (default), periodic")
