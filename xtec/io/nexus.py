@@ -30,6 +30,7 @@ import xarray as xr
 
 from xtec.chunks import DEFAULT_TARGET_BYTES, spatial_chunks
 from xtec.errors import InputError
+from xtec.io.hdf5_chunks import read_hyperslab
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,11 @@ class H5Source:
         return len(self.shape)
 
     def __getitem__(self, key):
-        return _h5file(self.filename)[self.path][key]
+        dset = _h5file(self.filename)[self.path]
+        # Deflate/shuffle chunks are decompressed here, outside h5py's lock,
+        # so threads read in parallel; anything else goes through h5py.
+        out = read_hyperslab(dset, key)
+        return dset[key] if out is None else out
 
 
 @dataclass
