@@ -9,6 +9,8 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
 * xtec end to end (`run_cluster`) on a LocalCluster of ``--workers`` processes
   with ``--worker-memory`` each, sampling every worker's RSS to record its peak
   and checking that no worker was restarted;
+* with ``--in-process``, xtec again with no cluster (threads, every core; what
+  a laptop user runs), with the peak RSS of the process;
 * the GMM stage alone on the same thresholded trajectories, xtec vs
   scikit-learn ``GaussianMixture(covariance_type='diag')``, same initial
   parameters, same fixed number of EM iterations;
@@ -17,7 +19,7 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
   threshold and its GMM on the smallest size.
 
     python benchmarks/bench_pipeline.py --sizes 0.75,1.5,3,6 --workers 2 --worker-memory 1GB \
-        --compression gzip --cold
+        --compression gzip --cold --in-process
 
 The files are written with the given HDF5 compression (``gzip`` level 1 with
 shuffle, as archived NeXus files often are, or ``none``).
@@ -103,6 +105,41 @@ def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
     return {"wall_s": wall, "peak_rss_per_worker": sorted(peaks.values()),
             "spilled_bytes_per_worker": sorted(watch.spilled.values()),
             "worker_limit": limit, "restarted": restarted, "n_kept": res.summary["n_kept"],
+            "timings": res.summary["timings"]}
+
+
+def run_in_process(path: Path, out: Path) -> dict:
+    """xtec with no cluster (Dask's threaded scheduler, every core): what
+    ``xtec cluster IN -o OUT`` does on a laptop.  Peak RSS of this process is
+    sampled while it runs."""
+    import threading
+
+    import dask
+    import psutil
+
+    from xtec.pipeline import ClusterConfig, run_cluster
+
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        with dask.config.set(scheduler="threads"):
+            t0 = time.perf_counter()
+            res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True))
+            wall = time.perf_counter() - t0
+    finally:
+        stop.set()
+        thread.join()
+    return {"wall_s": wall, "peak_rss": peak[0], "rss_before": base,
             "timings": res.summary["timings"]}
 
 
@@ -199,6 +236,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--compression", default="gzip", choices=("gzip", "lzf", "none"))
     ap.add_argument("--cold", action="store_true",
                     help="drop the page cache before each timed read (root only)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="also run xtec without a cluster (threads, every core)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
     args = ap.parse_args(argv)
 
@@ -227,6 +266,11 @@ def main(argv=None) -> dict:
         if cold:
             drop_page_cache()
         res = run_xtec(path, work / f"result_{gb:g}.zarr", args.workers, args.worker_memory)
+        if args.in_process:
+            if cold:
+                drop_page_cache()
+            res["in_process"] = run_in_process(path, work / f"result_{gb:g}_inproc.zarr")
+            res["in_process"]["ratio_to_floor"] = res["in_process"]["wall_s"] / floor
         row = {"size_gb": nbytes / 1e9, "shape": [T, *shape], "voxels": math.prod(shape),
                "file_bytes": path.stat().st_size, "compression": args.compression,
                "cold_cache": cold,
@@ -261,6 +305,13 @@ def main(argv=None) -> dict:
     flat = max(r["ns_per_voxel"] for r in rows) / min(r["ns_per_voxel"] for r in rows)
     print(f"time per voxel, largest / smallest spread: {flat:.2f}x")
     stages = ("pilot", "mean_pass", "threshold", "trajectories", "gmm", "write")
+    if any("in_process" in r for r in rows):
+        print(f"{'size GB':>8} {'in-process s':>13} {'x floor':>8} {'peak RSS MB':>12}"
+              "   (no cluster, threads)")
+        for r in rows:
+            ip = r["in_process"]
+            print(f"{r['size_gb']:8.2f} {ip['wall_s']:13.2f} {ip['ratio_to_floor']:8.2f} "
+                  f"{ip['peak_rss'] / 2**20:12.0f}")
     print(f"{'size GB':>8} " + " ".join(f"{s:>12}" for s in stages) + "   (seconds per stage)")
     for r in rows:
         print(f"{r['size_gb']:8.2f} " + " ".join(f"{r['timings'].get(s, 0.0):12.2f}"

@@ -12,7 +12,8 @@ the exact cutoff falls below the bound the caller reads the input a second time
 instead: slower, never different.
 
 With a cutoff given as an intensity, or no threshold, the bound is exact; when
-the whole series fits in memory every non-zero voxel is a candidate (no pilot).
+a series under 1 GiB fits in memory every non-zero voxel is a candidate (no
+pilot).
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 EXTRA_FRACTION = 0.10
 PILOT_FRACTION = 1 / 32  # of the file's chunks
 PILOT_MIN_BLOCKS = 64
+# Below this a series is captured whole when it fits (no pilot: its fixed cost
+# outweighs rescaling every voxel); above it only candidates are kept, which
+# is about a third of the memory on typical data.
+CAPTURE_ALL_BYTES = 2**30
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ def plan_candidates(data: da.Array, threshold, rescale: str, budget_bytes: float
     total = math.prod(data.shape) * 4
     if not isinstance(threshold, str):
         return CandidatePlan(math.log(float(threshold)), rescale, fraction=1.0, source="exact")
-    if threshold == "none" or total <= budget_bytes:
+    if threshold == "none" or total <= min(budget_bytes, CAPTURE_ALL_BYTES):
         return CandidatePlan(-math.inf, rescale, fraction=1.0,
                              source="exact" if threshold == "none" else "all")
     if threshold not in THRESHOLD_METHODS:
