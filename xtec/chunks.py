@@ -77,7 +77,7 @@ def target_bytes_for_workers(memory_per_worker: int | None, threads_per_worker: 
     (decompression buffers, copies in flight, the allocator's slack): budget
     8 chunk sizes per thread, and leave half the limit for Dask itself and
     persisted results (a 1/12 budget peaked at 71% of a 1 GB limit once in
-    the 3 GB benchmark and spilled; 1/16 stays under 50%).
+    the 3 GB benchmark and spilled; with 1/16 the peaks were 46-65%).
     """
     if not memory_per_worker:
         return DEFAULT_TARGET_BYTES
