@@ -28,13 +28,11 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace, to_numpy
-from xtec.errors import ParameterError
 from xtec.preprocess import (
     THRESHOLD_METHODS,
     Trajectories,
-    _meta_2d,
     _summary_block,
-    flat_indices_block,
+    assemble_trajectories,
     kl_threshold_values,
     trajectories_block,
 )
@@ -124,30 +122,10 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
     spatial block of ``mask`` (L, K, H) bool; the result matches
     :func:`xtec.preprocess.extract_trajectories` on the same mask.
     """
-    counts = mask.map_blocks(
-        lambda m: np.full((1, 1, 1), int(to_numpy(m).sum()), np.int64), dtype=np.int64,
-        chunks=(1, 1, 1),
-    ).compute()
     mblocks = mask.to_delayed()
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
     pick = dask.delayed(pick_block, pure=True)
-    flat_idx = dask.delayed(flat_indices_block, pure=True)
-    meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
-    xs, ids = [], []
-    for pos in np.ndindex(*counts.shape):
-        n = int(counts[pos])
-        if n == 0:
-            continue
-        xs.append(da.from_delayed(pick(candidates[pos], mblocks[pos]), shape=(n, t),
-                                  dtype=np.float32, meta=meta2))
-        offset = tuple(int(st[i]) for st, i in zip(starts, pos))
-        ids.append(da.from_delayed(flat_idx(mblocks[pos], offset, mask.shape), shape=(n,),
-                                   dtype=np.int64))
-    if not xs:
-        raise ParameterError(
-            "the threshold keeps no voxel; lower it (--threshold simple, none, or an intensity)"
-        )
-    return Trajectories(da.concatenate(xs), da.concatenate(ids), counts, mask)
+    return assemble_trajectories(mask, lambda pos: pick(candidates[pos], mblocks[pos]), t,
+                                 meta)
 
 
 # ---------------------------------------------------------------------------- pilot

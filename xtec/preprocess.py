@@ -528,24 +528,35 @@ def extract_trajectories(data: da.Array, mask: da.Array, rescale: str = "mean") 
         raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {rescale!r})")
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
+    dblocks = data.to_delayed()[0]
+    mblocks = mask.to_delayed()
+    traj = dask.delayed(trajectories_block, pure=True)
+    return assemble_trajectories(mask, lambda pos: traj(dblocks[pos], mblocks[pos], rescale),
+                                 data.shape[0], data._meta)
+
+
+def assemble_trajectories(mask: da.Array, block_trajectories, t: int, meta=None
+                          ) -> Trajectories:
+    """:class:`Trajectories` from one Delayed (n_kept, T) array per spatial block.
+
+    block_trajectories(pos) gives the kept rows of block ``pos`` of ``mask``
+    (L, K, H) bool, in C order; blocks that keep nothing are skipped.
+    """
     counts = mask.map_blocks(
         lambda m: np.full((1, 1, 1), int(to_numpy(m).sum()), np.int64), dtype=np.int64,
         chunks=(1, 1, 1),
     ).compute()
-    t = data.shape[0]
-    dblocks = data.to_delayed()[0]
     mblocks = mask.to_delayed()
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
     flat_idx = dask.delayed(flat_indices_block, pure=True)
-    meta2 = _meta_2d(data._meta)
+    meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
     xs, ids = [], []
-    traj = dask.delayed(trajectories_block, pure=True)
     for pos in np.ndindex(*counts.shape):
         n = int(counts[pos])
         if n == 0:
             continue
-        xs.append(da.from_delayed(traj(dblocks[pos], mblocks[pos], rescale), shape=(n, t),
-                                  dtype=np.float32, meta=meta2))
+        xs.append(da.from_delayed(block_trajectories(pos), shape=(n, t), dtype=np.float32,
+                                  meta=meta2))
         offset = tuple(int(st[i]) for st, i in zip(starts, pos))
         ids.append(da.from_delayed(flat_idx(mblocks[pos], offset, mask.shape), shape=(n,),
                                    dtype=np.int64))
