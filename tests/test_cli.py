@@ -68,6 +68,13 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys, small_series):
     w = write_nxrefine(small_series, tmp_path / "dup", parent=False)
     code, _, err = run(capsys, "cluster", w[0], w[1], w[0], "-o", out)
     assert_one_line_error(code, err, "duplicate temperatures")
+    code, _, err = run(capsys, "cluster", good, "-o", good / "o.zarr")
+    assert_one_line_error(code, err, "does not exist")
+    # The file system refusing mid-run (here: a file where the scratch
+    # directory goes) is one line too, with no output left behind.
+    (tmp_path / "o.zarr.scratch").write_text("in the way")
+    code, _, err = run(capsys, "cluster", good, "-o", out, "--persist", "disk")
+    assert_one_line_error(code, err, "check the path")
     assert not out.exists()
     assert not list(tmp_path.glob("*.partial"))
 

@@ -84,6 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xtec {args.command}: error: this command needs the optional package "
               f"{exc.name!r}; install it with: {extra}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # The file system said no (permissions, a full disk, a vanished path):
+        # the outputs are written under temporary names, so nothing half-done
+        # looks complete.
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"xtec {args.command}: error: {exc.strerror or exc}{where}; check the path, "
+              "its permissions and the free space", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"xtec {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -62,8 +62,10 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
         raise ParameterError(f"the output must be a .zarr directory (got {path})")
     if path.exists() and not overwrite:
         raise ParameterError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.exists():
+    if not path.parent.is_dir():
         raise ParameterError(f"the output directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ParameterError(f"the output directory {path.parent} is not writable")
     return path
 
 
