@@ -34,3 +34,12 @@ def small_series():
 @pytest.fixture()
 def small_file(small_series, tmp_path):
     return write_xtec(small_series, tmp_path / "small.nxs", chunks=(8, 4, 16, 16))
+
+
+@pytest.fixture(scope="session")
+def medium_file(tmp_path_factory):
+    """24 x 8 x 160 x 160 float32 = 19.7 MB, chunked (24, 1, 64, 64) on disk."""
+    from xtec.datasets import write_xtec_large
+
+    path = tmp_path_factory.mktemp("medium") / "medium.nxs"
+    return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=3)

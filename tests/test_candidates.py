@@ -13,17 +13,10 @@ import pytest
 import xtec.candidates as candidates
 import xtec.pipeline as pipeline
 from xtec.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
-from xtec.datasets import write_xtec_large
 from xtec.io.nexus import open_nexus
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
-
-
-@pytest.fixture(scope="module")
-def medium_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cand") / "medium.nxs"
-    return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,10 @@ import pytest
 
 from xtec.chunks import spatial_chunks, target_bytes_for_workers
 from xtec.cli import main
-from xtec.datasets import write_xtec_large
 from xtec.errors import ParameterError
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster, watch_workers
-
-
-@pytest.fixture(scope="module")
-def medium_file(tmp_path_factory):
-    # 24 x 8 x 160 x 160 float32 = 19.7 MB, chunked (24, 1, 64, 64) on disk.
-    path = tmp_path_factory.mktemp("medium") / "medium.nxs"
-    return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=3)
 
 
 @pytest.fixture(scope="module")
