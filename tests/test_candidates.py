@@ -107,3 +107,22 @@ def test_cutoff_below_the_bound_falls_back_to_a_second_read(medium_file, reread_
         run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out)))
     assert "read again" in caplog.text
     np.testing.assert_array_equal(open_result(out).labels.values, reread_labels)
+
+
+def test_capture_and_pick_run_on_array_api_strict():
+    xps = pytest.importorskip("array_api_strict")
+    from xtec.candidates import pick_block
+    from xtec.preprocess import mean_block
+
+    rng = np.random.default_rng(1)
+    host = rng.gamma(2.0, 1.0, size=(6, 40)).astype(np.float32)
+    host[:, :3] = 0.0
+    m = mean_block(host)
+    plan = CandidatePlan(math.log(1.5), "mean")
+    cand = plan(xps.asarray(host), xps.asarray(m), (0,))
+    ref = plan(host, m, (0,))
+    np.testing.assert_array_equal(cand.index, ref.index)
+    mask = m > 2.0  # the exact cutoff above the bound
+    got = pick_block(cand, xps.asarray(mask))
+    np.testing.assert_allclose(np.from_dlpack(got), pick_block(ref, mask), rtol=1e-5, atol=1e-6)
+    assert got.shape[0] == int(mask.sum()) < cand.n
