@@ -32,6 +32,7 @@ from xtec.preprocess import (
     THRESHOLD_METHODS,
     Trajectories,
     _summary_block,
+    above_cutoff_block,
     assemble_trajectories,
     kl_threshold_values,
     trajectories_block,
@@ -70,11 +71,9 @@ class CandidatePlan:
 
     def __call__(self, values, mean, pos: tuple[int, ...]) -> CandidateBlock:
         xp = namespace(mean)
-        pos_mean = mean > 0
-        safe = xp.where(pos_mean, mean, xp.ones_like(mean))
-        keep = pos_mean & (xp.log(xp.astype(safe, xp.float64)) > self.bound)
-        # The same expression as the keep mask and the same block function as the
-        # second read: the picked rows are bit-identical to re-read ones.
+        # The keep mask's own test and the second read's own block function:
+        # the picked rows are bit-identical to re-read ones.
+        keep = above_cutoff_block(mean, self.bound)
         X = trajectories_block(values, keep, self.rescale)
         index = to_numpy(xp.nonzero(keep)[0]).astype(np.int64)
         if self.scratch is None:

@@ -473,15 +473,17 @@ def clean(data: da.Array) -> da.Array:
     return data.map_blocks(clean_block, dtype=data.dtype)
 
 
+def above_cutoff_block(m, cut: float):
+    """mean > 0 and log(mean) > cut, elementwise (log in float64 of the mean)."""
+    xp = namespace(m)
+    pos = m > 0
+    safe = xp.where(pos, m, xp.ones_like(m))
+    return pos & (xp.log(xp.astype(safe, xp.float64)) > cut)
+
+
 def keep_mask(mean: da.Array, threshold: Threshold) -> da.Array:
     """Kept voxels: mean > 0 and log(mean) above the cutoff.  (L, K, H) bool."""
-    def f(m, cut):
-        xp = namespace(m)
-        pos = m > 0
-        safe = xp.where(pos, m, xp.ones_like(m))
-        return pos & (xp.log(xp.astype(safe, xp.float64)) > cut)
-
-    return mean.map_blocks(f, threshold.cutoff, dtype=bool)
+    return mean.map_blocks(above_cutoff_block, threshold.cutoff, dtype=bool)
 
 
 def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
