@@ -23,6 +23,7 @@ _PLUGINS = [
     ("xtec.autoencoder.cli", "register"),
     ("xtec.classifier.cli", "register"),
     ("xtec.cli_report", "register"),
+    ("xtec.cli_export", "register"),
 ]
 
 

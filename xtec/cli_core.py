@@ -113,6 +113,8 @@ def add_cluster_options(p) -> None:
                         "during EM: auto (default: memory if they fit, else scratch files), "
                         "memory, disk, none (no capture; re-read the input every iteration)")
     p.add_argument("--overwrite", action="store_true", default=None)
+    p.add_argument("--nexus", default=None, metavar="OUT.nxs",
+                   help="also export the result as NeXus for NeXpy (as `xtec export`)")
     x = p.add_argument_group("XTEC-s, K selection, second round")
     x.add_argument("--kernel", default=None, help="smoothing kernel: local (default), periodic")
     x.add_argument("--length-scale", type=float, default=None,
@@ -319,6 +321,9 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
 def cmd_cluster(args) -> int:
     opts = merged_options(args)
     config = config_from_options(opts)
+    if getattr(args, "nexus", None):  # refuse a bad export path before the run, not after it
+        from xtec.io.nexus_export import check_nexus_output
+        check_nexus_output(args.nexus, overwrite=bool(opts.get("overwrite")))
     result = run_with_runtime(config, opts)
     s = result.summary
     for note in s["notes"]:
@@ -327,6 +332,9 @@ def cmd_cluster(args) -> int:
           f"({s['threshold']} threshold, intensity > {s['cutoff_intensity']:.4g})")
     print(format_clusters(s))
     print(f"wrote {result.path}")
+    if getattr(args, "nexus", None):
+        from xtec.cli_export import export_nexus
+        export_nexus(result.path, args.nexus, overwrite=bool(opts.get("overwrite")))
     return 0
 
 
