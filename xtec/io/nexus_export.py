@@ -102,7 +102,15 @@ def _write_array(group, name: str, var: xr.DataArray, **attrs):
             compression="gzip", compression_opts=4, shuffle=True,
         )
         # h5py handles live in this process: write here, one block at a time.
-        da.store(data, dset, lock=True, scheduler="synchronous")
+        try:
+            da.store(data, dset, lock=True, scheduler="synchronous")
+        except OSError:
+            raise  # the file system (full disk, permissions): the CLI says so
+        except Exception as exc:
+            # A damaged store reads fine up to the broken block.
+            raise InputError(f"cannot read {var.name!r} from the result store "
+                             f"({type(exc).__name__}: {exc}); it may be damaged: "
+                             "run `xtec cluster` again") from None
     else:
         dset = group.create_dataset(name, data=np.asarray(var.values))
     for key, value in {**var.attrs, **attrs}.items():
