@@ -34,6 +34,8 @@ def written(result, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def chromium(tmp_path_factory):
+    pytest.importorskip("playwright", reason="the browser test needs the test extra: "
+                        "pip install -e '.[test]'")
     path, reason = ensure_chromium(tmp_path_factory.mktemp("apt"))
     if path is None:
         pytest.skip(reason)
@@ -151,6 +153,7 @@ def test_report_in_headless_chromium(written, result, chromium, tmp_path):
     assert page.errors == []
     # nothing but the file itself and its embedded images was requested
     assert all(u.startswith(("file://", "data:")) for u in page.requests), page.requests
+    assert written.resolve().as_uri()[:80] in page.requests  # requests were seen at all
     assert page.title.startswith("xtec report")
     assert "Provenance" in page.text
     shot = tmp_path / "report.png"
@@ -159,6 +162,25 @@ def test_report_in_headless_chromium(written, result, chromium, tmp_path):
     assert img.shape[0] > 1000 and img.shape[1] == 1280
     for rgb in _palette(result):
         assert _count_colour(img, rgb) > 200, rgb
+
+
+def test_browser_check_sees_a_broken_page(chromium, tmp_path):
+    """The checks above can fail: a missing image, a script error, a console error
+    and a request off the machine are all reported."""
+    page_html = tmp_path / "broken.html"
+    page_html.write_text(
+        "<html><head><title>broken</title></head><body><p>text</p>"
+        '<img src="missing.png"><img src="http://127.0.0.1:9/x.png">'
+        '<script>console.error("boom"); undefined_function();</script></body></html>'
+    )
+    page = open_page(chromium, page_html)
+    assert page.title == "broken" and "text" in page.text
+    assert [i["decoded"] for i in page.images] == [False, False]
+    assert [i["naturalWidth"] for i in page.images] == [0, 0]
+    joined = "\n".join(page.errors)
+    assert "console: boom" in joined and "undefined_function" in joined
+    assert "request failed" in joined
+    assert any(u.startswith("http://127.0.0.1:9/") for u in page.requests)
 
 
 # --------------------------------------------------------------------------- BIC, threshold
