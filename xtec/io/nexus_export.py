@@ -107,21 +107,25 @@ def _write_array(group, name: str, var: xr.DataArray, **attrs):
     import dask.array as da
 
     data = var.data
-    if isinstance(data, da.Array) and data.ndim >= 3:
+    if data.ndim >= 3:
         dset = group.create_dataset(
             name, shape=data.shape, dtype=data.dtype, chunks=_plane_chunks(data),
             compression="gzip", compression_opts=1, shuffle=True,
         )
-        # h5py handles live in this process: write here, one block at a time.
+        if not isinstance(data, da.Array):
+            dset[...] = np.asarray(data)
+            data = None
         try:
-            da.store(data, dset, lock=True, scheduler="synchronous")
+            if data is not None:
+                # h5py handles live in this process: write here, one block at a time.
+                da.store(data, dset, lock=True, scheduler="synchronous")
         except OSError:
             raise  # the file system (full disk, permissions): the CLI says so
         except Exception as exc:
             # A damaged store reads fine up to the broken block.
-            raise InputError(f"cannot read {var.name!r} from the result store "
-                             f"({type(exc).__name__}: {exc}); it may be damaged: "
-                             "run `xtec cluster` again") from None
+            why = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise InputError(f"cannot read {var.name!r} from the result store ({why}); "
+                             "it may be damaged: run `xtec cluster` again") from None
     else:
         dset = group.create_dataset(name, data=np.asarray(var.values))
     for key, value in {**var.attrs, **attrs}.items():
