@@ -164,7 +164,7 @@ def test_bad_inputs_are_one_line_and_leave_nothing(exported, tmp_path, capsys):
     cases = [(tmp_path / "missing.zarr", out, "no such result store")]
     afile = tmp_path / "file.zarr"
     afile.write_text("x")
-    cases.append((afile, out, "not a result store"))
+    cases.append((afile, out, "not a readable Zarr result store"))
     partial = tmp_path / "partial.zarr"
     xr.Dataset({"labels": ("x", np.zeros(3, np.int16))}, attrs={"complete": False}).to_zarr(
         partial, consolidated=False, zarr_format=3)
@@ -221,9 +221,9 @@ def test_check_nexus_refuses_other_files(exported):
 
 
 def test_library_accepts_an_opened_dataset_and_never_prints(exported, tmp_path, capsys):
-    from xtec.report import load_result
+    from xtec.io.store import open_result
 
-    ds = load_result(exported[0]).load()  # in memory: NumPy, not Dask, volumes
+    ds = open_result(exported[0]).load()  # in memory: NumPy, not Dask, volumes
     path = write_nexus(ds, tmp_path / "from_ds.h5")
     assert capsys.readouterr().out == ""
     r = nxload(str(path))

@@ -44,6 +44,7 @@ _VOLUME_TEXT = {
     "mean_intensity": "mean intensity over temperature",
     "component": "peak component (-1: none)",
 }
+_AXIS_TEXT = {"bic_k": "K (number of clusters)"}
 
 
 # --------------------------------------------------------------------------- checks
@@ -145,7 +146,7 @@ def _axis_fields(group, ds: xr.Dataset, dims) -> None:
         if d == ".":
             continue
         units = ds[d].attrs.get("units", "rlu" if d in Q_DIMS else None)
-        text = f"{d} (r.l.u.)" if d in Q_DIMS else f"{d} ({units})" if units else d
+        text = f"{d} (r.l.u.)" if d in Q_DIMS else f"{d} ({units})" if units else _AXIS_TEXT.get(d, d)
         _write_array(group, d, ds[d], units=units, long_name=text)
         group.attrs[f"{d}_indices"] = np.int32(i)
 
@@ -289,20 +290,21 @@ def write_nexus(
     Parameters
     ----------
     result : path of a finished ``xtec cluster`` store, or its Dataset as
-        :func:`xtec.report.load_result` returns it (attributes decoded).
+        :func:`xtec.io.store.open_result` returns it (attributes decoded).
     path : output file, ending in one of :data:`NEXUS_SUFFIXES`.
     overwrite : replace an existing file.
 
     Returns the path written.  Volumes are copied block by block, so the export
     needs memory for one block, not the volume.
     """
-    from xtec.report import load_result
+    from xtec.io.store import open_result
 
     path = check_nexus_output(path, overwrite)
     if isinstance(result, xr.Dataset):
         ds, source = result, str(result.encoding.get("source", "(in memory)"))
     else:
-        ds, source = load_result(result), str(Path(result).resolve())
+        # Refuses a missing, unreadable or unfinished store; decodes the JSON attributes.
+        ds, source = open_result(result), str(Path(result).resolve())
     _check_exportable(ds, source)
     tmp = path.with_name(path.name + ".partial")
     try:
