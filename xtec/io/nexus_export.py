@@ -28,13 +28,12 @@ import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
+from xtec.report import Q_DIMS  # the spatial dimensions of every volume, slowest first
 
 log = logging.getLogger(__name__)
 
 #: file name endings accepted for the export
 NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5")
-#: the spatial dimensions of every volume, slowest first
-Q_DIMS = ("Ql", "Qk", "Qh")
 #: store variables the export needs
 REQUIRED = ("labels", "color", "mask", "palette", "cluster_mean", "cluster_std")
 
