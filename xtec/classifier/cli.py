@@ -113,13 +113,6 @@ def parse_space_groups(text: str) -> list[int]:
     return sorted(out)
 
 
-def _model_dir(arg) -> Path:
-    d = Path(arg) if arg else PRETRAINED
-    if not d.is_dir():
-        raise InputError(f"model directory not found: {d}")
-    return d
-
-
 def _train(args) -> int:
     from xtec.classifier.data import SyntheticConfig
     from xtec.classifier.model import ModelConfig
@@ -243,12 +236,12 @@ def _evaluate(args) -> int:
     sim = PowderSimulator(model.grid, precision="double")
     x, structures, sim_skipped = ev.structure_patterns(structures, sim, args.crystallite_size)
     skipped += sim_skipped
-    for line in skipped:
-        print(f"skipped {line}", file=sys.stderr)
     if not structures:
         raise InputError(
-            f"none of the {len(files)} structure files could be simulated ({len(skipped)} skipped)"
+            f"none of the {len(files)} structure files can be simulated: " + "; ".join(skipped)
         )
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
     report = evaluate_structures(model, x, structures, args.nn_baseline, args.seed, args.workers)
     report["files"] = len(files)
     report["skipped"] = skipped

@@ -62,17 +62,23 @@ def structure_problem(structure) -> str | None:
 
     Elements need X-ray form factors (Z 1..94 in pymatgen's table); a site label read
     as an element (an NH4 group read as nihonium, Z=113), dummy atoms (X) and vacancy
-    placeholders are refused.  Partial occupancies are simulated; a site whose
+    placeholders are refused.  Deuterium scatters X-rays as hydrogen does and is
+    simulated as such; a magnetic CIF is simulated from its atoms (X-rays do not see
+    the moments).  Partial occupancies are simulated; a site whose
     occupancies add up to more than 1 is refused.
     """
+    from pymatgen.core.periodic_table import DummySpecies
+
     from xtec.classifier.simulator import scattering_table
 
     _, known = scattering_table()
     for site in structure:
         total = 0.0
         for sp, occu in site.species.items():
-            z = getattr(sp, "Z", None)
             symbol = getattr(sp, "symbol", str(sp))
+            if isinstance(sp, DummySpecies):
+                return f"dummy atom {symbol} (not an element)"
+            z = getattr(sp, "Z", None)
             if z is None or not 0 < int(z) < len(known) or not known[int(z)]:
                 hint = " (a site label such as NH4 read as an element?)" if z and z > 103 else ""
                 return f"element {symbol} (Z={z}) has no X-ray form factor{hint}"

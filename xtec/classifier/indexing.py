@@ -168,7 +168,8 @@ def _trial_cells(system: str, q: np.ndarray, n_lines: int, max_index: int) -> np
     if p == 1:
         return (lines[:, None] / f[None, :, 0]).reshape(-1, 1)
     sols = []
-    combos = np.array(list(itertools.combinations(range(len(lines)), p)))
+    # The lowest line is (nearly always) one of the basis reflections: TREOR's rule.
+    combos = np.array([c for c in itertools.combinations(range(len(lines)), p) if c[0] == 0])
     tuples = np.array(list(itertools.permutations(range(len(f)), p)))
     mats = f[tuples]  # (T, p, p)
     if system == "orthorhombic":
@@ -219,7 +220,7 @@ def _refine(system: str, params: np.ndarray, peaks: Peaks, hkl: np.ndarray) -> n
     return params
 
 
-def index_cells(system: str, peaks: Peaks, keep: int = 6) -> list[np.ndarray]:
+def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     """Best few cells (parameter vectors) of ``system`` for the observed lines."""
     n_obs = len(peaks.q)
     p = INDEXED_SYSTEMS[system]
@@ -230,6 +231,7 @@ def index_cells(system: str, peaks: Peaks, keep: int = 6) -> list[np.ndarray]:
     cells = _trial_cells(system, peaks.q, min(n_lines, n_obs), max_index)
     if len(cells) == 0:
         return []
+
     def half_grid(n, n_l=None):
         hkl = _hkl_grid(max(n, n_l or n))
         hkl = hkl[np.all(np.abs(hkl[:, :2]) <= n, axis=1) & (np.abs(hkl[:, 2]) <= (n_l or n))]
@@ -247,11 +249,12 @@ def index_cells(system: str, peaks: Peaks, keep: int = 6) -> list[np.ndarray]:
     n_screen = min(10, n_obs)
     misses = np.zeros(len(cells), int)
     alive = np.arange(len(cells))
+    calc = cells32 @ f.T
     for j in range(n_screen):
-        calc = cells32[alive] @ f.T
-        hit = (np.abs(calc - peaks.q[j]) <= 3 * peaks.tol[j]).any(1)
+        hit = (np.abs(calc - np.float32(peaks.q[j])) <= np.float32(3 * peaks.tol[j])).any(1)
         misses[alive[~hit]] += 1
-        alive = alive[misses[alive] <= 1]
+        ok = misses[alive] <= 1
+        alive, calc = alive[ok], calc[ok]
         if len(alive) == 0:
             return []
     good = np.zeros(len(cells), bool)
@@ -280,7 +283,7 @@ def _line_likelihood(
         return len(q) * np.log(p_unexplained)
     # Merge calculated lines closer than the tolerance at their position.
     tol_c = np.interp(c, q, tol)
-    new = np.r_[True, np.diff(c) > tol_c[1:]]
+    new = np.concatenate([[True], np.diff(c) > tol_c[1:]])
     lines = c[new]
     ltol = tol_c[new]
     d = np.abs(lines[:, None] - q[None, :])
@@ -338,7 +341,9 @@ class ExtinctionClassifier:
         n_obs = len(peaks.q)
         sg_ll = np.full(230, -np.inf)
         sys_idx = np.asarray(crystal_system_index(self.space_groups))
-        low = np.isin(sys_idx, [CRYSTAL_SYSTEMS.index("triclinic"), CRYSTAL_SYSTEMS.index("monoclinic")])
+        low = np.isin(
+            sys_idx, [CRYSTAL_SYSTEMS.index("triclinic"), CRYSTAL_SYSTEMS.index("monoclinic")]
+        )
         sg_ll[low] = pr.low_symmetry_per_line * n_obs - pr.occam * 4
         # All lines explained, at most a third of the allowed lines missing.
         full_fit = n_obs * np.log(1 - pr.p_miss) + n_obs / 2 * np.log(pr.p_miss) - pr.occam * 2

@@ -45,7 +45,9 @@ class ExtinctionModel:
             params = ExtinctionParams(**cfg.get("params", {}))
             smoothing = float(cfg.get("prior_smoothing", 0.5))
         except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{d / 'config.json'}: not an extinction model config ({exc})") from None
+            raise InputError(
+                f"{d / 'config.json'}: not an extinction model config ({exc})"
+            ) from None
         self.table = FrequencyTable.from_json(d / cfg.get("statistics", "statistics.json"))
         self.config = cfg
         self.space_groups = np.arange(1, 231)

@@ -75,8 +75,17 @@ def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
         dl = cache / "pip"
         try:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dl),
-                 f"crystals=={CRYSTALS_VERSION}"],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "-d",
+                    str(dl),
+                    f"crystals=={CRYSTALS_VERSION}",
+                ],
                 check=True,
                 capture_output=True,
                 timeout=300,

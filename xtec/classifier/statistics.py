@@ -136,7 +136,11 @@ def main(argv=None) -> int:  # pragma: no cover - regeneration script
         "statistics half (sha256 of the structure-type key) of: "
         + ", ".join(f"{k} ({len(v)} files)" for k, v in files.items())
         + "; deduplicated by structure type + formula"
-        + ("; unavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items()) if missing else "")
+        + (
+            "; unavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
+            if missing
+            else ""
+        )
     )
     count(stats, src).to_json(args.out)
     print(f"{len(stats)} structures counted into {args.out}")
