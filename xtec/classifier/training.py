@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,7 +112,9 @@ def train(
             raise InputError(f"nothing to resume: {ckpt} does not exist")
         try:
             # weights_only: a pickle with code in it is refused, never run.
-            state = torch.load(ckpt, weights_only=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns before it raises
+                state = torch.load(ckpt, weights_only=True)
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
