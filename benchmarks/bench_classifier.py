@@ -323,6 +323,16 @@ def train_step(args) -> int:
                 f"threads {threads} batch {batch}: {batch / med:7.1f} patterns/s "
                 f"({1e3 * med:.0f} ms/step)"
             )
+    pipeline = RESULTS / "classifier.json"
+    data_rate = (
+        json.loads(pipeline.read_text())["xtec_patterns_per_s_per_core"]
+        if pipeline.is_file()
+        else None
+    )
+    if data_rate:
+        best = max(r["patterns_per_s"] for r in rows)
+        print(f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; "
+              f"the training step is {data_rate / best:.1f}x slower than one data core")
     out = Path(args.out or RESULTS / "classifier_train_step.json")
     out.write_text(
         json.dumps(
