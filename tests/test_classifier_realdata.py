@@ -166,3 +166,16 @@ def test_shipped_model_beats_majority_and_nearest_neighbour(tmp_path, capsys):
     assert m["n_structures"] >= 15
     for key in ("top1", "top5", "system_top1"):
         assert m[key] > maj[key] and m[key] > nn[key], key
+
+
+def test_predict_with_the_shipped_model_reads_a_measured_style_file(tmp_path, capsys):
+    from xtec.classifier.simulator import PowderSimulator
+
+    (s,), _ = load_structures([f for f in installed_structure_files() if f.name == "Copper.cif"])
+    sim = PowderSimulator(precision="double")
+    tt = sim.grid.two_theta[::2]
+    y = 5000 * sim.simulate_one(s.crystal, 60.0)[::2] ** 2 + 120  # counts on a flat background
+    np.savetxt(tmp_path / "cu.xy", np.c_[tt, y], header="2theta counts")
+    assert main(["classify", "predict", str(tmp_path / "cu.xy"), "--json"]) == 0
+    (res,) = json.loads(capsys.readouterr().out)
+    assert res["space_groups"][0]["number"] == 225 and res["crystal_system"] == "cubic"
