@@ -67,7 +67,12 @@ class NetworkModel:
     kind = "network"
 
     def __init__(self, directory: str | Path) -> None:
-        from xtec.classifier.model import load_model
+        try:
+            from xtec.classifier.model import load_model
+        except ImportError:
+            raise InputError(
+                f"{directory} holds a network; it needs PyTorch: pip install 'xtec[ml]'"
+            ) from None
 
         self.model, self.config = load_model(directory)
         mc = self.model.config
