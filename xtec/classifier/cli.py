@@ -77,9 +77,9 @@ def register(subparsers) -> None:
     e.add_argument(
         "--nn-baseline",
         type=int,
-        default=0,
+        default=2000,
         metavar="N",
-        help="also run a nearest-neighbour baseline on N synthetic patterns",
+        help="nearest-neighbour baseline on N synthetic patterns (default 2000; 0: none)",
     )
     e.add_argument(
         "--workers", type=int, default=1, help="processes generating the baseline's patterns"
@@ -111,13 +111,6 @@ def parse_space_groups(text: str) -> list[int]:
     if not out or min(out) < 1 or max(out) > 230:
         raise ParameterError("--space-groups must name numbers in 1..230")
     return sorted(out)
-
-
-def _model_dir(arg) -> Path:
-    d = Path(arg) if arg else PRETRAINED
-    if not d.is_dir():
-        raise InputError(f"model directory not found: {d}")
-    return d
 
 
 def _train(args) -> int:
@@ -176,20 +169,23 @@ def _predict(args) -> int:
     import numpy as np
 
     from xtec.classifier.data import read_pattern, resample
-    from xtec.classifier.evaluate import model_predict, system_scores
-    from xtec.classifier.model import load_model
-    from xtec.classifier.simulator import PatternGrid
+    from xtec.classifier.evaluate import system_scores
+    from xtec.classifier.predictor import load_classifier
     from xtec.classifier.symmetry import CRYSTAL_SYSTEMS
 
     if args.top < 1:
         raise ParameterError("--top must be at least 1")
-    model, cfg = load_model(_model_dir(args.model))
-    mc = model.config
-    grid = PatternGrid(mc.two_theta_min, mc.two_theta_max, mc.n_points, mc.wavelength)
-    xs = np.stack([resample(*read_pattern(p), grid) for p in args.patterns])
-    probs = model_predict(model, xs)
-    sys_p = system_scores(probs, mc.space_groups)
-    sgs = np.asarray(mc.space_groups)
+    model = load_classifier(args.model)
+    xs = []
+    for p in args.patterns:
+        try:
+            xs.append(resample(*read_pattern(p), model.grid))
+        except InputError as exc:
+            msg = str(exc)
+            raise InputError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+    probs = model.predict_proba(np.stack(xs))
+    sgs = np.asarray(model.space_groups)
+    sys_p = system_scores(probs, sgs)
     results = []
     for path, p, sp in zip(args.patterns, probs, sys_p, strict=False):
         order = np.argsort(-p)[: args.top]
@@ -215,11 +211,9 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import numpy as np
-
     from xtec.classifier import evaluate as ev
-    from xtec.classifier.model import load_model
-    from xtec.classifier.simulator import PatternGrid, PowderSimulator
+    from xtec.classifier.predictor import load_classifier
+    from xtec.classifier.simulator import PowderSimulator
 
     if args.workers < 1 or args.nn_baseline < 0 or args.crystallite_size <= 0:
         raise ParameterError(
@@ -229,7 +223,7 @@ def _evaluate(args) -> int:
     for d in args.cif_dir:
         if not Path(d).is_dir():
             raise InputError(f"--cif-dir: not a directory: {d}")
-        found = sorted(Path(d).glob("*.cif"))
+        found = sorted(Path(d).rglob("*.cif"))
         if not found:
             raise InputError(f"--cif-dir: no .cif files in {d}")
         files += found
@@ -237,32 +231,20 @@ def _evaluate(args) -> int:
         files += ev.installed_structure_files()
     if not files:
         raise InputError("nothing to evaluate: give --cif-dir DIR and/or --installed")
-    model, cfg = load_model(_model_dir(args.model))
-    mc = model.config
+    model = load_classifier(args.model)
     structures, skipped = ev.load_structures(files)
+    sim = PowderSimulator(model.grid, precision="double")
+    x, structures, sim_skipped = ev.structure_patterns(structures, sim, args.crystallite_size)
+    skipped += sim_skipped
+    if not structures:
+        raise InputError(
+            f"none of the {len(files)} structure files can be simulated: " + "; ".join(skipped)
+        )
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
-    if not structures:
-        raise InputError("none of the structure files could be read")
-    grid = PatternGrid(mc.two_theta_min, mc.two_theta_max, mc.n_points, mc.wavelength)
-    sim = PowderSimulator(grid, precision="double")
-    x = ev.structure_patterns(structures, sim, args.crystallite_size)
-    true = np.array([s.space_group for s in structures])
-    types = [s.structure_type for s in structures]
-    probs = ev.model_predict(model, x)
-    report = {
-        "model": ev.summarise(
-            true,
-            ev.ranked_space_groups(probs, mc.space_groups),
-            types,
-            ev.system_scores(probs, mc.space_groups).argmax(1),
-        ),
-        "chance": ev.chance_level(true, mc.space_groups),
-        "files": len(files),
-        "skipped": skipped,
-    }
-    if args.nn_baseline > 0:
-        report["nearest_neighbour"] = _nn_baseline(args, cfg, x, true, types, mc.space_groups)
+    report = evaluate_structures(model, x, structures, args.nn_baseline, args.seed, args.workers)
+    report["files"] = len(files)
+    report["skipped"] = skipped
     _print_report(report, args.per_group)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
@@ -270,22 +252,64 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _nn_baseline(args, cfg, x, true, types, space_groups) -> dict:
+def evaluate_structures(model, x, structures, nn_baseline: int, seed: int, workers: int) -> dict:
+    """Model, majority-class, nearest-neighbour and chance figures on simulated patterns."""
+    import numpy as np
+
+    from xtec.classifier import evaluate as ev
+
+    true = np.array([s.space_group for s in structures])
+    types = [s.structure_type for s in structures]
+    sgs = np.asarray(model.space_groups)
+    probs = model.predict_proba(x)
+    report = {
+        "model": ev.summarise(
+            true, ev.ranked_space_groups(probs, sgs), types, ev.system_scores(probs, sgs).argmax(1)
+        ),
+        "majority_class": ev.majority_baseline(true, types),
+        "chance": ev.chance_level(true, sgs),
+    }
+    report["model"]["kind"] = model.kind
+    if nn_baseline > 0:
+        report["nearest_neighbour"] = _nn_baseline(
+            model, nn_baseline, seed, workers, x, true, types
+        )
+    return report
+
+
+def _nn_data_config(model):
+    from xtec.classifier.data import SyntheticConfig
+
+    g = model.grid
+    grid = {
+        "two_theta_min": g.two_theta_min,
+        "two_theta_max": g.two_theta_max,
+        "n_points": g.n_points,
+        "wavelength": g.wavelength,
+    }
+    if model.kind == "extinction":
+        # The baseline's synthetic crystals follow the same real-world frequencies.
+        kw = model.table.generator_kwargs()
+        kw.pop("max_sites")
+        return SyntheticConfig(**kw, **grid)
+    d = dict(model.config.get("data", {"space_groups": model.space_groups.tolist()}))
+    return SyntheticConfig.from_dict({**d, **grid})
+
+
+def _nn_baseline(model, n, seed, workers, x, true, types) -> dict:
     from tqdm.auto import tqdm
 
     from xtec.classifier import evaluate as ev
-    from xtec.classifier.data import SyntheticConfig
 
-    data = SyntheticConfig.from_dict(cfg.get("data", {"space_groups": space_groups}))
-    with tqdm(total=args.nn_baseline, desc="baseline patterns", unit="pattern") as bar:
-        feats, labels = ev.synthetic_bank(
-            data, args.nn_baseline, args.seed, args.workers, progress=bar.update
-        )
+    data = _nn_data_config(model)
+    with tqdm(total=n, desc="baseline patterns", unit="pattern") as bar:
+        feats, labels = ev.synthetic_bank(data, n, seed, workers, progress=bar.update)
+    space_groups = data.space_groups
     nn_model = ev.NearestNeighbourBaseline(space_groups).fit_features(feats, labels)
     scores = nn_model.scores(x)
     sys_pred = ev.system_scores(_softmax_like(scores), space_groups).argmax(1)
     out = ev.summarise(true, ev.ranked_space_groups(scores, space_groups), types, sys_pred)
-    out["bank_size"] = int(args.nn_baseline)
+    out["bank_size"] = int(n)
     return out
 
 
@@ -307,6 +331,7 @@ def _print_report(report: dict, per_group: bool) -> None:
     print(header)
     rows = [
         ("model", m),
+        ("majority class", report.get("majority_class")),
         ("nearest neighbour", report.get("nearest_neighbour")),
         ("chance", report["chance"]),
     ]
@@ -320,7 +345,10 @@ def _print_report(report: dict, per_group: bool) -> None:
         )
     print("\nper crystal system (model):")
     for name, r in m["per_crystal_system"].items():
-        print(f"  {name:14s} n={r['n']:4d}  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}")
+        print(
+            f"  {name:14s} n={r['n']:4d}  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}"
+            f"  system {r['system_top1']:.3f}"
+        )
     if per_group:
         print("\nper space group (model):")
         for sg, r in m["per_space_group"].items():

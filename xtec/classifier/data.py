@@ -21,6 +21,9 @@ class SyntheticConfig:
 
     space_groups: list[int] = field(default_factory=lambda: list(range(1, 231)))
     space_group_weights: list[float] | None = None
+    elements: list[int] | None = None
+    element_weights: list[float] | None = None
+    n_sites_weights: list[float] | None = None
     max_sites: int = 8
     max_elements: int = 4
     max_atoms: int = 120
@@ -41,6 +44,9 @@ class SyntheticConfig:
         return CrystalGenerator(
             self.space_groups,
             self.space_group_weights,
+            elements=self.elements,
+            element_weights=self.element_weights,
+            n_sites_weights=self.n_sites_weights,
             max_sites=self.max_sites,
             max_elements=self.max_elements,
             max_atoms=self.max_atoms,
@@ -210,6 +216,16 @@ def resample(two_theta: np.ndarray, intensity: np.ndarray, grid: PatternGrid) ->
             f"pattern covers 2-theta {two_theta[0]:.2f}..{two_theta[-1]:.2f}, "
             f"outside the model's {tt[0]:.1f}..{tt[-1]:.1f} degrees"
         )
+    inside = (tt >= two_theta[0]) & (tt <= two_theta[-1])
+    if inside.sum() < 10:
+        raise InputError(
+            f"pattern has fewer than 10 points of the model's grid inside its 2-theta range "
+            f"{two_theta[0]:.2f}..{two_theta[-1]:.2f}"
+        )
     y = np.interp(tt, two_theta, intensity, left=0.0, right=0.0)
-    y = y - np.min(y[(tt >= two_theta[0]) & (tt <= two_theta[-1])])
+    y = y - np.min(y[inside])
+    if not np.max(y[inside]) > 0:
+        raise InputError(
+            "pattern is empty: every intensity is the same (e.g. all zero), nothing to classify"
+        )
     return normalise(y[None], True)[0]

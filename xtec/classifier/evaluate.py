@@ -57,43 +57,132 @@ class RealStructure:
     formula: str
 
 
-def load_structures(
-    paths, symprec: float = 0.01, max_atoms: int = 1000
-) -> tuple[list[RealStructure], list[str]]:
-    """Parse structure files; returns the structures and one line per file skipped (and why)."""
+def structure_problem(structure) -> str | None:
+    """Why a pymatgen ``Structure`` cannot be simulated, or None if it can.
+
+    Elements need X-ray form factors (Z 1..94 in pymatgen's table); a site label read
+    as an element (an NH4 group read as nihonium, Z=113), dummy atoms (X) and vacancy
+    placeholders are refused.  Deuterium scatters X-rays as hydrogen does and is
+    simulated as such; a magnetic CIF is simulated from its atoms (X-rays do not see
+    the moments).  Partial occupancies are simulated; a site whose
+    occupancies add up to more than 1 is refused.
+    """
+    from pymatgen.core.periodic_table import DummySpecies
+
+    from xtec.classifier.simulator import scattering_table
+
+    _, known = scattering_table()
+    for site in structure:
+        total = 0.0
+        for sp, occu in site.species.items():
+            symbol = getattr(sp, "symbol", str(sp))
+            if isinstance(sp, DummySpecies):
+                return f"dummy atom {symbol} (not an element)"
+            z = getattr(sp, "Z", None)
+            if z is None or not 0 < int(z) < len(known) or not known[int(z)]:
+                hint = " (a site label such as NH4 read as an element?)" if z and z > 103 else ""
+                return f"element {symbol} (Z={z}) has no X-ray form factor{hint}"
+            if not 0 < occu <= 1.0 + 1e-3:
+                return f"site occupancy {occu:g} of {symbol} outside (0, 1]"
+            total += occu
+        if total > 1.05:
+            return f"site occupancies add up to {total:.2f} (> 1)"
+    if len(structure) == 0:
+        return "no atoms"
+    return None
+
+
+def load_structure(path, symprec: float = 0.01, max_atoms: int = 1000):
+    """One structure file to a :class:`RealStructure`; raises ValueError with the reason."""
     from pymatgen.core import Structure
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+    p = Path(path)
+    with warnings.catch_warnings():
+        # CIF parsers and spglib warn a lot about harmless things.
+        warnings.simplefilter("ignore")
+        try:
+            s = Structure.from_file(str(p))
+        except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything
+            msg = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ""
+            raise ValueError(f"unreadable ({type(exc).__name__}: {msg})") from None
+        problem = structure_problem(s)
+        if problem:
+            raise ValueError(problem)
+        if len(s) > max_atoms:
+            raise ValueError(f"{len(s)} atoms in the cell (> {max_atoms})")
+        try:
+            sga = SpacegroupAnalyzer(s, symprec=symprec)
+            sg = int(sga.get_space_group_number())
+            sym = sga.get_symmetrized_structure()
+        except Exception as exc:  # noqa: BLE001 - spglib failures on odd cells
+            raise ValueError(f"no space group found ({type(exc).__name__})") from None
+        letters = sorted(ws for ws in sym.wyckoff_symbols)
+        key = f"{sg}|{'-'.join(letters)}|{s.composition.anonymized_formula}"
+        formula = s.composition.reduced_formula
+    return RealStructure(p, Crystal.from_pymatgen(s, sg), sg, key, formula)
+
+
+def load_structures(
+    paths, symprec: float = 0.01, max_atoms: int = 1000
+) -> tuple[list[RealStructure], list[str]]:
+    """Parse structure files; returns the structures and one line per file skipped (and why).
+
+    Nothing a file contains raises: every failure becomes a ``"name: reason"`` line.
+    """
     out, skipped = [], []
     for p in paths:
         p = Path(p)
         try:
-            with warnings.catch_warnings():
-                # CIF parsers and spglib warn a lot about harmless things.
-                warnings.simplefilter("ignore")
-                s = Structure.from_file(str(p))
-                if len(s) > max_atoms:
-                    skipped.append(f"{p.name}: {len(s)} atoms (> {max_atoms})")
-                    continue
-                sga = SpacegroupAnalyzer(s, symprec=symprec)
-                sg = int(sga.get_space_group_number())
-                sym = sga.get_symmetrized_structure()
-                letters = sorted(ws for ws in sym.wyckoff_symbols)
-                key = f"{sg}|{'-'.join(letters)}|{s.composition.anonymized_formula}"
-                formula = s.composition.reduced_formula
-            out.append(RealStructure(p, Crystal.from_pymatgen(s, sg), sg, key, formula))
-        except Exception as exc:  # noqa: BLE001 - third-party parsers raise anything
-            skipped.append(f"{p.name}: {type(exc).__name__}: {str(exc)[:80]}")
+            out.append(load_structure(p, symprec, max_atoms))
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops the rest
+            skipped.append(f"{p.name}: {exc}")
     return out, skipped
 
 
 def structure_patterns(
     structures, simulator: PowderSimulator, crystallite_size: float = 50.0
-) -> np.ndarray:
-    """Simulated patterns (n, n_points) of real structures at one crystallite size (nm)."""
-    return simulator.simulate(
-        [s.crystal for s in structures], np.full(len(structures), crystallite_size)
-    )
+) -> tuple[np.ndarray, list, list[str]]:
+    """Simulated patterns (n, n_points) of real structures at one crystallite size (nm).
+
+    Returns the patterns, the structures simulated and one line per structure that the
+    simulator refused (and why).
+    """
+    rows, kept, skipped = [], [], []
+    for s in structures:
+        try:
+            x = simulator.simulate([s.crystal], [crystallite_size])[0]
+        except Exception as exc:  # noqa: BLE001 - one structure never stops the rest
+            skipped.append(f"{s.path.name}: cannot simulate ({exc})")
+            continue
+        if not np.isfinite(x).all() or x.max() <= 0:
+            skipped.append(f"{s.path.name}: no reflection between the grid's 2-theta limits")
+            continue
+        rows.append(x)
+        kept.append(s)
+    n = simulator.grid.n_points
+    return (np.array(rows) if rows else np.zeros((0, n), np.float32)), kept, skipped
+
+
+def majority_ranking(space_groups: np.ndarray, n: int = 5) -> np.ndarray:
+    """The ``n`` most frequent space groups of ``space_groups`` (ties: lower number)."""
+    sg, counts = np.unique(np.asarray(space_groups), return_counts=True)
+    order = np.lexsort((sg, -counts))
+    top = sg[order][:n]
+    return np.r_[top, np.setdiff1d(np.arange(1, 231), top)[: n - len(top)]]
+
+
+def majority_baseline(true_sg: np.ndarray, types: list[str], reference=None) -> dict:
+    """Always answer the most frequent groups of ``reference`` (default: the evaluated set
+    itself, the strongest constant guess); crystal system: the most frequent one."""
+    ref = np.asarray(true_sg if reference is None else reference)
+    top = majority_ranking(ref)
+    ranked = np.broadcast_to(top, (len(true_sg), len(top)))
+    systems = np.asarray(crystal_system_index(ref))
+    sys_pred = np.full(len(true_sg), np.bincount(systems, minlength=7).argmax())
+    out = summarise(np.asarray(true_sg), ranked, types, sys_pred)
+    out["answers"] = top.tolist()
+    return out
 
 
 def ranked_space_groups(scores: np.ndarray, space_groups) -> np.ndarray:
@@ -130,6 +219,7 @@ def summarise(
                 "n": int(m.sum()),
                 "top1": float(hit1[m].mean()),
                 "top5": float(hit5[m].mean()),
+                "system_top1": float(sys_hit[m].mean()),
             }
         return rows
 

@@ -197,6 +197,9 @@ class CrystalGenerator:
         Sampling weights of ``elements`` (default uniform).
     max_sites : int
         Most Wyckoff sites (asymmetric-unit atoms) per crystal; drawn uniformly in 1..max.
+    n_sites_weights : sequence of float, optional
+        Probabilities of 1, 2, ... ``max_sites`` sites (default uniform), e.g. counted
+        from real structures (:meth:`xtec.classifier.statistics.FrequencyTable.generator_kwargs`).
     max_elements : int
         Most distinct elements per crystal.
     max_atoms : int
@@ -223,6 +226,7 @@ class CrystalGenerator:
         max_elements: int = 4,
         max_atoms: int = 120,
         wyckoff_weighting: str = "uniform",
+        n_sites_weights=None,
         density_factor: tuple[float, float] = (1.5, 3.5),
         symprec: float = 1e-3,
         max_tries: int = 200,
@@ -257,6 +261,11 @@ class CrystalGenerator:
             int(max_atoms),
         )
         self.wyckoff_weighting = wyckoff_weighting
+        self.sites_p = (
+            None
+            if n_sites_weights is None
+            else _weights(n_sites_weights, self.max_sites, "n_sites_weights")
+        )
         self.density_factor = tuple(density_factor)
         self.symprec, self.max_tries = float(symprec), int(max_tries)
         self.rng = np.random.default_rng(seed)
@@ -284,7 +293,10 @@ class CrystalGenerator:
     def _draw(self, sg: int) -> Crystal | None:
         rng = self.rng
         wps = wyckoff_positions(sg)
-        n_sites = int(rng.integers(1, self.max_sites + 1))
+        if self.sites_p is None:
+            n_sites = int(rng.integers(1, self.max_sites + 1))
+        else:
+            n_sites = int(rng.choice(self.max_sites, p=self.sites_p)) + 1
         n_el = int(rng.integers(1, min(self.max_elements, n_sites) + 1))
         pool = (
             rng.choice(self.elements, size=n_el, replace=False, p=self.el_p)

@@ -152,7 +152,11 @@ def load_model(directory: str | Path) -> tuple[ResNet1D, dict]:
         cfg = json.loads((d / CONFIG_FILE).read_text())
         model = ResNet1D(ModelConfig.from_dict(cfg["model"]))
         model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
-    except (KeyError, ValueError, RuntimeError) as exc:
-        raise InputError(f"cannot load the model in {d}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types on bad files
+        msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"cannot load the model in {d} ({msg}); model.safetensors must be a safetensors "
+            "file written by 'xtec classify train' (pickles are never loaded)"
+        ) from None
     model.eval()
     return model, cfg

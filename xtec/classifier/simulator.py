@@ -64,6 +64,11 @@ def form_factors(numbers: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """Atomic scattering factors, shape (n_elements, n_reflections), at ``s2 = (sin(theta)/lambda)^2``."""
     coeffs, known = scattering_table()
     numbers = np.asarray(numbers)
+    outside = (numbers < 0) | (numbers >= len(known))
+    if outside.any():
+        raise ParameterError(
+            f"no X-ray form factors for atomic numbers {sorted(set(numbers[outside].tolist()))}"
+        )
     if not known[numbers].all():
         missing = sorted(set(numbers[~known[numbers]].tolist()))
         raise ParameterError(f"no X-ray form factors for atomic numbers {missing}")

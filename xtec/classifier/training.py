@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,11 +110,21 @@ def train(
     if resume:
         if not ckpt.is_file():
             raise InputError(f"nothing to resume: {ckpt} does not exist")
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
+        try:
+            # weights_only: a pickle with code in it is refused, never run.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch warns before it raises
+                state = torch.load(ckpt, weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step = int(state["step"])
+        except Exception as exc:  # noqa: BLE001 - torch raises many types on bad files
+            msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ""
+            raise InputError(
+                f"cannot resume from {ckpt}: not a checkpoint written by 'xtec classify train' "
+                f"({type(exc).__name__}: {msg})"
+            ) from None
         history = (
             json.loads((out / "history.json").read_text())
             if (out / "history.json").is_file()

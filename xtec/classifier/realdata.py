@@ -1,0 +1,134 @@
+"""Real crystal structures from package registries, deduplicated and split by structure type.
+
+Sources (fetched the way a fresh machine would, cached outside the repository):
+
+* Debian ``libavogadro-data``: about 300 Crystallography Open Database (COD) CIFs and
+  198 zeolite frameworks (``apt-get download`` + ``dpkg -x``);
+* PyPI ``crystals`` 1.7.0: 87 COD CIFs (``pip download --no-deps`` + unzip);
+* installed packages: pyxtal, Dans_Diffraction, pymatgen and ase ship structure files
+  (:func:`xtec.classifier.evaluate.installed_structure_files`).
+
+Every structure is keyed by its structure type (space group + occupied Wyckoff letters
++ anonymous formula).  :func:`split_of` puts a whole structure type either in the
+"statistics" half (counted into the frequency table that the classifier uses as its
+prior) or the "evaluation" half, from a hash of the key, so evaluation types are never
+used for statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CRYSTALS_VERSION = "1.7.0"
+
+
+def cache_dir() -> Path:
+    """``$XTEC_CACHE`` or ``~/.cache/xtec`` (created)."""
+    d = Path(os.environ.get("XTEC_CACHE", Path.home() / ".cache" / "xtec"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def fetch_avogadro(cache: Path | None = None) -> tuple[list[Path], str | None]:
+    """CIFs of Debian's ``libavogadro-data``; returns (files, reason if unavailable)."""
+    cache = cache or cache_dir()
+    root = cache / "avogadro" / "usr/share/avogadro2/crystals"
+    if not root.is_dir():
+        if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+            return [], "apt-get/dpkg not available"
+        work = cache / "deb"
+        work.mkdir(exist_ok=True)
+        try:
+            subprocess.run(
+                ["apt-get", "download", "libavogadro-data"],
+                cwd=work,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            deb = sorted(work.glob("libavogadro-data_*.deb"))[-1]
+            subprocess.run(
+                ["dpkg", "-x", str(deb), str(cache / "avogadro")],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        except (subprocess.SubprocessError, OSError, IndexError) as exc:
+            return [], f"apt-get download libavogadro-data failed ({type(exc).__name__})"
+    return sorted(root.rglob("*.cif")), None
+
+
+def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
+    """CIFs of PyPI's ``crystals`` wheel; returns (files, reason if unavailable)."""
+    cache = cache or cache_dir()
+    root = cache / "crystals" / "crystals" / "cifs"
+    if not root.is_dir():
+        dl = cache / "pip"
+        try:
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "-q",
+                    "-d",
+                    str(dl),
+                    f"crystals=={CRYSTALS_VERSION}",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+            wheel = sorted(dl.glob(f"crystals-{CRYSTALS_VERSION}-*.whl"))[-1]
+            with zipfile.ZipFile(wheel) as z:
+                for name in z.namelist():
+                    if name.startswith("crystals/cifs/") and name.endswith(".cif"):
+                        z.extract(name, cache / "crystals")
+        except (subprocess.SubprocessError, OSError, IndexError, zipfile.BadZipFile) as exc:
+            return [], f"pip download crystals=={CRYSTALS_VERSION} failed ({type(exc).__name__})"
+    return sorted(root.glob("*.cif")), None
+
+
+def collect_files(cache: Path | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Structure files per source, and the reason for each source that is unavailable."""
+    from xtec.classifier.evaluate import installed_structure_files
+
+    files, missing = {}, {}
+    for name, fetch in (("avogadro", fetch_avogadro), ("crystals", fetch_crystals)):
+        f, why = fetch(cache)
+        if why:
+            missing[name] = why
+            log.warning("%s structures unavailable: %s", name, why)
+        else:
+            files[name] = f
+    files["installed"] = installed_structure_files()
+    return files, missing
+
+
+def split_of(structure_type: str, evaluation_fraction: float = 0.5) -> str:
+    """``"evaluation"`` or ``"statistics"``: a fixed function of the structure-type key."""
+    h = int(hashlib.sha256(structure_type.encode()).hexdigest()[:8], 16) / 2**32
+    return "evaluation" if h < evaluation_fraction else "statistics"
+
+
+def deduplicate(structures) -> list:
+    """One structure per (structure type, reduced formula): the same compound from two
+    sources (or twice in one) counts once."""
+    seen, out = set(), []
+    for s in structures:
+        key = (s.structure_type, s.formula)
+        if key not in seen:
+            seen.add(key)
+            out.append(s)
+    return out
