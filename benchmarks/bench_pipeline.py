@@ -80,17 +80,18 @@ def _warm_imports():
     import nexusformat.nexus  # noqa: F401
 
     import xtec.pipeline  # noqa: F401
-    from xtec.mixture import _numba_kernels
+    from xtec.mixture import warm_kernels
 
-    _numba_kernels()
+    warm_kernels()
     from xtec import _kernels  # noqa: F401
 
     return True
 
 
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
+    from xtec.diagnostics import watch_workers
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime import dask_runtime, watch_workers
+    from xtec.runtime import dask_runtime
 
     with dask_runtime(workers=workers, memory_limit=memory, dashboard_address=None) as rt:
         rt.client.run(_warm_imports)

@@ -17,6 +17,7 @@ from xtec.io.nexus import open_nexus
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
+from xtec.runtime import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_pipeline_with_pilot_and_disk_candidates(medium_file, reread_labels, tmp
                                                  monkeypatch, caplog):
     # Workers with almost no memory for trajectories: a pilot sets the bound and
     # the candidates go to the scratch directory.
-    monkeypatch.setattr(pipeline, "_memory_budget", lambda runtime: 1e5)
+    monkeypatch.setattr(Runtime, "memory_budget", lambda self: 1e5)
     out = tmp_path / "pilot.zarr"
     with caplog.at_level(logging.INFO, logger="xtec"):
         run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), chunks=(2, 64, 64)))
@@ -85,7 +86,7 @@ def test_pilot_on_a_local_cluster_equals_in_process(medium_file, reread_labels, 
                                                     monkeypatch):
     from xtec.runtime import dask_runtime
 
-    monkeypatch.setattr(pipeline, "_memory_budget", lambda runtime: 1e5)
+    monkeypatch.setattr(Runtime, "memory_budget", lambda self: 1e5)
     out = tmp_path / "cluster.zarr"
     with dask_runtime(workers=2, memory_limit="600MB", dashboard_address=None) as rt:
         run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out)), runtime=rt)

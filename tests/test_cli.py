@@ -58,7 +58,7 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys, small_series):
     code, _, err = run(capsys, "cluster", good, "-o", out, "--threshold", "1e12")
     assert_one_line_error(code, err, "keeps no voxel")
     code, _, err = run(capsys, "cluster", good, "-o", out, "--threshold", "otsu")
-    assert_one_line_error(code, err, "--threshold must be")
+    assert_one_line_error(code, err, "threshold must be")
     code, _, err = run(capsys, "cluster", good, "-o", out, "-k", "50000")
     assert_one_line_error(code, err, "fewer than K=50000")
     code, _, err = run(capsys, "cluster", good, "-o", tmp_path / "o.txt")

@@ -120,3 +120,29 @@ def test_parameter_errors():
         GaussianMixture(2, init_sample=100).fit(bad)
     with pytest.raises(ParameterError, match="not fitted"):
         GaussianMixture(2).predict(X)
+
+
+def test_parameters_table_get_set_params_and_sklearn_clone():
+    from sklearn.base import clone
+
+    g = GaussianMixture(3, covariance_type="full", tol=1e-4, random_state=7)
+    assert g.get_params()["covariance_type"] == "full"
+    c = clone(g)
+    assert c is not g and c.get_params() == g.get_params()
+    assert c.set_params(n_components=5) is c and c.n_components == 5
+    with pytest.raises(ParameterError, match="not a parameter"):
+        c.set_params(n_clusters=5)
+    X, _ = blobs(n=200)
+    for bad, match in (({"tol": -1.0}, "tol must be"), ({"max_iter": 0}, "max_iter must be"),
+                       ({"n_init": 1.5}, "n_init must be"), ({"engine": "gpu"}, "engine")):
+        with pytest.raises(ParameterError, match=match):
+            GaussianMixture(2, **bad).fit(X)
+
+
+def test_one_bic_helper():
+    from xtec.mixture import bic_score
+
+    X, _ = blobs(n=2000, k=3, seed=2)
+    g = GaussianMixture(3, random_state=0).fit(X)
+    n = X.shape[0]
+    assert g.bic(X) == bic_score(g.score(X), n, g.n_parameters())

@@ -107,6 +107,18 @@ def test_k_auto_and_the_bic_command(xtec_file, tmp_path, capsys):
     assert list(ds.bic_k.values) == [2, 3, 4, 5, 6, 7]
 
 
+def test_peaks_with_k_auto_labels_components_once(small_file, tmp_path, monkeypatch):
+    import xtec.peaks as peaks
+
+    calls = []
+    real = peaks.label_components
+    monkeypatch.setattr(peaks, "label_components", lambda m: calls.append(1) or real(m))
+    run_cluster(ClusterConfig(inputs=[str(small_file)], out=str(tmp_path / "p.zarr"),
+                              method="peaks", k="auto", bic_ks=(2, 3), bic_seeds=1))
+    assert len(calls) == 1
+    assert "component" in open_result(tmp_path / "p.zarr")
+
+
 def test_second_round_splits_one_cluster(xtec_file, xtec_result, tmp_path):
     parent = open_result(xtec_result.path)
     c = int(np.argmax(parent.cluster_count.values))

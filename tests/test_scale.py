@@ -7,10 +7,11 @@ import pytest
 
 from xtec.chunks import spatial_chunks, target_bytes_for_workers
 from xtec.cli import main
+from xtec.diagnostics import watch_workers
 from xtec.errors import ParameterError
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
-from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster, watch_workers
+from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_slurm_job_script_from_cli_options(tmp_path):
         assert "#PBS -q short" in pbs.job_script()
     finally:
         pbs.close()
-    with pytest.raises(ParameterError, match="--cluster must be"):
+    with pytest.raises(ParameterError, match="cluster must be"):
         make_jobqueue_cluster("lsf", opts)
 
 
@@ -115,7 +116,7 @@ def test_gpu_device_without_cupy_is_a_clear_error(tmp_path, capsys, small_file):
         pass
     code = main(["cluster", str(small_file), "-o", str(tmp_path / "g.zarr"), "--device", "gpu"])
     err = capsys.readouterr().err
-    assert code == 2 and "--device gpu needs CuPy" in err
+    assert code == 2 and "device='gpu' needs cupy" in err
 
 
 @pytest.mark.gpu

@@ -136,6 +136,20 @@ def test_smoothing_with_identity_is_plain_em():
     np.testing.assert_array_equal(a.predict(X), b.labels_)
 
 
+def test_smoothing_overrides_only_the_e_step_and_clones():
+    import scipy.sparse as sp
+    from sklearn.base import clone
+
+    from xtec.smoothing import SmoothedGaussianMixture
+
+    own = {k for k in vars(SmoothedGaussianMixture) if callable(vars(SmoothedGaussianMixture)[k])}
+    assert "_e_step" in own and "_em" not in own  # no copied EM loop
+    w = sp.identity(10, format="csr")
+    m = SmoothedGaussianMixture(2, neighbours=w, n_smooth=2, tol=1e-3)
+    c = clone(m)
+    assert c.n_smooth == 2 and c.neighbours.shape == (10, 10) and c.tol == 1e-3
+
+
 # ----------------------------------------------------------------- distributed
 def test_same_results_on_local_cluster_with_chunks(kept):
     from distributed import Client, LocalCluster

@@ -14,8 +14,11 @@ __version__ = "0.1.0"
 _API = {
     "open_nexus": "xtec.io.nexus",
     "open_result": "xtec.io.store",
+    "load_result": "xtec.io.result",
     "GaussianMixture": "xtec.mixture",
-    "ClusterConfig": "xtec.pipeline",
+    "SmoothedGaussianMixture": "xtec.smoothing",
+    "fit_order_parameter": "xtec.order_parameter",
+    "ClusterConfig": "xtec.config",
     "run_cluster": "xtec.pipeline",
     "make_series": "xtec.datasets",
     "write_xtec": "xtec.datasets",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from xtec.errors import ParameterError
+from xtec.optional import require
 
 
 def namespace(x):
@@ -46,15 +47,10 @@ def get_device_module(device: str):
     if device == "cpu":
         return np
     if device == "gpu":
-        try:
-            import cupy
-        except ImportError:
-            raise ParameterError(
-                "--device gpu needs CuPy: pip install 'xtec[gpu]' on a machine with CUDA"
-            ) from None
+        cupy = require("cupy", "gpu", "device='gpu'", " on a machine with CUDA")
         try:
             cupy.cuda.runtime.getDeviceCount()
         except Exception:
-            raise ParameterError("--device gpu: no CUDA device is available here") from None
+            raise ParameterError("device='gpu': no CUDA device is available here") from None
         return cupy
     raise ParameterError(f"device must be 'cpu' or 'gpu' (got {device!r})")

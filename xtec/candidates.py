@@ -31,10 +31,10 @@ from xtec.backend import namespace, to_numpy
 from xtec.preprocess import (
     THRESHOLD_METHODS,
     Trajectories,
-    _summary_block,
     above_cutoff_block,
     assemble_trajectories,
     kl_threshold_values,
+    summary_block,
     trajectories_block,
 )
 
@@ -129,7 +129,7 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
 
 # ---------------------------------------------------------------------------- pilot
 def _pilot_block(x):
-    m = to_numpy(_summary_block(x)[0]).astype(np.float64).ravel()
+    m = to_numpy(summary_block(x)[0]).astype(np.float64).ravel()
     return np.log(m[m > 0])
 
 

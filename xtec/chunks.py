@@ -65,7 +65,7 @@ def parse_chunks(text: str | None) -> tuple[int, int, int] | None:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
         raise ParameterError(
-            f"--chunks must be 'auto' or three positive integers L,K,H (got {text!r})"
+            f"chunks must be 'auto' or three positive integers L,K,H (got {text!r})"
         )
     return parts  # type: ignore[return-value]
 

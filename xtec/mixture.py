@@ -26,9 +26,11 @@ number of workers.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import dask
 import dask.array as da
@@ -141,9 +143,13 @@ def log_prob(X, params: MixtureParams):
     return xp.stack(cols, axis=1)
 
 
-def _logsumexp(a, xp):
+def logsumexp(a, xp):
+    """log sum_k exp(a[:, k]) of an (N, K) array of namespace ``xp``, stably: (N,)."""
     m = xp.max(a, axis=1, keepdims=True)
     return xp.reshape(m, (-1,)) + xp.log(xp.sum(xp.exp(a - m), axis=1))
+
+
+_logsumexp = logsumexp  # the engines' name for it
 
 
 def stats_array_api(X, params: MixtureParams) -> SufficientStats:
@@ -330,7 +336,87 @@ def canonical_order(means: np.ndarray) -> np.ndarray:
     return np.lexsort((means[:, 0], slope))
 
 
-class GaussianMixture:
+def warm_kernels() -> bool:
+    """Compile (or load from the disk cache) the EM kernels in this process now."""
+    _numba_kernels()
+    return True
+
+
+def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+    """Free parameters of a mixture: weights, means and covariances."""
+    k, t = n_components, n_features
+    cov = k * t if covariance_type == "diag" else k * t * (t + 1) // 2
+    return int(cov + k * t + k - 1)
+
+
+def bic_score(mean_loglik: float, n_points: int, n_params: int) -> float:
+    """Bayesian information criterion -2 N mean_loglik + p log N (lower is better)."""
+    return -2.0 * mean_loglik * n_points + n_params * math.log(n_points)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# Every constructor parameter: (test, what it must be) or the allowed choices.
+_PARAMETER_CONSTRAINTS: dict[str, tuple] = {
+    "n_components": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "covariance_type": COVARIANCE_TYPES,
+    "tol": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "reg_covar": (lambda v: _is_real(v) and v >= 0, "a number >= 0"),
+    "max_iter": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "n_init": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "init_sample": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "random_state": (_is_int, "an integer"),
+    "engine": ENGINES,
+}
+
+
+def validate_parameters(estimator, constraints: dict[str, tuple]) -> None:
+    """Raise :class:`ParameterError` naming the first parameter that breaks its constraint."""
+    for name, rule in constraints.items():
+        value = getattr(estimator, name)
+        if isinstance(rule[0], str):
+            check_choice(value, rule, name)
+        elif not rule[0](value):
+            raise ParameterError(f"{name} must be {rule[1]} (got {value!r})")
+
+
+class ParamsMixin:
+    """``get_params``/``set_params`` from the constructor's signature, as scikit-learn's
+    ``BaseEstimator`` (so ``sklearn.base.clone`` works) without importing scikit-learn."""
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values()
+                      if p.name != "self" and p.kind is not p.VAR_KEYWORD)
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's parameters and their values (``deep`` as in scikit-learn)."""
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params):
+        """Set constructor parameters; returns self."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ParameterError(f"{name} is not a parameter of {type(self).__name__} "
+                                     f"(parameters: {', '.join(valid)})")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                         if not hasattr(v, "shape"))
+        return f"{type(self).__name__}({args})"
+
+
+class GaussianMixture(ParamsMixin):
     """Gaussian mixture fitted by EM, for NumPy, array-API and Dask arrays.
 
     Parameters
@@ -355,7 +441,12 @@ class GaussianMixture:
     ----------
     weights_ : (K,); means_ : (K, T); covariances_ : (K, T) or (K, T, T)
     converged_ : bool; n_iter_ : int; lower_bound_ : float (mean log-likelihood)
+
+    ``get_params``/``set_params`` as scikit-learn's, so ``sklearn.base.clone`` works.  Subclasses change the model through the
+    E-step hook :meth:`_e_step` (see :class:`xtec.smoothing.SmoothedGaussianMixture`).
     """
+
+    _parameter_constraints = _PARAMETER_CONSTRAINTS
 
     def __init__(self, n_components: int = 4, *, covariance_type: str = "diag",
                  tol: float = 1e-6, reg_covar: float = 1e-6, max_iter: int = 500,
@@ -373,15 +464,7 @@ class GaussianMixture:
 
     # -- validation
     def _validate(self, X) -> None:
-        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise ParameterError(f"n_components must be a positive integer "
-                                 f"(got {self.n_components!r})")
-        check_choice(self.covariance_type, COVARIANCE_TYPES, "covariance_type")
-        check_choice(self.engine, ENGINES, "engine")
-        if not (self.tol >= 0 and self.reg_covar >= 0 and self.max_iter >= 1
-                and self.n_init >= 1 and self.init_sample >= 1):
-            raise ParameterError("tol and reg_covar must be >= 0; max_iter, n_init and "
-                                 "init_sample >= 1")
+        validate_parameters(self, self._parameter_constraints)
         if len(X.shape) != 2:
             raise ParameterError(f"X must be 2-D (n_points, n_temperatures), got shape {X.shape}")
         n = X.shape[0]
@@ -389,15 +472,15 @@ class GaussianMixture:
             raise ParameterError("X has unknown chunk sizes; call compute_chunk_sizes() first")
         if n < self.n_components:
             raise ParameterError(
-                f"K={self.n_components} clusters but only {n} points to cluster; lower -k "
-                "or keep more voxels"
+                f"K={self.n_components} clusters but only {n} points to cluster; lower "
+                "n_components or keep more voxels"
             )
 
     @property
     def params_(self) -> MixtureParams:
         return MixtureParams(self.weights_, self.means_, self.covariances_)
 
-    def _set_params(self, p: MixtureParams) -> None:
+    def _set_fitted(self, p: MixtureParams) -> None:
         self.weights_, self.means_, self.covariances_ = p.weights, p.means, p.covariances
 
     # -- fitting
@@ -414,28 +497,12 @@ class GaussianMixture:
             index = np.arange(n, dtype=np.int64)
             if isinstance(X, da.Array):
                 index = da.from_array(index, chunks=(X.chunks[0],))
-        sample = init_sample(X, index, self.init_sample, self.random_state)
-        if not np.all(np.isfinite(sample)):
-            raise ParameterError("X holds NaN or infinite values")
-        # Restarts run to convergence on the subsample (in memory, cheap); only
-        # the best one continues on the full data, where it needs few passes.
-        best = None
-        sample32 = sample.astype(np.float32)
-        for init in range(self.n_init):
-            rng = np.random.default_rng([self.random_state, init])
-            labels = kmeans_plusplus(sample, self.n_components, rng)
-            params = params_from_labels(sample, labels, self.n_components,
-                                        self.covariance_type, self.reg_covar)
-            params, ll, n_iter, _ = self._em(sample32, params, sample.shape[0])
-            log.info("init %d: subsample mean log-likelihood %.6g after %d iterations", init,
-                     ll, n_iter)
-            if best is None or ll > best[1]:
-                best = (params, ll)
-        params, ll, n_iter, converged = self._em(X, best[0], n)
+        start = self._best_start(init_sample(X, index, self.init_sample, self.random_state))
+        params, ll, n_iter, converged = self._em(X, start, n, self._e_step)
         log.info("EM on all %d points: mean log-likelihood %.6g after %d iterations", n, ll,
                  n_iter)
         order = canonical_order(params.means)
-        self._set_params(MixtureParams(params.weights[order], params.means[order],
+        self._set_fitted(MixtureParams(params.weights[order], params.means[order],
                                        params.covariances[order]))
         self.lower_bound_, self.n_iter_, self.converged_ = ll, n_iter, converged
         self.n_features_in_ = int(X.shape[1])
@@ -443,13 +510,44 @@ class GaussianMixture:
             log.warning("EM did not converge in %d iterations", self.max_iter)
         return self
 
-    def _em(self, X, params: MixtureParams, n: int):
+    def _best_start(self, sample: np.ndarray) -> MixtureParams:
+        """Parameters of the best of ``n_init`` plain-mixture EM runs on the subsample.
+
+        The restarts only choose where the model's own EM (with its E-step hook)
+        starts on the full data; they run to convergence in memory, cheaply, so
+        the full data needs few passes.
+        """
+        if not np.all(np.isfinite(sample)):
+            raise ParameterError("X holds NaN or infinite values")
+        plain = partial(data_stats, engine=self.engine)
+        best = None
+        sample32 = sample.astype(np.float32)
+        for init in range(self.n_init):
+            rng = np.random.default_rng([self.random_state, init])
+            labels = kmeans_plusplus(sample, self.n_components, rng)
+            params = params_from_labels(sample, labels, self.n_components,
+                                        self.covariance_type, self.reg_covar)
+            params, ll, n_iter, _ = self._em(sample32, params, sample.shape[0], plain)
+            log.info("init %d: subsample mean log-likelihood %.6g after %d iterations", init,
+                     ll, n_iter)
+            if best is None or ll > best[1]:
+                best = (params, ll)
+        return best[0]
+
+    def _e_step(self, X, params: MixtureParams) -> SufficientStats:
+        """E-step over the data given to ``fit``: the M-step's sufficient statistics
+        and the log-likelihood at ``params``.  The hook subclasses override."""
+        return data_stats(X, params, self.engine)
+
+    def _em(self, X, params: MixtureParams, n: int, e_step):
+        """EM from ``params`` until the mean log-likelihood settles; ``e_step(X, params)``
+        gives the statistics.  Returns (params, mean log-likelihood, iterations, converged)."""
         prev = -math.inf
         converged = False
         ll = -math.inf
         it = 0
         for it in range(1, self.max_iter + 1):  # noqa: B007 (it is reported)
-            stats = data_stats(X, params, self.engine)
+            stats = e_step(X, params)
             ll = stats.loglik / n
             if not math.isfinite(ll):
                 raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
@@ -487,7 +585,7 @@ class GaussianMixture:
     def _proba(self, X):
         xp = namespace(X)
         lp = log_prob(X, self.params_)
-        return xp.exp(lp - _logsumexp(lp, xp)[:, None])
+        return xp.exp(lp - logsumexp(lp, xp)[:, None])
 
     def score(self, X) -> float:
         """Mean log-likelihood per row."""
@@ -496,14 +594,11 @@ class GaussianMixture:
         return s.loglik / max(s.n, 1)
 
     def n_parameters(self) -> int:
-        k, t = self.n_components, self.n_features_in_
-        cov = k * t if self.covariance_type == "diag" else k * t * (t + 1) // 2
-        return int(cov + k * t + k - 1)
+        return n_parameters(self.n_components, self.n_features_in_, self.covariance_type)
 
     def bic(self, X) -> float:
         """Bayesian information criterion (lower is better)."""
-        n = int(X.shape[0])
-        return -2.0 * self.score(X) * n + self.n_parameters() * math.log(n)
+        return bic_score(self.score(X), int(X.shape[0]), self.n_parameters())
 
     def aic(self, X) -> float:
         return -2.0 * self.score(X) * int(X.shape[0]) + 2 * self.n_parameters()

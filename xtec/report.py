@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import math
 import os
@@ -33,50 +32,20 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from xtec.errors import InputError, ParameterError
+from xtec.errors import ParameterError
+from xtec.io.result import (  # noqa: F401  (load_result, check_result: re-exported)
+    KEPT_GREY,
+    Q_DIMS,
+    check_result,
+    decode_attrs,
+    decode_value,
+    load_result,
+)
 
 log = logging.getLogger(__name__)
 
-Q_DIMS = ("Ql", "Qk", "Qh")
-_REQUIRED = ("labels", "palette", "cluster_mean", "cluster_std")
-#: grey of kept-but-unclustered voxels (the store's ``KEPT_UNCLUSTERED``)
-KEPT_GREY = (128, 128, 128)
 # The log-intensity image is drawn in this grey range, darker than KEPT_GREY.
 _BASE_GREY = (0.04, 0.38)
-
-
-# --------------------------------------------------------------------------- loading
-def decode_attrs(attrs: dict) -> dict:
-    """Attributes with the JSON strings the store writes for dicts/lists decoded."""
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, str) and value[:1] in "[{":
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
-
-
-def check_result(ds: xr.Dataset, name: str = "the dataset") -> xr.Dataset:
-    """Raise :class:`InputError` unless ``ds`` looks like an xtec result."""
-    missing = [v for v in _REQUIRED if v not in ds.variables]
-    if missing:
-        raise InputError(f"{name} is not an xtec result store (no {', '.join(missing)})")
-    return ds
-
-
-def load_result(path: str | os.PathLike) -> xr.Dataset:
-    """Open a finished result store lazily, with its provenance attributes decoded."""
-    from xtec.io.store import open_result
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is not a result store (a .zarr directory)")
-    ds = open_result(path)
-    ds.attrs = decode_attrs(ds.attrs)
-    return check_result(ds, str(path))
 
 
 def palette_rgb(ds: xr.Dataset) -> np.ndarray:
@@ -339,7 +308,7 @@ def plot_threshold(ds: xr.Dataset, ax=None):
     ax = _new_axes(ax)
     thr = ds.attrs.get("threshold") or {}
     if isinstance(thr, str):
-        thr = decode_attrs({"t": thr})["t"]
+        thr = decode_value(thr)
     if "mean_intensity" not in ds and "threshold_hist" not in ds:
         ax.text(0.5, 0.5, "no threshold data in this store", ha="center", transform=ax.transAxes)
         return ax
@@ -392,33 +361,13 @@ def _finite(v) -> bool:
 
 
 def bic_curve(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
-    """(K values, BIC) from the store, if it has them; ``None`` otherwise.
-
-    Accepts a ``bic`` variable along a ``bic_k`` dimension/coordinate (or a
-    ``bic_k`` variable), or an attribute ``bic`` holding ``{K: value}``, a list of
-    ``[K, value]`` pairs or ``{"k": [...], "bic": [...]}``.
-    """
-    ks = vals = None
-    if "bic" in ds.variables:
-        vals = np.asarray(ds["bic"].values, np.float64).ravel()
-        if "bic_k" in ds.variables:
-            ks = np.asarray(ds["bic_k"].values, np.float64).ravel()
-        elif ds["bic"].dims and ds["bic"].dims[0] in ds.coords:
-            ks = np.asarray(ds[ds["bic"].dims[0]].values, np.float64)
-        else:
-            ks = np.arange(1, vals.size + 1, dtype=np.float64)
-    else:
-        raw = decode_attrs({"b": ds.attrs.get("bic")})["b"]
-        if isinstance(raw, dict) and "bic" in raw:
-            ks = np.asarray(raw.get("k", raw.get("bic_k", [])), np.float64)
-            vals = np.asarray(raw["bic"], np.float64)
-        elif isinstance(raw, dict) and raw:
-            ks = np.asarray([float(k) for k in raw], np.float64)
-            vals = np.asarray(list(raw.values()), np.float64)
-        elif isinstance(raw, (list, tuple)) and raw and np.ndim(raw) == 2:
-            arr = np.asarray(raw, np.float64)
-            ks, vals = arr[:, 0], arr[:, 1]
-    if ks is None or vals is None or ks.size == 0 or ks.size != vals.size:
+    """(K values, BIC) from the store's ``bic`` variable along ``bic_k`` (written by
+    ``-k auto``); ``None`` when the store has none."""
+    if "bic" not in ds.variables or "bic_k" not in ds.variables:
+        return None
+    vals = np.asarray(ds["bic"].values, np.float64).ravel()
+    ks = np.asarray(ds["bic_k"].values, np.float64).ravel()
+    if ks.size == 0 or ks.size != vals.size:
         return None
     order = np.argsort(ks)
     return ks[order], vals[order]

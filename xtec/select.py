@@ -18,7 +18,6 @@ the best BIC stays below ``frac`` (0.25) of the largest single-step improvement.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.errors import ParameterError
-from xtec.mixture import GaussianMixture
+from xtec.mixture import GaussianMixture, bic_score
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +110,8 @@ class BICResult:
 def _fit_one(X, index, k: int, seed: int, kwargs: dict) -> tuple[float, float, int, bool]:
     """(BIC, mean log-likelihood, iterations, converged) of one fit."""
     gmm = GaussianMixture(k, random_state=seed, **kwargs).fit(X, index)
-    n = int(X.shape[0])
     ll = float(gmm.lower_bound_)
-    bic = -2.0 * ll * n + gmm.n_parameters() * math.log(n)
+    bic = bic_score(ll, int(X.shape[0]), gmm.n_parameters())
     return bic, ll, int(gmm.n_iter_), bool(gmm.converged_)
 
 
@@ -147,7 +145,8 @@ def bic_scan(
     gather_limit : bytes up to which Dask X is gathered for parallel fits.
     Other keyword arguments go to :class:`~xtec.mixture.GaussianMixture`.
 
-    The BIC of each fit is -2 N lower_bound_ + p log N, p the free parameters.
+    The BIC of each fit is :func:`~xtec.mixture.bic_score` of its ``lower_bound_``:
+    -2 N lower_bound_ + p log N, p the free parameters.
     """
     ks = np.array(sorted({int(k) for k in ks}), dtype=np.int64)
     seeds = np.array(list(dict.fromkeys(int(s) for s in seeds)), dtype=np.int64)

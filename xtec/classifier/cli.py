@@ -6,7 +6,6 @@ Nothing heavy is imported at module load; each handler imports what it needs so 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -353,10 +352,3 @@ def _print_report(report: dict, per_group: bool) -> None:
         print("\nper space group (model):")
         for sg, r in m["per_space_group"].items():
             print(f"  {sg:4d} n={r['n']:3d}  top-1 {r['top1']:.3f}  top-5 {r['top5']:.3f}")
-
-
-def main(argv=None) -> int:  # pragma: no cover - convenience for python -m
-    parser = argparse.ArgumentParser(prog="xtec")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)

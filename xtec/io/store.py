@@ -1,4 +1,4 @@
-"""Result Dataset <-> Zarr.
+"""Result Dataset <-> Zarr (the storage backend of :mod:`xtec.io.result`).
 
 The store is written to ``OUT.zarr.partial`` and renamed to ``OUT.zarr`` only
 after every variable and the final ``complete=true`` attribute are written, so
@@ -7,52 +7,27 @@ an interrupted run never leaves something at ``OUT.zarr`` that looks complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
 
+# The result format (names, colours, attribute encoding) lives in xtec.io.result;
+# its colour helpers are re-exported here for existing callers.
+from xtec.io.result import (  # noqa: F401
+    DROPPED,
+    KEPT_UNCLUSTERED,
+    color_block,
+    decode_attrs,
+    encode_attrs,
+    palette,
+)
+
 log = logging.getLogger(__name__)
-
-# Okabe-Ito (without black), then Paul Tol's "muted": colour-blind safe and
-# distinct from the grey (kept, not clustered) and black (dropped) of the maps.
-_PALETTE_HEX = [
-    "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7",
-    "#CC6677", "#332288", "#DDCC77", "#117733", "#88CCEE", "#882255", "#44AA99",
-    "#999933", "#AA4499",
-]
-KEPT_UNCLUSTERED = (128, 128, 128)
-DROPPED = (0, 0, 0)
-
-
-def palette(k: int) -> np.ndarray:
-    """(k, 3) uint8 colours, colour-blind safe for k <= 16."""
-    base = [tuple(int(h[i:i + 2], 16) for i in (1, 3, 5)) for h in _PALETTE_HEX]
-    if k > len(base):
-        import matplotlib
-
-        extra = matplotlib.colormaps["viridis"](np.linspace(0, 1, k - len(base)))[:, :3]
-        base += [tuple(int(round(255 * c)) for c in row) for row in extra]
-    return np.array(base[:k], dtype=np.uint8)
-
-
-def color_block(labels: np.ndarray, mask: np.ndarray, pal: np.ndarray) -> np.ndarray:
-    """RGB per voxel: palette colour, grey if kept but unclustered, black if dropped.
-
-    labels, mask : (...,) -> (..., 3) uint8
-    """
-    out = np.empty(labels.shape + (3,), np.uint8)
-    out[...] = DROPPED
-    out[mask] = KEPT_UNCLUSTERED
-    lab = labels >= 0
-    out[lab] = pal[labels[lab]]
-    return out
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -67,22 +42,6 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     if not os.access(path.parent, os.W_OK):
         raise ParameterError(f"the output directory {path.parent} is not writable")
     return path
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return v
 
 
 def _uniform_chunks(ds: xr.Dataset) -> xr.Dataset:
@@ -103,8 +62,7 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
     if tmp.exists():
         shutil.rmtree(tmp)
     ds = ds.copy()
-    ds.attrs = {k: json.dumps(_jsonable(v)) if isinstance(v, (dict, list, tuple)) else
-                _jsonable(v) for k, v in ds.attrs.items()}
+    ds.attrs = encode_attrs(ds.attrs)
     ds.attrs["complete"] = False
     ds = _uniform_chunks(ds)
     try:
@@ -135,11 +93,6 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
         raise InputError(f"{path} is not a readable Zarr result store ({exc})") from None
     if ds.attrs.get("complete") is not True:
         raise InputError(f"{path} is incomplete (its run did not finish); run it again")
-    for key, value in list(ds.attrs.items()):
-        # Nested provenance (dicts, lists) is stored as JSON text.
-        if isinstance(value, str) and value[:1] in "{[":
-            try:
-                ds.attrs[key] = json.loads(value)
-            except json.JSONDecodeError:
-                pass
+    # Nested provenance (dicts, lists) is stored as JSON text.
+    ds.attrs = decode_attrs(ds.attrs)
     return ds

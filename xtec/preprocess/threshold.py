@@ -38,85 +38,8 @@ from xtec.errors import ParameterError
 
 log = logging.getLogger(__name__)
 
-RESCALE_METHODS = ("mean", "zscore", "log-mean", "none")
 THRESHOLD_METHODS = ("kl", "simple", "none")
 _FINE_BINS = 4096
-
-
-# --------------------------------------------------------------------------- blocks
-def clean_block(x):
-    """Zero every trajectory holding a NaN and clip negative intensities to 0.
-
-    x : array of shape (T, ...) -> same shape.  A NaN trajectory becomes all-zero,
-    so the zero mask drops the voxel.
-    """
-    xp = namespace(x)
-    bad = xp.any(xp.isnan(x), axis=0)
-    x = xp.where(bad, xp.zeros_like(x), x)
-    return xp.where(x < 0, xp.zeros_like(x), x)
-
-
-def mean_block(x):
-    """Mean over temperature, accumulated in float64; (T, ...) -> (...) float32."""
-    xp = namespace(x)
-    return xp.astype(xp.mean(xp.astype(x, xp.float64), axis=0), xp.float32)
-
-
-def _bad_counts_block(x):
-    xp = namespace(x)
-    n_nan = xp.sum(xp.astype(xp.any(xp.isnan(x), axis=0), xp.int64))
-    n_neg = xp.sum(xp.astype(x < 0, xp.int64))
-    return np.array([int(n_nan), int(n_neg)], dtype=np.int64)
-
-
-def rescale_block(x, method: str = "mean"):
-    """Rescale trajectories along axis 0.
-
-    ``mean``: I / mean_T I - 1; ``zscore``: (I - mean_T I) / std_T I;
-    ``log-mean``: log(1 + I) - mean_T log(1 + I); ``none``: unchanged.
-    Voxels with a zero mean (or zero spread, for zscore) give 0.
-    """
-    xp = namespace(x)
-    x = xp.astype(x, xp.float32)
-    if method == "none":
-        return x
-    if method == "log-mean":
-        y = xp.log1p(x)
-        return y - xp.mean(y, axis=0, keepdims=True)
-    m = xp.mean(x, axis=0, keepdims=True)
-    if method == "mean":
-        safe = xp.where(m > 0, m, xp.ones_like(m))
-        return xp.where(m > 0, x / safe - 1, xp.zeros_like(x))
-    if method == "zscore":
-        s = xp.std(x, axis=0, keepdims=True)
-        safe = xp.where(s > 0, s, xp.ones_like(s))
-        return xp.where(s > 0, (x - m) / safe, xp.zeros_like(x))
-    raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {method!r})")
-
-
-def trajectories_block(x, mask, method: str):
-    """Rescaled trajectories of the kept voxels of one block.
-
-    x : (T, l, k, h); mask : (l, k, h) bool -> (n_kept, T) float32, in C order.
-    """
-    if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
-        import numba
-
-        from xtec import _kernels
-
-        numba.set_num_threads(1)  # one Dask task per core already
-        flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
-        cols = np.flatnonzero(np.asarray(mask).reshape(-1))
-        return _kernels.gather_rescale(flat, cols, RESCALE_METHODS.index(method), 256)
-    xp = namespace(x)
-    t = x.shape[0]
-    # Gather the kept columns first: only they are rescaled and transposed.
-    cols = xp.nonzero(xp.reshape(mask, (-1,)))[0]
-    kept = xp.take(xp.reshape(x, (t, -1)), cols, axis=1)
-    # Kept voxels hold no NaN (their mean is > 0); negatives count as 0, as in the mean.
-    kept = xp.where(kept < 0, xp.zeros_like(kept), kept)
-    out = xp.permute_dims(rescale_block(kept, method), (1, 0))
-    return np.ascontiguousarray(out) if isinstance(out, np.ndarray) else out
 
 
 def _log_mean_values(m, mask=None):
@@ -360,12 +283,12 @@ def compute_threshold(mean: da.Array, method: str | float = "kl") -> Threshold:
     if not width > 0:
         raise ParameterError(
             "the KL threshold needs spread in log intensity (IQR is 0); use "
-            "--threshold simple or an intensity"
+            "threshold='simple' or an intensity"
         )
     nb = int(math.ceil((st.max - st.min) / width))
     if nb < 4:
         raise ParameterError("too few distinct intensities for the KL threshold; use "
-                             "--threshold simple or an intensity")
+                             "threshold='simple' or an intensity")
     edges = np.linspace(st.min, st.max, nb + 1)
     counts, s1, s2 = np.sum(_per_block(mean, _weighted_hist, edges), axis=0)
     idx, it, gauss = kl_cutoff(counts, edges, s1, s2, st.mean, st.std, width)
@@ -394,85 +317,6 @@ def kl_threshold_values(x: np.ndarray, max_iter: int = 100) -> float:
     return float(edges[idx])
 
 
-# ----------------------------------------------------------------------- the passes
-@dataclass
-class VoxelSummary:
-    """One streaming pass over the raw data."""
-
-    mean: da.Array  # (L, K, H) float32, mean over T after cleaning
-    n_nan_voxels: int
-    n_negative_values: int
-    # What ``capture`` returned per spatial block (Delayed, held on the workers),
-    # as an object array of the block grid; None without ``capture``.
-    captured: np.ndarray | None = None
-
-
-def _summary_block(x, capture=None, pos=()):
-    """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
-    block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
-    or None); NumPy chunks take one fused pass for the first two."""
-    if isinstance(x, np.ndarray):
-        import numba
-
-        from xtec import _kernels
-
-        # Dask runs one task per core already; nested numba threads would
-        # oversubscribe the cores (and spin-wait).
-        numba.set_num_threads(1)
-        flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
-        if flat.dtype not in (np.float32, np.float64):
-            flat = flat.astype(np.float32)
-        m, n_nan, n_neg = _kernels.mean_over_t(flat, 4096)
-        bad = np.array([n_nan, n_neg], np.int64)
-    else:
-        xp = namespace(x)
-        flat = xp.reshape(x, (x.shape[0], -1))
-        m, bad = xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
-    got = capture(flat, m, pos) if capture is not None else None
-    xp = namespace(m)
-    return xp.reshape(m, tuple(x.shape[1:])), bad, got
-
-
-def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummary:
-    """Mean over temperature per voxel, and counts of NaN / negative values.
-
-    data : dask array (T, L, K, H) with the temperature axis in one chunk.
-    All come from one read of the data, in one task per chunk.  ``capture``,
-    if given, is called in each task with the block's values (T, n), means
-    (n,) and block position, while the values are in hand (see
-    :mod:`xtec.candidates`); its results stay where the tasks ran.
-    """
-    if data.numblocks[0] != 1:
-        data = data.rechunk({0: -1})
-    f = dask.delayed(_summary_block, pure=True, nout=3)
-    blocks = data.to_delayed()[0]
-    positions = list(np.ndindex(*blocks.shape))
-    parts = [f(blocks[pos], capture, pos) for pos in positions]
-    if persist:
-        # The tuples are persisted first, so each chunk is read once; then
-        # their items, so the means and the captures can be released apart.
-        parts = dask.persist(*parts)
-        items = dask.persist(*[p[i] for p in parts for i in range(3)])
-        parts = [items[3 * j:3 * j + 3] for j in range(len(parts))]
-    meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
-        if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
-    grid = np.empty(blocks.shape, dtype=object)
-    captured = np.empty(blocks.shape, dtype=object) if capture is not None else None
-    for pos, part in zip(positions, parts):
-        shape = tuple(ch[i] for ch, i in zip(data.chunks[1:], pos))
-        grid[pos] = da.from_delayed(part[0], shape=shape, dtype=np.float32, meta=meta)
-        if captured is not None:
-            captured[pos] = part[2]
-    mean = da.block(grid.tolist())
-    totals = np.sum(dask.compute(*[p[1] for p in parts]), axis=0)
-    return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured)
-
-
-def clean(data: da.Array) -> da.Array:
-    """:func:`clean_block` on every chunk."""
-    return data.map_blocks(clean_block, dtype=data.dtype)
-
-
 def above_cutoff_block(m, cut: float):
     """mean > 0 and log(mean) > cut, elementwise (log in float64 of the mean)."""
     xp = namespace(m)
@@ -486,115 +330,3 @@ def keep_mask(mean: da.Array, threshold: Threshold) -> da.Array:
     return mean.map_blocks(above_cutoff_block, threshold.cutoff, dtype=bool)
 
 
-def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """Global C-order voxel indices of the kept voxels of a mask block (host int64).
-
-    mask : (l, k, h) block starting at ``offset`` in a grid of ``shape``.
-    """
-    ijk = np.nonzero(to_numpy(mask))
-    return np.ravel_multi_index(tuple(a + o for a, o in zip(ijk, offset)), shape)
-
-
-@dataclass
-class Trajectories:
-    """Rescaled trajectories of the kept voxels, ragged over the spatial blocks.
-
-    Attributes
-    ----------
-    X : dask array of shape (n_kept, T), float32
-        One chunk per spatial block that keeps any voxel, in block order.
-    index : dask array of shape (n_kept,), int64
-        Global C-order index of each voxel in the (L, K, H) grid: the identity
-        that makes seeded results independent of the chunking.
-    counts : ndarray of shape mask.numblocks
-        Kept voxels per spatial block.
-    """
-
-    X: da.Array
-    index: da.Array
-    counts: np.ndarray
-    mask: da.Array
-
-    @property
-    def n(self) -> int:
-        return int(self.counts.sum())
-
-
-def extract_trajectories(data: da.Array, mask: da.Array, rescale: str = "mean") -> Trajectories:
-    """Gather and rescale the trajectories of kept voxels, chunk by chunk.
-
-    data : (T, L, K, H) dask array, temperature in one chunk; mask : (L, K, H) bool
-    with the same spatial chunks.
-    """
-    if rescale not in RESCALE_METHODS:
-        raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {rescale!r})")
-    if data.numblocks[0] != 1:
-        data = data.rechunk({0: -1})
-    dblocks = data.to_delayed()[0]
-    mblocks = mask.to_delayed()
-    traj = dask.delayed(trajectories_block, pure=True)
-    return assemble_trajectories(mask, lambda pos: traj(dblocks[pos], mblocks[pos], rescale),
-                                 data.shape[0], data._meta)
-
-
-def assemble_trajectories(mask: da.Array, block_trajectories, t: int, meta=None
-                          ) -> Trajectories:
-    """:class:`Trajectories` from one Delayed (n_kept, T) array per spatial block.
-
-    block_trajectories(pos) gives the kept rows of block ``pos`` of ``mask``
-    (L, K, H) bool, in C order; blocks that keep nothing are skipped.
-    """
-    counts = mask.map_blocks(
-        lambda m: np.full((1, 1, 1), int(to_numpy(m).sum()), np.int64), dtype=np.int64,
-        chunks=(1, 1, 1),
-    ).compute()
-    mblocks = mask.to_delayed()
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
-    flat_idx = dask.delayed(flat_indices_block, pure=True)
-    meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
-    xs, ids = [], []
-    for pos in np.ndindex(*counts.shape):
-        n = int(counts[pos])
-        if n == 0:
-            continue
-        xs.append(da.from_delayed(block_trajectories(pos), shape=(n, t), dtype=np.float32,
-                                  meta=meta2))
-        offset = tuple(int(st[i]) for st, i in zip(starts, pos))
-        ids.append(da.from_delayed(flat_idx(mblocks[pos], offset, mask.shape), shape=(n,),
-                                   dtype=np.int64))
-    if not xs:
-        raise ParameterError(
-            "the threshold keeps no voxel; lower it (--threshold simple, none, or an intensity)"
-        )
-    return Trajectories(da.concatenate(xs), da.concatenate(ids), counts, mask)
-
-
-def _meta_2d(meta):
-    xp = namespace(meta)
-    return xp.empty((0, 0), dtype=xp.float32)
-
-
-def paint(values: da.Array, traj: Trajectories, fill, dtype) -> da.Array:
-    """Scatter per-kept-voxel ``values`` (n_kept,) back onto the (L, K, H) grid.
-
-    ``values`` must have the chunks of ``traj.X`` along axis 0; voxels not kept
-    get ``fill``.
-    """
-    mask = traj.mask
-    vblocks = iter(values.to_delayed().ravel())
-    mblocks = mask.to_delayed()
-
-    def scatter(m, v):
-        m = to_numpy(m)
-        out = np.full(m.shape, fill, dtype=dtype)
-        if v is not None:
-            out[m] = to_numpy(v)
-        return out
-
-    f = dask.delayed(scatter, pure=True)
-    grid = np.empty(traj.counts.shape, dtype=object)
-    for pos in np.ndindex(*traj.counts.shape):
-        v = next(vblocks) if traj.counts[pos] else None
-        shape = tuple(c[i] for c, i in zip(mask.chunks, pos))
-        grid[pos] = da.from_delayed(f(mblocks[pos], v), shape=shape, dtype=dtype)
-    return da.block(grid.tolist())

@@ -1,0 +1,72 @@
+"""Cluster profiles: count, mean and spread of the trajectories of each cluster.
+
+The mean trajectory per cluster (with its standard deviation) is what a result
+shows next to the map; it is computed from the same per-chunk sums as the
+mixture's statistics, so only K x T numbers per chunk travel.
+"""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+
+from xtec.backend import to_numpy
+from xtec.mixture import chunk_predict
+
+
+def _cluster_block_stats(x, labels, k):
+    """Per cluster: count, sum and sum of squares of one block's trajectories, (3, k, T)."""
+    x = to_numpy(x).astype(np.float64)
+    lab = to_numpy(labels).astype(np.int64)
+    onehot = np.zeros((x.shape[0], k))
+    onehot[np.arange(x.shape[0]), lab] = 1.0
+    out = np.empty((3, k, x.shape[1]))
+    out[0] = onehot.sum(axis=0)[:, None]
+    out[1] = onehot.T @ x
+    out[2] = onehot.T @ (x * x)
+    return out
+
+
+def _profile_totals(tot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = tot[0][:, 0]
+    safe = np.maximum(n, 1)[:, None]
+    mean = tot[1] / safe
+    std = np.sqrt(np.maximum(tot[2] / safe - mean**2, 0.0))
+    return n.astype(np.int64), mean, std
+
+
+def _predict_block_stats(x, params, engine, k):
+    labels = chunk_predict(x, params, engine)
+    return labels, _cluster_block_stats(x, labels, k)
+
+
+def predict_with_profiles(gmm, X, k: int):
+    """Labels (persisted) and :func:`cluster_profiles`, from one pass over X.
+
+    X : (N, T) dask array -> labels (N,) int16 dask array with X's chunks,
+    counts (k,), mean (k, T), std (k, T).
+    """
+    f = dask.delayed(_predict_block_stats, pure=True, nout=2)
+    # All Delayed, so one graph: each block of X is read once for both.
+    parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k) for b in X.to_delayed().ravel()])
+    labels = da.concatenate([da.from_delayed(p[0], shape=(n,), dtype=np.int16,
+                                             meta=np.empty(0, np.int16))
+                             for p, n in zip(parts, X.chunks[0])]).persist()
+    tot = np.sum(dask.compute(*[p[1] for p in parts]), axis=0)
+    return (labels, *_profile_totals(tot))
+
+
+def cluster_profiles(X, labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Count, mean and standard deviation of the trajectories of each cluster.
+
+    X : (N, T); labels : (N,) in 0..k-1 -> counts (k,), mean (k, T), std (k, T)
+    """
+    if isinstance(X, da.Array):
+        f = dask.delayed(_cluster_block_stats, pure=True)
+        parts = dask.compute(*[f(a, b, k) for a, b in
+                               zip(X.to_delayed().ravel(), labels.to_delayed().ravel())])
+        tot = np.sum(parts, axis=0)
+    else:
+        tot = _cluster_block_stats(X, labels, k)
+    return _profile_totals(tot)
