@@ -58,7 +58,7 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys, small_series):
     code, _, err = run(capsys, "cluster", good, "-o", out, "--threshold", "1e12")
     assert_one_line_error(code, err, "keeps no voxel")
     code, _, err = run(capsys, "cluster", good, "-o", out, "--threshold", "otsu")
-    assert_one_line_error(code, err, "--threshold must be")
+    assert_one_line_error(code, err, "threshold must be")
     code, _, err = run(capsys, "cluster", good, "-o", out, "-k", "50000")
     assert_one_line_error(code, err, "fewer than K=50000")
     code, _, err = run(capsys, "cluster", good, "-o", tmp_path / "o.txt")
@@ -70,13 +70,13 @@ def test_bad_input_gives_one_line_and_no_output(tmp_path, capsys, small_series):
     assert_one_line_error(code, err, "duplicate temperatures")
     code, _, err = run(capsys, "cluster", good, "-o", good / "o.zarr")
     assert_one_line_error(code, err, "does not exist")
-    # The file system refusing mid-run (here: a file where the scratch
-    # directory goes) is one line too, with no output left behind.
-    (tmp_path / "o.zarr.scratch").write_text("in the way")
+    # The file system refusing (here: a directory where the lock file goes)
+    # is one line too, with no output left behind.
+    (tmp_path / "o.zarr.lock").mkdir()
     code, _, err = run(capsys, "cluster", good, "-o", out, "--persist", "disk")
     assert_one_line_error(code, err, "check the path")
     assert not out.exists()
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob("*.partial*"))
 
 
 def test_nan_and_negative_intensities_are_reported(tmp_path, capsys, small_series):

@@ -97,6 +97,9 @@ class ClusterConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
+        from xtec.options import check_config
+
+        check_config(self)  # types and ranges of every field (xtec.options)
         if not self.inputs and not self.parent:
             raise ParameterError("no input files given")
         if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
@@ -368,7 +371,8 @@ def _prepare(config: ClusterConfig, runtime, parent=None, scratch: Path | None =
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
     notes = []
     if summary_pass.n_nan_voxels:
-        notes.append(f"{summary_pass.n_nan_voxels} voxels with NaN intensities were dropped")
+        notes.append(f"{summary_pass.n_nan_voxels} voxels with NaN or infinite "
+                     "intensities were dropped")
     if summary_pass.n_negative_values:
         notes.append(f"{summary_pass.n_negative_values} negative intensities were set to 0")
     for n in notes:
@@ -421,12 +425,21 @@ def bic_for_inputs(config: ClusterConfig, runtime=None, ks=range(2, 15), seeds=(
 
 def run_cluster(config: ClusterConfig, runtime=None) -> ClusterResult:
     """Run one clustering job and write its Zarr store. Returns the path and a summary."""
+    from xtec.io.output import claim_output
+    from xtec.workers import cluster_failures
+
     config.validate()
     out = check_output(config.out, config.overwrite)
+    # The output is this run's alone until it ends (a second run fails at once);
+    # lost Dask workers end the run with one XtecError line.
+    with claim_output(out) as claim, cluster_failures():
+        check_output(out, config.overwrite)
+        return _run_cluster(config, runtime, out, claim.scratch)
+
+
+def _run_cluster(config: ClusterConfig, runtime, out: Path, scratch: Path) -> ClusterResult:
     started = _dt.datetime.now(_dt.timezone.utc)
     parent = _open_parent(config) if config.parent else None
-
-    scratch = out.with_name(out.name + ".scratch")
     try:
         prep = _prepare(config, runtime, parent, scratch)
         arr, data, summary_pass, threshold, mask, traj = (
