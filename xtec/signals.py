@@ -119,6 +119,11 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         if fired:
             return  # already stopping: let the clean-up finish
         fired.append(signum)
+        # Closing a cluster in the middle of work makes Dask warn about every
+        # worker it has to kill: expected now, and not the user's to act on.
+        dask_log = logging.getLogger("distributed")
+        if dask_log.getEffectiveLevel() >= logging.WARNING:
+            dask_log.setLevel(logging.ERROR)
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
         raise Interrupted(signum)
 

@@ -120,7 +120,10 @@ def quiet_dask_logs(verbose: int = 0) -> None:
     """
     level = logging.WARNING if verbose <= 0 else logging.DEBUG if verbose > 1 else logging.INFO
     name = logging.getLevelName(level).lower()
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", name)
+    # Worker processes: their warnings on shutdown (heartbeats to a closed
+    # scheduler, cancelled tasks) are noise; the nanny, in this process, still
+    # reports a worker that dies or is restarted.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical" if verbose <= 0 else name)
     try:
         import distributed  # noqa: F401  (sets its own levels on import)
     except ImportError:
@@ -136,3 +139,5 @@ def quiet_dask_logs(verbose: int = 0) -> None:
         # ("CommClosedError") on a run that succeeded.
         for logger in ("distributed.comm", "distributed.core", "distributed.batched"):
             logging.getLogger(logger).setLevel(logging.CRITICAL)
+        # The dashboard's "Host wildcard '*'" warning on every start.
+        logging.getLogger("bokeh").setLevel(logging.ERROR)

@@ -407,7 +407,8 @@ def _open_4d(vol: _Volume, path: Path, chunks, target_bytes, min_blocks=1) -> xr
     order = [names.index(d) for d in DIMS]
     shape = tuple(vol.source.shape[i] for i in order)
     fchunks = tuple(vol.file_chunks[i] for i in order[1:]) if vol.file_chunks else None
-    sp = checked_chunks(chunks, shape[1:]) if chunks else spatial_chunks(
+    sp = checked_chunks(chunks, shape[1:], shape[0], vol.source.dtype.itemsize) \
+        if chunks else spatial_chunks(
         shape[1:], fchunks, shape[0], vol.source.dtype.itemsize, target_bytes, min_blocks)
     file_order_chunks = [0] * 4
     for dim_pos, file_axis in enumerate(order):
@@ -452,7 +453,8 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes,
                 raise InputError(f"{p}: axis {ax!r} differs from {files[0].name}")
     shape3 = tuple(first.source.shape[i] for i in order)
     fchunks = tuple(first.file_chunks[i] for i in order) if first.file_chunks else None
-    sp = checked_chunks(chunks, shape3) if chunks else spatial_chunks(
+    sp = checked_chunks(chunks, shape3, len(volumes), first.source.dtype.itemsize) \
+        if chunks else spatial_chunks(
         shape3, fchunks, len(volumes), first.source.dtype.itemsize, target_bytes, min_blocks)
     file_chunks = [0] * 3
     for dim_pos, file_axis in enumerate(order):
@@ -476,28 +478,36 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes,
 
 # More spatial chunks than this makes a graph of hundreds of thousands of
 # tasks, whose scheduling takes longer than the reading (chunks=1,1,1 on a
-# 21x121x121 grid ran for minutes); the automatic chunks stay far below it.
+# 21x121x121 grid ran for minutes); chunks under MIN_CHUNK_BYTES cost more in
+# per-task overhead (about a millisecond) than in reading.  The automatic
+# chunks stay far from both.
 MAX_CHUNKS = 20_000
+MIN_CHUNK_BYTES = 64 * 2**10
 
 
-def checked_chunks(chunks, shape) -> tuple[int, ...]:
-    """User-given spatial chunks, grown (with a warning) if they make too many chunks.
-
-    The axis with the most chunks is doubled until at most :data:`MAX_CHUNKS` remain.
-    """
+def checked_chunks(chunks, shape, n_temperatures: int = 1, itemsize: int = 4
+                   ) -> tuple[int, ...]:
+    """User-given spatial chunks, grown (with a warning) where they are too many or
+    too small: the axis with the most chunks is doubled until at most
+    :data:`MAX_CHUNKS` remain and each holds :data:`MIN_CHUNK_BYTES`."""
     given = tuple(int(c) for c in chunks)
     out = [min(c, s) for c, s in zip(given, shape)]
 
     def count():
         return math.prod(-(-s // c) for s, c in zip(shape, out))
 
+    def too_small():
+        return math.prod(out) * n_temperatures * itemsize < MIN_CHUNK_BYTES
+
     n0 = count()
-    while count() > MAX_CHUNKS:
-        axis = max(range(len(out)), key=lambda i: -(-shape[i] // out[i]))
+    while (count() > MAX_CHUNKS or too_small()) and list(out) != list(shape):
+        axis = max(range(len(out)), key=lambda i: (-(-shape[i] // out[i]), i))
         out[axis] = min(shape[axis], 2 * out[axis])
-    if count() != n0:
-        log.warning("chunks=%s would make %s chunks (as many Dask tasks per pass); using "
-                    "chunks=%s (%s chunks) instead", ",".join(map(str, given)), f"{n0:,}",
+    if tuple(out) != given[:len(out)] and count() != n0:
+        log.warning("chunks=%s would make %s chunks (as many Dask tasks per pass) of "
+                    "%s bytes; using chunks=%s (%s chunks) instead",
+                    ",".join(map(str, given)), f"{n0:,}",
+                    f"{math.prod(given) * n_temperatures * itemsize:,}",
                     ",".join(map(str, out)), f"{count():,}")
     return tuple(out)
 
