@@ -74,37 +74,48 @@ _DASK_COMMANDS = ("cluster", "bic", "demo")
 def main(argv: Sequence[str] | None = None) -> int:
     from xtec.signals import stop_on_signals
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.command in _DASK_COMMANDS:
-        from xtec.workers import quiet_dask_logs
-
-        quiet_dask_logs(args.verbose)
-    with stop_on_signals(name=f"xtec {args.command}"):
+    # Signals are handled from the first line: a batch scheduler's SIGTERM may
+    # come while the optional modules are still being imported.
+    with stop_on_signals(name="xtec"):
+        command = None
         try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            level = logging.WARNING - 10 * min(args.verbose, 2)
+            logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+            if command in _DASK_COMMANDS:
+                from xtec.workers import quiet_dask_logs
+
+                quiet_dask_logs(args.verbose)
             return int(args.func(args) or 0)
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - sorted below; real bugs re-raised
-            return _exit_status(exc, args.command)
+            return _exit_status(exc, command)
 
 
-def _error(command: str, message: str) -> int:
-    print(f"xtec {command}: error: {message}", file=sys.stderr)
+def _error(command: str | None, message: str) -> int:
+    print(f"{_prog(command)}: error: {message}", file=sys.stderr)
     return 2
 
 
-def _exit_status(exc: BaseException, command: str) -> int:
+def _prog(command: str | None) -> str:
+    return f"xtec {command}" if command else "xtec"
+
+
+def _exit_status(exc: BaseException, command: str | None) -> int:
     """One line on stderr and the exit status for a failure; re-raise real bugs."""
     from xtec.signals import interruption
     from xtec.workers import worker_loss_message
 
     stop = interruption(exc)
     if stop is not None:
+        from xtec.workers import close_leftover_clusters
+
+        close_leftover_clusters()
         verb = "interrupted" if stop.args[0] == "SIGINT" else "stopped"
-        print(f"xtec {command}: {verb} by {stop.args[0]}; partial output and scratch files "
+        print(f"{_prog(command)}: {verb} by {stop.args[0]}; partial output and scratch files "
               "were removed", file=sys.stderr)
         return stop.exit_status
     if isinstance(exc, XtecError):

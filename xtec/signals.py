@@ -70,7 +70,7 @@ def interruption(exc: BaseException | None) -> Interrupted | None:
     return None
 
 
-def _kill_children() -> None:
+def kill_children() -> None:
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with distributed
@@ -108,7 +108,7 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
     def watchdog(signum: int) -> None:
         if done.wait(grace):
             return
-        _kill_children()
+        kill_children()
         _remove_registered()
         sys.stderr.write(f"{name}: stopped by {signal.Signals(signum).name} "
                          f"(clean-up took over {grace:g} s; forced exit)\n")
@@ -123,7 +123,10 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         # worker it has to kill: expected now, and not the user's to act on.
         dask_log = logging.getLogger("distributed")
         if dask_log.getEffectiveLevel() >= logging.WARNING:
-            dask_log.setLevel(logging.ERROR)
+            dask_log.setLevel(logging.CRITICAL)
+            # Workers interrupted while starting leave "Task exception was
+            # never retrieved" behind in asyncio.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
         raise Interrupted(signum)
 

@@ -141,3 +141,25 @@ def quiet_dask_logs(verbose: int = 0) -> None:
             logging.getLogger(logger).setLevel(logging.CRITICAL)
         # The dashboard's "Host wildcard '*'" warning on every start.
         logging.getLogger("bokeh").setLevel(logging.ERROR)
+
+
+def close_leftover_clusters() -> None:
+    """Close local Dask clusters that an interrupt caught half-started.
+
+    A signal inside ``LocalCluster(...)`` leaves a cluster no ``with`` block
+    owns; Dask's exit hook then fails on it with a traceback.  Close what can
+    be closed, kill this process's remaining children, and forget the rest.
+    """
+    import sys
+
+    if "distributed" not in sys.modules:
+        return
+    from distributed.deploy.spec import SpecCluster
+
+    for cluster in list(SpecCluster._instances):
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=5)
+        SpecCluster._instances.discard(cluster)
+    from xtec.signals import kill_children
+
+    kill_children()
