@@ -302,6 +302,8 @@ def _check_virtual_sources(dset, filename: str, path: Path) -> None:
     base = Path(filename).parent
     for src in dset.virtual_sources():
         name = src.file_name
+        if "%" in name:
+            continue  # a printf-style pattern of many files: HDF5 expands it, not us
         source = Path(filename) if name == "." else Path(name)
         if not source.is_absolute():
             source = base / source

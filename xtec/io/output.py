@@ -227,6 +227,8 @@ def verify_store(ds, path) -> None:
     with ``k``.
     """
     missing = [v for v in REQUIRED_VARIABLES if v not in ds.variables]
+    if len(missing) == len(REQUIRED_VARIABLES):
+        raise InputError(f"{path} is not an xtec result store (no {', '.join(missing)})")
     missing += [f"attribute {a!r}" for a in REQUIRED_ATTRS if a not in ds.attrs]
     if missing:
         raise InputError(f"{path} says it is complete but lacks {', '.join(missing)}: it was "
