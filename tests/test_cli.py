@@ -88,7 +88,7 @@ def test_nan_and_negative_intensities_are_reported(tmp_path, capsys, small_serie
     f = write_xtec(replace(small_series, intensity=bad), tmp_path / "bad.nxs")
     code, out, _ = run(capsys, "cluster", f, "-o", tmp_path / "r.zarr", "-k", "3")
     assert code == 0
-    assert "1 voxels with NaN intensities were dropped" in out
+    assert "1 voxels with NaN or infinite intensities were dropped" in out
     assert "negative intensities were set to 0" in out
     ds = open_result(tmp_path / "r.zarr")
     assert not ds.mask.values[2, 5, 5]

@@ -300,7 +300,7 @@ def _corrupt_one_chunk(path: Path) -> tuple[int, ...]:
     return info.chunk_offset
 
 
-@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_damaged_chunk_is_one_line_naming_file_dataset_and_chunk(tiny, tmp_path, capsys,
                                                                   workers):
     origin = _corrupt_one_chunk(tiny)
@@ -408,7 +408,7 @@ def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(capsys):
 def client():
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                            memory_limit="2GB")
     c = Client(cluster)
     yield c
@@ -487,7 +487,7 @@ def test_lost_scheduler_is_one_line():
     from xtec.workers import WorkerLostError, cluster_failures
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=None)
+                           dashboard_address=":0")
     c = Client(cluster)
     try:
         future = c.submit(time.sleep, 2, pure=False)
