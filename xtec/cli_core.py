@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from xtec.errors import ParameterError
+from xtec.jobfile import load_job_file  # noqa: F401  (part of this module's API before)
 
 
 def register(sub) -> None:
@@ -153,7 +154,7 @@ def merged_options(args) -> dict:
     The option names are the fields of ``ClusterConfig`` and ``RunOptions``
     (:mod:`xtec.options`): a field added there is an option here.
     """
-    from xtec.jobfile import load_job_file, option_names
+    from xtec.jobfile import option_names
     from xtec.options import coerce
 
     opts = load_job_file(getattr(args, "config", None))
