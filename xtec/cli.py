@@ -1,8 +1,10 @@
 """The ``xtec`` command: a thin shell over the library.
 
 Every subcommand parses options, calls the library, and prints.  Errors that are
-the user's to fix (:class:`xtec.errors.XtecError`) become one line on stderr and
-exit status 2; nothing else is caught, so real bugs still show a traceback.
+the user's to fix (:class:`xtec.errors.XtecError`, a refused file-system call,
+lost Dask workers) become one line on stderr and exit status 2; SIGTERM and
+SIGINT stop the run cleanly with status 143 / 130 (:mod:`xtec.signals`);
+nothing else is caught, so real bugs still show a traceback.
 
 Subcommands of the optional modules (``ae``, ``rankaae``, ``classify``) are
 registered by ``register(subparsers)`` functions in their own ``cli`` modules,
@@ -65,37 +67,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that may start or reach a Dask cluster: their logging is set up
+# after ``distributed`` is imported (it resets its loggers on import).
+_DASK_COMMANDS = ("cluster", "bic", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    # Dask's own INFO chatter (scheduler start, worker functions) drowns the
-    # progress output; -v brings it back.
-    logging.getLogger("distributed").setLevel(level)
-    try:
-        return int(args.func(args) or 0)
-    except XtecError as exc:
-        print(f"xtec {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as exc:
+    from xtec.signals import stop_on_signals
+
+    # Signals are handled from the first line: a batch scheduler's SIGTERM may
+    # come while the optional modules are still being imported.
+    with stop_on_signals(name="xtec"):
+        command = None
+        try:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            command = args.command
+            level = logging.WARNING - 10 * min(args.verbose, 2)
+            logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+            if command in _DASK_COMMANDS:
+                from xtec.workers import quiet_dask_logs
+
+                quiet_dask_logs(args.verbose)
+            return int(args.func(args) or 0)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - sorted below; real bugs re-raised
+            return _exit_status(exc, command)
+
+
+def _error(command: str | None, message: str) -> int:
+    print(f"{_prog(command)}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _prog(command: str | None) -> str:
+    return f"xtec {command}" if command else "xtec"
+
+
+def _exit_status(exc: BaseException, command: str | None) -> int:
+    """One line on stderr and the exit status for a failure; re-raise real bugs."""
+    from xtec.signals import interruption
+    from xtec.workers import worker_loss_message
+
+    stop = interruption(exc)
+    if stop is not None:
+        from xtec.workers import close_leftover_clusters
+
+        close_leftover_clusters()
+        verb = "interrupted" if stop.args[0] == "SIGINT" else "stopped"
+        print(f"{_prog(command)}: {verb} by {stop.args[0]}; partial output and scratch files "
+              "were removed", file=sys.stderr)
+        return stop.exit_status
+    if isinstance(exc, XtecError):
+        return _error(command, str(exc))
+    if isinstance(exc, ModuleNotFoundError):
         extra = _OPTIONAL.get((exc.name or "").split(".")[0])
         if extra is None:
-            raise
-        print(f"xtec {args.command}: error: this command needs the optional package "
-              f"{exc.name!r}; install it with: {extra}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+            raise exc
+        return _error(command, f"this command needs the optional package {exc.name!r}; "
+                               f"install it with: {extra}")
+    lost = worker_loss_message(exc) if isinstance(exc, Exception) else None
+    if lost is not None:
+        return _error(command, lost)
+    if isinstance(exc, OSError):
         # The file system said no (permissions, a full disk, a vanished path):
         # the outputs are written under temporary names, so nothing half-done
         # looks complete.
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"xtec {args.command}: error: {exc.strerror or exc}{where}; check the path, "
-              "its permissions and the free space", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"xtec {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _error(command, f"{exc.strerror or exc}{where}; check the path, its "
+                               "permissions and the free space")
+    raise exc
 
 
 if __name__ == "__main__":  # pragma: no cover

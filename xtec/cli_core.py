@@ -15,22 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from xtec.errors import ParameterError
-
-# option name -> (type for the TOML value, ClusterConfig field)
-_CLUSTER_KEYS = {
-    "inputs": "inputs", "out": "out", "k": "k", "method": "method",
-    "threshold": "threshold", "rescale": "rescale", "covariance": "covariance",
-    "seed": "seed", "n_init": "n_init", "max_iter": "max_iter", "tol": "tol",
-    "ql": "ql", "qk": "qk", "qh": "qh", "chunks": "chunks", "device": "device",
-    "persist": "persist", "overwrite": "overwrite", "kernel": "kernel",
-    "length_scale": "length_scale", "unit_cell": "unit_cell",
-    "smooth_iterations": "smooth_iterations", "neighbour_weights": "neighbour_weights",
-    "peak_stat": "peak_stat", "bic_ks": "bic_ks", "bic_seeds": "bic_seeds",
-    "parent": "parent", "parent_cluster": "parent_cluster",
-}
-_RUNTIME_KEYS = ("workers", "threads_per_worker", "memory_limit", "scheduler", "scheduler_file",
-                 "progress", "cluster", "cores", "memory", "processes", "walltime", "queue",
-                 "account", "jobs", "jobqueue_config", "job_extra")
+from xtec.jobfile import load_job_file  # noqa: F401  (part of this module's API before)
 
 
 def register(sub) -> None:
@@ -158,106 +143,45 @@ def add_cluster_options(p) -> None:
                    help="YAML file with dask-jobqueue settings (its 'jobqueue:' section)")
 
 
-def parse_range(text) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    if isinstance(text, (list, tuple)):
-        vals = list(text)
-    else:
-        vals = str(text).split(":")
-    try:
-        lo, hi = (float(v) for v in vals)
-    except ValueError:
-        raise ParameterError(f"a range must be MIN:MAX in r.l.u. (got {text!r})") from None
-    return lo, hi
+def parse_range(text, name: str = "range") -> tuple[float, float] | None:
+    """``"MIN:MAX"`` or ``[MIN, MAX]`` -> (min, max) in r.l.u.; None stays None."""
+    from xtec.options import _as_range
 
-
-def parse_k(value) -> int | str:
-    if isinstance(value, int) or str(value) == "auto":
-        return value if isinstance(value, int) else "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise ParameterError(f"-k must be a positive integer or 'auto' (got {value!r})") from None
-
-
-def parse_triple(value, name: str) -> tuple[float, float, float]:
-    vals = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        out = tuple(float(v) for v in vals)
-    except ValueError:
-        out = ()
-    if len(out) != 3 or min(out) <= 0:
-        raise ParameterError(f"{name} must be three positive numbers L,K,H (got {value!r})")
-    return out  # type: ignore[return-value]
-
-
-def load_job_file(path: str | None) -> dict:
-    if not path:
-        return {}
-    import tomllib
-
-    p = Path(path)
-    if not p.exists():
-        raise ParameterError(f"no such job file: {path}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ParameterError(f"{path} is not valid TOML ({exc})") from None
-    if isinstance(data.get("cluster"), dict):  # an optional [cluster] table
-        data = data["cluster"]
-    out = {}
-    for key, value in data.items():
-        k = key.replace("-", "_")
-        if k not in _CLUSTER_KEYS and k not in _RUNTIME_KEYS:
-            raise ParameterError(f"{path}: unknown option {key!r}")
-        out[k] = value
-    return out
+    return None if text is None else _as_range(name, text)
 
 
 def merged_options(args) -> dict:
-    """Job file values overridden by the flags given on the command line."""
+    """Job file values overridden by the flags given on the command line, all checked.
+
+    The option names are the fields of ``ClusterConfig`` and ``RunOptions``
+    (:mod:`xtec.options`): a field added there is an option here.
+    """
+    from xtec.jobfile import option_names
+    from xtec.options import coerce
+
     opts = load_job_file(getattr(args, "config", None))
-    for k in list(_CLUSTER_KEYS) + list(_RUNTIME_KEYS):
+    for k in option_names():
         v = getattr(args, k, None)
         if k == "inputs" and not v:
             continue
         if v is not None:
-            opts[k] = v
+            opts[k] = coerce(k, v, strict=False)
     return opts
 
 
 def config_from_options(opts: dict):
-    from xtec.chunks import parse_chunks
+    from xtec.options import cluster_keys
     from xtec.pipeline import ClusterConfig
 
     if not opts.get("inputs") and not opts.get("parent"):
         raise ParameterError("no input files: give INPUT... or 'inputs' in the job file")
     if not opts.get("out"):
         raise ParameterError("no output: give --out OUT.zarr or 'out' in the job file")
-    kw = {}
-    for k, field in _CLUSTER_KEYS.items():
-        if k in opts:
-            kw[field] = opts[k]
+    kw = {k: opts[k] for k in cluster_keys() if k in opts}
     kw.setdefault("inputs", [])
-    if isinstance(kw.get("inputs"), str):
-        kw["inputs"] = [kw["inputs"]]
-    if "k" in kw:
-        kw["k"] = parse_k(kw["k"])
-    if "bic_ks" in kw:
-        lo, hi = parse_range(kw["bic_ks"])
-        if lo != int(lo) or hi != int(hi):
-            raise ParameterError(f"--bic-ks must be integers MIN:MAX (got {kw['bic_ks']!r})")
-        kw["bic_ks"] = (int(lo), int(hi))
-    if "unit_cell" in kw and kw["unit_cell"] is not None:
-        kw["unit_cell"] = parse_triple(kw["unit_cell"], "--unit-cell")
-    for ax in ("ql", "qk", "qh"):
-        if ax in kw:
-            kw[ax] = parse_range(kw[ax])
-    if "chunks" in kw:
-        c = kw["chunks"]
-        kw["chunks"] = parse_chunks(",".join(map(str, c)) if isinstance(c, list) else c)
-    return ClusterConfig(**kw)
+    config = ClusterConfig(**kw)
+    config.validate()
+    return config
 
 
 def _show_stages() -> None:
@@ -293,24 +217,25 @@ def _progress(enabled: bool, runtime):
 def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.pipeline import run_cluster
     from xtec.runtime import JobqueueOptions, dask_runtime
+    from xtec.workers import check_memory_limit
 
     progress = opts.get("progress")
     if progress is None:
         progress = sys.stderr.isatty()
-    if progress:
-        _show_stages()
     jq = JobqueueOptions(
         cores=opts.get("cores"), memory=opts.get("memory"), processes=opts.get("processes"),
         walltime=opts.get("walltime"), queue=opts.get("queue"), account=opts.get("account"),
         jobs=int(opts.get("jobs") or 1), config_file=opts.get("jobqueue_config"),
         job_extra=opts.get("job_extra"),
     )
+    threads = int(opts.get("threads_per_worker") or 1)
+    memory_limit = check_memory_limit(opts.get("memory_limit") or "auto", threads)
+    if progress:
+        _show_stages()
     with dask_runtime(
         scheduler=opts.get("scheduler"), scheduler_file=opts.get("scheduler_file"),
-        workers=int(opts.get("workers") or 0),
-        threads_per_worker=int(opts.get("threads_per_worker") or 1),
-        memory_limit=opts.get("memory_limit") or "auto",
-        cluster=opts.get("cluster"), jobqueue=jq,
+        workers=int(opts.get("workers") or 0), threads_per_worker=threads,
+        memory_limit=memory_limit, cluster=opts.get("cluster"), jobqueue=jq,
     ) as rt:
         if rt.dashboard_link and not quiet:
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)
@@ -373,18 +298,22 @@ def cmd_bic(args) -> int:
     from xtec.runtime import dask_runtime
     from xtec.select import choose_k, plot_bic
 
-    lo, hi = parse_range(args.ks)
+    lo, hi = parse_range(args.ks, "--ks")
     if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi:
         raise ParameterError(f"--ks must be integers MIN:MAX with 1 <= MIN <= MAX "
                              f"(got {args.ks!r})")
     if args.seeds < 1:
         raise ParameterError("--seeds must be at least 1")
+    from xtec.options import coerce
+
+    coerce("seed", args.seed)
+    coerce("workers", args.workers)
     if not str(args.plot).endswith(".png"):
         raise ParameterError(f"--plot must name a .png file (got {args.plot})")
     config = ClusterConfig(inputs=list(args.inputs), out="unused.zarr",
                            threshold=args.threshold, rescale=args.rescale,
-                           covariance=args.covariance, ql=parse_range(args.ql),
-                           qk=parse_range(args.qk), qh=parse_range(args.qh),
+                           covariance=args.covariance, ql=parse_range(args.ql, "ql"),
+                           qk=parse_range(args.qk, "qk"), qh=parse_range(args.qh, "qh"),
                            chunks=parse_chunks(args.chunks))
     with dask_runtime(workers=args.workers, scheduler=args.scheduler) as rt:
         if rt.dashboard_link:
@@ -415,9 +344,11 @@ def cmd_synth(args) -> int:
     if args.shape:
         try:
             shape = tuple(int(v) for v in args.shape.split(","))
-            assert len(shape) == 3 and min(shape) > 0
-        except (ValueError, AssertionError):
-            raise ParameterError(f"--shape must be L,K,H (got {args.shape!r})") from None
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise ParameterError(f"--shape must be three positive integers L,K,H "
+                                 f"(got {args.shape!r})")
     if args.temperatures < 2:
         raise ParameterError("--temperatures must be at least 2")
     series = make_series(shape=shape, tc=args.tc, seed=args.seed,
@@ -435,8 +366,8 @@ def cmd_info(args) -> int:
     from xtec.chunks import parse_chunks
     from xtec.io.nexus import describe, open_nexus
 
-    arr = open_nexus(args.inputs, ql=parse_range(args.ql), qk=parse_range(args.qk),
-                     qh=parse_range(args.qh), chunks=parse_chunks(args.chunks))
+    arr = open_nexus(args.inputs, ql=parse_range(args.ql, "ql"),
+                     qk=parse_range(args.qk, "qk"), qh=parse_range(args.qh, "qh"), chunks=parse_chunks(args.chunks))
     print(describe(arr))
     return 0
 

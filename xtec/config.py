@@ -69,6 +69,9 @@ class ClusterConfig:
 
     def validate(self) -> None:
         """Raise :class:`ParameterError` naming the first bad parameter."""
+        from xtec.options import check_config
+
+        check_config(self)  # types and ranges of every field (xtec.options)
         if not self.inputs and not self.parent:
             raise ParameterError("no input files given")
         if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):

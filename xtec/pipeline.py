@@ -139,7 +139,8 @@ def _open_parent(config: ClusterConfig):
 def _input_notes(summary) -> list[str]:
     notes = []
     if summary.n_nan_voxels:
-        notes.append(f"{summary.n_nan_voxels} voxels with NaN intensities were dropped")
+        notes.append(f"{summary.n_nan_voxels} voxels with NaN or infinite intensities "
+                     "were dropped")
     if summary.n_negative_values:
         notes.append(f"{summary.n_negative_values} negative intensities were set to 0")
     for n in notes:
@@ -345,12 +346,23 @@ def _parent_attrs(config: ClusterConfig, parent) -> dict:
 
 def run_cluster(config: ClusterConfig, runtime: Runtime | None = None) -> ClusterResult:
     """Run one clustering job and write its Zarr store. Returns the path and a summary."""
+    from xtec.io.output import claim_output
+    from xtec.workers import cluster_failures
+
     config.validate()
     out = check_output(config.out, config.overwrite)
+    # The output is this run's alone until it ends (a second run fails at once);
+    # lost Dask workers end the run with one XtecError line.
+    with claim_output(out) as claim, cluster_failures():
+        check_output(out, config.overwrite)
+        return _run_cluster(config, runtime, out, claim.scratch)
+
+
+def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
+                 scratch: Path) -> ClusterResult:
     started = _dt.datetime.now(_dt.UTC)
     parent = _open_parent(config) if config.parent else None
     rt = runtime if runtime is not None else Runtime("threads")
-    scratch = out.with_name(out.name + ".scratch")
     try:
         prep = _prepare(config, runtime, parent, scratch)
         n_kept = prep.traj.n

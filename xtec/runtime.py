@@ -263,6 +263,9 @@ def dask_runtime(
             client.close()
             jq.close()
         return
+    from xtec.workers import check_memory_limit
+
+    memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
     cluster = LocalCluster(
         n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
         memory_limit=memory_limit, dashboard_address=dashboard_address,

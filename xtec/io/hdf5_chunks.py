@@ -18,6 +18,8 @@ import zlib
 
 import numpy as np
 
+from xtec.errors import InputError
+
 _DEFLATE, _SHUFFLE = 1, 2
 
 
@@ -68,7 +70,13 @@ def read_hyperslab(dset, key) -> np.ndarray | None:
                 raise
             block = None  # never written: the dataset's fill value
         else:
-            block = _decode(raw, filters, skipped, dset.dtype, chunk)
+            try:
+                block = _decode(raw, filters, skipped, dset.dtype, chunk)
+            except (zlib.error, ValueError) as exc:
+                raise InputError(
+                    f"{dset.file.filename}: dataset {dset.name}, chunk at {tuple(origin)} "
+                    f"cannot be decompressed ({exc}); the file is damaged: copy or export "
+                    "it again") from None
         src, dst = [], []
         for o, (a, b), c, n in zip(origin, bounds, chunk, dset.shape):
             lo, hi = max(a, o), min(b, o + c, n)

@@ -207,7 +207,7 @@ def _write_file(ds: xr.Dataset, path: Path, source: str, name: str) -> None:
     from xtec import __version__
 
     attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    now = _dt.datetime.now(_dt.UTC).isoformat()
     with h5py.File(path, "w") as f:
         f.attrs.update(NX_class="NXroot", default="entry", file_name=name,
                        file_time=now, creator=f"xtec {__version__}",

@@ -1,8 +1,9 @@
 """Result Dataset <-> Zarr (the storage backend of :mod:`xtec.io.result`).
 
-The store is written to ``OUT.zarr.partial`` and renamed to ``OUT.zarr`` only
-after every variable and the final ``complete=true`` attribute are written, so
-an interrupted run never leaves something at ``OUT.zarr`` that looks complete.
+The store is written to a private ``OUT.zarr.partial-<run>`` and renamed to
+``OUT.zarr`` only after every variable and the final ``complete=true``
+attribute are written, so an interrupted run never leaves something at
+``OUT.zarr`` that looks complete (see :mod:`xtec.io.output`).
 """
 
 from __future__ import annotations
@@ -56,28 +57,33 @@ def _uniform_chunks(ds: xr.Dataset) -> xr.Dataset:
 
 
 def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a result Dataset to ``path`` (a .zarr directory), atomically."""
-    path = check_output(path, overwrite)
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds = ds.copy()
-    ds.attrs = encode_attrs(ds.attrs)
-    ds.attrs["complete"] = False
-    ds = _uniform_chunks(ds)
-    try:
-        # Consolidated metadata is not part of the Zarr v3 spec: plain metadata only.
-        ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
-        import zarr
+    """Write a result Dataset to ``path`` (a .zarr directory), atomically.
 
-        group = zarr.open_group(tmp, mode="r+")
-        group.attrs["complete"] = True
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    Under the run's exclusive claim on ``path`` (:mod:`xtec.io.output`): written
+    to a private ``.partial-<run>`` name, then swapped in by renames.
+    """
+    from xtec.io.output import claim_output, manifest, replace_store
+
+    path = check_output(path, overwrite)
+    with claim_output(path) as claim:
+        check_output(path, overwrite)  # again, now that no other run can write it
+        tmp = claim.partial
+        ds = ds.copy()
+        ds.attrs["manifest"] = manifest(ds)
+        ds.attrs = encode_attrs(ds.attrs)
+        ds.attrs["complete"] = False
+        ds = _uniform_chunks(ds)
+        try:
+            # Consolidated metadata is not part of the Zarr v3 spec: plain metadata only.
+            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
+            import zarr
+
+            group = zarr.open_group(tmp, mode="r+")
+            group.attrs["complete"] = True
+            replace_store(claim, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log.info("wrote %s", path)
     return path
 
@@ -95,4 +101,7 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
         raise InputError(f"{path} is incomplete (its run did not finish); run it again")
     # Nested provenance (dicts, lists) is stored as JSON text.
     ds.attrs = decode_attrs(ds.attrs)
+    from xtec.io.output import verify_store
+
+    verify_store(ds, path)
     return ds

@@ -1,0 +1,291 @@
+"""The options of a clustering job: names, types and ranges, in one place.
+
+The names are the fields of :class:`xtec.config.ClusterConfig` (what is
+clustered) and of :class:`RunOptions` (where it runs); the command line, TOML
+job files and library callers all go through :func:`coerce`, so an option has
+one meaning and one check wherever it comes from.  Values are checked against
+the field's type strictly: a flag is a boolean (``overwrite = "no"`` is an
+error, not ``True``), a count is an integer (``k = 4.7`` is an error, not 4),
+sizes are parsed by Dask's parser.  Messages name the parameter
+(``seed must be ...``), which reads right both as ``--seed`` and ``seed=``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, fields
+
+from xtec.errors import ParameterError
+
+
+@dataclass
+class RunOptions:
+    """Where a job runs (see :func:`xtec.runtime.dask_runtime`)."""
+
+    workers: int = 0
+    threads_per_worker: int = 1
+    memory_limit: str | None = None
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    progress: bool | None = None
+    cluster: str | None = None
+    cores: int | None = None
+    memory: str | None = None
+    processes: int | None = None
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    jobs: int = 1
+    jobqueue_config: str | None = None
+    job_extra: list[str] | None = None
+
+
+def _config_class():
+    from xtec.config import ClusterConfig
+
+    return ClusterConfig
+
+
+def cluster_keys() -> tuple[str, ...]:
+    """Option names of the clustering itself: the fields of ClusterConfig."""
+    return tuple(f.name for f in fields(_config_class()) if f.name != "extra")
+
+
+def runtime_keys() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(RunOptions))
+
+
+def _hints() -> dict[str, object]:
+    hints = dict(typing.get_type_hints(_config_class()))
+    hints.update(typing.get_type_hints(RunOptions))
+    return hints
+
+
+# (lowest, highest) allowed for numeric options; None: unbounded on that side.
+_RANGES = {
+    "seed": (0, 2**32 - 1), "n_init": (1, None), "max_iter": (1, None),
+    "smooth_iterations": (0, None), "bic_seeds": (1, None), "parent_cluster": (0, None),
+    "workers": (0, None), "threads_per_worker": (1, None), "jobs": (1, None),
+    "cores": (1, None), "processes": (1, None),
+}
+_POSITIVE = {"tol", "length_scale"}
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _fail(name: str, what: str, value) -> typing.NoReturn:
+    raise ParameterError(f"{name} must be {what} (got {value!r}, {_kind(value)})")
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        import numpy as np
+
+        if isinstance(value, np.integer):
+            return int(value)
+        _fail(name, "an integer", value)
+    return int(value)
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        import numpy as np
+
+        if not isinstance(value, (np.integer, np.floating)):
+            _fail(name, "a number", value)
+    out = float(value)
+    if not math.isfinite(out):
+        _fail(name, "a finite number", value)
+    return out
+
+
+def _as_path(name: str, value) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        _fail(name, "a path (a non-empty string)", value)
+    return value
+
+
+def _as_range(name: str, value):
+    if isinstance(value, str):
+        parts = value.split(":")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        _fail(name, "MIN:MAX or [MIN, MAX]", value)
+    try:
+        if len(parts) != 2 or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        _fail(name, "MIN:MAX or [MIN, MAX]", value)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        _fail(name, "two finite numbers MIN:MAX", value)
+    return lo, hi
+
+
+def _parse_k(value, strict: bool):
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and not strict:
+        try:
+            value = int(value)
+        except ValueError:
+            _fail("k", "a positive integer or 'auto'", value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail("k", "a positive integer or 'auto'", value)
+    if value < 1:
+        _fail("k", "a positive integer or 'auto'", value)
+    return int(value)
+
+
+def _parse_threshold(value):
+    from xtec.preprocess import THRESHOLD_METHODS
+
+    what = f"one of {THRESHOLD_METHODS} or an intensity cutoff >= 0"
+    if isinstance(value, str):
+        if value in THRESHOLD_METHODS:
+            return value
+        try:
+            value = float(value)
+        except ValueError:
+            _fail("threshold", what, value)
+    value = _as_float("threshold", value) if not isinstance(value, float) else value
+    if not math.isfinite(value) or value < 0:
+        _fail("threshold", what, value)
+    return float(value)
+
+
+def _parse_chunks(value):
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return None
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or len(parts) != 3:
+        _fail("chunks", "three positive integers L,K,H or 'auto'", value)
+    out = []
+    for p in parts:
+        try:
+            if isinstance(p, (bool, float)):
+                raise ValueError
+            n = int(p)
+        except (TypeError, ValueError):
+            _fail("chunks", "three positive integers L,K,H or 'auto'", value)
+        if n < 1:
+            _fail("chunks", "three positive integers L,K,H or 'auto'", value)
+        out.append(n)
+    return tuple(out)
+
+
+def _parse_triple(name, value):
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        if not isinstance(parts, (list, tuple)) or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        out = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) and v > 0 for v in out):
+        _fail(name, "three positive numbers L,K,H", value)
+    return out
+
+
+def _parse_bic_ks(value):
+    lo, hi = _as_range("bic_ks", value)
+    if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi:
+        _fail("bic_ks", "integers MIN:MAX with 1 <= MIN <= MAX", value)
+    return int(lo), int(hi)
+
+
+def _parse_str_list(name, value):
+    if isinstance(value, (str, os.PathLike)):
+        return [_as_path(name, value)]
+    if not isinstance(value, (list, tuple)):
+        _fail(name, "a list of strings", value)
+    return [_as_path(name, v) for v in value]
+
+
+def _parse_memory_limit(value):
+    from xtec.workers import parse_memory_limit
+
+    return parse_memory_limit(value, "memory_limit")
+
+
+_SPECIAL = {
+    "k": None,  # needs ``strict``: see coerce
+    "threshold": _parse_threshold,
+    "ql": lambda v: _as_range("ql", v), "qk": lambda v: _as_range("qk", v),
+    "qh": lambda v: _as_range("qh", v),
+    "chunks": _parse_chunks,
+    "unit_cell": lambda v: _parse_triple("unit_cell", v),
+    "bic_ks": _parse_bic_ks,
+    "inputs": lambda v: _parse_str_list("inputs", v),
+    "job_extra": lambda v: _parse_str_list("job_extra", v),
+    "memory_limit": _parse_memory_limit,
+    "out": lambda v: _as_path("out", v), "parent": lambda v: _as_path("parent", v),
+    "scheduler_file": lambda v: _as_path("scheduler_file", v),
+    "jobqueue_config": lambda v: _as_path("jobqueue_config", v),
+}
+
+
+def _strip_none(hint):
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True
+    return hint, False
+
+
+def coerce(name: str, value, strict: bool = True):
+    """Check (and parse) one option's value against its field's type and range.
+
+    ``strict``: the value comes from a job file or a library caller, so it must
+    already have the right type (CLI values of ``k`` are strings and are parsed).
+    """
+    hint, optional = _strip_none(_hints()[name])
+    if value is None:
+        if optional or name in ("threshold",):
+            return None
+        _fail(name, "given a value", value)
+    if name == "k":
+        return _parse_k(value, strict)
+    if name in _SPECIAL:
+        out = _SPECIAL[name](value)
+    elif hint is bool:
+        if not isinstance(value, bool):
+            _fail(name, "true or false (a boolean)", value)
+        out = value
+    elif hint is int:
+        out = _as_int(name, value)
+    elif hint is float:
+        out = _as_float(name, value)
+    elif hint is str:
+        if not isinstance(value, str):
+            _fail(name, "a string", value)
+        out = value
+    else:
+        out = value
+    if name in _RANGES and out is not None:
+        lo, hi = _RANGES[name]
+        if (lo is not None and out < lo) or (hi is not None and out > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            _fail(name, f"an integer {bound}", value)
+    if name in _POSITIVE and not out > 0:
+        _fail(name, "a number > 0", value)
+    return out
+
+
+def check_config(config) -> None:
+    """Check every field of a ClusterConfig in place (library callers and CLI alike)."""
+    for name in cluster_keys():
+        value = getattr(config, name)
+        if name == "inputs" and not value:
+            setattr(config, name, [])
+            continue
+        setattr(config, name, coerce(name, value))

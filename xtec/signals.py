@@ -1,0 +1,139 @@
+"""Stopping cleanly on SIGTERM and SIGINT, as batch schedulers and users ask.
+
+A batch scheduler sends SIGTERM at the walltime (then SIGKILL some seconds
+later); a user presses Ctrl-C.  Inside :func:`stop_on_signals` the first
+either signal raises :class:`Interrupted` (a ``KeyboardInterrupt``, which
+Dask's schedulers already treat as "stop now") in the main thread, so every
+``finally`` runs: the Dask cluster closes, and the run's ``.partial`` store
+and scratch directory go.  Further signals while that happens are ignored.
+A watchdog makes sure the process is gone within ``grace`` seconds even if
+a clean-up step hangs (a worker stuck in native code): it kills the child
+processes, removes the paths registered with :func:`add_cleanup` and exits
+with the signal's status (128 + signal number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_cleanup: set[Path] = set()
+_cleanup_lock = threading.Lock()
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal; ``signum`` says which."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+
+def add_cleanup(path: str | os.PathLike) -> None:
+    """Remove ``path`` if the process is stopped by the watchdog."""
+    with _cleanup_lock:
+        _cleanup.add(Path(path))
+
+
+def remove_cleanup(path: str | os.PathLike) -> None:
+    with _cleanup_lock:
+        _cleanup.discard(Path(path))
+
+
+def interruption(exc: BaseException | None) -> Interrupted | None:
+    """The :class:`Interrupted` (or KeyboardInterrupt) behind ``exc``, if any.
+
+    Libraries sometimes wrap an interrupt in their own error (numba loading
+    its cache turns it into ``SystemError``): follow the cause/context chain.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, Interrupted):
+            return exc
+        if isinstance(exc, KeyboardInterrupt):
+            return Interrupted(signal.SIGINT)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def kill_children() -> None:
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with distributed
+        return
+    procs = psutil.Process().children(recursive=True)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=2)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+
+
+def _remove_registered() -> None:
+    with _cleanup_lock:
+        paths = list(_cleanup)
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
+
+@contextlib.contextmanager
+def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into :class:`Interrupted` for the block (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    done = threading.Event()
+    fired: list[int] = []
+
+    def watchdog(signum: int) -> None:
+        if done.wait(grace):
+            return
+        kill_children()
+        _remove_registered()
+        sys.stderr.write(f"{name}: stopped by {signal.Signals(signum).name} "
+                         f"(clean-up took over {grace:g} s; forced exit)\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    def handler(signum, frame):
+        if fired:
+            return  # already stopping: let the clean-up finish
+        fired.append(signum)
+        # Closing a cluster in the middle of work makes Dask warn about every
+        # worker it has to kill: expected now, and not the user's to act on.
+        dask_log = logging.getLogger("distributed")
+        if dask_log.getEffectiveLevel() >= logging.WARNING:
+            dask_log.setLevel(logging.CRITICAL)
+            # Workers interrupted while starting leave "Task exception was
+            # never retrieved" behind in asyncio.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
+        raise Interrupted(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        done.set()
