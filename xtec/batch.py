@@ -15,14 +15,18 @@ import logging
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 
 from xtec.errors import XtecError
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two queue checks (one ``squeue`` / ``qstat`` call each).
+#: Seconds between two queue checks (one ``squeue`` / ``qstat`` call each) while a
+#: worker is missing (jobs pending, or a worker gone) ...
 JOB_POLL_INTERVAL = 5.0
+#: ... and while every worker that has joined is still there.
+HEALTHY_POLL_INTERVAL = 60.0
 
 # SLURM job states that mean the job is over (squeue --states=all shows them
 # until the controller purges the job, MinJobAge seconds later).
@@ -130,7 +134,9 @@ def watch_batch_jobs(cluster, client, kind: str,
     """Stop the run in the block with :class:`BatchJobLost` if a worker job ends.
 
     ``cluster`` is the dask-jobqueue cluster (its ``workers`` hold the jobs and
-    their ids), ``client`` the run's Dask client.  While a lost job is known,
+    their ids, its ``scheduler`` the workers that joined), ``client`` the run's
+    Dask client.  The queue is asked every ``interval`` seconds while a worker
+    is missing, every minute while all are there.  While a lost job is known,
     every task the client has is cancelled (a new ``compute`` too), so the
     block's computation raises; that exception is replaced by the job's line.
     """
@@ -141,8 +147,20 @@ def watch_batch_jobs(cluster, client, kind: str,
         return [str(j.job_id) for j in list(cluster.workers.values())
                 if getattr(j, "job_id", None)]
 
+    def n_workers() -> int | None:
+        # The scheduler runs in this process: reading its table asks nobody.
+        workers = getattr(getattr(cluster, "scheduler", None), "workers", None)
+        return len(workers) if workers is not None else None
+
     def poll() -> None:
-        while not stop.wait(interval):
+        most, last = 0, time.monotonic()
+        while not stop.wait(1.0):
+            n = n_workers()
+            most = max(most, n or 0)
+            missing = n is None or n == 0 or n < most
+            if time.monotonic() - last < (interval if missing else HEALTHY_POLL_INTERVAL):
+                continue
+            last = time.monotonic()
             ids = job_ids()
             message = ended_job(kind, ids) if ids else None
             if message:
