@@ -133,12 +133,45 @@ stop_pidfile() {
     rm -f "$pidfile"
 }
 
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+kill_leftover_steps() {
+    # Job processes still there once the daemons are gone (a job still being killed):
+    # the slurmstepd processes of this cluster (their environment names its slurm.conf)
+    # and everything under them.  Nothing else is touched.
+    local dir=$1 pid pids=()
+    for pid in $(ls /proc | grep -E '^[0-9]+$'); do
+        case "$( { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null)" in
+            slurmstepd*) ;;
+            *) continue ;;
+        esac
+        { tr '\0' '\n' <"/proc/$pid/environ"; } 2>/dev/null \
+            | grep -qx "SLURM_CONF=$dir/slurm.conf" || continue
+        pids+=("$pid" $(descendants "$pid"))
+    done
+    [ ${#pids[@]} -eq 0 ] && return 0
+    echo "start_slurm: killing leftover job processes ${pids[*]}" >&2
+    kill -CONT "${pids[@]}" 2>/dev/null || true
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+}
+
 stop() {
     local dir=$1
     export SLURM_CONF=$dir/slurm.conf
     if [ -f "$dir/slurmctld.pid" ]; then
-        scancel --full --quiet --state=PENDING,RUNNING --user="$(id -un)" 2>/dev/null || true
-        for _ in $(seq 1 40); do
+        local jobs
+        jobs=$(squeue -h -o %i 2>/dev/null || true)
+        # shellcheck disable=SC2086  # one argument per job id
+        [ -z "$jobs" ] || scancel $jobs 2>/dev/null || true
+        # A cancelled job gets SIGTERM, then SIGKILL KillWait (30 s) later: let slurmd see
+        # it through before it goes.
+        for _ in $(seq 1 180); do
             [ -z "$(squeue -h 2>/dev/null)" ] && break
             sleep 0.25
         done
@@ -146,6 +179,7 @@ stop() {
     stop_pidfile "$dir/slurmd.pid"
     stop_pidfile "$dir/slurmctld.pid"
     stop_pidfile "$dir/munged.pid"
+    kill_leftover_steps "$dir"
 }
 
 case "${1:-}" in

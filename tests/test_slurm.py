@@ -325,8 +325,8 @@ def test_whole_run_at_its_walltime_stops_cleanly_on_sigterm(slurm, walltime_runs
     info = slurm.job(job)
     log = (runs.batch_dir / f"xtec-{job}.out").read_text()
     assert state == "TIMEOUT", log
-    # slurmstepd's own notice of the time limit shares the job's output file.
-    # (and xtec's stdout, the dashboard link, too).
+    # The job's output file also holds slurmstepd's notice of the time limit and
+    # xtec's stdout (the dashboard link).
     ours = "\n".join(ln for ln in log.splitlines()
                      if not ln.startswith(("slurmstepd", "Dask dashboard:")))
     assert info["ExitCode"] == "143:0", log  # xtec's exit status, not killed by a signal
