@@ -215,7 +215,7 @@ def walltime_runs(slurm, work):
         runs.cli.wait()
 
 
-def test_worker_job_run_matches_in_process(slurm, work, reference_labels, walltime_runs):
+def test_worker_job_run_matches_in_process(slurm, work, walltime_runs, reference_labels):
     """`xtec cluster ... --cluster slurm`: dask-jobqueue submits the worker job, its
     worker joins, the labels are the in-process run's.  (Requests ``walltime_runs`` only
     to start them first.)"""
@@ -334,3 +334,16 @@ def test_whole_run_at_its_walltime_stops_cleanly_on_sigterm(slurm, walltime_runs
     assert_no_store(runs.batch_dir, "batch.zarr")
     assert_nothing_left(slurm, runs.batch_tag, [job])
     assert slurm.wait_queue_empty(timeout=30) == []
+
+
+def test_queue_answers_are_read_carefully(slurm, monkeypatch):
+    """A job the controller no longer knows has ended; a queue that cannot be asked
+    (squeue missing, controller down) ends nothing."""
+    from xtec.batch import ended_job
+
+    monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
+    assert ended_job("slurm", ["999999"]) == (
+        "slurm worker job 999999 left the queue before the run finished (cancelled or "
+        "ended); nothing was written, run it again")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert ended_job("slurm", ["999999"]) is None
