@@ -348,3 +348,9 @@ def test_queue_answers_are_read_carefully(slurm, monkeypatch):
         "ended); nothing was written, run it again")
     monkeypatch.setenv("PATH", "/nonexistent")
     assert ended_job("slurm", ["999999"]) is None
+
+
+def test_nothing_is_left_in_the_queue(slurm, walltime_runs):
+    """Last: every job of this module has ended (the walltime runs included)."""
+    walltime_runs.wait()
+    assert slurm.wait_queue_empty(timeout=90) == []
