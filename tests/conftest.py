@@ -43,3 +43,16 @@ def medium_file(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("medium") / "medium.nxs"
     return write_xtec_large(path, (8, 160, 160), chunks=(1, 64, 64), seed=3)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM (tests/start_slurm.sh: installs slurm-wlm and munge with
+    apt-get when missing); skipped with the reason when it cannot run here (not root)."""
+    from slurm_cluster import start_slurm, stop_slurm
+
+    started = start_slurm(tmp_path_factory.mktemp("slurm"))
+    if isinstance(started, str):
+        pytest.skip(started)
+    yield started
+    stop_slurm(started)

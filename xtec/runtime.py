@@ -193,8 +193,17 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
             raise ParameterError(f"cannot read the jobqueue config {options.config_file} "
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
+    kw = options.cluster_kwargs()
+    # The worker job's output file (slurm-<id>.out) is where a user looks when a job
+    # fails: Dask's INFO log goes there even when the submitting CLI is quiet.
+    prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
+    kw["job_script_prologue"] = ["export DASK_LOGGING__DISTRIBUTED=info", *prologue]
+    # Any free dashboard port, as for a local cluster (8787 may be another run's on a
+    # shared login node; the CLI prints the link).
+    configured = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
+    kw["scheduler_options"] = {"dashboard_address": ":0", **configured}
     try:
-        return cls(**options.cluster_kwargs())
+        return cls(**kw)
     except ValueError as exc:  # e.g. cores/memory missing from both flags and config
         raise ParameterError(f"cannot configure the {kind} cluster: {exc}") from None
 
@@ -258,7 +267,10 @@ def dask_runtime(
         jq.scale(jobs=options.jobs)
         client = Client(jq)
         try:
-            yield Runtime(cluster, client, client.dashboard_link)
+            from xtec.batch import watch_batch_jobs
+
+            with watch_batch_jobs(jq, client, cluster):  # a job that ends stops the run
+                yield Runtime(cluster, client, client.dashboard_link)
         finally:
             client.close()
             jq.close()
