@@ -193,6 +193,26 @@ def shift_rows(t: np.ndarray, lag: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(idx + s, idx, row) for row, s in zip(t, lag, strict=True)])
 
 
+def _thin_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values (r,) and right singular vectors (r, m) of ``a`` (n, m).
+
+    With fewer rows than columns (patterns << grid points) through the small
+    Gram matrix ``a a^T``: an (n, n) eigenproblem instead of an SVD of the
+    whole matrix.
+    """
+    n, m = a.shape
+    if n >= m:
+        _, sv, vt = np.linalg.svd(a, full_matrices=False)
+        return sv, vt
+    w, u = np.linalg.eigh(a @ a.T)
+    order = np.argsort(w)[::-1]
+    w, u = np.clip(w[order], 0.0, None), u[:, order]
+    sv = np.sqrt(w)
+    keep = sv > sv[0] * 1e-10 if sv.size and sv[0] > 0 else np.zeros(sv.size, bool)
+    vt = (u[:, keep].T @ a) / sv[keep, None]
+    return np.concatenate([sv[keep], np.zeros(int((~keep).sum()))]), vt
+
+
 @dataclass
 class Peak:
     """One peak found in a pattern; ``lo``/``hi`` bound the masking window."""
@@ -312,7 +332,6 @@ class ConcentrationEstimator:
         With ``loo`` (the default) the residuals behind the uncertainty are
         leave-one-out ones.
         """
-        from scipy.ndimage import uniform_filter1d
 
         z = self._select(latent)
         v = np.asarray(values, dtype=float).ravel()
@@ -322,13 +341,7 @@ class ConcentrationEstimator:
             raise ParameterError("need at least 3 reference patterns of known composition")
         if not np.all(np.isfinite(v)):
             raise InputError("reference compositions must be finite numbers")
-        order = np.argsort(v, kind="stable")
-        w = self.smoothing or max(3, v.size // 25)
-        w = min(w, v.size)
-        self.ref_latent_ = z
-        self.ref_values_ = v
-        self.path_latent_ = uniform_filter1d(z[order], size=w, axis=0, mode="nearest")
-        self.path_values_ = uniform_filter1d(v[order], size=w, mode="nearest")
+        self._fit_path(z, v)
         if not loo or v.size < 4:
             est, dist, _ = self._project(z)
             self.ref_residual_ = est - v
@@ -343,13 +356,23 @@ class ConcentrationEstimator:
         for i in range(v.size):
             keep[i] = False
             other = ConcentrationEstimator(self.method, self.n_neighbors, self.smoothing)
-            other.fit(z[keep], v[keep], loo=False)
+            other._fit_path(z[keep], v[keep])
             est, dist, _ = other._project(z[i : i + 1])
             residual[i], distance[i] = est[0] - v[i], dist[0]
             keep[i] = True
         self.ref_residual_ = residual
         self.ref_distance_ = distance
         return self
+
+    def _fit_path(self, z: np.ndarray, v: np.ndarray) -> None:
+        from scipy.ndimage import uniform_filter1d
+
+        order = np.argsort(v, kind="stable")
+        w = min(self.smoothing or max(3, v.size // 25), v.size)
+        self.ref_latent_ = z
+        self.ref_values_ = v
+        self.path_latent_ = uniform_filter1d(z[order], size=w, axis=0, mode="nearest")
+        self.path_values_ = uniform_filter1d(v[order], size=w, mode="nearest")
 
     def loo_mae(self) -> float:
         """Mean absolute leave-one-out error of the references (after :meth:`fit`)."""
@@ -491,7 +514,7 @@ class FeatureSpaceAE:
     grid_ : (m,) the 2-theta grid
     latent_ : (n, latent_dim) latent points of the training patterns
     labels_ : (n,) k-means cluster of each training pattern
-    cluster_centers_ : (n_clusters, latent_dim)
+    cluster_centers_ : (n_clusters, n_features) in the space of :meth:`features`
     latent_scale_ : RMS distance of training points to their centroid; latent
         shifts are reported in this unit
     estimator_ : :class:`ConcentrationEstimator` or None, fitted on the training
@@ -535,12 +558,15 @@ class FeatureSpaceAE:
             )
         return normalize_patterns(x, self.config.normalize) if normalize else x
 
-    def _internal(self, x: np.ndarray, fit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _internal(
+        self, x: np.ndarray, fit: bool = False, lag: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Normalised patterns (n, m) -> (aligned internal profiles (n, m), lag (n,)).
 
         Variance-stabilised, resampled onto the log-d grid, background removed,
         and moved by the lag (in internal grid points) that lines each up with
-        the template.  ``fit=True`` builds the template from ``x`` first.
+        the template, or by the given ``lag``.  ``fit=True`` builds the template
+        from ``x`` first.
         """
         cfg = self.config
         t = variance_stabilize(x, cfg.transform)
@@ -550,6 +576,9 @@ class FeatureSpaceAE:
             t = remove_baseline(t, self._baseline_width)
         if not cfg.align:
             return t, np.zeros(t.shape[0])
+        if lag is not None:
+            lag = np.broadcast_to(np.asarray(lag, dtype=float), t.shape[:1])
+            return shift_rows(t, lag), lag
         probe = t - t.mean(axis=1, keepdims=True)
         if fit:
             # Template: start from the pattern most like the others, then twice
@@ -594,8 +623,8 @@ class FeatureSpaceAE:
             return np.expm1(-self._step * np.asarray(lag))
         return np.asarray(lag) * float(np.median(np.diff(self.grid_)))
 
-    def _to_net(self, x: np.ndarray) -> np.ndarray:
-        t, _ = self._internal(x)
+    def _to_net(self, x: np.ndarray, lag: np.ndarray | None = None) -> np.ndarray:
+        t, _ = self._internal(x, lag=lag)
         return ((t - self.mean_pattern_) / self.scale_) @ self.components_.T
 
     def _check_fitted(self) -> None:
@@ -655,7 +684,7 @@ class FeatureSpaceAE:
         # but constant peak) then barely reaches the latent when it is masked,
         # instead of feeding an out-of-distribution input through weights that
         # training never had a reason to shape.
-        _, sv, vt = np.linalg.svd(t - self.mean_pattern_, full_matrices=False)
+        sv, vt = _thin_svd(t - self.mean_pattern_)
         if cfg.n_components == "auto":
             k = min(signal_rank(sv, n, m), cfg.max_components)
         else:
@@ -708,7 +737,7 @@ class FeatureSpaceAE:
         self.latent_center_ = z.mean(0)
         self.latent_scale_ = float(np.sqrt(np.mean(np.sum((z - z.mean(0)) ** 2, axis=1)))) or 1.0
         self.reconstruction_mse_ = float(np.mean((self.decode(z) - x) ** 2))
-        self._fit_clusters(z)
+        self._fit_clusters(self._features(z, self.train_strain_))
         self.descriptor = None
         self.estimators_ = {}
         features = self._features(z, self.train_strain_)
@@ -797,11 +826,12 @@ class FeatureSpaceAE:
         return getattr(self, "estimators_", {}).get(self.descriptor)
 
     def _fit_clusters(self, z: np.ndarray) -> None:
+        """k-means on the estimator features (latent and strain, in training spreads)."""
         from sklearn.cluster import KMeans
 
         k = min(self.config.n_clusters, z.shape[0])
         km = KMeans(n_clusters=k, n_init=10, random_state=self.config.seed).fit(z)
-        # Number clusters along the first latent axis so labels are stable to read.
+        # Number clusters along the first feature axis so labels are stable to read.
         order = np.argsort(km.cluster_centers_[:, 0])
         self.cluster_centers_ = km.cluster_centers_[order]
         self.labels_ = self.predict_cluster(z)
@@ -817,10 +847,10 @@ class FeatureSpaceAE:
         self._check_fitted()
         return self._encode(self._matrix(patterns, normalize=normalize))
 
-    def _encode(self, x: np.ndarray) -> np.ndarray:
+    def _encode(self, x: np.ndarray, lag: np.ndarray | None = None) -> np.ndarray:
         torch = require_torch()
         with torch.no_grad():
-            z = self.net_["encoder"](torch.as_tensor(self._to_net(x), dtype=torch.float32))
+            z = self.net_["encoder"](torch.as_tensor(self._to_net(x, lag), dtype=torch.float32))
         return z.numpy().astype(float)
 
     def decode(self, latent: np.ndarray, strain: np.ndarray | float | None = None) -> np.ndarray:
@@ -844,9 +874,9 @@ class FeatureSpaceAE:
             t = resample_rows(t, self.internal_grid_, self._u_src)
         return _inverse_stabilize(t, self.config.transform)
 
-    def predict_cluster(self, latent: np.ndarray) -> np.ndarray:
-        """Index of the nearest cluster centre for latent points (n, latent_dim)."""
-        d = np.linalg.norm(np.atleast_2d(latent)[:, None, :] - self.cluster_centers_[None], axis=-1)
+    def predict_cluster(self, features: np.ndarray) -> np.ndarray:
+        """Index of the nearest cluster centre for feature points (see :meth:`features`)."""
+        d = np.linalg.norm(np.atleast_2d(features)[:, None, :] - self.cluster_centers_[None], axis=-1)
         return np.argmin(d, axis=1)
 
     def estimate(self, patterns, descriptor: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -898,7 +928,7 @@ class FeatureSpaceAE:
         ds = xr.Dataset(
             {
                 "latent": ((first, "latent_dim"), z),
-                "cluster": ((first,), self.predict_cluster(z)),
+                "cluster": ((first,), self.predict_cluster(self._features(z, strain))),
             },
             coords=coords,
         )
@@ -920,8 +950,12 @@ class FeatureSpaceAE:
         Returns ``(shift (w,), masked_latent (w, latent_dim))``; shifts are in
         units of :attr:`latent_scale_` (the spread of the training set).
         """
+        self._check_fitted()
         x = self._matrix(pattern)[0]
-        base = self.transform(x[None], normalize=False)[0]
+        # The alignment of the unmasked pattern is kept: masking a strong peak
+        # would otherwise move the lag, and with it every other peak.
+        lag = self._internal(x[None])[1]
+        base = self._encode(x[None], lag)[0]
         masked = (
             np.stack([mask_window(x, self.grid_, lo, hi) for lo, hi in windows])
             if windows
@@ -929,7 +963,7 @@ class FeatureSpaceAE:
         )
         if not len(masked):
             return np.empty(0), np.empty((0, base.size))
-        z = self.transform(masked, normalize=False)
+        z = self._encode(masked, lag)
         return np.linalg.norm(z - base, axis=1) / self.latent_scale_, z
 
     def peak_relevance(
@@ -1129,7 +1163,7 @@ class FeatureSpaceAE:
         model.scale_ = float(extras["scale"])
         model.reconstruction_mse_ = float(extras.get("reconstruction_mse", np.nan))
         model.train_seconds_ = float(extras.get("train_seconds", np.nan))
-        model.labels_ = model.predict_cluster(model.latent_)
+        model.train_strain_ = arrays.get("train_strain", np.zeros(model.latent_.shape[0]))
         model.descriptor = extras.get("descriptor")
         model.internal_grid_ = log_d_grid(grid) if model.config.grid == "log_d" else grid.copy()
         try:
@@ -1151,4 +1185,5 @@ class FeatureSpaceAE:
                 )
         except (KeyError, TypeError) as exc:
             raise InputError(f"{path}: model file lacks part of its reference ({exc})") from None
+        model.labels_ = model.predict_cluster(model._features(model.latent_, model.train_strain_))
         return model
