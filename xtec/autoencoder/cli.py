@@ -201,8 +201,15 @@ def register(subparsers) -> None:
         "--free", type=int, default=1, help="unconstrained latent dimensions (default 1)"
     )
     p.add_argument("--test-fraction", type=_fraction, default=0.2)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    _training_options(p, 50)
+    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=6,
+        help="stop after this many validation checks (every 2 epochs) without improvement; "
+        "0 trains all --epochs (default 6)",
+    )
+    _training_options(p, 400)
     p.set_defaults(func=_rk_train)
 
     p = sub.add_parser("report", help="Spearman per descriptor, reconstruction, sweeps")
@@ -511,10 +518,13 @@ def _rk_train(args) -> int:
         )
     if args.free < 0:
         raise ParameterError("--free must be non-negative")
+    if args.patience < 0:
+        raise ParameterError("--patience must be non-negative")
     model = RankAAE(
         descriptors=names,
         n_free=args.free,
         epochs=args.epochs,
+        patience=args.patience,
         batch_size=args.batch_size,
         seed=args.seed,
         n_threads=args.threads,
@@ -522,7 +532,8 @@ def _rk_train(args) -> int:
     ).fit_split(data, args.test_fraction)
     model.save(args.output)
     print(
-        f"trained on {len(model.train_index_)} spectra in {model.train_seconds_:.1f} s; constrained: {', '.join(names)}"
+        f"trained on {len(model.train_index_)} spectra in {model.train_seconds_:.1f} s "
+        f"({model.epochs_run_} epochs, best {model.best_epoch_}); constrained: {', '.join(names)}"
     )
     if len(model.test_index_):
         print("held-out split:")

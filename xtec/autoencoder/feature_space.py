@@ -454,6 +454,7 @@ class FeatureSpaceConfig:
     align: bool = True
     max_strain: float = 0.2
     subtract_background: bool = True
+    decode_components: bool = True
     n_clusters: int = 3
     seed: int = 0
 
@@ -695,14 +696,27 @@ class FeatureSpaceAE:
 
         start = time.perf_counter()
         with deterministic(cfg.seed, self.n_threads):
-            net = _build_net(m, cfg.hidden, cfg.latent_dim, self.components_.shape[0])
+            n_comp = self.components_.shape[0]
+            net = _build_net(
+                n_comp if cfg.decode_components else m, cfg.hidden, cfg.latent_dim, n_comp
+            )
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(
                 opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05
             )
             gen = torch.Generator().manual_seed(cfg.seed)
-            xt = torch.as_tensor((t - self.mean_pattern_) / self.scale_, dtype=torch.float32)
+            centred = (t - self.mean_pattern_) / self.scale_
+            coeffs = centred @ self.components_.T
+            xt = torch.as_tensor(centred, dtype=torch.float32)
+            ct = torch.as_tensor(coeffs, dtype=torch.float32)
             basis = torch.as_tensor(self.components_.T, dtype=torch.float32)
+            # With decode_components the decoder outputs principal-component
+            # coefficients: the components are orthonormal, so the squared error
+            # over the grid is that over the coefficients plus what lies outside
+            # the signal subspace (a constant, noise), and the input noise
+            # projected on them is white noise of the same sigma.  Every step
+            # then works on k numbers per pattern instead of the whole grid.
+            outside = float(np.mean((centred - coeffs @ self.components_) ** 2))
             bs = min(cfg.batch_size, n)
             history = []
             bar = tqdm(
@@ -715,18 +729,28 @@ class FeatureSpaceAE:
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
                 for i in range(0, n, bs):
-                    xb = xt[perm[i : i + bs]]
-                    noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(
-                        xb.shape, generator=gen
-                    )
-                    rec = net["decoder"](net["encoder"](noisy @ basis))
-                    loss = torch.mean((rec - xb) ** 2)
+                    idx = perm[i : i + bs]
+                    if cfg.decode_components:
+                        cb = ct[idx]
+                        noisy = cb + (cfg.input_noise / self.scale_) * torch.randn(
+                            cb.shape, generator=gen
+                        )
+                        rec = net["decoder"](net["encoder"](noisy))
+                        loss = torch.sum((rec - cb) ** 2) / (cb.shape[0] * m)
+                    else:
+                        xb = xt[idx]
+                        noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(
+                            xb.shape, generator=gen
+                        )
+                        rec = net["decoder"](net["encoder"](noisy @ basis))
+                        loss = torch.mean((rec - xb) ** 2)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * xb.shape[0]
+                    total += float(loss.detach()) * idx.numel()
                 sched.step()
-                history.append(total / n * self.scale_**2)
+                extra = outside if cfg.decode_components else 0.0
+                history.append((total / n + extra) * self.scale_**2)
                 bar.set_postfix(loss=f"{history[-1]:.2e}", refresh=False)
         net.eval()
         self.net_ = net
@@ -862,6 +886,8 @@ class FeatureSpaceAE:
         """
         self._check_fitted()
         y = decode_latent(self.net_["decoder"], latent, self.config.latent_dim)
+        if self.config.decode_components:
+            y = y @ self.components_
         t = y * self.scale_ + self.mean_pattern_
         if self.config.align:
             strain = np.broadcast_to(np.asarray(0.0 if strain is None else strain), t.shape[:1])
@@ -876,7 +902,9 @@ class FeatureSpaceAE:
 
     def predict_cluster(self, features: np.ndarray) -> np.ndarray:
         """Index of the nearest cluster centre for feature points (see :meth:`features`)."""
-        d = np.linalg.norm(np.atleast_2d(features)[:, None, :] - self.cluster_centers_[None], axis=-1)
+        d = np.linalg.norm(
+            np.atleast_2d(features)[:, None, :] - self.cluster_centers_[None], axis=-1
+        )
         return np.argmin(d, axis=1)
 
     def estimate(self, patterns, descriptor: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -1133,13 +1161,15 @@ class FeatureSpaceAE:
         """Read a model written by :meth:`save` (no pickle involved)."""
         config, state, arrays, extras = load_model_file(path, MODEL_KIND)
         if "grid" not in config:  # written before log-d alignment existed
-            config.update(grid="two_theta", align=False, subtract_background=False)
+            config.update(
+                grid="two_theta", align=False, subtract_background=False, decode_components=False
+            )
         try:
             config["hidden"] = tuple(config["hidden"])
             model = cls(**config, **kwargs)
             grid = arrays["grid"]
             net = _build_net(
-                grid.size,
+                arrays["components"].shape[0] if model.config.decode_components else grid.size,
                 model.config.hidden,
                 model.config.latent_dim,
                 arrays["components"].shape[0],
