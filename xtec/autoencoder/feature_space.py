@@ -3,10 +3,14 @@
 After Utimula, Hongo, Nakano, Maezono et al., "Feature Space of XRD Patterns
 Constructed by an Autoencoder", Adv. Theory Simul. (2023): patterns on a common
 2-theta grid are encoded to a low-dimensional latent (2-D by default) and decoded
-back; the latent points are clustered.  On the trained model:
+back; the latent points are clustered.  Before encoding, patterns are resampled
+onto a log(sin theta) grid, where Vegard's shifts are translations, and lined up
+with a template; the lag is kept as a whole-pattern lattice strain beside the
+latent.  On the trained model:
 
-* :class:`ConcentrationEstimator` estimates a composition from a pattern's place
-  on the path that reference patterns of known composition trace in the latent;
+* :class:`ConcentrationEstimator` estimates a composition (or a phase fraction)
+  from a pattern's place on the path that reference patterns of known
+  composition trace in the features (latent and strain);
 * :meth:`FeatureSpaceAE.peak_relevance` masks one peak (or any 2-theta window),
   re-encodes, and ranks peaks by how far the latent point moves;
 * :meth:`FeatureSpaceAE.interpolate` decodes points on the segment between two
@@ -518,8 +522,11 @@ class FeatureSpaceAE:
     cluster_centers_ : (n_clusters, n_features) in the space of :meth:`features`
     latent_scale_ : RMS distance of training points to their centroid; latent
         shifts are reported in this unit
-    estimator_ : :class:`ConcentrationEstimator` or None, fitted on the training
-        latents when the training data carry the descriptor
+    estimators_ : dict of :class:`ConcentrationEstimator`, one per descriptor with
+        a reference (composition, phase_fraction); ``estimator_`` is that of
+        :attr:`descriptor`
+    template_ : (m,) aligned mean training profile on the internal grid
+    train_strain_ : (n,) lattice strain of each training pattern against it
     history_ : mean training loss per epoch (MSE of the variance-stabilised patterns)
     """
 
