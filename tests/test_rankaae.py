@@ -25,7 +25,7 @@ from xtec.errors import InputError, ParameterError  # noqa: E402
 @pytest.fixture(scope="module")
 def spectra(tmp_path_factory):
     path = save_curves(
-        synthetic_spectra(2500, seed=0), tmp_path_factory.mktemp("spec") / "spectra.nxs"
+        synthetic_spectra(1500, seed=0), tmp_path_factory.mktemp("spec") / "spectra.nxs"
     )
     return load_curves(path, kind="spectrum")
 
@@ -59,7 +59,7 @@ def test_latents_follow_their_descriptors_on_held_out_spectra(spectra, trained):
 @pytest.mark.slow
 def test_defaults_hold_on_spectra_from_another_generator():
     """EXAFS-equation spectra (coordination, bond length, bond spread), defaults only."""
-    spectra = synthetic_exafs_xanes(2000, seed=5)
+    spectra = synthetic_exafs_xanes(1500, seed=5)
     model = RankAAE(descriptors=EXAFS_DESCRIPTORS, n_free=1, seed=0, n_threads=1, progress=False)
     model.fit_split(spectra, test_fraction=0.2)
     report = model.report(spectra.isel(spectrum=model.test_index_))
