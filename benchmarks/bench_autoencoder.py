@@ -1,81 +1,443 @@
 """Measure the numbers quoted in docs/autoencoder.md.
 
-    python benchmarks/bench_autoencoder.py [--seeds 0 1 2] [--threads 1]
+    python benchmarks/bench_autoencoder.py [--parts composition rankaae xas] [--seeds 0]
+                                           [--threads 1] [--json benchmarks/results/autoencoder.json]
 
-Feature-space AE: held-out composition MAE on the synthetic alloy series
-(150 training, 50 held-out patterns), peak-relevance shifts of a planted peak and
-of a stronger unchanging one, training time.  RankAAE: held-out Spearman per
-descriptor, reconstruction MAE, inter-latent correlations, training time.
+composition
+    Composition (and phase-fraction) estimation on series the feature-space
+    autoencoder was not tuned on: pymatgen ``XRDCalculator`` patterns
+    (:mod:`xtec.autoencoder.series`; 20-100 deg, 4,001 points, Cu K-alpha,
+    Gaussian peaks, Poisson noise) of a 12.8 % fcc (Cu-Au) and a 15.1 % bcc
+    (Fe-Nb) solid solution, an ordering transition, two coexisting phases,
+    and instrument effects (zero shift, width and background changes), plus
+    the module's own B2 series.  76 evenly spaced compositions per series, 50
+    for training (two of every three) and 26 held out (the third, both ends
+    included).  Beside the autoencoder as it is now: the autoencoder as it was
+    (2-theta grid, no alignment), composition from the first-peak position
+    through Vegard's law, and k-nearest neighbours (k=3) on the raw patterns.
+rankaae
+    RankAAE on 2,500 spectra (2,000 train / 500 held out) of the module's
+    generator and of a second one (EXAFS equation of one Fe-O shell): the
+    defaults (trained to convergence), and the training loop as it was before
+    (a frozen copy below, 200 epochs, batch 256) on the same split; time,
+    epochs, spectra per second, held-out Spearman and latent correlations.
+xas
+    Real XAS files from Debian's ``ifeffit-doc`` and the ``araucaria`` sdist
+    (downloaded to ~/.cache/xtec-bench like a fresh machine would) read by
+    :func:`xtec.autoencoder.data.load_curves`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 
-from xtec.autoencoder.data import SPECTRUM_DESCRIPTORS, synthetic_alloy_series, synthetic_spectra
-from xtec.autoencoder.feature_space import FeatureSpaceAE
-from xtec.autoencoder.rankaae import RankAAE
+from xtec.autoencoder.data import (
+    EXAFS_DESCRIPTORS,
+    SPECTRUM_DESCRIPTORS,
+    load_curves,
+    synthetic_alloy_series,
+    synthetic_exafs_xanes,
+    synthetic_spectra,
+)
+from xtec.autoencoder.feature_space import FeatureSpaceAE, normalize_patterns
+from xtec.autoencoder.rankaae import RankAAE, split_indices
+from xtec.autoencoder.series import held_out_split, pymatgen_series
+from xtec.errors import InputError
+
+CACHE = Path(os.environ.get("XTEC_BENCH_CACHE", Path.home() / ".cache" / "xtec-bench"))
+
+# --------------------------------------------------------------------------- baselines
 
 
-def bench_feature_space(seed: int, threads: int) -> dict:
-    train = synthetic_alloy_series(150, seed=1)
-    test = synthetic_alloy_series(50, seed=2)
-    start = time.perf_counter()
-    model = FeatureSpaceAE(epochs=150, seed=seed, n_threads=threads, progress=False).fit(train)
-    seconds = time.perf_counter() - start
-    est, unc = model.estimate(test)
-    err = np.abs(est - test.composition.values)
-    base = synthetic_alloy_series(150, lattice=(2.95, 2.95), order=0.0, size_spread=0.0, seed=4)
-    x, tt = base.composition.values, base.two_theta.values
-    planted = base + 0.3 * x[:, None] * np.exp(-0.5 * ((tt - 36.0) / 0.12) ** 2)
-    rel_model = FeatureSpaceAE(epochs=150, seed=seed, n_threads=threads, progress=False).fit(
-        planted
-    )
-    rel = rel_model.peak_relevance(planted[140])
-    pos = rel.position.values
-    p, s = int(np.argmin(np.abs(pos - 36.0))), int(np.argmax(rel.height.values))
+def first_peak_vegard(train, test) -> np.ndarray:
+    """Composition from the d-spacing of the first strong peak, linear fit on the training set."""
+    from scipy.ndimage import uniform_filter1d
+
+    def position(da):
+        x = normalize_patterns(da.values)
+        tt = da.two_theta.values
+        step = float(np.median(np.diff(tt)))
+        out = []
+        for row in x:
+            sm = uniform_filter1d(row - np.percentile(row, 20), 5)
+            j = int(np.argmax(sm > 0.5 * sm.max()))
+            k = j + int(np.argmax(sm[j : j + int(1.0 / step)]))
+            out.append(tt[k])
+        return 1.0 / np.sin(np.radians(np.asarray(out) / 2))  # proportional to d
+
+    coef = np.polyfit(position(train), train.composition.values, 1)
+    return np.polyval(coef, position(test))
+
+
+def knn_raw(train, test, name: str = "composition", k: int = 3) -> np.ndarray:
+    a = np.sqrt(np.clip(normalize_patterns(train.values), 0, None))
+    b = np.sqrt(np.clip(normalize_patterns(test.values), 0, None))
+    d = ((b[:, None, :] - a[None]) ** 2).sum(-1)
+    nn = np.argsort(d, axis=1)[:, :k]
+    return train[name].values[nn].mean(1)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def series_list() -> dict:
+    x = np.linspace(0.0, 1.0, 76)
     return {
-        "train_seconds": round(seconds, 2),
-        "components": int(model.components_.shape[0]),
-        "mae": float(err.mean()),
-        "max_error": float(err.max()),
-        "mean_uncertainty": float(unc.mean()),
-        "within_3sigma": float(np.mean(err <= 3 * unc)),
-        "planted_rank": int(rel["rank"].values[p]),
-        "planted_shift": float(rel.latent_shift.values[p]),
-        "strong_peak_rank": int(rel["rank"].values[s]),
-        "strong_peak_shift": float(rel.latent_shift.values[s]),
+        "fcc_CuAu_12.8pct (pymatgen)": lambda s: pymatgen_series("fcc", x, seed=s),
+        "bcc_FeNb_15.1pct (pymatgen)": lambda s: pymatgen_series("bcc", x, seed=s),
+        "ordering_B2_FeAl (pymatgen)": lambda s: pymatgen_series("ordering", x, seed=s),
+        "two_phase_fcc+bcc (pymatgen)": lambda s: pymatgen_series("two_phase", x, seed=s),
+        "instrument_CuPd_7.6pct (pymatgen)": lambda s: pymatgen_series(
+            "fcc",
+            x,
+            elements=("Cu", "Pd"),
+            lattice=(3.615, 3.89),
+            zero_shift=0.02,
+            width_change=0.3,
+            background_change=0.5,
+            seed=s,
+        ),
+        "B2 own generator (4.9pct)": lambda s: synthetic_alloy_series(composition=x, seed=s),
     }
 
 
-def bench_rankaae(seed: int, threads: int) -> dict:
-    spectra = synthetic_spectra(2500, seed=0)
+def score(est, truth, unc=None) -> dict:
+    err = np.abs(np.asarray(est) - truth)
+    out = {"mae": round(float(err.mean()), 5), "max_error": round(float(err.max()), 4)}
+    if unc is not None:
+        out["within_1sigma"] = round(float(np.mean(err <= unc)), 3)
+        out["mean_sigma"] = round(float(np.mean(unc)), 5)
+    return out
+
+
+def bench_composition(seed: int, threads: int, epochs: int) -> dict:
+    results = {}
+    for name, make in series_list().items():
+        da = make(seed)
+        tri, tei = held_out_split(da.shape[0])
+        train, test = da.isel(pattern=tri), da.isel(pattern=tei)
+        truth = test.composition.values
+        row = {"n_train": int(train.shape[0]), "n_test": int(test.shape[0])}
+        row["vegard_first_peak"] = score(first_peak_vegard(train, test), truth)
+        row["knn_raw_k3"] = score(knn_raw(train, test), truth)
+        for label, extra in (
+            (
+                "ae_before (2-theta grid, no alignment)",
+                dict(grid="two_theta", align=False, subtract_background=False),
+            ),
+            ("ae", {}),
+        ):
+            start = time.perf_counter()
+            model = FeatureSpaceAE(
+                epochs=epochs, seed=seed, n_threads=threads, progress=False, **extra
+            ).fit(train)
+            seconds = time.perf_counter() - start
+            ds = model.embed(test)
+            res = score(ds.composition_estimate.values, truth, ds.composition_uncertainty.values)
+            res["train_seconds"] = round(seconds, 1)
+            if model.estimator_ is not None and model.estimator_.columns is not None:
+                res["estimator_columns"] = list(model.estimator_.columns)
+            if "phase_fraction_estimate" in ds:
+                res["phase_fraction"] = score(
+                    ds.phase_fraction_estimate.values,
+                    test.phase_fraction.values,
+                    ds.phase_fraction_uncertainty.values,
+                )
+            row[label] = res
+        if "phase_fraction" in da.coords:
+            row["knn_raw_k3_phase_fraction"] = score(
+                knn_raw(train, test, "phase_fraction"), test.phase_fraction.values
+            )
+        results[name] = row
+        print(json.dumps({"series": name, **row}), flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------- RankAAE
+
+
+def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> RankAAE:
+    """The RankAAE training loop as it was before issue 15 (frozen copy, commit f1df623).
+
+    Fixed epoch count, batch 256, lr 2e-3, the rank loss on full (B, B, K)
+    weight tensors, smoothness by padding and a convolution, every loss term
+    synchronised to a Python float each step.
+    """
+    import torch
+
+    from xtec.autoencoder._nn import deterministic
+    from xtec.autoencoder.rankaae import _build, _grad_reverse
+
+    def rank_loss_before(z, d):
+        b, k = z.shape
+        dz = z[:, None, :] - z[None, :, :]
+        dd = d[:, None, :] - d[None, :, :]
+        valid = torch.isfinite(dd)
+        sd = torch.where(valid, torch.sign(torch.nan_to_num(dd)), torch.zeros_like(dd))
+        s = dz * sd
+        with torch.no_grad():
+            conc = s > 0
+            disc = (s < 0) & (sd != 0)
+            n_conc = conc.sum(dim=(0, 1)).clamp(min=1).to(z.dtype)
+            n_disc = disc.sum(dim=(0, 1)).to(z.dtype)
+            w_conc = (n_disc / n_conc).clamp(max=1.0)
+            w = torch.where(conc, w_conc[None, None, :].expand_as(s), torch.ones_like(s))
+        return -(w * s).sum() / (b * (b - 1) * k)
+
+    cfg = model.config
+    x, d = model._arrays(spectra, need_descriptors=True)
+    n, m = x.shape
+    model.grid_ = np.asarray(spectra[spectra.dims[-1]].values, dtype=float)
+    model.grid_name_ = str(spectra.dims[-1])
+    model.x_mean_ = x.mean(0)
+    model.x_std_ = float(x.std()) or 1.0
+    grl = _grad_reverse()
+    half = max(1, int(np.ceil(3 * cfg.smooth_sigma)))
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / cfg.smooth_sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    mse = torch.nn.functional.mse_loss
+    k = len(cfg.descriptors)
     start = time.perf_counter()
-    model = RankAAE(
-        descriptors=SPECTRUM_DESCRIPTORS, n_free=1, seed=seed, n_threads=threads, progress=False
-    )
-    model.fit_split(spectra, 0.2)
-    seconds = time.perf_counter() - start
-    rep = model.report(spectra.isel(spectrum=model.test_index_))
-    rep["train_seconds"] = round(seconds, 2)
-    return rep
+    with deterministic(cfg.seed, model.n_threads):
+        net = _build(m, cfg)
+        opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        xt = torch.as_tensor(x, dtype=torch.float32)
+        dt = torch.as_tensor(d, dtype=torch.float32)
+        mean = torch.as_tensor(model.x_mean_, dtype=torch.float32)
+        bs = min(batch_size, n)
+        pad = kernel.shape[-1] // 2
+        for _epoch in range(epochs):
+            net.train()
+            perm = torch.randperm(n, generator=gen)
+            for i in range(0, n - 1, bs):
+                idx = perm[i : i + bs]
+                if idx.numel() < 2:
+                    continue
+                xb, db = xt[idx], dt[idx]
+                noisy = xb + cfg.input_noise * torch.randn(xb.shape, generator=gen)
+                z = net["encoder"]((noisy - mean) / model.x_std_)
+                rec = net["decoder"](z)
+                l_rec = mse(rec, xb)
+                l_rank = rank_loss_before(z[:, :k], db)
+                prior = torch.randn(z.shape, generator=gen)
+                logits = net["discriminator"](torch.cat([prior, grl(z)]))
+                target = torch.cat([torch.ones(len(z), 1), torch.zeros(len(z), 1)])
+                l_adv = bce(logits, target)
+                z_back = net["encoder"]((net["decoder"](prior) - mean) / model.x_std_)
+                l_cyc = mse(z_back, prior)
+                smooth = torch.nn.functional.conv1d(
+                    torch.nn.functional.pad(rec[:, None, :], (pad, pad), mode="replicate"),
+                    kernel,
+                )[:, 0]
+                l_smooth = mse(rec, smooth)
+                loss = (
+                    l_rec
+                    + cfg.w_rank * l_rank
+                    + cfg.w_adversarial * l_adv
+                    + cfg.w_cycle * l_cyc
+                    + cfg.w_smooth * l_smooth
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                for value in (loss, l_rec, l_rank, l_adv, l_cyc, l_smooth):
+                    float(value.detach())
+    net.eval()
+    model.net_ = net
+    model.train_seconds_ = time.perf_counter() - start
+    model.epochs_run_ = epochs
+    return model
+
+
+def _rank_report(model, test, n_train, seconds) -> dict:
+    rep = model.report(test)
+    epochs = int(model.epochs_run_)
+    return {
+        "train_seconds": round(seconds, 1),
+        "epochs": epochs,
+        "best_epoch": getattr(model, "best_epoch_", None),
+        "spectra_per_second": round(n_train * epochs / seconds, 1),
+        "spearman": {k: round(v, 4) for k, v in rep["spearman"].items()},
+        "min_spearman": round(min(rep["spearman"].values()), 4),
+        "mean_spearman": round(float(np.mean(list(rep["spearman"].values()))), 4),
+        "max_constrained_correlation": round(rep["max_constrained_correlation"], 3),
+        "max_latent_correlation": round(rep["max_latent_correlation"], 3),
+        "reconstruction_mae": round(rep["reconstruction_mae"], 4),
+    }
+
+
+def bench_rankaae(seed: int, threads: int, before_epochs: int, generators: list[str]) -> dict:
+    out = {}
+    makers = {
+        "module spectra (synthetic_spectra)": (synthetic_spectra, SPECTRUM_DESCRIPTORS),
+        "other generator (synthetic_exafs_xanes)": (synthetic_exafs_xanes, EXAFS_DESCRIPTORS),
+    }
+    for name, (make, descriptors) in makers.items():
+        if not any(g in name for g in generators):
+            continue
+        spectra = make(2500, seed=0)
+        train_idx, test_idx = split_indices(spectra.shape[0], 0.2, seed)
+        train, test = spectra.isel(spectrum=train_idx), spectra.isel(spectrum=test_idx)
+        row = {}
+        kw = dict(descriptors=descriptors, n_free=1, seed=seed, n_threads=threads, progress=False)
+        start = time.perf_counter()
+        model = RankAAE(**kw).fit(train)
+        row["defaults"] = _rank_report(model, test, train.shape[0], time.perf_counter() - start)
+        print(json.dumps({"rankaae": name, "defaults": row["defaults"]}), flush=True)
+        if before_epochs:
+            start = time.perf_counter()
+            old = fit_before(RankAAE(**kw), train, before_epochs)
+            row[f"before_{before_epochs}_epochs"] = _rank_report(
+                old, test, train.shape[0], time.perf_counter() - start
+            )
+            b, a = row[f"before_{before_epochs}_epochs"], row["defaults"]
+            row["speedup_whole_training"] = round(b["train_seconds"] / a["train_seconds"], 2)
+            row["throughput_ratio"] = round(a["spectra_per_second"] / b["spectra_per_second"], 2)
+            row["min_spearman_change"] = round(a["min_spearman"] - b["min_spearman"], 4)
+            row["mean_spearman_change"] = round(a["mean_spearman"] - b["mean_spearman"], 4)
+            print(
+                json.dumps({"rankaae": name, **{k: v for k, v in row.items() if k != "defaults"}}),
+                flush=True,
+            )
+        out[name] = row
+    return out
+
+
+# --------------------------------------------------------------------------- feature-space throughput
+
+
+def bench_feature_space_throughput(seed: int, threads: int, epochs: int) -> dict:
+    """Training throughput (patterns x epochs per second) on the module's B2 series.
+
+    Whole ``fit`` (preprocessing, alignment and the leave-one-out estimator
+    included), the model as it was against the defaults.
+    """
+    train = synthetic_alloy_series(150, seed=1)
+    out = {}
+    for label, extra in (
+        (
+            "before (full-grid decoder, 2-theta grid, no alignment)",
+            dict(grid="two_theta", align=False, subtract_background=False, decode_components=False),
+        ),
+        ("defaults", {}),
+    ):
+        start = time.perf_counter()
+        FeatureSpaceAE(epochs=epochs, seed=seed, n_threads=threads, progress=False, **extra).fit(
+            train
+        )
+        seconds = time.perf_counter() - start
+        out[label] = {
+            "train_seconds": round(seconds, 2),
+            "patterns_per_second": round(train.shape[0] * epochs / seconds, 1),
+        }
+    a, b = out["defaults"], out["before (full-grid decoder, 2-theta grid, no alignment)"]
+    out["speedup"] = round(b["train_seconds"] / a["train_seconds"], 2)
+    print(json.dumps({"feature_space_throughput": out}), flush=True)
+    return out
+
+
+# --------------------------------------------------------------------------- real XAS files
+
+
+def fetch_real_xas() -> list[Path]:
+    """Debian ifeffit-doc examples and the araucaria sdist test data, cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    ifeffit = CACHE / "ifeffit"
+    if not ifeffit.exists():
+        subprocess.run(
+            ["apt-get", "download", "ifeffit-doc"], cwd=CACHE, check=True, capture_output=True
+        )
+        deb = next(CACHE.glob("ifeffit-doc_*.deb"))
+        subprocess.run(["dpkg", "-x", str(deb), str(ifeffit)], check=True)
+    ara = CACHE / "araucaria"
+    if not ara.exists():
+        subprocess.run(
+            [
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                "araucaria",
+                "-d",
+                str(ara),
+                "araucaria==0.1.11",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(["tar", "xzf", next(ara.glob("*.tar.gz")), "-C", str(ara)], check=True)
+    data = ifeffit / "usr/share/doc/ifeffit/examples/data"
+    files = sorted(data.glob("*.xmu")) + sorted(data.glob("*.chi"))
+    files += sorted(ara.glob("*/araucaria/testdata/*.xdi"))
+    return files
+
+
+def bench_xas() -> dict:
+    try:
+        files = fetch_real_xas()
+    except (subprocess.CalledProcessError, StopIteration, OSError) as exc:
+        print(json.dumps({"xas": f"could not fetch real files: {exc}"}))
+        return {"error": str(exc)}
+    out = {}
+    for path in files:
+        try:
+            da = load_curves(path, kind="spectrum")
+            g = da[da.dims[-1]].values
+            out[path.name] = {
+                "loaded": True,
+                "points": int(g.size),
+                "grid": [round(float(g[0]), 2), round(float(g[-1]), 2)],
+                "grid_label": da.attrs.get("grid_label"),
+            }
+        except InputError as exc:
+            out[path.name] = {"loaded": False, "message": str(exc).split(": ", 1)[-1]}
+    n_ok = sum(v["loaded"] for v in out.values())
+    print(json.dumps({"xas_real_files": f"{n_ok} of {len(out)} loaded", "files": out}), flush=True)
+    return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=["composition", "rankaae", "throughput", "xas"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=150, help="feature-space AE epochs (the CLI's)")
+    ap.add_argument(
+        "--before-epochs",
+        type=int,
+        default=200,
+        help="epochs of the RankAAE loop as it was (0: skip it)",
+    )
+    ap.add_argument("--generators", nargs="+", default=["module", "other"])
+    ap.add_argument("--json", help="write all results to this JSON file")
     args = ap.parse_args()
+    results: dict = {"threads": args.threads, "cpu_count": os.cpu_count(), "seeds": {}}
     for seed in args.seeds:
-        print(
-            json.dumps({"seed": seed, "feature_space": bench_feature_space(seed, args.threads)}),
-            flush=True,
-        )
-        print(json.dumps({"seed": seed, "rankaae": bench_rankaae(seed, args.threads)}), flush=True)
+        r: dict = {}
+        if "composition" in args.parts:
+            r["composition"] = bench_composition(seed, args.threads, args.epochs)
+        if "rankaae" in args.parts:
+            r["rankaae"] = bench_rankaae(seed, args.threads, args.before_epochs, args.generators)
+        if "throughput" in args.parts:
+            r["feature_space_throughput"] = bench_feature_space_throughput(
+                seed, args.threads, args.epochs
+            )
+        results["seeds"][str(seed)] = r
+    if "xas" in args.parts:
+        results["xas_real_files"] = bench_xas()
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -132,3 +132,90 @@ def test_generators_are_seeded_and_validated():
         synthetic_alloy_series(5, composition_range=(0.5, 0.2))
     with pytest.raises(ParameterError):
         synthetic_spectra(0)
+
+
+# --------------------------------------------------------------------------- XAS exchange formats
+
+
+def _write_xdi(path, energy, mu, descriptors, units="eV"):
+    scale = 1000.0 if units == "keV" else 1.0
+    lines = [
+        "# XDI/1.0 xtec-test/0.1",
+        f"# Column.1: energy {units}",
+        "# Column.2: mutrans",
+        "# Column.3: i0",
+        "# Element.symbol: Fe",
+        "# Element.edge: K",
+        "# Mono.d_spacing: 3.13555",
+    ]
+    lines += [f"# Descriptor.{k}: {v!r}" for k, v in descriptors.items()]
+    lines += ["# ///", "# a test spectrum", "#----", "# energy mutrans i0"]
+    lines += [f"{e / scale!r} {m!r} 1000.0" for e, m in zip(energy, mu, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _write_athena(path, labels, grid, signal):
+    lines = ["# Athena data file -- Athena version 0.9.26", "# Element.symbol: Fe", "# ----"]
+    lines.append("#  " + "  ".join(labels))
+    other = len(labels) - 2
+    lines += [f"  {g!r}  {s!r}" + "  0.5" * other for g, s in zip(grid, signal, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_xdi_and_athena_files_load_like_the_csv(tmp_path):
+    spectra = synthetic_spectra(4, seed=3)
+    spectra = spectra.assign_coords(energy=7112.0 + spectra.energy.values)  # absolute eV
+    csv = load_curves(save_curves(spectra, tmp_path / "all.csv"), kind="spectrum")
+    names = [n for n, c in spectra.coords.items() if c.dims == ("spectrum",) and n != "spectrum"]
+    e = spectra.energy.values.tolist()
+    xdi, xdi_kev, xmu, nor, chik = [], [], [], [], []
+    for i in range(4):
+        mu = spectra.values[i].tolist()
+        desc = {n: float(spectra[n].values[i]) for n in names}
+        _write_xdi(tmp_path / f"s{i}.xdi", e, mu, desc)
+        _write_xdi(tmp_path / f"k{i}.xdi", e, mu, desc, units="keV")
+        _write_athena(tmp_path / f"s{i}.xmu", ["energy", "mu", "bkg", "pre_edge"], e, mu)
+        _write_athena(tmp_path / f"s{i}.nor", ["energy", "norm", "flat", "bkg"], e, mu)
+        _write_athena(tmp_path / f"s{i}.chik", ["k", "chi", "chik", "win"], e, mu)
+        for lst, suffix in ((xdi, "s{}.xdi"), (xdi_kev, "k{}.xdi"), (xmu, "s{}.xmu")):
+            lst.append(tmp_path / suffix.format(i))
+        nor.append(tmp_path / f"s{i}.nor")
+        chik.append(tmp_path / f"s{i}.chik")
+    from_xdi = load_curves(xdi, kind="spectrum")
+    assert from_xdi.dims == csv.dims == ("spectrum", "energy")
+    np.testing.assert_array_equal(from_xdi.values, csv.values)
+    np.testing.assert_array_equal(from_xdi.energy.values, csv.energy.values)
+    for n in names:  # the Descriptor namespace gives the descriptors, bare
+        np.testing.assert_array_equal(from_xdi[n].values, csv[n].values)
+    assert from_xdi.attrs["Element.symbol"] == "Fe" and from_xdi.attrs["units_energy"] == "eV"
+    # keV columns come back in eV.
+    kev = load_curves(xdi_kev, kind="spectrum")
+    np.testing.assert_allclose(kev.energy.values, csv.energy.values, rtol=1e-12)
+    np.testing.assert_array_equal(kev.values, csv.values)
+    for files in (xmu, nor):
+        got = load_curves(files, kind="spectrum")
+        np.testing.assert_array_equal(got.values, csv.values)
+        np.testing.assert_array_equal(got.energy.values, csv.energy.values)
+    got = load_curves(chik, kind="spectrum")  # chi(k): the grid is k
+    np.testing.assert_array_equal(got.values, csv.values)
+    assert got.attrs["grid_label"] == "k" and got.attrs["units_energy"] == "1/angstrom"
+
+
+def test_xas_files_without_a_spectrum_column_say_so(tmp_path):
+    bad = tmp_path / "raw.xdi"
+    bad.write_text(
+        "# XDI/1.0\n# Column.1: energy eV\n# Column.2: vfc01\n# Column.3: vfc02\n"
+        "7100 1 2\n7101 1 2\n7102 1 2\n"
+    )
+    with pytest.raises(InputError, match="no spectrum column"):
+        load_curves(bad, kind="spectrum")
+    units = tmp_path / "units.xdi"
+    units.write_text("# XDI/1.0\n# Column.1: energy degrees\n# Column.2: mu\n1 1\n2 2\n")
+    with pytest.raises(InputError, match="units"):
+        load_curves(units, kind="spectrum")
+    raw = tmp_path / "raw2.xdi"  # i0 and itrans only: mu = ln(i0 / itrans)
+    raw.write_text(
+        "# XDI/1.0\n# Column.1: energy eV\n# Column.2: i0\n# Column.3: itrans\n"
+        "7100 100 50\n7101 100 25\n"
+    )
+    np.testing.assert_allclose(load_curves(raw, kind="spectrum").values[0], np.log([2.0, 4.0]))

@@ -9,8 +9,10 @@ Two published methods on PyTorch (the optional ``ml`` extra):
   autoencoder whose latent dimensions follow labelled descriptors (after Liang
   et al., Phys. Rev. Materials 7, 053802, 2023).
 
-Data loaders and synthetic generators live in :mod:`xtec.autoencoder.data` and
-need no PyTorch.  Importing this package is cheap: names are loaded on first use.
+Data loaders (CSV, text, NeXus, XDI and Athena/Larch files) and synthetic
+generators live in :mod:`xtec.autoencoder.data` and need no PyTorch; series from
+pymatgen's XRDCalculator, an independent simulator, in
+:mod:`xtec.autoencoder.series`.  Importing this package is cheap: names are loaded on first use.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _EXPORTS = {
     "save_curves": "data",
     "synthetic_alloy_series": "data",
     "synthetic_spectra": "data",
+    "synthetic_exafs_xanes": "data",
+    "pymatgen_series": "series",
 }
 
 __all__ = sorted(_EXPORTS)

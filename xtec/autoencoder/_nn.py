@@ -93,7 +93,14 @@ def save_model_file(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    # Written under a temporary name and renamed: a failed write leaves no
+    # half-written file that looks like a model.
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     log.info("saved %s model to %s", kind, path)
     return path
 

@@ -33,6 +33,33 @@ def _fraction(text: str) -> float:
     return value
 
 
+def check_output(path: str) -> None:
+    """Refuse, before any training, an output whose folder cannot take a new file.
+
+    A real probe file is written and removed (permission bits alone say nothing
+    for root or on a read-only mount).
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    parent = Path(path).expanduser().resolve().parent
+    probe_dir = parent
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"cannot write {path}: {probe_dir} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".xtec-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write {path}: the folder {probe_dir} is not writable ({exc.strerror or exc}); "
+            "choose another -o"
+        ) from None
+
+
 def _training_options(p: argparse.ArgumentParser, epochs: int) -> None:
     p.add_argument(
         "--epochs", type=_positive_int, default=epochs, help=f"training epochs (default {epochs})"
@@ -90,7 +117,9 @@ def register(subparsers) -> None:
         "--clusters", type=_positive_int, default=3, help="k-means clusters in the latent"
     )
     p.add_argument(
-        "--descriptor", default="composition", help="coordinate used as the reference for estimates"
+        "--descriptor",
+        default=None,
+        help="coordinate used as the reference for estimates (default: composition, if present)",
     )
     p.add_argument("--normalize", choices=("area", "max", "none"), default="area")
     p.add_argument("--batch-size", type=_positive_int, default=32)
@@ -172,8 +201,15 @@ def register(subparsers) -> None:
         "--free", type=int, default=1, help="unconstrained latent dimensions (default 1)"
     )
     p.add_argument("--test-fraction", type=_fraction, default=0.2)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    _training_options(p, 50)
+    p.add_argument("--batch-size", type=_positive_int, default=512)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=6,
+        help="stop after this many validation checks (every 2 epochs) without improvement; "
+        "0 trains all --epochs (default 6)",
+    )
+    _training_options(p, 400)
     p.set_defaults(func=_rk_train)
 
     p = sub.add_parser("report", help="Spearman per descriptor, reconstruction, sweeps")
@@ -226,6 +262,7 @@ def _ae_synth(args) -> int:
 def _ae_train(args) -> int:
     from xtec.autoencoder.feature_space import FeatureSpaceAE
 
+    check_output(args.output)
     if args.synthetic:
         from xtec.autoencoder.data import synthetic_alloy_series
 
@@ -243,7 +280,7 @@ def _ae_train(args) -> int:
         seed=args.seed,
         n_threads=args.threads,
         progress=args.progress,
-    ).fit(data, descriptor=args.descriptor)
+    ).fit(data, descriptor=args.descriptor or "auto")
     model.save(args.output)
     sizes = ", ".join(
         str(int((model.labels_ == k).sum())) for k in range(len(model.cluster_centers_))
@@ -256,8 +293,13 @@ def _ae_train(args) -> int:
     )
     print(f"reconstruction MSE (normalised intensity): {model.reconstruction_mse_:.3g}")
     print(f"clusters: {sizes}")
-    if model.estimator_ is not None:
-        print(f"reference for estimates: {data.shape[0]} patterns with {model.descriptor!r}")
+    for name, est in model.estimators_.items():
+        print(
+            f"reference for {name} estimates: {data.shape[0]} patterns "
+            f"(leave-one-out MAE {est.loo_mae():.4g})"
+        )
+    if not model.estimators_:
+        print("no reference for estimates (the patterns have no composition coordinate)")
     print(f"model written to {args.output}")
     return 0
 
@@ -276,37 +318,48 @@ def _ae_embed(args) -> int:
     ds = model.embed(data)
     first = data.dims[0]
     z = ds["latent"].values
-    est_name = f"{model.descriptor}_estimate"
-    print(
-        f"{'#':>4} "
-        + " ".join(f"{'z' + str(j):>9}" for j in range(z.shape[1]))
-        + f" {'cluster':>7}",
-        end="",
-    )
-    has_est = est_name in ds
-    if has_est:
-        print(f" {model.descriptor + ' (estimate ± unc)':>28}", end="")
-    print()
+    names = list(model.estimators_)
+    strain = ds["strain"].values if "strain" in ds else None
+    header = f"{'#':>4} " + " ".join(f"{'z' + str(j):>9}" for j in range(z.shape[1]))
+    if strain is not None:
+        header += f" {'strain':>9}"
+    header += f" {'cluster':>7}"
+    for name in names:
+        header += f" {name + ' (estimate ± unc)':>30}"
+    print(header)
     for i in range(min(z.shape[0], 20)):
-        line = (
-            f"{i:>4} " + " ".join(f"{v:9.3f}" for v in z[i]) + f" {int(ds['cluster'].values[i]):>7}"
-        )
-        if has_est:
-            line += f" {ds[est_name].values[i]:>18.4f} ± {ds[model.descriptor + '_uncertainty'].values[i]:.4f}"
+        line = f"{i:>4} " + " ".join(f"{v:9.3f}" for v in z[i])
+        if strain is not None:
+            line += f" {strain[i]:9.5f}"
+        line += f" {int(ds['cluster'].values[i]):>7}"
+        for name in names:
+            line += (
+                f" {ds[name + '_estimate'].values[i]:>20.4f} ± "
+                f"{ds[name + '_uncertainty'].values[i]:.4f}"
+            )
         print(line)
     if z.shape[0] > 20:
         print(f"... ({z.shape[0]} patterns)")
-    if has_est and model.descriptor in data.coords:
-        truth = np.asarray(data[model.descriptor].values, dtype=float)
-        mae = float(np.mean(np.abs(ds[est_name].values - truth)))
-        print(f"mean absolute error of the {model.descriptor} estimates: {mae:.4g}")
+    for name in names:
+        if name in data.coords and data[name].dtype.kind in "fiu":
+            truth = np.asarray(data[name].values, dtype=float)
+            err = np.abs(ds[name + "_estimate"].values - truth)
+            cover = float(np.mean(err <= ds[name + "_uncertainty"].values))
+            print(
+                f"mean absolute error of the {name} estimates: {err.mean():.4g} "
+                f"(within 1 sigma: {cover:.0%})"
+            )
+    est_name = f"{model.descriptor}_estimate"
+    has_est = est_name in ds
     if args.output:
         import csv
 
         columns = [n for n, c in ds.coords.items() if c.dims == (first,) and n != first]
+        extra = [f"{n}_{w}" for n in names for w in ("estimate", "uncertainty")]
+        if strain is not None:
+            extra = ["strain", *extra]
         with open(args.output, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
-            extra = [est_name, f"{model.descriptor}_uncertainty"] if has_est else []
             w.writerow(
                 ["index", *columns, *[f"z{j}" for j in range(z.shape[1])], "cluster", *extra]
             )
@@ -325,7 +378,9 @@ def _ae_embed(args) -> int:
         from xtec.autoencoder.plots import plot_latent
 
         colour = ds[est_name].values if has_est else ds["cluster"].values
-        ref = model.estimator_.path_latent_ if model.estimator_ is not None else None
+        ref = None
+        if model.estimator_ is not None and model.estimator_.columns in (None, (0, 1)):
+            ref = model.estimator_.path_latent_ * model.latent_scale_
         plot_latent(
             z,
             args.plot,
@@ -436,6 +491,7 @@ def _print_report(rep: dict) -> None:
 def _rk_train(args) -> int:
     from xtec.autoencoder.rankaae import RankAAE
 
+    check_output(args.output)
     if args.synthetic:
         from xtec.autoencoder.data import synthetic_spectra
 
@@ -462,10 +518,13 @@ def _rk_train(args) -> int:
         )
     if args.free < 0:
         raise ParameterError("--free must be non-negative")
+    if args.patience < 0:
+        raise ParameterError("--patience must be non-negative")
     model = RankAAE(
         descriptors=names,
         n_free=args.free,
         epochs=args.epochs,
+        patience=args.patience,
         batch_size=args.batch_size,
         seed=args.seed,
         n_threads=args.threads,
@@ -473,7 +532,8 @@ def _rk_train(args) -> int:
     ).fit_split(data, args.test_fraction)
     model.save(args.output)
     print(
-        f"trained on {len(model.train_index_)} spectra in {model.train_seconds_:.1f} s; constrained: {', '.join(names)}"
+        f"trained on {len(model.train_index_)} spectra in {model.train_seconds_:.1f} s "
+        f"({model.epochs_run_} epochs, best {model.best_epoch_}); constrained: {', '.join(names)}"
     )
     if len(model.test_index_):
         print("held-out split:")

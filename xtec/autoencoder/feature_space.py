@@ -3,10 +3,14 @@
 After Utimula, Hongo, Nakano, Maezono et al., "Feature Space of XRD Patterns
 Constructed by an Autoencoder", Adv. Theory Simul. (2023): patterns on a common
 2-theta grid are encoded to a low-dimensional latent (2-D by default) and decoded
-back; the latent points are clustered.  On the trained model:
+back; the latent points are clustered.  Before encoding, patterns are resampled
+onto a log(sin theta) grid, where Vegard's shifts are translations, and lined up
+with a template; the lag is kept as a whole-pattern lattice strain beside the
+latent.  On the trained model:
 
-* :class:`ConcentrationEstimator` estimates a composition from a pattern's place
-  on the path that reference patterns of known composition trace in the latent;
+* :class:`ConcentrationEstimator` estimates a composition (or a phase fraction)
+  from a pattern's place on the path that reference patterns of known
+  composition trace in the features (latent and strain);
 * :meth:`FeatureSpaceAE.peak_relevance` masks one peak (or any 2-theta window),
   re-encodes, and ranks peaks by how far the latent point moves;
 * :meth:`FeatureSpaceAE.interpolate` decodes points on the segment between two
@@ -39,6 +43,9 @@ from xtec.errors import InputError, ParameterError
 log = logging.getLogger(__name__)
 
 MODEL_KIND = "feature_space_ae"
+
+#: Descriptors estimated beside the main one whenever the reference carries them.
+EXTRA_DESCRIPTORS = ("phase_fraction",)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -134,6 +141,82 @@ def signal_rank(singular_values: np.ndarray, n: int, m: int) -> int:
     return int(np.sum(sv > omega * np.median(sv)))
 
 
+def log_d_grid(two_theta: np.ndarray) -> np.ndarray:
+    """A grid uniform in ``log(sin(theta))`` spanning ``two_theta`` (degrees), same size.
+
+    ``d = lambda / (2 sin(theta))``, so on this grid a change of the lattice
+    parameter by a factor ``1 + e`` moves every peak by the same ``-log(1 + e)``:
+    Vegard's shifts become translations.
+    """
+    u = np.log(np.sin(np.radians(np.asarray(two_theta, dtype=float) / 2)))
+    return np.linspace(u[0], u[-1], u.size)
+
+
+def resample_rows(x: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Linear interpolation of each row of ``x`` (n, len(src)) onto ``dst``."""
+    return np.stack([np.interp(dst, src, row) for row in np.atleast_2d(x)])
+
+
+def remove_baseline(t: np.ndarray, width: int = 101) -> np.ndarray:
+    """Rows of ``t`` minus a smooth lower envelope (rolling minimum, then mean).
+
+    ``width`` points should span several peak widths; what is left are the
+    peaks, whatever the background's level and slope.
+    """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    width = max(3, min(width, t.shape[-1] // 3 * 2 + 1))
+    base = uniform_filter1d(minimum_filter1d(t, width, axis=-1, mode="nearest"), width, axis=-1)
+    return t - base
+
+
+def cross_correlation_shift(t: np.ndarray, template: np.ndarray, max_lag: int) -> np.ndarray:
+    """Sub-point lag (n,) that best lines each row of ``t`` (n, m) up with ``template`` (m,).
+
+    ``t[i, j + lag_i]`` matches ``template[j]``: the circular cross-correlation
+    (FFT, zero-padded so nothing wraps) is maximised over ``|lag| <= max_lag``
+    and refined by a parabola through the best point and its neighbours.
+    """
+    t = np.atleast_2d(t)
+    m = t.shape[1]
+    max_lag = int(max(1, min(max_lag, m - 2)))
+    size = 2 * m
+    c = np.fft.irfft(np.fft.rfft(t, size) * np.conj(np.fft.rfft(template, size)), size)
+    cc = np.concatenate([c[:, -max_lag:], c[:, : max_lag + 1]], axis=1)  # lags -L..L
+    j = np.clip(np.argmax(cc, axis=1), 1, cc.shape[1] - 2)
+    rows = np.arange(t.shape[0])
+    a, b, d = cc[rows, j - 1], cc[rows, j], cc[rows, j + 1]
+    den = a - 2 * b + d
+    frac = np.where(den < 0, 0.5 * (a - d) / np.where(den < 0, den, 1.0), 0.0)
+    return (j - max_lag) + np.clip(frac, -0.5, 0.5)
+
+
+def shift_rows(t: np.ndarray, lag: np.ndarray) -> np.ndarray:
+    """Rows moved by ``-lag`` points: ``out[i, j] = t[i, j + lag_i]`` (linear, edges held)."""
+    idx = np.arange(t.shape[-1], dtype=float)
+    return np.stack([np.interp(idx + s, idx, row) for row, s in zip(t, lag, strict=True)])
+
+
+def _thin_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values (r,) and right singular vectors (r, m) of ``a`` (n, m).
+
+    With fewer rows than columns (patterns << grid points) through the small
+    Gram matrix ``a a^T``: an (n, n) eigenproblem instead of an SVD of the
+    whole matrix.
+    """
+    n, m = a.shape
+    if n >= m:
+        _, sv, vt = np.linalg.svd(a, full_matrices=False)
+        return sv, vt
+    w, u = np.linalg.eigh(a @ a.T)
+    order = np.argsort(w)[::-1]
+    w, u = np.clip(w[order], 0.0, None), u[:, order]
+    sv = np.sqrt(w)
+    keep = sv > sv[0] * 1e-10 if sv.size and sv[0] > 0 else np.zeros(sv.size, bool)
+    vt = (u[:, keep].T @ a) / sv[keep, None]
+    return np.concatenate([sv[keep], np.zeros(int((~keep).sum()))]), vt
+
+
 @dataclass
 class Peak:
     """One peak found in a pattern; ``lo``/``hi`` bound the masking window."""
@@ -203,8 +286,9 @@ class ConcentrationEstimator:
     the ends).  ``method="knn"`` takes the inverse-distance weighted mean of the
     ``n_neighbors`` nearest references instead.
 
-    The uncertainty is the RMS residual of the references nearest the point
-    (their own estimate minus their known composition), combined in quadrature
+    The uncertainty is the RMS leave-one-out residual of the references nearest
+    the point (each reference estimated from the others, minus its known
+    composition), combined in quadrature
     with, for points farther from the path than the references are, the extra
     distance times the local slope of composition along the path.
 
@@ -216,9 +300,17 @@ class ConcentrationEstimator:
         References used for the local uncertainty (and for ``"knn"``).
     smoothing
         Running-mean window along the path; default ``max(3, n_ref // 25)``.
+    columns
+        Feature columns to use (default all).
     """
 
-    def __init__(self, method: str = "path", n_neighbors: int = 8, smoothing: int | None = None):
+    def __init__(
+        self,
+        method: str = "path",
+        n_neighbors: int = 8,
+        smoothing: int | None = None,
+        columns: Sequence[int] | None = None,
+    ):
         if method not in ("path", "knn"):
             raise ParameterError(f"method must be 'path' or 'knn', not {method!r}")
         if n_neighbors < 1:
@@ -228,12 +320,24 @@ class ConcentrationEstimator:
         self.method = method
         self.n_neighbors = n_neighbors
         self.smoothing = smoothing
+        self.columns = None if columns is None else tuple(int(c) for c in columns)
 
-    def fit(self, latent: np.ndarray, values: np.ndarray) -> ConcentrationEstimator:
-        """Learn the reference path.  ``latent`` (n, k), ``values`` (n,)."""
-        from scipy.ndimage import uniform_filter1d
-
+    def _select(self, latent: np.ndarray) -> np.ndarray:
         z = np.asarray(latent, dtype=float)
+        if z.ndim == 1:
+            z = z[None]
+        return z if self.columns is None else z[:, list(self.columns)]
+
+    def fit(
+        self, latent: np.ndarray, values: np.ndarray, loo: bool = True
+    ) -> ConcentrationEstimator:
+        """Learn the reference path.  ``latent`` (n, k), ``values`` (n,).
+
+        With ``loo`` (the default) the residuals behind the uncertainty are
+        leave-one-out ones.
+        """
+
+        z = self._select(latent)
         v = np.asarray(values, dtype=float).ravel()
         if z.ndim != 2 or z.shape[0] != v.size:
             raise ParameterError(f"latent {z.shape} and values {v.shape} do not match")
@@ -241,17 +345,42 @@ class ConcentrationEstimator:
             raise ParameterError("need at least 3 reference patterns of known composition")
         if not np.all(np.isfinite(v)):
             raise InputError("reference compositions must be finite numbers")
+        self._fit_path(z, v)
+        if not loo or v.size < 4:
+            est, dist, _ = self._project(z)
+            self.ref_residual_ = est - v
+            self.ref_distance_ = dist
+            return self
+        # Leave-one-out: each reference estimated by the path of the others, as a
+        # new pattern would be.  In-sample residuals sit on their own path and
+        # understate the error of held-out compositions.
+        residual = np.empty(v.size)
+        distance = np.empty(v.size)
+        keep = np.ones(v.size, dtype=bool)
+        for i in range(v.size):
+            keep[i] = False
+            other = ConcentrationEstimator(self.method, self.n_neighbors, self.smoothing)
+            other._fit_path(z[keep], v[keep])
+            est, dist, _ = other._project(z[i : i + 1])
+            residual[i], distance[i] = est[0] - v[i], dist[0]
+            keep[i] = True
+        self.ref_residual_ = residual
+        self.ref_distance_ = distance
+        return self
+
+    def _fit_path(self, z: np.ndarray, v: np.ndarray) -> None:
+        from scipy.ndimage import uniform_filter1d
+
         order = np.argsort(v, kind="stable")
-        w = self.smoothing or max(3, v.size // 25)
-        w = min(w, v.size)
+        w = min(self.smoothing or max(3, v.size // 25), v.size)
         self.ref_latent_ = z
         self.ref_values_ = v
         self.path_latent_ = uniform_filter1d(z[order], size=w, axis=0, mode="nearest")
         self.path_values_ = uniform_filter1d(v[order], size=w, mode="nearest")
-        est, dist, _ = self._project(z)
-        self.ref_residual_ = est - v
-        self.ref_distance_ = dist
-        return self
+
+    def loo_mae(self) -> float:
+        """Mean absolute leave-one-out error of the references (after :meth:`fit`)."""
+        return float(np.mean(np.abs(self.ref_residual_)))
 
     def _project(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self.method == "knn":
@@ -296,9 +425,7 @@ class ConcentrationEstimator:
         """Estimate compositions.  ``latent`` (m, k) → (estimate (m,), uncertainty (m,))."""
         if not hasattr(self, "ref_latent_"):
             raise ParameterError("the estimator is not fitted")
-        q = np.asarray(latent, dtype=float)
-        if q.ndim == 1:
-            q = q[None]
+        q = self._select(latent)
         est, dist, slope = self._project(q)
         d = np.linalg.norm(q[:, None, :] - self.ref_latent_[None], axis=-1)
         k = min(self.n_neighbors, d.shape[1])
@@ -327,6 +454,11 @@ class FeatureSpaceConfig:
     input_noise: float = 0.01
     normalize: str = "area"
     transform: str = "sqrt"
+    grid: str = "log_d"
+    align: bool = True
+    max_strain: float = 0.2
+    subtract_background: bool = True
+    decode_components: bool = True
     n_clusters: int = 3
     seed: int = 0
 
@@ -343,6 +475,10 @@ class FeatureSpaceConfig:
             raise ParameterError(
                 f"normalize must be 'area', 'max' or 'none', not {self.normalize!r}"
             )
+        if self.grid not in ("log_d", "two_theta"):
+            raise ParameterError(f"grid must be 'log_d' or 'two_theta', not {self.grid!r}")
+        if not 0 < self.max_strain < 1:
+            raise ParameterError(f"max_strain must lie in (0, 1), not {self.max_strain}")
         if self.transform not in ("sqrt", "none"):
             raise ParameterError(f"transform must be 'sqrt' or 'none', not {self.transform!r}")
         nc = self.n_components
@@ -383,11 +519,14 @@ class FeatureSpaceAE:
     grid_ : (m,) the 2-theta grid
     latent_ : (n, latent_dim) latent points of the training patterns
     labels_ : (n,) k-means cluster of each training pattern
-    cluster_centers_ : (n_clusters, latent_dim)
+    cluster_centers_ : (n_clusters, n_features) in the space of :meth:`features`
     latent_scale_ : RMS distance of training points to their centroid; latent
         shifts are reported in this unit
-    estimator_ : :class:`ConcentrationEstimator` or None, fitted on the training
-        latents when the training data carry the descriptor
+    estimators_ : dict of :class:`ConcentrationEstimator`, one per descriptor with
+        a reference (composition, phase_fraction); ``estimator_`` is that of
+        :attr:`descriptor`
+    template_ : (m,) aligned mean training profile on the internal grid
+    train_strain_ : (n,) lattice strain of each training pattern against it
     history_ : mean training loss per epoch (MSE of the variance-stabilised patterns)
     """
 
@@ -400,7 +539,7 @@ class FeatureSpaceAE:
         self.n_threads = n_threads
         self.progress = progress
         self.descriptor: str | None = None
-        self.estimator_: ConcentrationEstimator | None = None
+        self.estimators_: dict[str, ConcentrationEstimator] = {}
         self.net_ = None
 
     # -- data plumbing
@@ -427,8 +566,73 @@ class FeatureSpaceAE:
             )
         return normalize_patterns(x, self.config.normalize) if normalize else x
 
-    def _to_net(self, x: np.ndarray) -> np.ndarray:
-        t = variance_stabilize(x, self.config.transform)
+    def _internal(
+        self, x: np.ndarray, fit: bool = False, lag: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised patterns (n, m) -> (aligned internal profiles (n, m), lag (n,)).
+
+        Variance-stabilised, resampled onto the log-d grid, background removed,
+        and moved by the lag (in internal grid points) that lines each up with
+        the template, or by the given ``lag``.  ``fit=True`` builds the template
+        from ``x`` first.
+        """
+        cfg = self.config
+        t = variance_stabilize(x, cfg.transform)
+        if cfg.grid == "log_d":
+            t = resample_rows(t, self._u_src, self.internal_grid_)
+        if cfg.subtract_background:
+            t = remove_baseline(t, self._baseline_width)
+        if not cfg.align:
+            return t, np.zeros(t.shape[0])
+        if lag is not None:
+            lag = np.broadcast_to(np.asarray(lag, dtype=float), t.shape[:1])
+            return shift_rows(t, lag), lag
+        probe = t - t.mean(axis=1, keepdims=True)
+        if fit:
+            # Template: start from the pattern most like the others, then twice
+            # align everything to the current template and average.
+            template = probe[np.argmax(probe @ probe.mean(0))]
+            for _ in range(3):
+                lag = cross_correlation_shift(probe, template, self._max_lag)
+                template = shift_rows(probe, lag).mean(0)
+            lag = cross_correlation_shift(probe, template, self._max_lag)
+            self.template_ = template
+            self.lag_offset_ = float(np.mean(lag))
+        lag = cross_correlation_shift(probe, self.template_, self._max_lag) - self.lag_offset_
+        return shift_rows(t, lag), lag
+
+    @property
+    def _u_src(self) -> np.ndarray:
+        return np.log(np.sin(np.radians(self.grid_ / 2)))
+
+    @property
+    def _step(self) -> float:
+        g = self.internal_grid_
+        return float((g[-1] - g[0]) / (g.size - 1))
+
+    @property
+    def _max_lag(self) -> int:
+        if self.config.grid == "log_d":
+            return int(np.ceil(np.log1p(self.config.max_strain) / self._step))
+        return int(np.ceil(self.config.max_strain * self.grid_.size / 4))
+
+    @property
+    def _baseline_width(self) -> int:
+        return max(15, self.grid_.size // 40 * 2 + 1)
+
+    def _strain(self, lag: np.ndarray) -> np.ndarray:
+        """Relative lattice change against the template, ``a / a_template - 1``.
+
+        A lag of ``+1`` point on the log(sin theta) grid means peaks at larger
+        sin(theta), smaller d: ``a`` scales by ``exp(-step * lag)``.  On the
+        two-theta grid the lag is returned in degrees instead.
+        """
+        if self.config.grid == "log_d":
+            return np.expm1(-self._step * np.asarray(lag))
+        return np.asarray(lag) * float(np.median(np.diff(self.grid_)))
+
+    def _to_net(self, x: np.ndarray, lag: np.ndarray | None = None) -> np.ndarray:
+        t, _ = self._internal(x, lag=lag)
         return ((t - self.mean_pattern_) / self.scale_) @ self.components_.T
 
     def _check_fitted(self) -> None:
@@ -436,16 +640,23 @@ class FeatureSpaceAE:
             raise ParameterError("the model is not trained; call fit() or load() first")
 
     # -- training
-    def fit(self, patterns: xr.DataArray, descriptor: str | None = "composition") -> FeatureSpaceAE:
+    def fit(self, patterns: xr.DataArray, descriptor: str | None = "auto") -> FeatureSpaceAE:
         """Train on patterns (n, m) with dims ``("pattern", "two_theta")``.
 
-        If the patterns carry a numeric ``descriptor`` coordinate, the training
-        latents and those values become the reference of the concentration
-        estimator.
+        The training features and the values of the ``descriptor`` coordinate
+        become the reference of the composition estimator (and of a phase
+        fraction, when the patterns carry ``phase_fraction`` too).
+        ``"auto"`` uses ``composition`` when present and no reference
+        otherwise; ``None`` none; a name that is missing or not numeric raises
+        :class:`~xtec.errors.InputError`.
         """
         torch = require_torch()
         if not isinstance(patterns, xr.DataArray) or patterns.ndim != 2:
             raise InputError("fit() needs a 2-D DataArray (pattern, two_theta)")
+        if descriptor == "auto":
+            descriptor = "composition" if "composition" in patterns.coords else None
+        if descriptor is not None:
+            self._reference_values(patterns, descriptor)  # fail before training
         cfg = self.config
         for stale in ("grid_", "components_"):  # a refit starts from the new data
             self.__dict__.pop(stale, None)
@@ -455,11 +666,25 @@ class FeatureSpaceAE:
             raise InputError(f"need at least 2 patterns to train, got {n}")
         self.grid_ = np.asarray(patterns[patterns.dims[-1]].values, dtype=float)
         self.grid_name_ = str(patterns.dims[-1])
+        if cfg.grid == "log_d":
+            if self.grid_.min() <= 0 or self.grid_.max() >= 180:
+                raise InputError(
+                    f"grid='log_d' needs a 2-theta axis in degrees inside (0, 180), "
+                    f"got {self.grid_.min():g}..{self.grid_.max():g}; use grid='two_theta'"
+                )
+            self.internal_grid_ = log_d_grid(self.grid_)
+        else:
+            self.internal_grid_ = self.grid_.copy()
+        # On the log-d grid a Vegard shift is a translation: patterns are lined
+        # up with a template and the lag (a lattice strain) is kept as a feature
+        # beside the latent, so the network only models what else changes.
+        t, lag = self._internal(x, fit=True)
+        self.train_strain_ = self._strain(lag)
+        self.strain_scale_ = float(np.std(self.train_strain_)) or 1.0
         # Centre on the mean pattern and scale by one global factor: the small
         # variance of narrow peaks otherwise lets the net settle on the mean
         # pattern, and one factor (not one per point) keeps flat regions from
         # being blown up into noise.
-        t = variance_stabilize(x, cfg.transform)
         self.mean_pattern_ = t.mean(axis=0)
         self.scale_ = float(np.std(t - self.mean_pattern_)) or 1.0
         # The encoder sees the patterns only through their leading principal
@@ -467,7 +692,7 @@ class FeatureSpaceAE:
         # but constant peak) then barely reaches the latent when it is masked,
         # instead of feeding an out-of-distribution input through weights that
         # training never had a reason to shape.
-        _, sv, vt = np.linalg.svd(t - self.mean_pattern_, full_matrices=False)
+        sv, vt = _thin_svd(t - self.mean_pattern_)
         if cfg.n_components == "auto":
             k = min(signal_rank(sv, n, m), cfg.max_components)
         else:
@@ -478,14 +703,27 @@ class FeatureSpaceAE:
 
         start = time.perf_counter()
         with deterministic(cfg.seed, self.n_threads):
-            net = _build_net(m, cfg.hidden, cfg.latent_dim, self.components_.shape[0])
+            n_comp = self.components_.shape[0]
+            net = _build_net(
+                n_comp if cfg.decode_components else m, cfg.hidden, cfg.latent_dim, n_comp
+            )
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(
                 opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05
             )
             gen = torch.Generator().manual_seed(cfg.seed)
-            xt = torch.as_tensor((t - self.mean_pattern_) / self.scale_, dtype=torch.float32)
+            centred = (t - self.mean_pattern_) / self.scale_
+            coeffs = centred @ self.components_.T
+            xt = torch.as_tensor(centred, dtype=torch.float32)
+            ct = torch.as_tensor(coeffs, dtype=torch.float32)
             basis = torch.as_tensor(self.components_.T, dtype=torch.float32)
+            # With decode_components the decoder outputs principal-component
+            # coefficients: the components are orthonormal, so the squared error
+            # over the grid is that over the coefficients plus what lies outside
+            # the signal subspace (a constant, noise), and the input noise
+            # projected on them is white noise of the same sigma.  Every step
+            # then works on k numbers per pattern instead of the whole grid.
+            outside = float(np.mean((centred - coeffs @ self.components_) ** 2))
             bs = min(cfg.batch_size, n)
             history = []
             bar = tqdm(
@@ -498,18 +736,28 @@ class FeatureSpaceAE:
                 perm = torch.randperm(n, generator=gen)
                 total = 0.0
                 for i in range(0, n, bs):
-                    xb = xt[perm[i : i + bs]]
-                    noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(
-                        xb.shape, generator=gen
-                    )
-                    rec = net["decoder"](net["encoder"](noisy @ basis))
-                    loss = torch.mean((rec - xb) ** 2)
+                    idx = perm[i : i + bs]
+                    if cfg.decode_components:
+                        cb = ct[idx]
+                        noisy = cb + (cfg.input_noise / self.scale_) * torch.randn(
+                            cb.shape, generator=gen
+                        )
+                        rec = net["decoder"](net["encoder"](noisy))
+                        loss = torch.sum((rec - cb) ** 2) / (cb.shape[0] * m)
+                    else:
+                        xb = xt[idx]
+                        noisy = xb + (cfg.input_noise / self.scale_) * torch.randn(
+                            xb.shape, generator=gen
+                        )
+                        rec = net["decoder"](net["encoder"](noisy @ basis))
+                        loss = torch.mean((rec - xb) ** 2)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * xb.shape[0]
+                    total += float(loss.detach()) * idx.numel()
                 sched.step()
-                history.append(total / n * self.scale_**2)
+                extra = outside if cfg.decode_components else 0.0
+                history.append((total / n + extra) * self.scale_**2)
                 bar.set_postfix(loss=f"{history[-1]:.2e}", refresh=False)
         net.eval()
         self.net_ = net
@@ -520,14 +768,24 @@ class FeatureSpaceAE:
         self.latent_center_ = z.mean(0)
         self.latent_scale_ = float(np.sqrt(np.mean(np.sum((z - z.mean(0)) ** 2, axis=1)))) or 1.0
         self.reconstruction_mse_ = float(np.mean((self.decode(z) - x) ** 2))
-        self._fit_clusters(z)
+        self._fit_clusters(self._features(z, self.train_strain_))
         self.descriptor = None
-        self.estimator_ = None
-        if descriptor and descriptor in patterns.coords:
-            values = np.asarray(patterns[descriptor].values)
-            if values.dtype.kind in "fiu" and values.ndim == 1:
-                self.descriptor = descriptor
-                self.estimator_ = ConcentrationEstimator().fit(z, values.astype(float))
+        self.estimators_ = {}
+        features = self._features(z, self.train_strain_)
+        self.ref_features_ = features
+        first = patterns.dims[0]
+        if descriptor is not None:
+            values = self._reference_values(patterns, descriptor)
+            self.descriptor = descriptor
+            self.estimators_[descriptor] = self._fit_estimator(features, values)
+            # Other numeric descriptors that a reference may carry (a phase
+            # fraction) are estimated too.
+            for name in EXTRA_DESCRIPTORS:
+                if name != descriptor and name in patterns.coords:
+                    if patterns[name].dims == (first,) and patterns[name].dtype.kind in "fiu":
+                        self.estimators_[name] = self._fit_estimator(
+                            features, self._reference_values(patterns, name)
+                        )
         log.info(
             "trained feature-space AE on %d patterns x %d points in %.1f s (reconstruction MSE %.3g)",
             n,
@@ -537,12 +795,74 @@ class FeatureSpaceAE:
         )
         return self
 
+    @staticmethod
+    def _reference_values(patterns: xr.DataArray, name: str) -> np.ndarray:
+        """The numeric values (n,) of coordinate ``name``, or one clear InputError."""
+        first = patterns.dims[0]
+        if name not in patterns.coords or patterns[name].dims != (first,):
+            have = [n for n, c in patterns.coords.items() if c.dims == (first,) and n != first]
+            raise InputError(
+                f"the reference descriptor {name!r} is not a coordinate of the patterns "
+                f"(they have: {', '.join(have) or 'none'}); name one with --descriptor"
+            )
+        raw = np.asarray(patterns[name].values)
+        values = np.full(raw.shape, np.nan)
+        for i, v in enumerate(raw.tolist()):
+            try:
+                values[i] = float(v)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"the {name!r} of pattern {i} is {v!r}, not a number; every reference "
+                    f"pattern needs a numeric {name}"
+                ) from None
+        if not np.all(np.isfinite(values)):
+            i = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise InputError(f"the {name!r} of pattern {i} is {raw[i]!r}, not a finite number")
+        return values
+
+    def _features(self, z: np.ndarray, strain: np.ndarray) -> np.ndarray:
+        """Estimator features: latent / latent spread, strain / strain spread."""
+        f = np.asarray(z, dtype=float) / self.latent_scale_
+        if self.config.align:
+            f = np.column_stack([f, np.asarray(strain, dtype=float) / self.strain_scale_])
+        return f
+
+    def features(self, patterns) -> np.ndarray:
+        """What the estimators read (n, latent_dim [+ 1]): the latent and the strain."""
+        x = self._matrix(patterns)
+        return self._features(self._encode(x), self._strain(self._internal(x)[1]))
+
+    def _fit_estimator(self, features: np.ndarray, values: np.ndarray) -> ConcentrationEstimator:
+        """A path estimator on the feature columns with the smallest leave-one-out error.
+
+        Candidates: every column, the latent only and (when aligned) the strain
+        only; a Vegard series is best read from the strain, a two-phase or
+        ordering series from the latent or both.
+        """
+        k = self.config.latent_dim
+        candidates = [tuple(range(features.shape[1]))]
+        if self.config.align:
+            candidates += [tuple(range(k)), (k,)]
+        best = None
+        for cols in candidates:
+            est = ConcentrationEstimator(columns=cols).fit(features, values)
+            if best is None or est.loo_mae() < best.loo_mae() - 1e-12:
+                best = est
+        log.info("estimator columns %s, leave-one-out MAE %.4g", best.columns, best.loo_mae())
+        return best
+
+    @property
+    def estimator_(self) -> ConcentrationEstimator | None:
+        """The estimator of :attr:`descriptor` (None without a reference)."""
+        return getattr(self, "estimators_", {}).get(self.descriptor)
+
     def _fit_clusters(self, z: np.ndarray) -> None:
+        """k-means on the estimator features (latent and strain, in training spreads)."""
         from sklearn.cluster import KMeans
 
         k = min(self.config.n_clusters, z.shape[0])
         km = KMeans(n_clusters=k, n_init=10, random_state=self.config.seed).fit(z)
-        # Number clusters along the first latent axis so labels are stable to read.
+        # Number clusters along the first feature axis so labels are stable to read.
         order = np.argsort(km.cluster_centers_[:, 0])
         self.cluster_centers_ = km.cluster_centers_[order]
         self.labels_ = self.predict_cluster(z)
@@ -555,68 +875,105 @@ class FeatureSpaceAE:
         (used when masking, so that removing the strongest peak does not
         rescale the rest).
         """
-        torch = require_torch()
         self._check_fitted()
-        x = self._matrix(patterns, normalize=normalize)
+        return self._encode(self._matrix(patterns, normalize=normalize))
+
+    def _encode(self, x: np.ndarray, lag: np.ndarray | None = None) -> np.ndarray:
+        torch = require_torch()
         with torch.no_grad():
-            z = self.net_["encoder"](torch.as_tensor(self._to_net(x), dtype=torch.float32))
+            z = self.net_["encoder"](torch.as_tensor(self._to_net(x, lag), dtype=torch.float32))
         return z.numpy().astype(float)
 
-    def decode(self, latent: np.ndarray) -> np.ndarray:
-        """Normalised patterns (n, m) decoded from latent points (n, latent_dim)."""
+    def decode(self, latent: np.ndarray, strain: np.ndarray | float | None = None) -> np.ndarray:
+        """Normalised patterns (n, m) on the model's grid decoded from latent points.
+
+        ``latent`` (n, latent_dim); ``strain`` (n,) or a number moves the peaks
+        back by that lattice strain (default 0: the template's lattice).  With
+        ``subtract_background`` the decoded patterns have no background.
+        """
         self._check_fitted()
         y = decode_latent(self.net_["decoder"], latent, self.config.latent_dim)
+        if self.config.decode_components:
+            y = y @ self.components_
         t = y * self.scale_ + self.mean_pattern_
+        if self.config.align:
+            strain = np.broadcast_to(np.asarray(0.0 if strain is None else strain), t.shape[:1])
+            if self.config.grid == "log_d":
+                lag = -np.log1p(strain) / self._step
+            else:
+                lag = strain / float(np.median(np.diff(self.grid_)))
+            t = shift_rows(t, -lag)
+        if self.config.grid == "log_d":
+            t = resample_rows(t, self.internal_grid_, self._u_src)
         return _inverse_stabilize(t, self.config.transform)
 
-    def predict_cluster(self, latent: np.ndarray) -> np.ndarray:
-        """Index of the nearest cluster centre for latent points (n, latent_dim)."""
-        d = np.linalg.norm(np.atleast_2d(latent)[:, None, :] - self.cluster_centers_[None], axis=-1)
+    def predict_cluster(self, features: np.ndarray) -> np.ndarray:
+        """Index of the nearest cluster centre for feature points (see :meth:`features`)."""
+        d = np.linalg.norm(
+            np.atleast_2d(features)[:, None, :] - self.cluster_centers_[None], axis=-1
+        )
         return np.argmin(d, axis=1)
 
-    def estimate(self, patterns) -> tuple[np.ndarray, np.ndarray]:
-        """Composition estimates and uncertainties, each (n,), of patterns (n, m)."""
-        if self.estimator_ is None:
+    def estimate(self, patterns, descriptor: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Estimates and uncertainties, each (n,), of ``descriptor`` (default the main one)."""
+        name = descriptor or self.descriptor
+        if name not in self.estimators_:
             raise ParameterError(
-                "the model has no reference compositions: train on patterns with a "
+                f"the model has no reference for {name!r}: train on patterns with that "
+                "coordinate, or call set_reference()"
+                if name
+                else "the model has no reference compositions: train on patterns with a "
                 "composition coordinate, or call set_reference()"
             )
-        return self.estimator_.predict(self.transform(patterns))
+        return self.estimators_[name].predict(self.features(patterns))
 
-    def set_reference(
-        self, patterns: xr.DataArray, descriptor: str = "composition", **kwargs
-    ) -> None:
+    def set_reference(self, patterns: xr.DataArray, descriptor: str = "composition") -> None:
         """Use ``patterns`` with known ``descriptor`` values as the reference path."""
-        if descriptor not in patterns.coords:
-            raise InputError(f"the reference patterns have no {descriptor!r} coordinate")
+        self._check_fitted()
+        values = self._reference_values(patterns, descriptor)
+        features = self.features(patterns)
+        self.ref_features_ = features
         self.descriptor = descriptor
-        self.estimator_ = ConcentrationEstimator(**kwargs).fit(
-            self.transform(patterns), np.asarray(patterns[descriptor].values, dtype=float)
-        )
+        self.estimators_ = {descriptor: self._fit_estimator(features, values)}
+        first = patterns.dims[0]
+        for name in EXTRA_DESCRIPTORS:
+            if name != descriptor and name in patterns.coords:
+                if patterns[name].dims == (first,) and patterns[name].dtype.kind in "fiu":
+                    self.estimators_[name] = self._fit_estimator(
+                        features, self._reference_values(patterns, name)
+                    )
 
     def embed(self, patterns: xr.DataArray) -> xr.Dataset:
-        """Latent coordinates, cluster, and (when possible) composition estimates.
+        """Latent coordinates, strain, cluster, and (with a reference) estimates.
 
         Returns a Dataset along the patterns' first dim with ``latent``
-        (pattern, latent_dim), ``cluster`` and, with a reference, ``estimate`` and
-        ``uncertainty`` of the descriptor; the patterns' coordinates are kept.
+        (pattern, latent_dim), ``strain`` (lattice strain against the template,
+        when aligned), ``cluster`` and, for every descriptor with a reference
+        (composition, phase_fraction), ``<name>_estimate`` and
+        ``<name>_uncertainty``; the patterns' coordinates are kept.
         """
         first = patterns.dims[0] if isinstance(patterns, xr.DataArray) else "pattern"
-        z = self.transform(patterns)
+        self._check_fitted()
+        x = self._matrix(patterns)
+        z = self._encode(x)
+        strain = self._strain(self._internal(x)[1])
         coords = {}
         if isinstance(patterns, xr.DataArray):
             coords = {n: c for n, c in patterns.coords.items() if c.dims == (first,)}
         ds = xr.Dataset(
             {
                 "latent": ((first, "latent_dim"), z),
-                "cluster": ((first,), self.predict_cluster(z)),
+                "cluster": ((first,), self.predict_cluster(self._features(z, strain))),
             },
             coords=coords,
         )
-        if self.estimator_ is not None:
-            est, unc = self.estimator_.predict(z)
-            ds[f"{self.descriptor}_estimate"] = ((first,), est)
-            ds[f"{self.descriptor}_uncertainty"] = ((first,), unc)
+        if self.config.align:
+            ds["strain"] = ((first,), strain)
+        features = self._features(z, strain)
+        for name, estimator in self.estimators_.items():
+            est, unc = estimator.predict(features)
+            ds[f"{name}_estimate"] = ((first,), est)
+            ds[f"{name}_uncertainty"] = ((first,), unc)
         return ds
 
     # -- peak relevance
@@ -628,8 +985,12 @@ class FeatureSpaceAE:
         Returns ``(shift (w,), masked_latent (w, latent_dim))``; shifts are in
         units of :attr:`latent_scale_` (the spread of the training set).
         """
+        self._check_fitted()
         x = self._matrix(pattern)[0]
-        base = self.transform(x[None], normalize=False)[0]
+        # The alignment of the unmasked pattern is kept: masking a strong peak
+        # would otherwise move the lag, and with it every other peak.
+        lag = self._internal(x[None])[1]
+        base = self._encode(x[None], lag)[0]
         masked = (
             np.stack([mask_window(x, self.grid_, lo, hi) for lo, hi in windows])
             if windows
@@ -637,7 +998,7 @@ class FeatureSpaceAE:
         )
         if not len(masked):
             return np.empty(0), np.empty((0, base.size))
-        z = self.transform(masked, normalize=False)
+        z = self._encode(masked, lag)
         return np.linalg.norm(z - base, axis=1) / self.latent_scale_, z
 
     def peak_relevance(
@@ -713,41 +1074,52 @@ class FeatureSpaceAE:
         if n_steps < 2:
             raise ParameterError(f"n_steps must be at least 2, not {n_steps}")
 
-        def as_latent(p):
-            arr = p.values if isinstance(p, xr.DataArray) else np.asarray(p, dtype=float)
-            if arr.ndim == 1 and arr.size == self.config.latent_dim:
-                return arr.astype(float)
-            return self.transform(p)[0]
+        k = self.config.latent_dim
+        width = k + (1 if self.config.align else 0)
 
-        za, zb = as_latent(start), as_latent(end)
+        def as_features(p):
+            arr = p.values if isinstance(p, xr.DataArray) else np.asarray(p, dtype=float)
+            if arr.ndim == 1 and arr.size == k:
+                return self._features(arr[None], np.zeros(1))[0]
+            if arr.ndim == 1 and arr.size == width:
+                return arr.astype(float)
+            return self.features(p)[0]
+
+        fa, fb = as_features(start), as_features(end)
         t = np.linspace(0.0, 1.0, n_steps)
         if along == "line":
-            z = za[None] + t[:, None] * (zb - za)[None]
+            f = fa[None] + t[:, None] * (fb - fa)[None]
         elif along == "path":
             if self.estimator_ is None:
                 raise ParameterError("interpolating along the path needs reference compositions")
-            est = self.estimator_
-            (va, vb), _ = est.predict(np.stack([za, zb]))
+            from scipy.ndimage import uniform_filter1d
+
+            (va, vb), _ = self.estimator_.predict(np.stack([fa, fb]))
             values = va + t * (vb - va)
-            # path_values_ is a running mean of sorted values, so non-decreasing.
-            z = np.stack(
-                [
-                    np.interp(values, est.path_values_, est.path_latent_[:, j])
-                    for j in range(za.size)
-                ],
+            ref_v = self.estimator_.ref_values_
+            order = np.argsort(ref_v, kind="stable")
+            w = min(max(3, ref_v.size // 25), ref_v.size)
+            path_v = uniform_filter1d(ref_v[order], size=w, mode="nearest")
+            path_f = uniform_filter1d(self.ref_features_[order], size=w, axis=0, mode="nearest")
+            f = np.stack(
+                [np.interp(values, path_v, path_f[:, j]) for j in range(width)],
                 axis=1,
             )
-            z[0], z[-1] = za, zb
+            f[0], f[-1] = fa, fb
         else:
             raise ParameterError(f"along must be 'line' or 'path', not {along!r}")
-        y = self.decode(z)
+        z = f[:, :k] * self.latent_scale_
+        strain = f[:, k] * self.strain_scale_ if self.config.align else None
+        y = self.decode(z, strain)
         coords = {"step": np.arange(n_steps), self.grid_name_: self.grid_, "t": ("step", t)}
-        for j in range(z.shape[1]):
+        for j in range(k):
             coords[f"z{j}"] = ("step", z[:, j])
-        if self.estimator_ is not None:
-            est, unc = self.estimator_.predict(z)
-            coords[self.descriptor] = ("step", est)
-            coords[f"{self.descriptor}_uncertainty"] = ("step", unc)
+        if strain is not None:
+            coords["strain"] = ("step", strain)
+        for name, estimator in self.estimators_.items():
+            est, unc = estimator.predict(f)
+            coords[name] = ("step", est)
+            coords[f"{name}_uncertainty"] = ("step", unc)
         return xr.DataArray(y, dims=("step", self.grid_name_), coords=coords, name="intensity")
 
     # -- persistence
@@ -771,14 +1143,22 @@ class FeatureSpaceAE:
             "train_seconds": self.train_seconds_,
             "descriptor": self.descriptor,
         }
-        if self.estimator_ is not None:
-            arrays["ref_latent"] = self.estimator_.ref_latent_
-            arrays["ref_values"] = self.estimator_.ref_values_
-            extras["estimator"] = {
-                "method": self.estimator_.method,
-                "n_neighbors": self.estimator_.n_neighbors,
-                "smoothing": self.estimator_.smoothing,
-            }
+        if self.config.align:
+            arrays["template"] = self.template_
+            arrays["train_strain"] = self.train_strain_
+            extras["lag_offset"] = self.lag_offset_
+            extras["strain_scale"] = self.strain_scale_
+        if self.estimators_:
+            arrays["ref_features"] = self.ref_features_
+            extras["estimators"] = {}
+            for name, est in self.estimators_.items():
+                arrays[f"ref_values/{name}"] = est.ref_values_
+                extras["estimators"][name] = {
+                    "method": est.method,
+                    "n_neighbors": est.n_neighbors,
+                    "smoothing": est.smoothing,
+                    "columns": list(est.columns) if est.columns is not None else None,
+                }
         save_model_file(
             path, MODEL_KIND, asdict(self.config), self.net_.state_dict(), arrays, extras
         )
@@ -787,12 +1167,16 @@ class FeatureSpaceAE:
     def load(cls, path, **kwargs) -> FeatureSpaceAE:
         """Read a model written by :meth:`save` (no pickle involved)."""
         config, state, arrays, extras = load_model_file(path, MODEL_KIND)
+        if "grid" not in config:  # written before log-d alignment existed
+            config.update(
+                grid="two_theta", align=False, subtract_background=False, decode_components=False
+            )
         try:
             config["hidden"] = tuple(config["hidden"])
             model = cls(**config, **kwargs)
             grid = arrays["grid"]
             net = _build_net(
-                grid.size,
+                arrays["components"].shape[0] if model.config.decode_components else grid.size,
                 model.config.hidden,
                 model.config.latent_dim,
                 arrays["components"].shape[0],
@@ -816,10 +1200,27 @@ class FeatureSpaceAE:
         model.scale_ = float(extras["scale"])
         model.reconstruction_mse_ = float(extras.get("reconstruction_mse", np.nan))
         model.train_seconds_ = float(extras.get("train_seconds", np.nan))
-        model.labels_ = model.predict_cluster(model.latent_)
+        model.train_strain_ = arrays.get("train_strain", np.zeros(model.latent_.shape[0]))
         model.descriptor = extras.get("descriptor")
-        if "ref_latent" in arrays:
-            model.estimator_ = ConcentrationEstimator(**extras["estimator"]).fit(
-                arrays["ref_latent"], arrays["ref_values"]
-            )
+        model.internal_grid_ = log_d_grid(grid) if model.config.grid == "log_d" else grid.copy()
+        try:
+            if model.config.align:
+                model.template_ = arrays["template"]
+                model.train_strain_ = arrays["train_strain"]
+                model.lag_offset_ = float(extras["lag_offset"])
+                model.strain_scale_ = float(extras["strain_scale"])
+            model.estimators_ = {}
+            if "ref_latent" in arrays:  # older files: one estimator on the latent
+                model.ref_features_ = arrays["ref_latent"]
+                model.estimators_[model.descriptor] = ConcentrationEstimator(
+                    **extras["estimator"]
+                ).fit(arrays["ref_latent"], arrays["ref_values"])
+            for name, params in extras.get("estimators", {}).items():
+                model.ref_features_ = arrays["ref_features"]
+                model.estimators_[name] = ConcentrationEstimator(**params).fit(
+                    arrays["ref_features"], arrays[f"ref_values/{name}"]
+                )
+        except (KeyError, TypeError) as exc:
+            raise InputError(f"{path}: model file lacks part of its reference ({exc})") from None
+        model.labels_ = model.predict_cluster(model._features(model.latent_, model.train_strain_))
         return model

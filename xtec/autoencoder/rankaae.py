@@ -48,7 +48,17 @@ MODEL_KIND = "rankaae"
 # --------------------------------------------------------------------------- pure functions
 
 
-def rank_loss(z, d):
+def pair_signs(d):
+    """Signs of descriptor differences (B, B, K): ``sign(d_i - d_j)``, 0 where unknown.
+
+    Depends on the batch's descriptors only, so it is computed once per batch
+    outside the autograd graph.
+    """
+    torch = require_torch()
+    return torch.nan_to_num(torch.sign(d[:, None, :] - d[None, :, :]), nan=0.0)
+
+
+def rank_loss(z, d, signs=None):
     """Balanced pairwise rank loss between latent columns and descriptors.
 
     Parameters
@@ -57,30 +67,88 @@ def rank_loss(z, d):
         Tensor (B, K): the constrained latent dimensions.
     d
         Tensor (B, K): the descriptors, NaN where unknown (those pairs are skipped).
+    signs
+        Optional precomputed :func:`pair_signs` of ``d`` (B, B, K).
 
     Returns
     -------
     Scalar tensor; ``-1`` would mean every pair perfectly ordered with unit gaps.
+
+    Notes
+    -----
+    With ``s_ij = (z_i - z_j) sign(d_i - d_j)``, concordant pairs (s > 0) weigh
+    ``w = min(1, n_discordant / n_concordant)`` and discordant ones 1, so the loss
+    is ``-(w * sum_all s + (1 - w) * sum_discordant s)``.  The sum over all pairs
+    is ``2 sum_i z_i sum_j sign_ij`` (the signs are antisymmetric), linear in z;
+    only the discordant part needs the (B, B, K) pair tensor.
     """
     torch = require_torch()
     b, k = z.shape
     if b < 2:
         return z.sum() * 0.0
-    dz = z[:, None, :] - z[None, :, :]
-    dd = d[:, None, :] - d[None, :, :]
-    valid = torch.isfinite(dd)
-    sd = torch.where(valid, torch.sign(torch.nan_to_num(dd)), torch.zeros_like(dd))
-    s = dz * sd
+    sd = pair_signs(d) if signs is None else signs
+    total = 2.0 * (z * sd.sum(dim=1)).sum(dim=0)  # (K,)
+    s = (z[:, None, :] - z[None, :, :]) * sd
+    discordant = -torch.relu(-s).sum(dim=(0, 1))  # (K,), <= 0
     with torch.no_grad():
-        conc = s > 0
-        disc = (s < 0) & (sd != 0)
-        n_conc = conc.sum(dim=(0, 1)).clamp(min=1).to(z.dtype)
-        n_disc = disc.sum(dim=(0, 1)).to(z.dtype)
+        n_disc = (s < 0).sum(dim=(0, 1)).to(z.dtype)
+        n_conc = (s > 0).sum(dim=(0, 1)).clamp(min=1).to(z.dtype)
         # Weigh concordant pairs (all of them together) as the discordant ones,
         # never more than one each.
-        w_conc = (n_disc / n_conc).clamp(max=1.0)
-        w = torch.where(conc, w_conc[None, None, :].expand_as(s), torch.ones_like(s))
-    return -(w * s).sum() / (b * (b - 1) * k)
+        w = (n_disc / n_conc).clamp(max=1.0)
+    return -(w * total + (1.0 - w) * discordant).sum() / (b * (b - 1) * k)
+
+
+def decorrelation_loss(z, target):
+    """Mean squared gap between the latent's correlation matrix and ``target``.
+
+    ``z`` (B, L) is batch-standardised, so ``z.T @ z / B`` is its correlation
+    matrix; ``target`` (L, L) holds the correlations the latent should have (the
+    descriptors' own rank correlations between constrained dimensions, 0 for
+    any pair with a free dimension); the diagonal is ignored.
+    """
+    torch = require_torch()
+    b, n_lat = z.shape
+    if n_lat < 2:
+        return z.sum() * 0.0
+    zc = (z - z.mean(0)) / (z.std(0, unbiased=False) + 1e-6)
+    corr = zc.T @ zc / b
+    off = ~torch.eye(n_lat, dtype=torch.bool)
+    return ((corr - target)[off] ** 2).mean()
+
+
+def _rank_correlation_target(d, n_lat: int):
+    """Target latent correlations (L, L): Spearman of the descriptors, 0 elsewhere."""
+    torch = require_torch()
+    k = d.shape[1]
+    target = torch.zeros(n_lat, n_lat)
+    if k < 2:
+        return target
+    ok = torch.isfinite(d).all(dim=1)
+    if int(ok.sum()) < 3:
+        return target
+    r = d[ok].argsort(dim=0).argsort(dim=0).to(torch.float32)
+    r = (r - r.mean(0)) / (r.std(0, unbiased=False) + 1e-6)
+    target[:k, :k] = r.T @ r / r.shape[0]
+    return target
+
+
+def smoothing_operator(m: int, sigma: float):
+    """(m, m) matrix ``I - G`` with G a Gaussian smoothing (replicate edges).
+
+    ``rec @ op.T`` is the reconstruction minus its smoothed copy: one matrix
+    product instead of padding and a convolution per step.
+    """
+    torch = require_torch()
+    half = max(1, int(np.ceil(3 * sigma)))
+    t = np.arange(-half, half + 1)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    kernel /= kernel.sum()
+    g = np.zeros((m, m))
+    for i in range(m):
+        cols = np.clip(i + t, 0, m - 1)
+        np.add.at(g[i], cols, kernel)
+    return torch.as_tensor(np.eye(m) - g, dtype=torch.float32)
 
 
 def spearman_matrix(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
@@ -128,15 +196,20 @@ class RankAAEConfig:
     n_free: int = 1
     hidden: int = 64
     n_layers: int = 5
-    epochs: int = 50
-    batch_size: int = 256
-    lr: float = 2e-3
+    epochs: int = 400
+    patience: int = 8
+    eval_every: int = 2
+    validation_fraction: float = 0.1
+    batch_size: int = 512
+    rank_batch: int = 256
+    lr: float = 4e-3
     weight_decay: float = 1e-2
     input_noise: float = 0.02
     w_rank: float = 1.0
     w_adversarial: float = 0.1
     w_cycle: float = 0.5
     w_smooth: float = 5.0
+    w_decorrelation: float = 1.0
     smooth_sigma: float = 2.0
     seed: int = 0
 
@@ -149,11 +222,25 @@ class RankAAEConfig:
             raise ParameterError(f"n_free must be non-negative, not {self.n_free}")
         if self.hidden < 1 or self.n_layers < 2:
             raise ParameterError("hidden must be at least 1 and n_layers at least 2")
+        if self.rank_batch < 2:
+            raise ParameterError(f"rank_batch must be at least 2, not {self.rank_batch}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ParameterError("epochs must be at least 1 and batch_size at least 2")
         if self.lr <= 0 or self.weight_decay < 0 or self.input_noise < 0:
             raise ParameterError("lr must be positive; weight_decay and input_noise non-negative")
-        weights = (self.w_rank, self.w_adversarial, self.w_cycle, self.w_smooth)
+        if self.patience < 0 or self.eval_every < 1:
+            raise ParameterError("patience must be non-negative and eval_every at least 1")
+        if not 0.0 <= self.validation_fraction < 0.5:
+            raise ParameterError(
+                f"validation_fraction must lie in [0, 0.5), not {self.validation_fraction}"
+            )
+        weights = (
+            self.w_rank,
+            self.w_adversarial,
+            self.w_cycle,
+            self.w_smooth,
+            self.w_decorrelation,
+        )
         if min(weights) < 0 or self.smooth_sigma <= 0:
             raise ParameterError("loss weights must be non-negative and smooth_sigma positive")
 
@@ -203,12 +290,28 @@ def _grad_reverse():
     return GradReverse.apply
 
 
-def _gaussian_kernel(sigma: float):
-    torch = require_torch()
-    half = max(1, int(np.ceil(3 * sigma)))
-    t = torch.arange(-half, half + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).view(1, 1, -1)
+def latent_score(
+    z: np.ndarray, d: np.ndarray, k: int, tolerance: float = 0.15
+) -> tuple[float, float, float]:
+    """What early stopping watches, on held-back spectra.
+
+    Returns ``(min_spearman, max_excess_correlation, score)``: the smallest
+    Spearman of a constrained dimension with its descriptor; the largest
+    |Spearman| between a free and any other dimension, or between two
+    constrained ones beyond what their descriptors share; and
+    ``min_spearman - max(0, max_excess_correlation - tolerance)``.
+    """
+    rho = spearman_matrix(z[:, :k], d)
+    min_rho = float(np.nanmin(np.diag(rho))) if k else 1.0
+    corr = np.abs(spearman_matrix(z))
+    if k > 1:
+        corr[:k, :k] = np.maximum(corr[:k, :k] - np.abs(spearman_matrix(d)), 0.0)
+    np.fill_diagonal(corr, 0.0)
+    excess = float(np.nanmax(corr)) if corr.size > 1 else 0.0
+    # Correlations below `tolerance` are within the sampling noise of a few
+    # hundred spectra; only what exceeds it counts against the score, so the
+    # score follows the slowly rising Spearman instead of that noise.
+    return min_rho, excess, min_rho - max(0.0, excess - tolerance)
 
 
 class RankAAE:
@@ -279,23 +382,38 @@ class RankAAE:
         return self
 
     def fit(self, spectra: xr.DataArray) -> RankAAE:
-        """Train on spectra (n, m) with the descriptor coordinates named in the config."""
+        """Train on spectra (n, m) with the descriptor coordinates named in the config.
+
+        A seeded ``validation_fraction`` of them is held back; every
+        ``eval_every`` epochs the latents of those are scored
+        (:func:`latent_score`: the weakest Spearman with its descriptor, minus
+        the largest unwanted latent correlation).  Training stops when the score
+        has not improved for ``patience`` evaluations, or after ``epochs``, and
+        the best-scoring weights are kept.  ``patience=0`` trains all epochs on
+        every spectrum.
+        """
         torch = require_torch()
         from tqdm.auto import tqdm
 
         cfg = self.config
-        x, d = self._arrays(spectra, need_descriptors=True)
-        n, m = x.shape
-        if n < 2:
-            raise InputError(f"need at least 2 spectra to train, got {n}")
-        if not np.all(np.isfinite(x)):
+        x_all, d_all = self._arrays(spectra, need_descriptors=True)
+        n_all, m = x_all.shape
+        if n_all < 2:
+            raise InputError(f"need at least 2 spectra to train, got {n_all}")
+        if not np.all(np.isfinite(x_all)):
             raise InputError("spectra contain non-finite values")
         self.grid_ = np.asarray(spectra[spectra.dims[-1]].values, dtype=float)
         self.grid_name_ = str(spectra.dims[-1])
+        early = cfg.patience > 0 and cfg.validation_fraction > 0 and n_all >= 20
+        if early:
+            fit_idx, val_idx = split_indices(n_all, cfg.validation_fraction, cfg.seed + 1)
+        else:
+            fit_idx, val_idx = np.arange(n_all), np.empty(0, dtype=int)
+        x, d = x_all[fit_idx], d_all[fit_idx]
+        n = x.shape[0]
         self.x_mean_ = x.mean(0)
         self.x_std_ = float(x.std()) or 1.0
         grl = _grad_reverse()
-        kernel = _gaussian_kernel(cfg.smooth_sigma)
         bce = torch.nn.functional.binary_cross_entropy_with_logits
         mse = torch.nn.functional.mse_loss
         k = len(cfg.descriptors)
@@ -307,69 +425,118 @@ class RankAAE:
             xt = torch.as_tensor(x, dtype=torch.float32)
             dt = torch.as_tensor(d, dtype=torch.float32)
             mean = torch.as_tensor(self.x_mean_, dtype=torch.float32)
+            smooth_op = smoothing_operator(m, cfg.smooth_sigma).T.contiguous()
+            x_val = torch.as_tensor(
+                (x_all[val_idx] - self.x_mean_) / self.x_std_, dtype=torch.float32
+            )
             bs = min(cfg.batch_size, n)
-            names = ("total", "reconstruction", "rank", "adversarial", "cycle", "smooth")
+            ones_zeros = torch.cat([torch.ones(bs, 1), torch.zeros(bs, 1)])
+            names = (
+                "total",
+                "reconstruction",
+                "rank",
+                "adversarial",
+                "cycle",
+                "smooth",
+                "decorrelation",
+            )
             history = {name: [] for name in names}
+            scores: list[tuple[int, float, float, float]] = []
+            best_score, best_state, stale = -np.inf, None, 0
             bar = tqdm(
                 range(cfg.epochs),
                 desc="rankaae train",
                 disable=not show_progress(self.progress),
                 leave=False,
             )
-            pad = kernel.shape[-1] // 2
-            for _epoch in bar:
+            for epoch in bar:
                 net.train()
                 perm = torch.randperm(n, generator=gen)
-                sums = dict.fromkeys(names, 0.0)
+                sums = torch.zeros(len(names))
                 steps = 0
                 for i in range(0, n - 1, bs):
                     idx = perm[i : i + bs]
                     if idx.numel() < 2:  # batch norm needs two samples
                         continue
                     xb, db = xt[idx], dt[idx]
+                    nb = idx.numel()
                     noisy = xb + cfg.input_noise * torch.randn(xb.shape, generator=gen)
                     z = net["encoder"]((noisy - mean) / self.x_std_)
                     rec = net["decoder"](z)
                     l_rec = mse(rec, xb)
-                    l_rank = rank_loss(z[:, :k], db)
+                    # Pairs within sub-batches of at most rank_pairs_batch: the
+                    # pair tensor grows as B^2, the gradient signal per sample
+                    # hardly does.
+                    chunks = range(0, nb, cfg.rank_batch)
+                    l_rank = sum(
+                        rank_loss(z[j : j + cfg.rank_batch, :k], db[j : j + cfg.rank_batch])
+                        for j in chunks
+                    ) / len(chunks)
                     prior = torch.randn(z.shape, generator=gen)
                     logits = net["discriminator"](torch.cat([prior, grl(z)]))
-                    target = torch.cat([torch.ones(len(z), 1), torch.zeros(len(z), 1)])
+                    target = (
+                        ones_zeros
+                        if nb == bs
+                        else torch.cat([torch.ones(nb, 1), torch.zeros(nb, 1)])
+                    )
                     l_adv = bce(logits, target)
                     z_back = net["encoder"]((net["decoder"](prior) - mean) / self.x_std_)
                     l_cyc = mse(z_back, prior)
-                    smooth = torch.nn.functional.conv1d(
-                        torch.nn.functional.pad(rec[:, None, :], (pad, pad), mode="replicate"),
-                        kernel,
-                    )[:, 0]
-                    l_smooth = mse(rec, smooth)
+                    l_smooth = (rec @ smooth_op).pow(2).mean()
+                    l_dec = decorrelation_loss(z, _rank_correlation_target(db, z.shape[1]))
                     loss = (
                         l_rec
                         + cfg.w_rank * l_rank
                         + cfg.w_adversarial * l_adv
                         + cfg.w_cycle * l_cyc
                         + cfg.w_smooth * l_smooth
+                        + cfg.w_decorrelation * l_dec
                     )
-                    opt.zero_grad()
+                    opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    for name, value in zip(
-                        names, (loss, l_rec, l_rank, l_adv, l_cyc, l_smooth), strict=True
-                    ):
-                        sums[name] += float(value.detach())
+                    sums += torch.stack(
+                        [loss, l_rec, l_rank, l_adv, l_cyc, l_smooth, l_dec]
+                    ).detach()
                     steps += 1
-                for name in names:
-                    history[name].append(sums[name] / max(steps, 1))
-                bar.set_postfix(
-                    rec=f"{history['reconstruction'][-1]:.2e}",
-                    rank=f"{history['rank'][-1]:.3f}",
-                    refresh=False,
-                )
+                for name, value in zip(names, (sums / max(steps, 1)).tolist(), strict=True):
+                    history[name].append(value)
+                if early and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    net.eval()
+                    with torch.no_grad():
+                        zv = net["encoder"](x_val).numpy().astype(float)
+                    rho, excess, score = latent_score(zv, d_all[val_idx], k)
+                    scores.append((epoch + 1, rho, excess, score))
+                    if score > best_score + 1e-3:
+                        best_score, stale = score, 0
+                        best_state = {n_: v.detach().clone() for n_, v in net.state_dict().items()}
+                        self.best_epoch_ = epoch + 1
+                    else:
+                        stale += 1
+                    bar.set_postfix(spearman=f"{rho:.3f}", corr=f"{excess:.2f}", refresh=False)
+                    if stale >= cfg.patience:
+                        break
+                else:
+                    bar.set_postfix(rec=f"{history['reconstruction'][-1]:.2e}", refresh=False)
+            if best_state is not None:
+                net.load_state_dict(best_state)
         net.eval()
         self.net_ = net
         self.history_ = {name: np.asarray(v) for name, v in history.items()}
+        if scores:
+            self.history_["validation"] = np.asarray(scores, dtype=float)
+        self.epochs_run_ = len(history["total"])
+        if not early:
+            self.best_epoch_ = self.epochs_run_
         self.train_seconds_ = time.perf_counter() - start
-        log.info("trained RankAAE on %d spectra x %d points in %.1f s", n, m, self.train_seconds_)
+        log.info(
+            "trained RankAAE on %d spectra x %d points: %d epochs (best %d) in %.1f s",
+            n,
+            m,
+            self.epochs_run_,
+            self.best_epoch_,
+            self.train_seconds_,
+        )
         return self
 
     # -- inference
@@ -485,6 +652,8 @@ class RankAAE:
             "x_std": self.x_std_,
             "train_seconds": self.train_seconds_,
             "n_split": getattr(self, "n_split_", None),
+            "epochs_run": getattr(self, "epochs_run_", None),
+            "best_epoch": getattr(self, "best_epoch_", None),
         }
         save_model_file(path, MODEL_KIND, cfg, self.net_.state_dict(), arrays, extras)
 
@@ -509,6 +678,8 @@ class RankAAE:
         model.train_seconds_ = float(extras.get("train_seconds") or np.nan)
         model.train_index_ = arrays["train_index"]
         model.test_index_ = arrays["test_index"]
+        model.epochs_run_ = extras.get("epochs_run")
+        model.best_epoch_ = extras.get("best_epoch")
         if extras.get("n_split") is not None:
             model.n_split_ = int(extras["n_split"])
         model.history_ = {
