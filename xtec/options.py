@@ -51,7 +51,7 @@ def _config_class():
 
 def cluster_keys() -> tuple[str, ...]:
     """Option names of the clustering itself: the fields of ClusterConfig."""
-    return tuple(f.name for f in fields(_config_class()) if f.name != "extra")
+    return _config_class().option_names()
 
 
 def runtime_keys() -> tuple[str, ...]:
