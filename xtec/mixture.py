@@ -10,11 +10,12 @@ workers; only K x T numbers travel).
 
 Three engines compute the statistics of one chunk:
 
-* ``numba`` (NumPy input, diagonal covariances): one fused pass per point,
-  float32 data read once, float64 arithmetic, no N x K temporaries, parallel
-  over fixed blocks of rows;
+* ``numba`` (NumPy input, diagonal or full covariances): one fused pass per
+  point, float32 data read once, float64 arithmetic, no N x K temporaries,
+  parallel over fixed blocks of rows (full: per component the Cholesky factor
+  of the precision, the Mahalanobis terms and the outer-product sums);
 * ``array-api``: matrix products against the array API (NumPy, CuPy,
-  array-api-strict), float64;
+  array-api-strict), float64, batched over components;
 * ``auto`` picks ``numba`` where it applies.
 
 Determinism: the initial means come from a subsample chosen by a hash of each
@@ -28,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dask
@@ -43,6 +46,9 @@ COVARIANCE_TYPES = ("diag", "full")
 ENGINES = ("auto", "numba", "array-api")
 _LOG_2PI = math.log(2.0 * math.pi)
 _ROW_BLOCK = 128  # rows per kernel block: its scratch stays in L1/L2 (measured best)
+_FULL_BLOCK = 64  # rows per block of the full-covariance kernel (T x 64 scratch rows in L1)
+_FULL_GROUP = 32  # blocks per parallel task there: per-task K x T x T sums stay few
+_PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
 
 
 # ----------------------------------------------------------------------- parameters
@@ -134,11 +140,9 @@ def log_prob(X, params: MixtureParams):
             - 2.0 * X @ xp.permute_dims(means * prec, (1, 0)) \
             + xp.sum(means * means * prec, axis=1)
         return norm - 0.5 * quad
-    cols = []
-    for k in range(pc.shape[0]):
-        y = (X - means[k, :]) @ xp.asarray(pc[k], dtype=xp.float64)
-        cols.append(norm[k] - 0.5 * xp.sum(y * y, axis=1))
-    return xp.stack(cols, axis=1)
+    # All components in one batched product: (K, N, T) @ (K, T, T).
+    y = (X[None, :, :] - means[:, None, :]) @ xp.asarray(pc, dtype=xp.float64)
+    return norm - 0.5 * xp.permute_dims(xp.sum(y * y, axis=2), (1, 0))
 
 
 def _logsumexp(a, xp):
@@ -159,47 +163,73 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
     if params.covariance_type == "diag":
         sxx = rt @ (X * X)
     else:
-        sxx = xp.stack([xp.permute_dims(X * r[:, k:k + 1], (1, 0)) @ X
-                        for k in range(r.shape[1])])
+        sxx = xp.permute_dims(rt[:, :, None] * X[None, :, :], (0, 2, 1)) @ X  # (K, T, T)
     return SufficientStats(to_numpy(nk), to_numpy(sx), to_numpy(sxx),
                            float(to_numpy(xp.sum(ll))), int(X.shape[0]))
 
 
 # ---------------------------------------------------------------------- numba engine
 def _numba_kernels():
-    """The fused diagonal-covariance kernels (compiled once, cached on disk)."""
+    """The fused kernels (compiled once, cached on disk)."""
     from xtec import _kernels
 
-    return {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict}
+    return {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict,
+            "full_stats": _kernels.full_stats, "full_predict": _kernels.full_predict}
+
+
+def _set_numba_threads(threads: int | None, n_rows: int) -> None:
+    import numba
+
+    top = numba.config.NUMBA_NUM_THREADS
+    if threads is None and n_rows < _PARALLEL_MIN_ROWS:
+        # A few milliseconds of work: waking the other threads costs more than
+        # it saves, far more on a busy machine (measured 15x slower at 12k rows
+        # with two threads on two shared cores).
+        threads = 1
+    numba.set_num_threads(max(1, min(threads or top, top)))
+
+
+def _float_rows(X: np.ndarray) -> np.ndarray:
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return X
 
 
 def stats_numba(X: np.ndarray, params: MixtureParams, threads: int | None = None
                 ) -> SufficientStats:
-    """Sufficient statistics of a NumPy chunk (N, T), diagonal covariances.
+    """Sufficient statistics of a NumPy chunk (N, T), diagonal or full covariances.
+
+    One fused pass: per point and component the Mahalanobis term (with the
+    Cholesky factor of the precision for 'full'), the responsibilities, and
+    their weighted sums of x and x x^T (x^2 for 'diag'), float64 throughout,
+    parallel over fixed row blocks.
 
     threads : int, optional
         Numba threads for this call (thread-local); 1 inside Dask tasks that
         already run in parallel, so the two levels do not oversubscribe the cores.
     """
-    kern = _numba_kernels()["diag_stats"]
-    import numba
-
-    top = numba.config.NUMBA_NUM_THREADS
-    numba.set_num_threads(max(1, min(threads or top, top)))
+    _set_numba_threads(threads, X.shape[0])
+    kern = _numba_kernels()
     pc = params.precisions_cholesky()
-    X = np.ascontiguousarray(X)
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float64)
-    nk, sx, sxx, ll = kern(X, params.means, pc**2, params.log_norm(pc), _ROW_BLOCK)
-    return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
+    X = _float_rows(X)
+    norm = params.log_norm(pc)
+    if params.covariance_type == "diag":
+        nk, sx, sxx, ll = kern["diag_stats"](X, params.means, pc**2, norm, _ROW_BLOCK)
+        return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
+    nk, sx, sxx, ll = kern["full_stats"](X, params.means, np.ascontiguousarray(pc), norm,
+                                         _FULL_BLOCK, _FULL_GROUP)
+    low = sxx.sum(0)  # the kernel fills the lower triangles only
+    sxx = low + np.swapaxes(np.tril(low, -1), 1, 2)
+    return SufficientStats(nk.sum(0), sx.sum(0), sxx, float(ll.sum()), X.shape[0])
 
 
 def _use_numba(X, params: MixtureParams, engine: str) -> bool:
     if engine == "array-api":
         return False
-    ok = is_numpy(X) and params.covariance_type == "diag"
+    ok = is_numpy(X)
     if engine == "numba" and not ok:
-        raise ParameterError("engine 'numba' needs NumPy input and diagonal covariances")
+        raise ParameterError("engine 'numba' needs NumPy input")
     return ok
 
 
@@ -221,8 +251,12 @@ def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
         return np.zeros(0, np.int16)
     if _use_numba(X, params, engine):
         pc = params.precisions_cholesky()
-        return _numba_kernels()["diag_predict"](np.ascontiguousarray(X), params.means, pc**2,
-                                                params.log_norm(pc))
+        X, norm = _float_rows(X), params.log_norm(pc)
+        _set_numba_threads(None, X.shape[0])
+        if params.covariance_type == "diag":
+            return _numba_kernels()["diag_predict"](X, params.means, pc**2, norm)
+        return _numba_kernels()["full_predict"](X, params.means, np.ascontiguousarray(pc), norm,
+                                                _FULL_BLOCK)
     xp = namespace(X)
     return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
 
@@ -308,17 +342,84 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
 
 def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_type: str,
                        reg_covar: float) -> MixtureParams:
-    """Initial parameters from a hard assignment of (a sample of) the data."""
-    r = np.zeros((X.shape[0], k))
-    r[np.arange(X.shape[0]), labels] = 1.0
-    # Empty components start from the global spread so EM can still use them.
-    r += 1e-6
-    sx = r.T @ X
-    if covariance_type == "diag":
-        sxx = r.T @ (X * X)
+    """Initial parameters from a hard assignment of (a sample of) the data.
+
+    Every point also gives every component a responsibility of 1e-6, so empty
+    components start from the global spread and EM can still use them.  The
+    sums come from one serial pass (no N x K x T x T temporaries, no threaded
+    BLAS on small matrices, which is slow on a busy machine).
+    """
+    from xtec import _kernels
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    eps = 1e-6
+    full = covariance_type != "diag"
+    counts, sums, outer = _kernels.label_sums(X, np.ascontiguousarray(labels, np.int64), k,
+                                              full)
+    if full:
+        outer = outer + np.swapaxes(np.tril(outer, -1), 1, 2)
     else:
-        sxx = np.einsum("nk,ni,nj->kij", r, X, X)
-    return m_step(SufficientStats(r.sum(0), sx, sxx, 0.0, X.shape[0]), reg_covar)
+        outer = np.diagonal(outer, axis1=1, axis2=2)
+    nk = counts + eps * X.shape[0]
+    sx = sums + eps * sums.sum(0)
+    sxx = outer + eps * outer.sum(0)
+    return m_step(SufficientStats(nk, sx, sxx, 0.0, X.shape[0]), reg_covar)
+
+
+def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
+    """Every j-th row of the sample, about ``size`` rows: where restarts compete.
+
+    The sample is in id order, so this sub-sample is as independent of the
+    chunking as the sample is.
+    """
+    step = max(1, sample.shape[0] // max(size, 1))
+    return sample[::step]
+
+
+def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: float,
+               n_init: int, seed: int, em, restart_size: int = 10_000) -> MixtureParams:
+    """Starting parameters for EM on all data: the best of ``n_init`` restarts.
+
+    Each restart seeds k-means++ and runs EM to convergence on a small, fixed
+    sub-sample of the sample (``restart_size`` rows, where the restarts only
+    have to rank their optima); the winner then converges on the whole sample,
+    so EM on all the data starts close to its optimum and needs few passes.
+
+    em : callable (X, params, n) -> (params, mean loglik, n_iter, converged)
+        The estimator's EM (its tolerance, iteration cap and engine).
+    """
+    small = restart_rows(sample, restart_size)
+    small32 = small.astype(np.float32)  # as the kernels read the data (float32 blocks)
+
+    def restart(init: int):
+        _set_numba_threads(1, 0)  # the restarts are the parallel level (thread-local)
+        rng = np.random.default_rng([seed, init])
+        labels = kmeans_plusplus(small, k, rng)
+        params = params_from_labels(small, labels, k, covariance_type, reg_covar)
+        params, ll, n_iter, _ = em(small32, params, small.shape[0])
+        log.info("init %d: mean log-likelihood %.6g on %d rows after %d iterations", init,
+                 ll, small.shape[0], n_iter)
+        return params, ll
+
+    # Independent restarts side by side (the kernels release the GIL); the
+    # results are taken in restart order, so the winner does not depend on timing.
+    workers = min(n_init, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                  else (os.cpu_count() or 1))
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(restart, range(n_init)))
+    else:
+        results = [restart(i) for i in range(n_init)]
+    best = None
+    for params, ll in results:
+        if best is None or ll > best[1]:
+            best = (params, ll)
+    params = best[0]
+    if small.shape[0] < sample.shape[0]:
+        params, ll, n_iter, _ = em(sample.astype(np.float32), params, sample.shape[0])
+        log.info("best start: mean log-likelihood %.6g on %d rows after %d iterations", ll,
+                 sample.shape[0], n_iter)
+    return params
 
 
 # ------------------------------------------------------------------------- estimator
@@ -417,21 +518,9 @@ class GaussianMixture:
         sample = init_sample(X, index, self.init_sample, self.random_state)
         if not np.all(np.isfinite(sample)):
             raise ParameterError("X holds NaN or infinite values")
-        # Restarts run to convergence on the subsample (in memory, cheap); only
-        # the best one continues on the full data, where it needs few passes.
-        best = None
-        sample32 = sample.astype(np.float32)
-        for init in range(self.n_init):
-            rng = np.random.default_rng([self.random_state, init])
-            labels = kmeans_plusplus(sample, self.n_components, rng)
-            params = params_from_labels(sample, labels, self.n_components,
-                                        self.covariance_type, self.reg_covar)
-            params, ll, n_iter, _ = self._em(sample32, params, sample.shape[0])
-            log.info("init %d: subsample mean log-likelihood %.6g after %d iterations", init,
-                     ll, n_iter)
-            if best is None or ll > best[1]:
-                best = (params, ll)
-        params, ll, n_iter, converged = self._em(X, best[0], n)
+        start = best_start(sample, self.n_components, self.covariance_type, self.reg_covar,
+                           self.n_init, self.random_state, self._em)
+        params, ll, n_iter, converged = self._em(X, start, n)
         log.info("EM on all %d points: mean log-likelihood %.6g after %d iterations", n, ll,
                  n_iter)
         order = canonical_order(params.means)
