@@ -21,12 +21,14 @@ Numba compiles once per installation (its on-disk cache); that warm-up is
 timed separately and reported, not counted in the fits.
 
     python benchmarks/bench_gmm.py [--mode fixed,whole] [--covariances diag,full]
-        [--ks 3,4,6] [--n 457679] [--iters 20] [--repeats 3]
-        [--sklearn-blas-threads default,1]
+        [--ks 3,4,6] [--ks-full 4] [--n 457679] [--iters 20] [--repeats 3]
+        [--sklearn-threads default,1]
 
-``--sklearn-blas-threads 1`` also runs scikit-learn with its BLAS limited to
-one thread (threadpoolctl): on a busy machine a multi-threaded BLAS can lose
-far more to waiting than it gains, and this column shows how much.
+``--sklearn-threads 1`` runs scikit-learn with its BLAS and OpenMP pools
+limited to one thread (threadpoolctl): on a busy machine their spinning
+threads can lose far more to waiting than they gain (measured here: the
+diagonal whole fit took 65-89 s with the default pools against 4.8 s on the
+idle machine of the issue), so that column is the fairer baseline there.
 
 Prints tables and writes benchmarks/results/gmm.json (fixed) and
 benchmarks/results/gmm_whole.json (whole).
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import platform
 import time
@@ -85,12 +88,12 @@ def overlapping(n: int, t: int = 24, seed: int = 0, noise: float = 0.3,
     return np.ascontiguousarray(x, dtype=np.float32), y
 
 
-def _blas_limit(threads):
+def _thread_limit(threads):
     if threads is None:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=threads, user_api="blas")
+    return threadpool_limits(limits=threads)  # BLAS and OpenMP (scikit-learn's k-means)
 
 
 def _mean_loglik(X: np.ndarray, weights, means, covariances) -> float:
@@ -107,11 +110,15 @@ def _warm_up(X: np.ndarray, covariances) -> float:
     from xtec.mixture import GaussianMixture
 
     t0 = time.perf_counter()
+    quiet = logging.getLogger("xtec.mixture")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # two iterations do not converge: no warning wanted
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for cov in covariances:
             GaussianMixture(2, covariance_type=cov, max_iter=2, n_init=2).fit(X[:30_000])
             GaussianMixture(2, covariance_type=cov, max_iter=2, n_init=1).fit(X[:2000])
+    quiet.setLevel(level)
     return time.perf_counter() - t0
 
 
@@ -148,7 +155,7 @@ def fixed_mode(args, sk_threads) -> dict:
                       init_params="random_from_data", weights_init=p0.weights,
                       means_init=p0.means, precisions_init=prec0, reg_covar=1e-6,
                       random_state=0)
-            with warnings.catch_warnings(), _blas_limit(threads):
+            with warnings.catch_warnings(), _thread_limit(threads):
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 g.fit(X64)
             return float(g.lower_bound_), g
@@ -186,7 +193,7 @@ def fixed_mode(args, sk_threads) -> dict:
 
 
 def _sk_name(threads) -> str:
-    return "sklearn" if threads is None else f"sklearn_blas{threads}"
+    return "sklearn" if threads is None else f"sklearn_{threads}thread"
 
 
 def whole_mode(args, sk_threads) -> dict:
@@ -203,13 +210,13 @@ def whole_mode(args, sk_threads) -> dict:
                          "each with its own defaults, same float32 X",
            "warm_up_s": _warm_up(X, args.covariances), "runs": []}
     for cov in args.covariances:
-        for k in args.ks:
+        for k in (args.ks_full if cov == "full" and args.ks_full else args.ks):
             def run_xtec(k=k, cov=cov):
                 g = GaussianMixture(k, covariance_type=cov, random_state=0).fit(X)
                 return g, g.weights_, g.means_, g.covariances_
 
             def run_sklearn(threads, k=k, cov=cov):
-                with _blas_limit(threads):
+                with _thread_limit(threads):
                     g = SkGMM(k, covariance_type=cov, random_state=0).fit(X)
                 return g, g.weights_, g.means_, g.covariances_
 
@@ -252,23 +259,32 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=457_679)
     ap.add_argument("--k", type=int, default=4, help="K of the fixed-iteration mode")
     ap.add_argument("--ks", default="3,4,6", help="K values of the whole-fit mode")
+    ap.add_argument("--ks-full", default=None,
+                    help="K values of the whole-fit mode with full covariances (default: --ks)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--sklearn-blas-threads", default="default",
+    ap.add_argument("--sklearn-threads", default="default",
                     help="comma list: 'default' (no limit) and/or thread counts")
     ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--tag", default="", help="suffix of the results file names")
     args = ap.parse_args(argv)
     args.covariances = [c for c in args.covariances.split(",") if c]
     args.ks = [int(k) for k in args.ks.split(",") if k]
+    args.ks_full = [int(k) for k in args.ks_full.split(",") if k] if args.ks_full else None
     sk_threads = [None if s == "default" else int(s)
-                  for s in args.sklearn_blas_threads.split(",") if s]
+                  for s in args.sklearn_threads.split(",") if s]
+    import numba
+
     meta = {"machine": f"{platform.machine()} {os.cpu_count()} cpus",
+            "numba_threads": numba.config.NUMBA_NUM_THREADS,
+            "sklearn_threads": args.sklearn_threads,
             "load_average_before": list(os.getloadavg())}
     out = {}
     for mode in args.mode.split(","):
         res = {"whole": whole_mode, "fixed": fixed_mode}[mode](args, sk_threads)
         res.update(meta, load_average_after=list(os.getloadavg()))
-        path = Path(args.results) / ("gmm.json" if mode == "fixed" else "gmm_whole.json")
+        name = "gmm" if mode == "fixed" else "gmm_whole"
+        path = Path(args.results) / f"{name}{'_' + args.tag if args.tag else ''}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(res, indent=2))
         out[mode] = res

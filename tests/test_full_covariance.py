@@ -134,7 +134,7 @@ def test_start_finds_the_same_optimum_as_restarts_on_the_whole_sample():
     X, _ = correlated_blobs(n=20000, k=4, seed=4)
     g = GaussianMixture(4, covariance_type="full", random_state=0)
     sample = init_sample(X, np.arange(len(X)), 50_000, 0)
-    new = best_start(sample, 4, "full", 1e-6, 3, 0, g._em, restart_size=4000)
+    new = best_start(sample, 4, "full", 1e-6, 3, 0, restart_size=4000)
     old = None
     for init in range(3):
         rng = np.random.default_rng([0, init])

@@ -27,9 +27,9 @@ number of workers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -169,12 +169,27 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
 
 
 # ---------------------------------------------------------------------- numba engine
+@functools.cache
 def _numba_kernels():
-    """The fused kernels (compiled once, cached on disk)."""
+    """The fused kernels, loaded for float32 rows on the first call.
+
+    numba compiles once per installation (its disk cache) but still loads the
+    machine code per process on a kernel's first call (measured 5.7-6.9 s for
+    these four on a 2-core machine at load 15, after an 11 s import).  Calling
+    each on a few float32 rows here makes that happen when the caller chooses:
+    the pipeline has the Dask workers do it while they read the first pass.
+    """
     from xtec import _kernels
 
-    return {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict,
+    kern = {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict,
             "full_stats": _kernels.full_stats, "full_predict": _kernels.full_predict}
+    x = np.zeros((2, 2), np.float32)
+    means, norm = np.zeros((1, 2)), np.zeros(1)
+    kern["diag_stats"](x, means, np.ones((1, 2)), norm, _ROW_BLOCK)
+    kern["diag_predict"](x, means, np.ones((1, 2)), norm)
+    kern["full_stats"](x, means, np.eye(2)[None], norm, _FULL_BLOCK, _FULL_GROUP)
+    kern["full_predict"](x, means, np.eye(2)[None], norm, _FULL_BLOCK)
+    return kern
 
 
 def _set_numba_threads(threads: int | None, n_rows: int) -> None:
@@ -376,35 +391,65 @@ def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
     return sample[::step]
 
 
+def run_em(X, params: MixtureParams, n: int, *, reg_covar: float, tol: float, max_iter: int,
+           engine: str = "auto"):
+    """EM from ``params`` until the mean log-likelihood changes by at most
+    ``tol * |mean log-likelihood|``: (params, mean loglik, n_iter, converged)."""
+    prev = -math.inf
+    converged = False
+    ll = -math.inf
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
+        stats = data_stats(X, params, engine)
+        ll = stats.loglik / n
+        if not math.isfinite(ll):
+            raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
+                                 "or reg_covar is 0 with a constant feature")
+        params = m_step(stats, reg_covar)
+        log.debug("EM iteration %d on %d points: mean log-likelihood %.8g", it, n, ll)
+        if abs(ll - prev) <= tol * abs(ll):
+            converged = True
+            break
+        prev = ll
+    return params, ll, it, converged
+
+
+def _parallel_restarts(n_init: int) -> int:
+    import numba
+
+    return max(1, min(n_init, numba.config.NUMBA_NUM_THREADS))
+
+
 def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: float,
-               n_init: int, seed: int, em, restart_size: int = 10_000) -> MixtureParams:
+               n_init: int, seed: int, *, tol: float = 1e-6, max_iter: int = 500,
+               engine: str = "auto", restart_size: int = 10_000) -> MixtureParams:
     """Starting parameters for EM on all data: the best of ``n_init`` restarts.
 
-    Each restart seeds k-means++ and runs EM to convergence on a small, fixed
-    sub-sample of the sample (``restart_size`` rows, where the restarts only
-    have to rank their optima); the winner then converges on the whole sample,
-    so EM on all the data starts close to its optimum and needs few passes.
-
-    em : callable (X, params, n) -> (params, mean loglik, n_iter, converged)
-        The estimator's EM (its tolerance, iteration cap and engine).
+    Each restart seeds k-means++ and runs EM to convergence (``tol``) on a
+    small fixed sub-sample of the sample (``restart_size`` rows), where the
+    restarts only have to rank their optima; the winner then converges on the
+    whole sample, so EM on all the data starts close to its optimum and needs
+    few passes.  (Stopping the restarts early, at a relative tolerance of 1e-4
+    or 1e-3, saved no measurable time here and once picked a worse optimum.)
+    Restarts run side by side in threads (the kernels release the GIL), at
+    most NUMBA_NUM_THREADS at once; the winner is picked in restart order, so
+    it does not depend on timing.
     """
     small = restart_rows(sample, restart_size)
     small32 = small.astype(np.float32)  # as the kernels read the data (float32 blocks)
+    em = dict(reg_covar=reg_covar, max_iter=max_iter, engine=engine)
 
     def restart(init: int):
         _set_numba_threads(1, 0)  # the restarts are the parallel level (thread-local)
         rng = np.random.default_rng([seed, init])
         labels = kmeans_plusplus(small, k, rng)
         params = params_from_labels(small, labels, k, covariance_type, reg_covar)
-        params, ll, n_iter, _ = em(small32, params, small.shape[0])
+        params, ll, n_iter, _ = run_em(small32, params, small.shape[0], tol=tol, **em)
         log.info("init %d: mean log-likelihood %.6g on %d rows after %d iterations", init,
                  ll, small.shape[0], n_iter)
         return params, ll
 
-    # Independent restarts side by side (the kernels release the GIL); the
-    # results are taken in restart order, so the winner does not depend on timing.
-    workers = min(n_init, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else (os.cpu_count() or 1))
+    workers = _parallel_restarts(n_init)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(restart, range(n_init)))
@@ -414,11 +459,10 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     for params, ll in results:
         if best is None or ll > best[1]:
             best = (params, ll)
-    params = best[0]
-    if small.shape[0] < sample.shape[0]:
-        params, ll, n_iter, _ = em(sample.astype(np.float32), params, sample.shape[0])
-        log.info("best start: mean log-likelihood %.6g on %d rows after %d iterations", ll,
-                 sample.shape[0], n_iter)
+    params, ll, n_iter, _ = run_em(sample.astype(np.float32), best[0], sample.shape[0],
+                                   tol=tol, **em)
+    log.info("best start: mean log-likelihood %.6g on %d rows after %d iterations", ll,
+             sample.shape[0], n_iter)
     return params
 
 
@@ -519,7 +563,8 @@ class GaussianMixture:
         if not np.all(np.isfinite(sample)):
             raise ParameterError("X holds NaN or infinite values")
         start = best_start(sample, self.n_components, self.covariance_type, self.reg_covar,
-                           self.n_init, self.random_state, self._em)
+                           self.n_init, self.random_state, tol=self.tol,
+                           max_iter=self.max_iter, engine=self.engine)
         params, ll, n_iter, converged = self._em(X, start, n)
         log.info("EM on all %d points: mean log-likelihood %.6g after %d iterations", n, ll,
                  n_iter)
