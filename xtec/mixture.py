@@ -49,6 +49,7 @@ _ROW_BLOCK = 128  # rows per kernel block: its scratch stays in L1/L2 (measured 
 _FULL_BLOCK = 64  # rows per block of the full-covariance kernel (T x 64 scratch rows in L1)
 _FULL_GROUP = 32  # blocks per parallel task there: per-task K x T x T sums stay few
 _PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
+_ARRAY_API_ROWS = 65_536  # rows per batched product of the array-API full path
 
 
 # ----------------------------------------------------------------------- parameters
@@ -140,9 +141,15 @@ def log_prob(X, params: MixtureParams):
             - 2.0 * X @ xp.permute_dims(means * prec, (1, 0)) \
             + xp.sum(means * means * prec, axis=1)
         return norm - 0.5 * quad
-    # All components in one batched product: (K, N, T) @ (K, T, T).
-    y = (X[None, :, :] - means[:, None, :]) @ xp.asarray(pc, dtype=xp.float64)
-    return norm - 0.5 * xp.permute_dims(xp.sum(y * y, axis=2), (1, 0))
+    # All components in one batched product, (K, rows, T) @ (K, T, T), over
+    # slices of rows so the temporary stays K x 64k x T whatever N is.
+    pc = xp.asarray(pc, dtype=xp.float64)
+    n, rows = X.shape[0], _ARRAY_API_ROWS
+    parts = []
+    for lo in range(0, n, rows):
+        y = (X[None, lo:min(n, lo + rows), :] - means[:, None, :]) @ pc
+        parts.append(norm - 0.5 * xp.permute_dims(xp.sum(y * y, axis=2), (1, 0)))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def _logsumexp(a, xp):
@@ -163,7 +170,13 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
     if params.covariance_type == "diag":
         sxx = rt @ (X * X)
     else:
-        sxx = xp.permute_dims(rt[:, :, None] * X[None, :, :], (0, 2, 1)) @ X  # (K, T, T)
+        # (K, T, rows) @ (rows, T) per slice of rows, summed: (K, T, T)
+        n, step = X.shape[0], _ARRAY_API_ROWS
+        sxx = 0.0
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            xs = X[lo:hi, :]
+            sxx = sxx + xp.permute_dims(rt[:, lo:hi, None] * xs[None, :, :], (0, 2, 1)) @ xs
     return SufficientStats(to_numpy(nk), to_numpy(sx), to_numpy(sxx),
                            float(to_numpy(xp.sum(ll))), int(X.shape[0]))
 
