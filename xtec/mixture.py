@@ -183,25 +183,28 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
 
 # ---------------------------------------------------------------------- numba engine
 @functools.cache
-def _numba_kernels():
-    """The fused kernels, loaded for float32 rows on the first call.
+def _numba_kernels(covariance_type: str = "diag") -> dict:
+    """The fused kernels of one covariance type, loaded for float32 rows.
 
     numba compiles once per installation (its disk cache) but still loads the
     machine code per process on a kernel's first call (measured 5.7-6.9 s for
-    these four on a 2-core machine at load 15, after an 11 s import).  Calling
-    each on a few float32 rows here makes that happen when the caller chooses:
-    the pipeline has the Dask workers do it while they read the first pass.
+    all four EM kernels on a 2-core machine at load 15, after an 11 s import).
+    Calling each on a few float32 rows here makes that happen when the caller
+    chooses: the pipeline has the Dask workers do it (diagonal, the default)
+    while they read the first pass; the other type loads on first use.
     """
     from xtec import _kernels
 
-    kern = {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict,
-            "full_stats": _kernels.full_stats, "full_predict": _kernels.full_predict}
     x = np.zeros((2, 2), np.float32)
     means, norm = np.zeros((1, 2)), np.zeros(1)
-    kern["diag_stats"](x, means, np.ones((1, 2)), norm, _ROW_BLOCK)
-    kern["diag_predict"](x, means, np.ones((1, 2)), norm)
-    kern["full_stats"](x, means, np.eye(2)[None], norm, _FULL_BLOCK, _FULL_GROUP)
-    kern["full_predict"](x, means, np.eye(2)[None], norm, _FULL_BLOCK)
+    if covariance_type == "diag":
+        kern = {"stats": _kernels.diag_stats, "predict": _kernels.diag_predict}
+        kern["stats"](x, means, np.ones((1, 2)), norm, _ROW_BLOCK)
+        kern["predict"](x, means, np.ones((1, 2)), norm)
+    else:
+        kern = {"stats": _kernels.full_stats, "predict": _kernels.full_predict}
+        kern["stats"](x, means, np.eye(2)[None], norm, _FULL_BLOCK, _FULL_GROUP)
+        kern["predict"](x, means, np.eye(2)[None], norm, _FULL_BLOCK)
     return kern
 
 
@@ -238,15 +241,15 @@ def stats_numba(X: np.ndarray, params: MixtureParams, threads: int | None = None
         already run in parallel, so the two levels do not oversubscribe the cores.
     """
     _set_numba_threads(threads, X.shape[0])
-    kern = _numba_kernels()
+    kern = _numba_kernels(params.covariance_type)["stats"]
     pc = params.precisions_cholesky()
     X = _float_rows(X)
     norm = params.log_norm(pc)
     if params.covariance_type == "diag":
-        nk, sx, sxx, ll = kern["diag_stats"](X, params.means, pc**2, norm, _ROW_BLOCK)
+        nk, sx, sxx, ll = kern(X, params.means, pc**2, norm, _ROW_BLOCK)
         return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
-    nk, sx, sxx, ll = kern["full_stats"](X, params.means, np.ascontiguousarray(pc), norm,
-                                         _FULL_BLOCK, _FULL_GROUP)
+    nk, sx, sxx, ll = kern(X, params.means, np.ascontiguousarray(pc), norm, _FULL_BLOCK,
+                           _FULL_GROUP)
     low = sxx.sum(0)  # the kernel fills the lower triangles only
     sxx = low + np.swapaxes(np.tril(low, -1), 1, 2)
     return SufficientStats(nk.sum(0), sx.sum(0), sxx, float(ll.sum()), X.shape[0])
@@ -281,10 +284,10 @@ def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
         pc = params.precisions_cholesky()
         X, norm = _float_rows(X), params.log_norm(pc)
         _set_numba_threads(None, X.shape[0])
+        predict = _numba_kernels(params.covariance_type)["predict"]
         if params.covariance_type == "diag":
-            return _numba_kernels()["diag_predict"](X, params.means, pc**2, norm)
-        return _numba_kernels()["full_predict"](X, params.means, np.ascontiguousarray(pc), norm,
-                                                _FULL_BLOCK)
+            return predict(X, params.means, pc**2, norm)
+        return predict(X, params.means, np.ascontiguousarray(pc), norm, _FULL_BLOCK)
     xp = namespace(X)
     return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
 
