@@ -12,7 +12,7 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
 * with ``--in-process``, xtec again with no cluster (threads, every core; what
   a laptop user runs), with the peak RSS of the process;
 * the GMM stage alone on the same thresholded trajectories, xtec vs
-  scikit-learn ``GaussianMixture(covariance_type='diag')``, same initial
+  scikit-learn ``GaussianMixture``, diagonal and full covariances, same initial
   parameters, same fixed number of EM iterations;
 * where ``--reference-python`` points at a virtual environment holding the
   published package (``pip install xtec==0.1.1``, never vendored): its KL
@@ -159,7 +159,11 @@ def trajectories(path: Path) -> np.ndarray:
         return np.ascontiguousarray(tr.X.compute())
 
 
-def gmm_vs_sklearn(X: np.ndarray, k: int = 4, iters: int = 50) -> dict:
+def gmm_vs_sklearn(X: np.ndarray, k: int = 4, iters: int = 50,
+                   covariance_type: str = "diag") -> dict:
+    """The GMM stage alone: xtec's EM against scikit-learn's, same start, same
+    fixed number of iterations (tol=0); scikit-learn starts from the shared
+    parameters (``init_params='random_from_data'``, so no k-means in its time)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import GaussianMixture as SkGMM
 
@@ -167,22 +171,25 @@ def gmm_vs_sklearn(X: np.ndarray, k: int = 4, iters: int = 50) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        p0 = GaussianMixture(k, n_init=1, max_iter=1, random_state=0).fit(X).params_
+        p0 = GaussianMixture(k, covariance_type=covariance_type, n_init=1, max_iter=1,
+                             random_state=0).fit(X).params_
     p = p0
     data_stats(X[:1000], p)  # compile outside the timing
     t0 = time.perf_counter()
     for _ in range(iters):
         p = m_step(data_stats(X, p), 1e-6)
     ours = time.perf_counter() - t0
-    sk = SkGMM(k, covariance_type="diag", tol=0.0, max_iter=iters, weights_init=p0.weights,
-               means_init=p0.means, precisions_init=1 / p0.covariances, reg_covar=1e-6)
+    prec = 1 / p0.covariances if covariance_type == "diag" else np.linalg.inv(p0.covariances)
+    sk = SkGMM(k, covariance_type=covariance_type, tol=0.0, max_iter=iters,
+               init_params="random_from_data", weights_init=p0.weights, means_init=p0.means,
+               precisions_init=prec, reg_covar=1e-6, random_state=0)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         sk.fit(X.astype(np.float64))
     theirs = time.perf_counter() - t0
-    return {"n": int(X.shape[0]), "iterations": iters, "xtec_s": ours, "sklearn_s": theirs,
-            "speedup": theirs / ours,
+    return {"n": int(X.shape[0]), "covariance_type": covariance_type, "iterations": iters,
+            "xtec_s": ours, "sklearn_s": theirs, "speedup": theirs / ours,
             "means_agree": bool(np.allclose(p.means, sk.means_, rtol=1e-5, atol=1e-6))}
 
 
@@ -230,6 +237,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--worker-memory", default="1GB")
     ap.add_argument("--gmm-max-size", type=float, default=1.5,
                     help="largest size (GB) for the scikit-learn comparison")
+    ap.add_argument("--gmm-iters", type=int, default=50,
+                    help="EM iterations of the diagonal GMM-stage comparison")
+    ap.add_argument("--gmm-full-iters", type=int, default=10,
+                    help="EM iterations of the full-covariance comparison (0: skip)")
     ap.add_argument("--reference-python", default=os.environ.get("XTEC_REFERENCE_PYTHON"),
                     help="python of a venv with the published xtec 0.1.1")
     ap.add_argument("--reference-epochs", type=int, default=100)
@@ -279,7 +290,12 @@ def main(argv=None) -> dict:
                "ratio_to_floor": res["wall_s"] / floor,
                "ns_per_voxel": 1e9 * res["wall_s"] / math.prod(shape)}
         if gb <= args.gmm_max_size:
-            row["gmm"] = gmm_vs_sklearn(trajectories(path))
+            X = trajectories(path)
+            row["gmm"] = gmm_vs_sklearn(X, iters=args.gmm_iters)
+            if args.gmm_full_iters > 0:
+                row["gmm_full"] = gmm_vs_sklearn(X, iters=args.gmm_full_iters,
+                                                 covariance_type="full")
+            del X
         if args.reference_python and gb == min(sizes):
             row["reference"] = reference(args.reference_python, path, args.reference_epochs)
             import dask
@@ -318,11 +334,13 @@ def main(argv=None) -> dict:
         print(f"{r['size_gb']:8.2f} " + " ".join(f"{r['timings'].get(s, 0.0):12.2f}"
                                                  for s in stages))
     for r in rows:
-        if "gmm" in r:
-            g = r["gmm"]
-            print(f"GMM stage, {g['n']} trajectories, {g['iterations']} EM iterations: "
-                  f"xtec {g['xtec_s']:.2f} s, scikit-learn {g['sklearn_s']:.2f} s, "
-                  f"{g['speedup']:.1f}x (same means: {g['means_agree']})")
+        for key in ("gmm", "gmm_full"):
+            if key in r:
+                g = r[key]
+                print(f"GMM stage ({g['covariance_type']}), {g['n']} trajectories, "
+                      f"{g['iterations']} EM iterations: xtec {g['xtec_s']:.2f} s, "
+                      f"scikit-learn {g['sklearn_s']:.2f} s, {g['speedup']:.1f}x "
+                      f"(same means: {g['means_agree']})")
         if "reference" in r:
             ref = r["reference"]
             print(f"reference xtec 0.1.1 on {r['size_gb']:.2f} GB: {ref}")

@@ -1,5 +1,7 @@
 """Numba kernels of the EM (NumPy engine), kept at module level so numba can
 cache them on disk: worker processes load them instead of compiling (seconds).
+The EM kernels release the GIL, so Dask's threads (one chunk each) and the
+restarts of the start run them side by side.
 
 Imported only when the NumPy engine runs, so importing xtec stays light.
 """
@@ -63,7 +65,7 @@ def vexp(a, kbuf):
         a[i] *= scale[i]
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_stats(X, means, prec, norm, block):
     # Each block is transposed to (T, rows) so every inner loop runs over
     # contiguous rows and vectorises; sums stay in float64.
@@ -144,7 +146,7 @@ def diag_stats(X, means, prec, norm, block):
     return nk, sx, sxx, ll
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_predict(X, means, prec, norm):
     n, t = X.shape
     k_ = means.shape[0]
@@ -165,7 +167,7 @@ def diag_predict(X, means, prec, norm):
     return labels
 
 
-@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def mean_over_t(x, block):
     """Per column of x (T, n): the mean over T after clipping negatives to 0, and 0
     where any value is NaN (float32 out, float64 sums); plus NaN columns and
@@ -203,7 +205,7 @@ def mean_over_t(x, block):
     return out, n_nan.sum(), n_neg.sum()
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def gather_rescale(x, cols, method, block):
     """Rescaled trajectories of the columns ``cols`` of x (T, n): (len(cols), T)
     float32, negatives clipped to 0 first.  method: 0 mean (I / mean - 1),
@@ -252,7 +254,7 @@ def gather_rescale(x, cols, method, block):
     return out
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, nogil=True)
 def lloyd_step(X, centers, block):
     """Nearest centre of each row of X (n, T) float64, and per centre the
     count and sum of its rows: one pass, parallel over row blocks."""
@@ -279,3 +281,204 @@ def lloyd_step(X, centers, block):
             for f in range(t):
                 sums[b, arg, f] += X[i, f]
     return labels, counts.sum(axis=0), sums.sum(axis=0)
+
+
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def _full_log_prob_block(xt, means, prec_chol, norm, d, y, lp):
+    # lp[k, i] = norm_k - |(x_i - mu_k) U_k|^2 / 2 for the block xt (T, m),
+    # U_k upper triangular, so column j of (x - mu) U needs rows 0..j only.
+    # Rows are the inner loops (contiguous, vectorised); the sum over p is
+    # unrolled by four so each pass over y does four multiply-adds.  Every
+    # point is computed alone, in the same order wherever it sits in a block.
+    t, m = xt.shape
+    for k in range(means.shape[0]):
+        u = prec_chol[k]
+        for j in range(t):
+            mu = means[k, j]
+            src = xt[j]
+            dst = d[j]
+            for i in range(m):
+                dst[i] = src[i] - mu
+        q = lp[k]
+        for i in range(m):
+            q[i] = 0.0
+        for j in range(t):
+            a = u[0, j]
+            d0 = d[0]
+            for i in range(m):
+                y[i] = d0[i] * a
+            p = 1
+            while p + 4 <= j + 1:
+                a0 = u[p, j]
+                a1 = u[p + 1, j]
+                a2 = u[p + 2, j]
+                a3 = u[p + 3, j]
+                r0 = d[p]
+                r1 = d[p + 1]
+                r2 = d[p + 2]
+                r3 = d[p + 3]
+                for i in range(m):
+                    y[i] += (r0[i] * a0 + r1[i] * a1) + (r2[i] * a2 + r3[i] * a3)
+                p += 4
+            while p <= j:
+                a0 = u[p, j]
+                r0 = d[p]
+                for i in range(m):
+                    y[i] += r0[i] * a0
+                p += 1
+            for i in range(m):
+                q[i] += y[i] * y[i]
+        c = norm[k]
+        for i in range(m):
+            q[i] = c - 0.5 * q[i]
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def full_stats(X, means, prec_chol, norm, block, group):
+    """Full-covariance EM statistics of X (n, T): per group of ``group`` blocks
+    of ``block`` rows the summed responsibilities (K,), sums (K, T), lower
+    triangles of the outer-product sums (K, T, T; upper left 0) and the
+    log-likelihood.  One pass, float64 arithmetic, parallel over groups."""
+    n, t = X.shape
+    k_ = means.shape[0]
+    nb = (n + block - 1) // block
+    ng = (nb + group - 1) // group
+    nk = np.zeros((ng, k_))
+    sx = np.zeros((ng, k_, t))
+    sxx = np.zeros((ng, k_, t, t))
+    ll = np.zeros(ng)
+    for g in numba.prange(ng):
+        for b in range(g * group, min(nb, (g + 1) * group)):
+            lo = b * block
+            m = min(n, lo + block) - lo
+            xb = np.empty((t, m))
+            for i in range(m):
+                for j in range(t):
+                    xb[j, i] = X[lo + i, j]
+            w = np.empty((t, m))
+            lp = np.empty((k_, m))
+            _full_log_prob_block(xb, means, prec_chol, norm, w, np.empty(m), lp)
+            mx = np.empty(m)
+            for i in range(m):
+                mx[i] = lp[0, i]
+            for k in range(1, k_):
+                for i in range(m):
+                    mx[i] = max(mx[i], lp[k, i])
+            tot = np.zeros(m)
+            kbuf = np.empty(m, np.int64)
+            for k in range(k_):
+                row = lp[k]
+                for i in range(m):
+                    row[i] -= mx[i]
+                vexp(row, kbuf)
+                for i in range(m):
+                    tot[i] += row[i]
+            s_ll = 0.0
+            for i in range(m):
+                s_ll += mx[i]
+            for g32 in range(0, m, 32):
+                prod = 1.0
+                for i in range(g32, min(m, g32 + 32)):
+                    prod *= tot[i]
+                s_ll += np.log(prod)
+            for i in range(m):
+                tot[i] = 1.0 / tot[i]
+            ll[g] += s_ll
+            for k in range(k_):
+                r = lp[k]
+                s_nk = 0.0
+                for i in range(m):
+                    r[i] *= tot[i]
+                    s_nk += r[i]
+                nk[g, k] += s_nk
+                for j in range(t):
+                    src = xb[j]
+                    dst = w[j]
+                    a1 = 0.0
+                    for i in range(m):
+                        v = r[i] * src[i]
+                        dst[i] = v
+                        a1 += v
+                    sx[g, k, j] += a1
+                acc = sxx[g, k]
+                for j in range(t):
+                    wj = w[j]
+                    p = 0
+                    while p + 4 <= j + 1:
+                        r0 = xb[p]
+                        r1 = xb[p + 1]
+                        r2 = xb[p + 2]
+                        r3 = xb[p + 3]
+                        c0 = 0.0
+                        c1 = 0.0
+                        c2 = 0.0
+                        c3 = 0.0
+                        for i in range(m):
+                            v = wj[i]
+                            c0 += v * r0[i]
+                            c1 += v * r1[i]
+                            c2 += v * r2[i]
+                            c3 += v * r3[i]
+                        acc[j, p] += c0
+                        acc[j, p + 1] += c1
+                        acc[j, p + 2] += c2
+                        acc[j, p + 3] += c3
+                        p += 4
+                    while p <= j:
+                        r0 = xb[p]
+                        c0 = 0.0
+                        for i in range(m):
+                            c0 += wj[i] * r0[i]
+                        acc[j, p] += c0
+                        p += 1
+    return nk, sx, sxx, ll
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def full_predict(X, means, prec_chol, norm, block):
+    """Most probable component of each row of X (n, T), full covariances."""
+    n, t = X.shape
+    k_ = means.shape[0]
+    labels = np.empty(n, np.int16)
+    nb = (n + block - 1) // block
+    for b in numba.prange(nb):
+        lo = b * block
+        m = min(n, lo + block) - lo
+        xt = np.empty((t, m))
+        for i in range(m):
+            for j in range(t):
+                xt[j, i] = X[lo + i, j]
+        lp = np.empty((k_, m))
+        _full_log_prob_block(xt, means, prec_chol, norm, np.empty((t, m)), np.empty(m), lp)
+        for i in range(m):
+            best = lp[0, i]
+            arg = 0
+            for k in range(1, k_):
+                if lp[k, i] > best:
+                    best = lp[k, i]
+                    arg = k
+            labels[lo + i] = arg
+    return labels
+
+
+@numba.njit(cache=True, nogil=True)
+def label_sums(X, labels, k, full):
+    """Per label of the rows of X (n, T): count, sum of rows and sum of outer
+    products (lower triangle if ``full``, else squares on the diagonal).  One
+    serial pass (start-up on a sample of some thousand rows)."""
+    n, t = X.shape
+    counts = np.zeros(k)
+    sums = np.zeros((k, t))
+    outer = np.zeros((k, t, t))
+    for i in range(n):
+        c = labels[i]
+        counts[c] += 1.0
+        for j in range(t):
+            v = X[i, j]
+            sums[c, j] += v
+            if full:
+                for m in range(j + 1):
+                    outer[c, j, m] += v * X[i, m]
+            else:
+                outer[c, j, j] += v * v
+    return counts, sums, outer

@@ -10,11 +10,12 @@ workers; only K x T numbers travel).
 
 Three engines compute the statistics of one chunk:
 
-* ``numba`` (NumPy input, diagonal covariances): one fused pass per point,
-  float32 data read once, float64 arithmetic, no N x K temporaries, parallel
-  over fixed blocks of rows;
+* ``numba`` (NumPy input, diagonal or full covariances): one fused pass per
+  point, float32 data read once, float64 arithmetic, no N x K temporaries,
+  parallel over fixed blocks of rows (full: per component the Cholesky factor
+  of the precision, the Mahalanobis terms and the outer-product sums);
 * ``array-api``: matrix products against the array API (NumPy, CuPy,
-  array-api-strict), float64;
+  array-api-strict), float64, batched over components;
 * ``auto`` picks ``numba`` where it applies.
 
 Determinism: the initial means come from a subsample chosen by a hash of each
@@ -26,11 +27,12 @@ number of workers.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 
 import dask
 import dask.array as da
@@ -45,6 +47,10 @@ COVARIANCE_TYPES = ("diag", "full")
 ENGINES = ("auto", "numba", "array-api")
 _LOG_2PI = math.log(2.0 * math.pi)
 _ROW_BLOCK = 128  # rows per kernel block: its scratch stays in L1/L2 (measured best)
+_FULL_BLOCK = 64  # rows per block of the full-covariance kernel (T x 64 scratch rows in L1)
+_FULL_GROUP = 32  # blocks per parallel task there: per-task K x T x T sums stay few
+_PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
+_ARRAY_API_ROWS = 65_536  # rows per batched product of the array-API full path
 
 
 # ----------------------------------------------------------------------- parameters
@@ -136,11 +142,15 @@ def log_prob(X, params: MixtureParams):
             - 2.0 * X @ xp.permute_dims(means * prec, (1, 0)) \
             + xp.sum(means * means * prec, axis=1)
         return norm - 0.5 * quad
-    cols = []
-    for k in range(pc.shape[0]):
-        y = (X - means[k, :]) @ xp.asarray(pc[k], dtype=xp.float64)
-        cols.append(norm[k] - 0.5 * xp.sum(y * y, axis=1))
-    return xp.stack(cols, axis=1)
+    # All components in one batched product, (K, rows, T) @ (K, T, T), over
+    # slices of rows so the temporary stays K x 64k x T whatever N is.
+    pc = xp.asarray(pc, dtype=xp.float64)
+    n, rows = X.shape[0], _ARRAY_API_ROWS
+    parts = []
+    for lo in range(0, n, rows):
+        y = (X[None, lo:min(n, lo + rows), :] - means[:, None, :]) @ pc
+        parts.append(norm - 0.5 * xp.permute_dims(xp.sum(y * y, axis=2), (1, 0)))
+    return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
 
 
 def logsumexp(a, xp):
@@ -165,47 +175,97 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
     if params.covariance_type == "diag":
         sxx = rt @ (X * X)
     else:
-        sxx = xp.stack([xp.permute_dims(X * r[:, k:k + 1], (1, 0)) @ X
-                        for k in range(r.shape[1])])
+        # (K, T, rows) @ (rows, T) per slice of rows, summed: (K, T, T)
+        n, step = X.shape[0], _ARRAY_API_ROWS
+        sxx = 0.0
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            xs = X[lo:hi, :]
+            sxx = sxx + xp.permute_dims(rt[:, lo:hi, None] * xs[None, :, :], (0, 2, 1)) @ xs
     return SufficientStats(to_numpy(nk), to_numpy(sx), to_numpy(sxx),
                            float(to_numpy(xp.sum(ll))), int(X.shape[0]))
 
 
 # ---------------------------------------------------------------------- numba engine
-def _numba_kernels():
-    """The fused diagonal-covariance kernels (compiled once, cached on disk)."""
+@functools.cache
+def _numba_kernels(covariance_type: str = "diag") -> dict:
+    """The fused kernels of one covariance type, loaded for float32 rows.
+
+    numba compiles once per installation (its disk cache) but still loads the
+    machine code per process on a kernel's first call (measured 5.7-6.9 s for
+    all four EM kernels on a 2-core machine at load 15, after an 11 s import).
+    Calling each on a few float32 rows here makes that happen when the caller
+    chooses: the pipeline has the Dask workers do it (diagonal, the default)
+    while they read the first pass; the other type loads on first use.
+    """
     from xtec import _kernels
 
-    return {"diag_stats": _kernels.diag_stats, "diag_predict": _kernels.diag_predict}
+    x = np.zeros((2, 2), np.float32)
+    means, norm = np.zeros((1, 2)), np.zeros(1)
+    if covariance_type == "diag":
+        kern = {"stats": _kernels.diag_stats, "predict": _kernels.diag_predict}
+        kern["stats"](x, means, np.ones((1, 2)), norm, _ROW_BLOCK)
+        kern["predict"](x, means, np.ones((1, 2)), norm)
+    else:
+        kern = {"stats": _kernels.full_stats, "predict": _kernels.full_predict}
+        kern["stats"](x, means, np.eye(2)[None], norm, _FULL_BLOCK, _FULL_GROUP)
+        kern["predict"](x, means, np.eye(2)[None], norm, _FULL_BLOCK)
+    return kern
+
+
+def _set_numba_threads(threads: int | None, n_rows: int) -> None:
+    import numba
+
+    top = numba.config.NUMBA_NUM_THREADS
+    if threads is None and n_rows < _PARALLEL_MIN_ROWS:
+        # A few milliseconds of work: waking the other threads costs more than
+        # it saves, far more on a busy machine (measured 15x slower at 12k rows
+        # with two threads on two shared cores).
+        threads = 1
+    numba.set_num_threads(max(1, min(threads or top, top)))
+
+
+def _float_rows(X: np.ndarray) -> np.ndarray:
+    X = np.ascontiguousarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return X
 
 
 def stats_numba(X: np.ndarray, params: MixtureParams, threads: int | None = None
                 ) -> SufficientStats:
-    """Sufficient statistics of a NumPy chunk (N, T), diagonal covariances.
+    """Sufficient statistics of a NumPy chunk (N, T), diagonal or full covariances.
+
+    One fused pass: per point and component the Mahalanobis term (with the
+    Cholesky factor of the precision for 'full'), the responsibilities, and
+    their weighted sums of x and x x^T (x^2 for 'diag'), float64 throughout,
+    parallel over fixed row blocks.
 
     threads : int, optional
         Numba threads for this call (thread-local); 1 inside Dask tasks that
         already run in parallel, so the two levels do not oversubscribe the cores.
     """
-    kern = _numba_kernels()["diag_stats"]
-    import numba
-
-    top = numba.config.NUMBA_NUM_THREADS
-    numba.set_num_threads(max(1, min(threads or top, top)))
+    _set_numba_threads(threads, X.shape[0])
+    kern = _numba_kernels(params.covariance_type)["stats"]
     pc = params.precisions_cholesky()
-    X = np.ascontiguousarray(X)
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float64)
-    nk, sx, sxx, ll = kern(X, params.means, pc**2, params.log_norm(pc), _ROW_BLOCK)
-    return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
+    X = _float_rows(X)
+    norm = params.log_norm(pc)
+    if params.covariance_type == "diag":
+        nk, sx, sxx, ll = kern(X, params.means, pc**2, norm, _ROW_BLOCK)
+        return SufficientStats(nk.sum(0), sx.sum(0), sxx.sum(0), float(ll.sum()), X.shape[0])
+    nk, sx, sxx, ll = kern(X, params.means, np.ascontiguousarray(pc), norm, _FULL_BLOCK,
+                           _FULL_GROUP)
+    low = sxx.sum(0)  # the kernel fills the lower triangles only
+    sxx = low + np.swapaxes(np.tril(low, -1), 1, 2)
+    return SufficientStats(nk.sum(0), sx.sum(0), sxx, float(ll.sum()), X.shape[0])
 
 
 def _use_numba(X, params: MixtureParams, engine: str) -> bool:
     if engine == "array-api":
         return False
-    ok = is_numpy(X) and params.covariance_type == "diag"
+    ok = is_numpy(X)
     if engine == "numba" and not ok:
-        raise ParameterError("engine 'numba' needs NumPy input and diagonal covariances")
+        raise ParameterError("engine 'numba' needs NumPy input")
     return ok
 
 
@@ -227,8 +287,12 @@ def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
         return np.zeros(0, np.int16)
     if _use_numba(X, params, engine):
         pc = params.precisions_cholesky()
-        return _numba_kernels()["diag_predict"](np.ascontiguousarray(X), params.means, pc**2,
-                                                params.log_norm(pc))
+        X, norm = _float_rows(X), params.log_norm(pc)
+        _set_numba_threads(None, X.shape[0])
+        predict = _numba_kernels(params.covariance_type)["predict"]
+        if params.covariance_type == "diag":
+            return predict(X, params.means, pc**2, norm)
+        return predict(X, params.means, np.ascontiguousarray(pc), norm, _FULL_BLOCK)
     xp = namespace(X)
     return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
 
@@ -314,17 +378,125 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
 
 def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_type: str,
                        reg_covar: float) -> MixtureParams:
-    """Initial parameters from a hard assignment of (a sample of) the data."""
-    r = np.zeros((X.shape[0], k))
-    r[np.arange(X.shape[0]), labels] = 1.0
-    # Empty components start from the global spread so EM can still use them.
-    r += 1e-6
-    sx = r.T @ X
-    if covariance_type == "diag":
-        sxx = r.T @ (X * X)
+    """Initial parameters from a hard assignment of (a sample of) the data.
+
+    Every point also gives every component a responsibility of 1e-6, so empty
+    components start from the global spread and EM can still use them.  The
+    sums come from one serial pass (no N x K x T x T temporaries, no threaded
+    BLAS on small matrices, which is slow on a busy machine).
+    """
+    from xtec import _kernels
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    eps = 1e-6
+    full = covariance_type != "diag"
+    counts, sums, outer = _kernels.label_sums(X, np.ascontiguousarray(labels, np.int64), k,
+                                              full)
+    if full:
+        outer = outer + np.swapaxes(np.tril(outer, -1), 1, 2)
     else:
-        sxx = np.einsum("nk,ni,nj->kij", r, X, X)
-    return m_step(SufficientStats(r.sum(0), sx, sxx, 0.0, X.shape[0]), reg_covar)
+        outer = np.diagonal(outer, axis1=1, axis2=2)
+    nk = counts + eps * X.shape[0]
+    sx = sums + eps * sums.sum(0)
+    sxx = outer + eps * outer.sum(0)
+    return m_step(SufficientStats(nk, sx, sxx, 0.0, X.shape[0]), reg_covar)
+
+
+def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
+    """Every j-th row of the sample, about ``size`` rows: where restarts compete.
+
+    The sample is in id order, so this sub-sample is as independent of the
+    chunking as the sample is.
+    """
+    step = max(1, sample.shape[0] // max(size, 1))
+    return sample[::step]
+
+
+def run_em(X, params: MixtureParams, n: int, *, reg_covar: float, tol: float, max_iter: int,
+           engine: str = "auto", e_step=None):
+    """EM from ``params`` until the mean log-likelihood changes by at most
+    ``tol * |mean log-likelihood|``: (params, mean loglik, n_iter, converged).
+
+    ``e_step(X, params)`` gives the M-step's sufficient statistics (default: the
+    plain mixture's, :func:`data_stats` with ``engine``); estimators with a
+    different E-step (label smoothing) pass their own.
+    """
+    if e_step is None:
+        e_step = functools.partial(data_stats, engine=engine)
+    prev = -math.inf
+    converged = False
+    ll = -math.inf
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
+        stats = e_step(X, params)
+        ll = stats.loglik / n
+        if not math.isfinite(ll):
+            raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
+                                 "or reg_covar is 0 with a constant feature")
+        params = m_step(stats, reg_covar)
+        log.debug("EM iteration %d on %d points: mean log-likelihood %.8g", it, n, ll)
+        if abs(ll - prev) <= tol * abs(ll):
+            converged = True
+            break
+        prev = ll
+    return params, ll, it, converged
+
+
+def _parallel_restarts(n_init: int) -> int:
+    import numba
+
+    return max(1, min(n_init, numba.config.NUMBA_NUM_THREADS))
+
+
+def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: float,
+               n_init: int, seed: int, *, tol: float = 1e-6, max_iter: int = 500,
+               engine: str = "auto", restart_size: int | None = None) -> MixtureParams:
+    """Starting parameters for EM on all data: the best of ``n_init`` restarts.
+
+    Each restart seeds k-means++ and runs EM to convergence (``tol``) on the
+    sample, so EM on all the data starts close to its optimum and needs few
+    passes.  ``restart_size`` rows (every j-th row of the sample) instead make
+    the restarts cheaper, the winner then converging on the whole sample; not
+    the default: with 10,000 rows the BIC scan of the synthetic series found
+    worse optima at K = 5-7 (and a better one at K = 2) than restarts on the
+    whole sample, which moved its elbow.  (Stopping the restarts early, at a
+    relative tolerance of 1e-4 or 1e-3, saved no measurable time here and once
+    picked a worse optimum.)
+    Restarts run side by side in threads (the kernels release the GIL), at
+    most NUMBA_NUM_THREADS at once; the winner is picked in restart order, so
+    it does not depend on timing.
+    """
+    small = sample if restart_size is None else restart_rows(sample, restart_size)
+    small32 = small.astype(np.float32)  # as the kernels read the data (float32 blocks)
+    em = dict(reg_covar=reg_covar, max_iter=max_iter, engine=engine)
+
+    def restart(init: int):
+        _set_numba_threads(1, 0)  # the restarts are the parallel level (thread-local)
+        rng = np.random.default_rng([seed, init])
+        labels = kmeans_plusplus(small, k, rng)
+        params = params_from_labels(small, labels, k, covariance_type, reg_covar)
+        params, ll, n_iter, _ = run_em(small32, params, small.shape[0], tol=tol, **em)
+        log.info("init %d: mean log-likelihood %.6g on %d rows after %d iterations", init,
+                 ll, small.shape[0], n_iter)
+        return params, ll
+
+    workers = _parallel_restarts(n_init)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(restart, range(n_init)))
+    else:
+        results = [restart(i) for i in range(n_init)]
+    best = None
+    for params, ll in results:
+        if best is None or ll > best[1]:
+            best = (params, ll)
+    params = best[0]
+    if small.shape[0] < sample.shape[0]:
+        params, ll, n_iter, _ = run_em(sample.astype(np.float32), params, sample.shape[0],
+                                       tol=tol, **em)
+        log.info("best start: mean log-likelihood %.6g on %d rows after %d iterations", ll,
+                 sample.shape[0], n_iter)
+    return params
 
 
 # ------------------------------------------------------------------------- estimator
@@ -497,7 +669,12 @@ class GaussianMixture(ParamsMixin):
             index = np.arange(n, dtype=np.int64)
             if isinstance(X, da.Array):
                 index = da.from_array(index, chunks=(X.chunks[0],))
-        start = self._best_start(init_sample(X, index, self.init_sample, self.random_state))
+        sample = init_sample(X, index, self.init_sample, self.random_state)
+        if not np.all(np.isfinite(sample)):
+            raise ParameterError("X holds NaN or infinite values")
+        start = best_start(sample, self.n_components, self.covariance_type, self.reg_covar,
+                           self.n_init, self.random_state, tol=self.tol,
+                           max_iter=self.max_iter, engine=self.engine)
         params, ll, n_iter, converged = self._em(X, start, n, self._e_step)
         log.info("EM on all %d points: mean log-likelihood %.6g after %d iterations", n, ll,
                  n_iter)
@@ -510,55 +687,15 @@ class GaussianMixture(ParamsMixin):
             log.warning("EM did not converge in %d iterations", self.max_iter)
         return self
 
-    def _best_start(self, sample: np.ndarray) -> MixtureParams:
-        """Parameters of the best of ``n_init`` plain-mixture EM runs on the subsample.
-
-        The restarts only choose where the model's own EM (with its E-step hook)
-        starts on the full data; they run to convergence in memory, cheaply, so
-        the full data needs few passes.
-        """
-        if not np.all(np.isfinite(sample)):
-            raise ParameterError("X holds NaN or infinite values")
-        plain = partial(data_stats, engine=self.engine)
-        best = None
-        sample32 = sample.astype(np.float32)
-        for init in range(self.n_init):
-            rng = np.random.default_rng([self.random_state, init])
-            labels = kmeans_plusplus(sample, self.n_components, rng)
-            params = params_from_labels(sample, labels, self.n_components,
-                                        self.covariance_type, self.reg_covar)
-            params, ll, n_iter, _ = self._em(sample32, params, sample.shape[0], plain)
-            log.info("init %d: subsample mean log-likelihood %.6g after %d iterations", init,
-                     ll, n_iter)
-            if best is None or ll > best[1]:
-                best = (params, ll)
-        return best[0]
-
     def _e_step(self, X, params: MixtureParams) -> SufficientStats:
         """E-step over the data given to ``fit``: the M-step's sufficient statistics
         and the log-likelihood at ``params``.  The hook subclasses override."""
         return data_stats(X, params, self.engine)
 
     def _em(self, X, params: MixtureParams, n: int, e_step):
-        """EM from ``params`` until the mean log-likelihood settles; ``e_step(X, params)``
-        gives the statistics.  Returns (params, mean log-likelihood, iterations, converged)."""
-        prev = -math.inf
-        converged = False
-        ll = -math.inf
-        it = 0
-        for it in range(1, self.max_iter + 1):  # noqa: B007 (it is reported)
-            stats = e_step(X, params)
-            ll = stats.loglik / n
-            if not math.isfinite(ll):
-                raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
-                                     "or reg_covar is 0 with a constant feature")
-            params = m_step(stats, self.reg_covar)
-            log.debug("EM iteration %d on %d points: mean log-likelihood %.8g", it, n, ll)
-            if abs(ll - prev) <= self.tol * abs(ll):
-                converged = True
-                break
-            prev = ll
-        return params, ll, it, converged
+        """EM from ``params`` with this model's ``e_step(X, params)`` hook: see :func:`run_em`."""
+        return run_em(X, params, n, reg_covar=self.reg_covar, tol=self.tol,
+                      max_iter=self.max_iter, e_step=e_step)
 
     # -- inference
     def _check_fitted(self):
