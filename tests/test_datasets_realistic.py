@@ -28,7 +28,7 @@ from xtec.evaluate import best_cluster_f1, evaluate_result
 from xtec.merge import entropy_elbow, entropy_merge, merge_components, shape_groups
 from xtec.pipeline import ClusterConfig, run_cluster
 
-SMALL = dict(h_range=(-1.5, 1.5), k_range=(-1.5, 1.5), l_range=(-0.5, 0.5))
+SMALL = dict(h_range=(-2.0, 2.0), k_range=(-2.0, 2.0), l_range=(-0.5, 0.5))
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def realistic():
 
 def test_realistic_series_has_halos_noise_gaps_and_truth(realistic):
     s = realistic[0]
-    assert s.kind == "realistic" and s.intensity.shape == (24, 11, 61, 61)
+    assert s.kind == "realistic" and s.intensity.shape == (24, 11, 81, 81)
     c = s.contributions
     assert set(c) == {BACKGROUND, BRAGG, TDS, CDW, CRITICAL}
     bkg = c[BACKGROUND]

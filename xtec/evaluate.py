@@ -129,7 +129,8 @@ class Evaluation:
         else:
             lines.append(f"Tc: planted {self.tc:g} K, no order-parameter fit")
         if self.ari is not None:
-            lines.append(f"adjusted Rand index over kept signal voxels: {self.ari:.3f}")
+            lines.append(f"adjusted Rand index against the planted classes: {self.ari:.3f} "
+                         "(kept signal voxels)")
         else:
             lines.append("adjusted Rand index: not meaningful on this series (halos overlap "
                          "the families)")
