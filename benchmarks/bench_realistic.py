@@ -103,47 +103,53 @@ def merged_variant(series, mask, seed: int, ks=range(2, 15)) -> dict:
     return rows
 
 
-def run(seeds, size: str, auto: bool, workdir: Path) -> dict:
+def run(seeds, size: str, auto: bool, workdir: Path, save) -> dict:
+    """K = 4 on every seed and layout first, then -k auto and merging; ``save``
+    is called with the partial result after every row (a long run keeps what it did)."""
     from xtec.datasets import make_series, write_nxrefine, write_xtec
     from xtec.evaluate import evaluate_result
     from xtec.io.store import open_result
     from xtec.pipeline import ClusterConfig, run_cluster
 
-    rows, base = [], []
+    result = dict(rows=[], baselines=[], complete=False)
+    series, inputs, masks = {}, {}, {}
+
+    def add(row, key="rows"):
+        result[key].append(row)
+        print(_fmt(row), flush=True)
+        save(result)
+
+    def cluster(seed, method, layout, k):
+        out = workdir / f"{method}-{layout}-{k}-{seed}.zarr"
+        t0 = time.perf_counter()
+        res = run_cluster(ClusterConfig(inputs=inputs[seed][layout], out=str(out), k=k,
+                                        method=method, seed=0, overwrite=True))
+        secs = time.perf_counter() - t0
+        ev = evaluate_result(out, series[seed])
+        masks.setdefault(seed, open_result(out).mask.values)
+        add(_row(f"{method} -k {k}", layout, seed, ev, secs, int(res.summary.get("k", k)),
+                 dict(n_kept=int(res.summary["n_kept"]), n_cdw=ev.families["cdw"].n_truth,
+                      n_bragg=ev.families["bragg"].n_truth)))
+
     for seed in seeds:
-        series = make_series(kind="realistic", seed=seed, **SIZES[size])
+        s = series[seed] = make_series(kind="realistic", seed=seed, **SIZES[size])
         d = workdir / f"seed{seed}"
-        inputs = {"xtec": [str(write_xtec(series, d.with_suffix(".nxs")))],
-                  "nxrefine": [str(p) for p in write_nxrefine(series, d / "nxr")[:-1]]}
-        variants = [(m, lay, 4) for m in ("xtec-d", "smooth", "peaks")
-                    for lay in ("xtec", "nxrefine")]
-        if auto:
-            variants += [("xtec-d", "xtec", "auto"), ("smooth", "xtec", "auto")]
-        mask = None
-        for method, layout, k in variants:
-            out = workdir / f"{method}-{layout}-{k}-{seed}.zarr"
-            t0 = time.perf_counter()
-            res = run_cluster(ClusterConfig(inputs=inputs[layout], out=str(out), k=k,
-                                            method=method, seed=0, overwrite=True))
-            secs = time.perf_counter() - t0
-            ev = evaluate_result(out, series)
-            name = f"{method} -k {k}"
-            rows.append(_row(name, layout, seed, ev, secs, int(res.summary.get("k", k)),
-                             dict(n_kept=int(res.summary["n_kept"]),
-                                  n_cdw=ev.families["cdw"].n_truth,
-                                  n_bragg=ev.families["bragg"].n_truth)))
-            print(_fmt(rows[-1]), flush=True)
-            if mask is None:
-                mask = open_result(out).mask.values
-        for b in baselines(series, mask):
+        inputs[seed] = {"xtec": [str(write_xtec(s, d.with_suffix(".nxs")))],
+                        "nxrefine": [str(p) for p in write_nxrefine(s, d / "nxr")[:-1]]}
+        for method in ("xtec-d", "smooth", "peaks"):
+            for layout in ("xtec", "nxrefine"):
+                cluster(seed, method, layout, 4)
+        for b in baselines(s, masks[seed]):
             b.update(seed=seed)
-            base.append(b)
-            print(_fmt(b), flush=True)
-        if auto:
-            for r in merged_variant(series, mask, seed):
-                rows.append(r)
-                print(_fmt(r), flush=True)
-    return dict(rows=rows, baselines=base)
+            add(b, "baselines")
+    if auto:
+        for seed in seeds:
+            for r in merged_variant(series[seed], masks[seed], seed):
+                add(r)
+            for method in ("smooth", "xtec-d"):
+                cluster(seed, method, "xtec", "auto")
+    result["complete"] = True
+    return result
 
 
 def _fmt(r: dict) -> str:
@@ -162,14 +168,18 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "realistic.json"))
     args = ap.parse_args()
     t0 = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(result):
+        result.update(size=args.size, grid=SIZES[args.size], seeds=args.seeds,
+                      total_seconds=round(time.perf_counter() - t0, 1),
+                      machine=dict(python=platform.python_version(), cpu=platform.processor()))
+        out.write_text(json.dumps(result, indent=2, default=float))
+
     with tempfile.TemporaryDirectory(prefix="xtec-realistic-") as tmp:
-        result = run(args.seeds, args.size, not args.no_auto, Path(tmp))
-    result.update(size=args.size, grid=SIZES[args.size], seeds=args.seeds,
-                  total_seconds=round(time.perf_counter() - t0, 1),
-                  machine=dict(python=platform.python_version(), cpu=platform.processor()))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=float))
-    print(f"wrote {args.out}")
+        save(run(args.seeds, args.size, not args.no_auto, Path(tmp), save))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
