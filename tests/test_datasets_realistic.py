@@ -49,7 +49,7 @@ def test_realistic_series_has_halos_noise_gaps_and_truth(realistic):
     assert (c[TDS][at_bragg] > bkg[at_bragg]).mean() > 0.9
     cdw_peak = np.unravel_index(np.argmax(c[CDW]), c[CDW].shape)
     assert np.argmax(c[CRITICAL][cdw_peak[0]]) == np.ravel_multi_index(cdw_peak[1:], bkg.shape[1:])
-    # Families overlap: most TDS voxels also hold a Bragg tail above background.
+    # The dominant-family truth holds gaps, background, Bragg, CDW and TDS.
     assert {GAP, BACKGROUND, BRAGG, CDW, TDS} <= set(np.unique(s.classes).tolist())
     # Structured background: the amorphous ring at |Q| = 2.2 r.l.u. stands above
     # the flat level between it and the beam.
