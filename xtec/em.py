@@ -337,7 +337,8 @@ def run_em(X, params: MixtureParams, n: int, *, reg_covar: float, tol: float, ma
 
 
 
-def warm_kernels() -> bool:
-    """Compile (or load from the disk cache) the EM kernels in this process now."""
-    _numba_kernels()
+def warm_kernels(covariance_type: str = "diag") -> bool:
+    """Compile (or load from the disk cache) the EM kernels of ``covariance_type``
+    in this process now."""
+    _numba_kernels(covariance_type)
     return True

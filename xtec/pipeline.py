@@ -19,6 +19,7 @@ call.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import math
 import shutil
@@ -181,7 +182,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
-    warming = rt.on_every_worker(warm_kernels)  # overlaps the first pass
+    # Loading the kernels overlaps the first pass.
+    warming = rt.on_every_worker(functools.partial(warm_kernels, config.covariance))
     plan = _candidate_plan(config, arr, rt, scratch)
     timings["pilot"] = time.perf_counter() - tick
     summary = summarize(data, capture=plan)
