@@ -503,10 +503,10 @@ def test_lost_scheduler_is_one_line():
 
 
 def test_open_file_cache_is_bounded_and_closes_on_evict(small_series, tmp_path):
-    from xtec.io import nexus
+    from xtec.io import h5source
 
     paths = write_nxrefine(small_series, tmp_path / "nxr", parent=False)
-    cache = nexus._FileCache(maxsize=3)
+    cache = h5source.FileCache(maxsize=3)
     handles = []
     for p in paths:
         with cache.acquire(str(p)) as f:

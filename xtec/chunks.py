@@ -7,7 +7,10 @@ file's own HDF5 chunks, so each HDF5 chunk is read (and decompressed) once.
 
 from __future__ import annotations
 
+import logging
 import math
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_BYTES = 64 * 2**20
 
@@ -83,3 +86,39 @@ def target_bytes_for_workers(memory_per_worker: int | None, threads_per_worker: 
         return DEFAULT_TARGET_BYTES
     per_thread = memory_per_worker // (2 * 8 * max(1, threads_per_worker))
     return int(min(max(per_thread, 4 * 2**20), 128 * 2**20))
+
+
+# More spatial chunks than this makes a graph of hundreds of thousands of
+# tasks, whose scheduling takes longer than the reading (chunks=1,1,1 on a
+# 21x121x121 grid ran for minutes); chunks under MIN_CHUNK_BYTES cost more in
+# per-task overhead (about a millisecond) than in reading.  The automatic
+# chunks stay far from both.
+MAX_CHUNKS = 20_000
+MIN_CHUNK_BYTES = 64 * 2**10
+
+
+def checked_chunks(chunks, shape, n_temperatures: int = 1, itemsize: int = 4
+                   ) -> tuple[int, ...]:
+    """User-given spatial chunks, grown (with a warning) where they are too many or
+    too small: the axis with the most chunks is doubled until at most
+    :data:`MAX_CHUNKS` remain and each holds :data:`MIN_CHUNK_BYTES`."""
+    given = tuple(int(c) for c in chunks)
+    out = [min(c, s) for c, s in zip(given, shape)]
+
+    def count():
+        return math.prod(-(-s // c) for s, c in zip(shape, out))
+
+    def too_small():
+        return math.prod(out) * n_temperatures * itemsize < MIN_CHUNK_BYTES
+
+    n0 = count()
+    while (count() > MAX_CHUNKS or too_small()) and list(out) != list(shape):
+        axis = max(range(len(out)), key=lambda i: (-(-shape[i] // out[i]), i))
+        out[axis] = min(shape[axis], 2 * out[axis])
+    if tuple(out) != given[:len(out)] and count() != n0:
+        log.warning("chunks=%s would make %s chunks (as many Dask tasks per pass) of "
+                    "%s bytes; using chunks=%s (%s chunks) instead",
+                    ",".join(map(str, given)), f"{n0:,}",
+                    f"{math.prod(given) * n_temperatures * itemsize:,}",
+                    ",".join(map(str, out)), f"{count():,}")
+    return tuple(out)

@@ -16,14 +16,10 @@ is read by h5py, chunk by chunk, inside Dask tasks.  Nothing here reads a volume
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import logging
-import math
 import os
-import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,135 +27,15 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from xtec.chunks import DEFAULT_TARGET_BYTES, spatial_chunks
+from xtec.chunks import DEFAULT_TARGET_BYTES, checked_chunks, spatial_chunks
 from xtec.errors import InputError
-from xtec.io.hdf5_chunks import read_hyperslab
+from xtec.io.h5source import H5Source, open_files
 
 log = logging.getLogger(__name__)
 
 DIMS = ("temperature", "Ql", "Qk", "Qh")
 _TEMPERATURE_NAMES = {"te", "t", "temp", "temperature", "temperatures"}
 _Q_NAMES = {"ql": "Ql", "l": "Ql", "qk": "Qk", "k": "Qk", "qh": "Qh", "h": "Qh"}
-
-# The most HDF5 files a process keeps open (as xarray's ``file_cache_maxsize``):
-# an NXRefine series opens one file per temperature, and a process that reads
-# several series would otherwise hold every file it ever opened.
-MAX_OPEN_FILES = 128
-
-
-class _FileCache:
-    """Open read-only h5py files, least recently used closed first.
-
-    Opening a file per chunk costs more than reading a small chunk, so each
-    process keeps its handles; beyond ``maxsize`` the least recently used file
-    that no thread is reading is closed (as ``xarray.backends.CachingFileManager``).
-    File locking is left to ``HDF5_USE_FILE_LOCKING``: passing ``locking=`` here
-    as well would clash with other libraries opening the same file in this process.
-    """
-
-    def __init__(self, maxsize: int = MAX_OPEN_FILES):
-        self.maxsize = maxsize
-        self._files: OrderedDict[str, list] = OrderedDict()  # name -> [file, readers]
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def acquire(self, filename: str) -> Iterator[object]:
-        import h5py
-
-        with self._lock:
-            entry = self._files.get(filename)
-            if entry is None or not entry[0].id.valid:
-                entry = [h5py.File(filename, "r"), 0]
-                self._files[filename] = entry
-            self._files.move_to_end(filename)
-            entry[1] += 1
-            self._evict()
-        try:
-            yield entry[0]
-        finally:
-            with self._lock:
-                entry[1] -= 1
-                self._evict()
-
-    def _evict(self) -> None:
-        idle = [name for name, (_, readers) in self._files.items() if readers == 0]
-        for name in idle[:max(0, len(self._files) - self.maxsize)]:
-            f, _ = self._files.pop(name)
-            f.close()
-
-    def __len__(self) -> int:
-        return len(self._files)
-
-    def close_all(self) -> None:
-        """Close every idle file (files being read close when their reader is done)."""
-        with self._lock:
-            for name in [n for n, (_, readers) in self._files.items() if readers == 0]:
-                self._files.pop(name)[0].close()
-
-
-_files = _FileCache()
-
-
-def set_max_open_files(n: int) -> None:
-    """Bound the HDF5 files each process keeps open (default 128)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"max open files must be a positive integer (got {n!r})")
-    _files.maxsize = n
-    with _files._lock:
-        _files._evict()
-
-
-@dataclass(frozen=True)
-class H5Source:
-    """A picklable, lazily opened HDF5 dataset, indexable like an array.
-
-    ``dask.array.from_array`` calls ``__getitem__`` with one chunk's slices, so
-    each task opens (once per process) and reads only its own part of the file.
-    """
-
-    filename: str
-    path: str
-    shape: tuple[int, ...]
-    dtype: np.dtype
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __getitem__(self, key):
-        with _files.acquire(self.filename) as f:
-            dset = f[self.path]
-            # Deflate/shuffle chunks are decompressed here, outside h5py's lock,
-            # so threads read in parallel; anything else goes through h5py.
-            out = read_hyperslab(dset, key)
-            if out is None:
-                try:
-                    out = dset[key]
-                except OSError as exc:
-                    raise InputError(
-                        f"{self.filename}: dataset {self.path}, region {_region(key)}: "
-                        f"HDF5 cannot read it ({exc}); the file is damaged or a source "
-                        "file is missing: copy or export it again") from None
-        return _infinite_to_nan(out)
-
-
-def _region(key) -> str:
-    if isinstance(key, tuple) and all(isinstance(k, slice) for k in key):
-        return "[" + ", ".join(f"{k.start or 0}:{'' if k.stop is None else k.stop}"
-                               for k in key) + "]"
-    return repr(key)
-
-
-def _infinite_to_nan(block: np.ndarray) -> np.ndarray:
-    """Infinite intensities are no more measurements than NaN: treat them alike
-    (the first pass drops NaN voxels and reports how many)."""
-    if block.dtype.kind == "f":
-        inf = np.isinf(block)
-        if inf.any():
-            block = np.array(block, copy=True)
-            block[inf] = np.nan
-    return block
-
 
 @dataclass
 class _Volume:
@@ -238,7 +114,7 @@ def _read_volume(path: Path, preferred: Sequence[str]) -> _Volume:
                 f"{path}: {signal.nxpath} links to {target_file}, which does not exist"
             )
     try:
-        with _files.acquire(target_file) as f:
+        with open_files.acquire(target_file) as f:
             dset = f[target_path]
             shape, dtype, file_chunks = tuple(dset.shape), dset.dtype, dset.chunks
             if dset.is_virtual:
@@ -313,7 +189,7 @@ def _check_virtual_sources(dset, filename: str, path: Path) -> None:
                              "which does not exist; restore that file, or give the "
                              "per-temperature wrapper files instead")
         try:
-            with _files.acquire(str(source)) as f:
+            with open_files.acquire(str(source)) as f:
                 if src.dset_name not in f:
                     raise KeyError(src.dset_name)
         except (OSError, KeyError) as exc:
@@ -476,42 +352,6 @@ def _open_stack(volumes: list[_Volume], files: list[Path], chunks, target_bytes,
     arr.temperature.attrs["units"] = "K"
     arr.attrs["file_chunks"] = list(fchunks) if fchunks else None
     return arr
-
-
-# More spatial chunks than this makes a graph of hundreds of thousands of
-# tasks, whose scheduling takes longer than the reading (chunks=1,1,1 on a
-# 21x121x121 grid ran for minutes); chunks under MIN_CHUNK_BYTES cost more in
-# per-task overhead (about a millisecond) than in reading.  The automatic
-# chunks stay far from both.
-MAX_CHUNKS = 20_000
-MIN_CHUNK_BYTES = 64 * 2**10
-
-
-def checked_chunks(chunks, shape, n_temperatures: int = 1, itemsize: int = 4
-                   ) -> tuple[int, ...]:
-    """User-given spatial chunks, grown (with a warning) where they are too many or
-    too small: the axis with the most chunks is doubled until at most
-    :data:`MAX_CHUNKS` remain and each holds :data:`MIN_CHUNK_BYTES`."""
-    given = tuple(int(c) for c in chunks)
-    out = [min(c, s) for c, s in zip(given, shape)]
-
-    def count():
-        return math.prod(-(-s // c) for s, c in zip(shape, out))
-
-    def too_small():
-        return math.prod(out) * n_temperatures * itemsize < MIN_CHUNK_BYTES
-
-    n0 = count()
-    while (count() > MAX_CHUNKS or too_small()) and list(out) != list(shape):
-        axis = max(range(len(out)), key=lambda i: (-(-shape[i] // out[i]), i))
-        out[axis] = min(shape[axis], 2 * out[axis])
-    if tuple(out) != given[:len(out)] and count() != n0:
-        log.warning("chunks=%s would make %s chunks (as many Dask tasks per pass) of "
-                    "%s bytes; using chunks=%s (%s chunks) instead",
-                    ",".join(map(str, given)), f"{n0:,}",
-                    f"{math.prod(given) * n_temperatures * itemsize:,}",
-                    ",".join(map(str, out)), f"{count():,}")
-    return tuple(out)
 
 
 def _token(vol: _Volume, chunks) -> str:
