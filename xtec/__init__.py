@@ -47,6 +47,7 @@ def _register_accessor() -> None:
     if "xarray" in sys.modules:
         importlib.import_module("xtec.accessor")
         return
+
     class _AfterXarray(importlib.abc.MetaPathFinder):
         def find_spec(self, fullname, path, target=None):
             if fullname != "xarray":
