@@ -426,6 +426,23 @@ def test_signal_while_the_command_starts(tiny, tmp_path, sig):
     assert not out.exists() and leftovers(out) == []
 
 
+def test_only_dask_leftover_task_errors_are_dropped_after_an_interrupt():
+    """What the filter of an interrupted shutdown drops: asyncio's "never retrieved"
+    records of Dask's own exceptions, nothing else."""
+    from distributed.client import AllExit
+
+    from xtec.workers import _LEFTOVER_FILTER
+
+    def record(msg, exc):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None,
+                                 (type(exc), exc, None) if exc else None)
+
+    assert not _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", AllExit()))
+    assert _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", ValueError()))
+    assert _LEFTOVER_FILTER.filter(record("Exception in callback", AllExit()))
+    assert _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", None))
+
+
 def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(capsys):
     """numba turns a KeyboardInterrupt during its cache load into SystemError (T3)."""
     from xtec.cli import _exit_status

@@ -147,7 +147,8 @@ class _DaskLeftoverTasks(logging.Filter):
     """Drops asyncio's "Task exception was never retrieved" for Dask's own errors.
 
     A gather interrupted by a signal leaves Dask tasks (``AllExit``,
-    ``CommClosedError``) that nobody awaits once the client closes; asyncio
+    ``CommClosedError``, tornado's ``StreamClosedError``) that nobody awaits
+    once the client closes; asyncio
     logs each with a traceback when it is collected, which may be as late as
     interpreter exit.  Only those records are dropped, so the filter may stay.
     """
@@ -155,7 +156,7 @@ class _DaskLeftoverTasks(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         return not (exc is not None and "never retrieved" in record.getMessage()
-                    and type(exc).__module__.split(".")[0] == "distributed")
+                    and type(exc).__module__.split(".")[0] in ("distributed", "tornado"))
 
 
 _LEFTOVER_FILTER = _DaskLeftoverTasks()
