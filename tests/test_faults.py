@@ -382,6 +382,67 @@ def test_sigint_while_the_em_kernels_load(tiny, tmp_path):
     assert not out.exists() and leftovers(out) == []
 
 
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler for ``sig`` (Linux: SigCgt in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(ln.split()[1] for ln in status.splitlines() if ln.startswith("SigCgt:"))
+    return bool(int(mask, 16) >> (sig - 1) & 1)
+
+
+def test_entry_module_is_light():
+    """The ``xtec`` console script imports ``xtec.cli`` and calls ``main()``, which
+    installs the signal handlers first: neither import may pull in xarray or NumPy
+    (about a second), or a signal in that second ends in a traceback."""
+    code = ("import sys, xtec.cli; heavy = {'numpy', 'xarray', 'dask'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_while_the_command_starts(tiny, tmp_path, sig):
+    """SIGINT/SIGTERM about 0.2 s after `xtec cluster` starts (while it imports
+    xarray and Dask): one line and 130/143, no traceback, nothing written."""
+    out = tmp_path / "r.zarr"
+    script = Path(sys.executable).with_name("xtec")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "xtec.cli"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    start = time.monotonic()
+    proc = subprocess.Popen([*argv, "cluster", str(tiny), "-o", str(out), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # Python's own start-up (before any xtec code) cannot be helped: wait for the
+    # handlers on a slow machine, else signal at 0.2 s.
+    wait_for(lambda: _catches(proc.pid, signal.SIGTERM), proc, timeout=30)
+    time.sleep(max(0.0, 0.2 - (time.monotonic() - start)))
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    verb = "interrupted" if sig == signal.SIGINT else "stopped"
+    assert_one_line_error(proc.returncode, err, f"{verb} by {signal.Signals(sig).name}",
+                          status=128 + sig)
+    assert not out.exists() and leftovers(out) == []
+
+
+def test_only_dask_leftover_task_errors_are_dropped_after_an_interrupt():
+    """What the filter of an interrupted shutdown drops: asyncio's "never retrieved"
+    records of Dask's own exceptions, nothing else."""
+    from distributed.client import AllExit
+
+    from xtec.workers import _LEFTOVER_FILTER
+
+    def record(msg, exc):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None,
+                                 (type(exc), exc, None) if exc else None)
+
+    assert not _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", AllExit()))
+    assert _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", ValueError()))
+    assert _LEFTOVER_FILTER.filter(record("Exception in callback", AllExit()))
+    assert _LEFTOVER_FILTER.filter(record("Task exception was never retrieved", None))
+
+
 def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(capsys):
     """numba turns a KeyboardInterrupt during its cache load into SystemError (T3)."""
     from xtec.cli import _exit_status

@@ -51,19 +51,7 @@ def run_env(slurm, tag: str) -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env[MARK] = tag
-    if not _dask_logs_quieted():
-        # Until the CLI quiets Dask's INFO log itself (xtec.workers.quiet_dask_logs, the
-        # reliability branch), keep it off stderr here so "one line" is testable.
-        env["DASK_LOGGING__DISTRIBUTED"] = "warning"
     return env
-
-
-def _dask_logs_quieted() -> bool:
-    try:
-        from xtec.workers import quiet_dask_logs  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def run_dir(base: Path, name: str) -> Path:
@@ -311,11 +299,6 @@ def test_worker_job_at_its_walltime_ends_the_run(slurm, walltime_runs):
     assert_nothing_left(slurm, runs.worker_tag, [job])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "needs the CLI's SIGTERM handling (xtec.signals, the reliability issue): without it "
-    "Python dies from the signal without a word (exit 0:15); with it merged, the run stops "
-    "with 143 and its line, but Dask's interrupted gather still logs 'ERROR asyncio: Task "
-    "exception was never retrieved ... AllExit' with a traceback"))
 def test_whole_run_at_its_walltime_stops_cleanly_on_sigterm(slurm, walltime_runs):
     """At the walltime SLURM sends SIGTERM (SIGKILL KillWait = 30 s later): xtec stops
     within that, exit status 143 and one line, no store, nothing left running."""

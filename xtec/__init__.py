@@ -7,7 +7,10 @@ The public API, imported on first use so that ``import xtec`` stays light::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.abc
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -30,8 +33,43 @@ _API = {
 __all__ = sorted(_API)
 
 
-# Registers the ``ds.xtec`` accessor (numpy and xarray only: cheap).
-from xtec import accessor as _accessor  # noqa: E402, F401
+def _register_accessor() -> None:
+    """Register ``ds.xtec`` / ``da.xtec`` now if xarray is loaded, else once it is.
+
+    Importing xarray takes about a second; the ``xtec`` command installs its
+    SIGTERM/SIGINT handlers after ``import xtec`` and must not wait for it (a
+    batch scheduler's signal in that second would end in a traceback).  A
+    notebook's ``import xtec`` still gives every later Dataset its accessor: a
+    one-shot import hook registers it right after xarray itself is imported.
+    """
+    import sys
+
+    if "xarray" in sys.modules:
+        importlib.import_module("xtec.accessor")
+        return
+
+    class _AfterXarray(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != "xarray":
+                return None
+            with contextlib.suppress(ValueError):
+                sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def exec_then_register(module):
+                exec_module(module)
+                importlib.import_module("xtec.accessor")
+
+            spec.loader.exec_module = exec_then_register
+            return spec
+
+    sys.meta_path.insert(0, _AfterXarray())
+
+
+_register_accessor()
 
 
 def __getattr__(name: str):

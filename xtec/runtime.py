@@ -246,6 +246,11 @@ def dask_runtime(
             yield Runtime("threads")
         return
     from distributed import Client, LocalCluster
+    from distributed.deploy.spec import SpecCluster
+
+    from xtec.workers import close_cluster
+
+    existing = set(SpecCluster._instances)  # a caller's own clusters: never ours to close
 
     if scheduler or scheduler_file:
         where = scheduler or scheduler_file
@@ -265,26 +270,34 @@ def dask_runtime(
         jq = make_jobqueue_cluster(cluster, options)
         log.info("%s job script:\n%s", cluster, jq.job_script())
         jq.scale(jobs=options.jobs)
-        client = Client(jq)
+        client = None
         try:
             from xtec.batch import watch_batch_jobs
 
+            client = Client(jq)
             with watch_batch_jobs(jq, client, cluster):  # a job that ends stops the run
                 yield Runtime(cluster, client, client.dashboard_link)
-        finally:
-            client.close()
-            jq.close()
+        except BaseException as exc:  # SIGTERM/SIGINT are KeyboardInterrupts here
+            close_cluster(client, jq, interrupted=isinstance(exc, KeyboardInterrupt),
+                          spare=existing)
+            raise
+        else:
+            close_cluster(client, jq)
         return
     from xtec.workers import check_memory_limit
 
     memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-        memory_limit=memory_limit, dashboard_address=dashboard_address,
-    )
-    client = Client(cluster)
+    local = client = None
     try:
+        local = LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
+            memory_limit=memory_limit, dashboard_address=dashboard_address,
+        )
+        client = Client(local)
         yield Runtime("local", client, client.dashboard_link)
-    finally:
-        client.close()
-        cluster.close()
+    except BaseException as exc:  # SIGTERM/SIGINT are KeyboardInterrupts here
+        close_cluster(client, local, interrupted=isinstance(exc, KeyboardInterrupt),
+                      spare=existing)
+        raise
+    else:
+        close_cluster(client, local)

@@ -122,11 +122,10 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         # Closing a cluster in the middle of work makes Dask warn about every
         # worker it has to kill: expected now, and not the user's to act on.
         dask_log = logging.getLogger("distributed")
+        # (Tasks the interrupt leaves behind are silenced where the cluster
+        # is closed: xtec.workers.close_cluster.)
         if dask_log.getEffectiveLevel() >= logging.WARNING:
             dask_log.setLevel(logging.CRITICAL)
-            # Workers interrupted while starting leave "Task exception was
-            # never retrieved" behind in asyncio.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
         raise Interrupted(signum)
 

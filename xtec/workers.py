@@ -143,12 +143,56 @@ def quiet_dask_logs(verbose: int = 0) -> None:
         logging.getLogger("bokeh").setLevel(logging.ERROR)
 
 
-def close_leftover_clusters() -> None:
+class _DaskLeftoverTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Dask's own errors.
+
+    A gather interrupted by a signal leaves Dask tasks (``AllExit``,
+    ``CommClosedError``, tornado's ``StreamClosedError``) that nobody awaits
+    once the client closes; asyncio
+    logs each with a traceback when it is collected, which may be as late as
+    interpreter exit.  Only those records are dropped, so the filter may stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "never retrieved" in record.getMessage()
+                    and type(exc).__module__.split(".")[0] in ("distributed", "tornado"))
+
+
+_LEFTOVER_FILTER = _DaskLeftoverTasks()
+
+
+def close_cluster(client, cluster, interrupted: bool = False, spare=()) -> None:
+    """Close ``client`` and then ``cluster`` (either may be None).
+
+    After an interrupt (SIGTERM/SIGINT mid-run) the closing is quiet: Dask's
+    warnings about the workers it has to kill and asyncio's errors of the
+    tasks the interrupted call left behind are expected, not the user's to
+    act on.  A cluster the interrupt caught half-started (not assigned yet)
+    is closed too, unless it is in ``spare`` (clusters that existed before).
+    """
+    if interrupted:
+        logging.getLogger("asyncio").addFilter(_LEFTOVER_FILTER)
+        dask_log = logging.getLogger("distributed")
+        if dask_log.getEffectiveLevel() >= logging.WARNING:
+            dask_log.setLevel(logging.CRITICAL)
+    try:
+        if client is not None:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+        if interrupted:
+            close_leftover_clusters(spare, kill=False)
+
+
+def close_leftover_clusters(spare=(), kill: bool = True) -> None:
     """Close local Dask clusters that an interrupt caught half-started.
 
     A signal inside ``LocalCluster(...)`` leaves a cluster no ``with`` block
     owns; Dask's exit hook then fails on it with a traceback.  Close what can
-    be closed, kill this process's remaining children, and forget the rest.
+    be closed (except those in ``spare``), kill this process's remaining
+    children if ``kill``, and forget the rest.
     """
     import sys
 
@@ -157,9 +201,12 @@ def close_leftover_clusters() -> None:
     from distributed.deploy.spec import SpecCluster
 
     for cluster in list(SpecCluster._instances):
+        if cluster in spare:
+            continue
         with contextlib.suppress(Exception):
             cluster.close(timeout=5)
         SpecCluster._instances.discard(cluster)
-    from xtec.signals import kill_children
+    if kill:
+        from xtec.signals import kill_children
 
-    kill_children()
+        kill_children()
