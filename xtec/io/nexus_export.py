@@ -28,7 +28,8 @@ import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
-from xtec.report import Q_DIMS  # the spatial dimensions of every volume, slowest first
+from xtec.io.output import check_target
+from xtec.io.result import Q_DIMS  # the spatial dimensions of every volume, slowest first
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,7 @@ def check_nexus_output(path: str | os.PathLike, overwrite: bool = False) -> Path
         )
     if path.is_dir():
         raise ParameterError(f"the NeXus output {path} is a directory")
-    if path.exists() and not overwrite:
-        raise ParameterError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise ParameterError(f"the output directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise ParameterError(f"the output directory {path.parent} is not writable")
-    return path
+    return check_target(path, overwrite)
 
 
 def _check_exportable(ds: xr.Dataset, name: str) -> None:

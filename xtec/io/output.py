@@ -67,6 +67,18 @@ _held: dict[Path, OutputClaim] = {}
 _held_lock = threading.Lock()
 
 
+def check_target(path: Path, overwrite: bool) -> Path:
+    """Fail before any work if ``path`` exists and may not be replaced, or its
+    directory is missing or not writable (the checks every output shares)."""
+    if path.exists() and not overwrite:
+        raise ParameterError(f"{path} exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise ParameterError(f"the output directory {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise ParameterError(f"the output directory {path.parent} is not writable")
+    return path
+
+
 def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
+from xtec.io.output import check_target
 
 # The result format (names, colours, attribute encoding) lives in xtec.io.result;
 # its colour helpers are re-exported here for existing callers.
@@ -36,13 +37,7 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     path = Path(path)
     if path.suffix != ".zarr":
         raise ParameterError(f"the output must be a .zarr directory (got {path})")
-    if path.exists() and not overwrite:
-        raise ParameterError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise ParameterError(f"the output directory {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK):
-        raise ParameterError(f"the output directory {path.parent} is not writable")
-    return path
+    return check_target(path, overwrite)
 
 
 def _uniform_chunks(ds: xr.Dataset) -> xr.Dataset:
