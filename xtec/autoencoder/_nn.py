@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xtec.errors import InputError, XtecError
+from xtec.errors import InputError
+from xtec.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +27,9 @@ FORMAT_VERSION = "1"
 
 def require_torch():
     """Import and return torch, or raise an :class:`XtecError` saying how to get it."""
-    try:
-        import torch
-    except ModuleNotFoundError:
-        raise XtecError(
-            "this command needs PyTorch: pip install 'xtec[ml]' "
-            "(on machines without a GPU install the CPU wheel first: "
-            "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
-        ) from None
-    return torch
+    return require("torch", "ml", "this command",
+                   " (on machines without a GPU install the CPU wheel first: "
+                   "pip install torch==2.13.0)")
 
 
 @contextlib.contextmanager
@@ -78,10 +73,7 @@ def save_model_file(
 ) -> Path:
     """Write weights, arrays, configuration and extras to one safetensors file."""
     torch = require_torch()
-    try:
-        from safetensors.torch import save_file
-    except ModuleNotFoundError:
-        raise XtecError("saving models needs safetensors: pip install 'xtec[ml]'") from None
+    save_file = require("safetensors.torch", "ml", "saving models").save_file
     tensors = {f"weights/{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     for k, v in arrays.items():
         tensors[f"arrays/{k}"] = torch.tensor(np.array(v, copy=True))
@@ -116,10 +108,8 @@ def load_model_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict, dic
         Missing file, not a safetensors file, or a model of another kind.
     """
     require_torch()
-    try:
-        from safetensors import SafetensorError, safe_open
-    except ModuleNotFoundError:
-        raise XtecError("loading models needs safetensors: pip install 'xtec[ml]'") from None
+    safetensors = require("safetensors", "ml", "loading models")
+    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
