@@ -181,7 +181,7 @@ class XtecDatasetAccessor:
     ):
         """Mean trajectories with +-1 sigma bands; ``voxels=n`` adds n single voxels (read
         from the source files) of each cluster as thin lines."""
-        from xtec import report
+        from xtec import figures
 
         self._require("cluster_mean", "cluster_std", "palette")
         if ax is None:
@@ -191,7 +191,7 @@ class XtecDatasetAccessor:
         cs = (
             None if clusters is None else ([clusters] if np.ndim(clusters) == 0 else list(clusters))
         )
-        report.plot_trajectories(self._ds, cs, ax=ax, band=band)
+        figures.plot_trajectories(self._ds, cs, ax=ax, band=band)
         if voxels:
             arr = self.source()
             rng = np.random.default_rng(seed)
@@ -205,44 +205,44 @@ class XtecDatasetAccessor:
 
     def plot_slice(self, dim: str | None = None, value: float | None = None, ax=None, **plane):
         """One HKL plane coloured by cluster, e.g. ``plot_slice(Ql=0.0)``."""
-        from xtec import report
+        from xtec import figures
 
         self._require("labels", "palette")
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(5.6, 5.0), layout="constrained")
-        return report.plot_slice(self._ds, dim, value, ax=ax, **plane)
+        return figures.plot_slice(self._ds, dim, value, ax=ax, **plane)
 
     def plot_counts(self, ax=None):
-        from xtec import report
+        from xtec import figures
 
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
-        return report.plot_counts(self._ds, ax=ax)
+        return figures.plot_counts(self._ds, ax=ax)
 
     def plot_threshold(self, ax=None):
-        from xtec import report
+        from xtec import figures
 
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-        return report.plot_threshold(self._ds, ax=ax)
+        return figures.plot_threshold(self._ds, ax=ax)
 
     def plot_bic(self, ax=None):
         """The BIC curve if the store carries one, else None."""
-        from xtec import report
+        from xtec import figures
 
-        if report.bic_curve(self._ds) is None:
+        if figures.bic_curve(self._ds) is None:
             return None
         if ax is None:
             import matplotlib.pyplot as plt
 
             _, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
-        return report.plot_bic(self._ds, ax=ax)
+        return figures.plot_bic(self._ds, ax=ax)
 
     def report(self, out_dir=None, planes=None):
         """Write the HTML report of the store this dataset was opened from."""
