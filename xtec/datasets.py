@@ -612,3 +612,12 @@ def _write_truth(entry, series: SyntheticSeries) -> None:
     g["signal"] = series.signal
     g.attrs["tc"] = series.tc
     g.attrs["class_names"] = ",".join(CLASS_NAMES[c] for c in sorted(CLASS_NAMES))
+
+
+def read_truth(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:
+    """Ground truth written beside a synthetic series: ``(classes, signal, tc)``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        g = f["entry/truth"]
+        return g["classes"][()], g["signal"][()], float(g.attrs["tc"])
