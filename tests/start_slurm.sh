@@ -46,7 +46,8 @@ free_port() {
 write_config() {
     local dir=$1 host cpus mem_mb
     host=$(hostname -s)
-    cpus=$(nproc)
+    # Not plain nproc: it honours OMP_NUM_THREADS, which a test process may have set to 1.
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     # Leave a GiB to the system; jobs ask for their memory and SLURM accounts it.
     mem_mb=$(awk '/MemTotal/ {m=int($2/1024)-1024; if (m<1024) m=1024; print m}' /proc/meminfo)
     mkdir -p "$dir/state" "$dir/spool" "$dir/log"
