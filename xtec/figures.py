@@ -19,13 +19,10 @@ import numpy as np
 import xarray as xr
 
 from xtec.errors import ParameterError
-from xtec.io.result import (  # noqa: F401  (load_result, check_result: re-exported)
+from xtec.io.result import (
     KEPT_GREY,
     Q_DIMS,
-    check_result,
-    decode_attrs,
     decode_value,
-    load_result,
 )
 
 log = logging.getLogger(__name__)
