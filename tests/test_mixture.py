@@ -146,3 +146,62 @@ def test_one_bic_helper():
     g = GaussianMixture(3, random_state=0).fit(X)
     n = X.shape[0]
     assert g.bic(X) == bic_score(g.score(X), n, g.n_parameters())
+
+
+def _overlapping(n=20_000, t=16, seed=0):
+    """Four overlapping prototypes with per-row noise scales: EM creeps here."""
+    rng = np.random.default_rng(seed)
+    tt = np.linspace(0.0, 1.0, t)
+    protos = np.stack([0 * tt, 0.5 * np.sqrt(np.clip(1 - tt / 0.6, 0, None)), -0.5 * tt,
+                       0.4 * np.exp(-(((tt - 0.5) / 0.15) ** 2))])
+    y = rng.choice(4, size=n, p=[0.4, 0.3, 0.2, 0.1])
+    scale = np.exp(rng.normal(0.0, 0.3, n))[:, None]
+    return (protos[y] + 0.3 * scale * rng.standard_normal((n, t))).astype(np.float32)
+
+
+@pytest.mark.parametrize("cov", ["diag", "full"])
+def test_squarem_reaches_plain_em_optimum_in_fewer_passes(cov):
+    from xtec.em import run_em
+    from xtec.em_start import kmeans_plusplus, params_from_labels
+
+    X = _overlapping()
+    X64 = X.astype(np.float64)
+    start = params_from_labels(X64, kmeans_plusplus(X64, 4, np.random.default_rng(0)), 4,
+                               cov, 1e-6)
+    seen = []
+
+    def e_step(Xc, p):  # records the log-likelihood at every point SQUAREM evaluates
+        s = data_stats(Xc, p)
+        seen.append(s.loglik / s.n)
+        return s
+
+    em = dict(reg_covar=1e-6, tol=1e-6, max_iter=500)
+    _, ll_plain, it_plain, conv_plain = run_em(X, start, len(X), **em)
+    p_acc, ll_acc, it_acc, conv_acc = run_em(X, start, len(X), e_step=e_step, accelerate=True,
+                                             **em)
+    assert conv_plain and conv_acc
+    assert it_acc == len(seen) < it_plain  # n_iter counts passes over X
+    assert ll_acc >= ll_plain - 1e-6
+    # the safeguard: no point it evaluated beats the one it returns
+    assert max(seen) <= ll_acc + 1e-12
+    # same fixed point: one plain EM step from the result barely moves it
+    again = m_step(data_stats(X, p_acc), 1e-6)
+    assert np.abs(again.means - p_acc.means).max() < 1e-3
+
+
+def test_squarem_respects_max_iter_and_a_bad_jump():
+    from xtec.em import _from_vector, run_em
+    from xtec.mixture import MixtureParams
+
+    X = _overlapping(4000)
+    start = GaussianMixture(4, max_iter=1, random_state=0).fit(X).params_
+    for max_iter in (1, 2, 4, 7):
+        _, _, it, conv = run_em(X, start, len(X), reg_covar=1e-6, tol=0.0,
+                                max_iter=max_iter, accelerate=True)
+        assert it == max_iter and not conv
+    # an extrapolated full covariance that is not positive definite is refused
+    k, t = 2, 3
+    like = MixtureParams(np.full(k, 0.5), np.zeros((k, t)), np.stack([np.eye(t)] * k))
+    v = np.concatenate([np.log(like.weights), like.means.ravel(), -like.covariances.ravel()])
+    assert _from_vector(v, like) is None
+    assert _from_vector(np.full(v.shape, np.nan), like) is None

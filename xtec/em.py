@@ -307,26 +307,27 @@ def data_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStat
 
 
 def run_em(X, params: MixtureParams, n: int, *, reg_covar: float, tol: float, max_iter: int,
-           engine: str = "auto", e_step=None):
+           engine: str = "auto", e_step=None, accelerate: bool = False):
     """EM from ``params`` until the mean log-likelihood changes by at most
     ``tol * |mean log-likelihood|``: (params, mean loglik, n_iter, converged).
 
     ``e_step(X, params)`` gives the M-step's sufficient statistics (default: the
     plain mixture's, :func:`data_stats` with ``engine``); estimators with a
-    different E-step (label smoothing) pass their own.
+    different E-step (label smoothing) pass their own.  ``accelerate`` runs
+    SQUAREM (:func:`run_squarem`) instead of plain EM steps; ``n_iter`` then
+    counts E-steps (passes over X), as it does for plain EM.
     """
     if e_step is None:
         e_step = functools.partial(data_stats, engine=engine)
+    if accelerate:
+        return run_squarem(X, params, n, e_step, reg_covar=reg_covar, tol=tol,
+                           max_iter=max_iter)
     prev = -math.inf
     converged = False
     ll = -math.inf
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007 (it is reported)
-        stats = e_step(X, params)
-        ll = stats.loglik / n
-        if not math.isfinite(ll):
-            raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
-                                 "or reg_covar is 0 with a constant feature")
+        stats, ll = _checked_e_step(e_step, X, params, n)
         params = m_step(stats, reg_covar)
         log.debug("EM iteration %d on %d points: mean log-likelihood %.8g", it, n, ll)
         if abs(ll - prev) <= tol * abs(ll):
@@ -335,6 +336,92 @@ def run_em(X, params: MixtureParams, n: int, *, reg_covar: float, tol: float, ma
         prev = ll
     return params, ll, it, converged
 
+
+def _checked_e_step(e_step, X, params: MixtureParams, n: int) -> tuple[SufficientStats, float]:
+    stats = e_step(X, params)
+    ll = stats.loglik / n
+    if not math.isfinite(ll):
+        raise ParameterError("the log-likelihood is not finite: X holds NaN or inf, "
+                             "or reg_covar is 0 with a constant feature")
+    return stats, ll
+
+
+# --------------------------------------------------------------------- acceleration
+def _as_vector(params: MixtureParams) -> np.ndarray:
+    """The parameters as one unconstrained vector: log weights, means, and log
+    variances (diag) or covariances (full)."""
+    cov = params.covariances
+    cov = np.log(cov) if cov.ndim == 2 else cov
+    return np.concatenate([np.log(params.weights), params.means.ravel(), cov.ravel()])
+
+
+def _from_vector(v: np.ndarray, like: MixtureParams) -> MixtureParams | None:
+    """Inverse of :func:`_as_vector`; None where the point is not a valid mixture."""
+    k, t = like.means.shape
+    if not np.all(np.isfinite(v)):
+        return None
+    w = np.exp(v[:k] - v[:k].max())
+    means = v[k:k + k * t].reshape(k, t)
+    cov = v[k + k * t:].reshape(like.covariances.shape)
+    if cov.ndim == 2:
+        cov = np.exp(cov)
+    else:
+        cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+        if np.any(np.linalg.eigvalsh(cov)[:, 0] <= 0.0):
+            return None
+    return MixtureParams(w / w.sum(), means, cov)
+
+
+def run_squarem(X, params: MixtureParams, n: int, e_step, *, reg_covar: float, tol: float,
+                max_iter: int):
+    """EM accelerated by SQUAREM (Varadhan & Roland 2008, scheme S3), same fixed point.
+
+    Each cycle takes two EM steps from theta0 (theta1, theta2), extrapolates
+    along them, theta' = theta0 - 2 a r + a^2 v with r = theta1 - theta0,
+    v = theta2 - 2 theta1 + theta0 and a = -|r|/|v| (at most -1), and takes one
+    EM step from theta'.  Where theta' is not a valid mixture or its
+    log-likelihood is below theta1's, the cycle falls back to theta2, so the
+    log-likelihood never falls.  EM on overlapping clusters creeps (the
+    issue's data: 31-144 plain steps on a 50,000-row sample); SQUAREM reaches
+    a higher log-likelihood in 1.1-2.1x fewer passes there (docs/gmm_performance.md).
+    Converged by plain EM's rule on a cycle's EM step (theta0 to theta1), or
+    when a cycle's start is within ``tol * |ll|`` of the previous cycle's
+    theta1.  Returns (params, ll, passes, converged).
+    """
+    passes = 0
+    prev = -math.inf
+    while True:
+        stats0, ll0 = _checked_e_step(e_step, X, params, n)
+        passes += 1
+        log.debug("SQUAREM pass %d on %d points: mean log-likelihood %.8g", passes, n, ll0)
+        theta1 = m_step(stats0, reg_covar)
+        if abs(ll0 - prev) <= tol * abs(ll0):
+            return theta1, ll0, passes, True
+        if passes + 3 > max_iter:  # no room for a whole cycle: plain steps for the rest
+            if passes == max_iter:
+                return theta1, ll0, passes, False
+            params, ll, it, converged = run_em(X, theta1, n, reg_covar=reg_covar, tol=tol,
+                                               max_iter=max_iter - passes, e_step=e_step)
+            return params, ll, passes + it, converged
+        stats1, ll1 = _checked_e_step(e_step, X, theta1, n)
+        theta2 = m_step(stats1, reg_covar)
+        passes += 1
+        if abs(ll1 - ll0) <= tol * abs(ll1):  # plain EM's own rule, on the cycle's EM step
+            return theta2, ll1, passes, True
+        prev = ll1
+        v0, v1, v2 = _as_vector(params), _as_vector(theta1), _as_vector(theta2)
+        r, v = v1 - v0, v2 - 2.0 * v1 + v0
+        norm_v = math.sqrt(float(v @ v))
+        alpha = min(-math.sqrt(float(r @ r)) / norm_v, -1.0) if norm_v > 0 else -1.0
+        params = theta2
+        if alpha < -1.0:
+            jump = _from_vector(v0 - 2.0 * alpha * r + alpha * alpha * v, params)
+            if jump is not None:
+                stats_j = e_step(X, jump)
+                passes += 1
+                ll_j = stats_j.loglik / n
+                if math.isfinite(ll_j) and ll_j >= ll1:
+                    params = m_step(stats_j, reg_covar)
 
 
 def warm_kernels(covariance_type: str = "diag") -> bool:

@@ -148,7 +148,7 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     """
     small = sample if restart_size is None else restart_rows(sample, restart_size)
     small32 = small.astype(np.float32)  # as the kernels read the data (float32 blocks)
-    em = dict(reg_covar=reg_covar, max_iter=max_iter, engine=engine)
+    em = dict(reg_covar=reg_covar, max_iter=max_iter, engine=engine, accelerate=True)
 
     def restart(init: int):
         set_numba_threads(1, 0)  # the restarts are the parallel level (thread-local)

@@ -220,6 +220,9 @@ class GaussianMixture(ParamsMixin):
             log.warning("EM did not converge in %d iterations", self.max_iter)
         return self
 
+    # SQUAREM (xtec.em.run_squarem) on the EM map: same fixed point, fewer passes.
+    _accelerated = True
+
     def _e_step(self, X, params: MixtureParams) -> SufficientStats:
         """E-step over the data given to ``fit``: the M-step's sufficient statistics
         and the log-likelihood at ``params``.  The hook subclasses override."""
@@ -228,7 +231,7 @@ class GaussianMixture(ParamsMixin):
     def _em(self, X, params: MixtureParams, n: int, e_step):
         """EM from ``params`` with this model's ``e_step(X, params)`` hook: see :func:`run_em`."""
         return run_em(X, params, n, reg_covar=self.reg_covar, tol=self.tol,
-                      max_iter=self.max_iter, e_step=e_step)
+                      max_iter=self.max_iter, e_step=e_step, accelerate=self._accelerated)
 
     # -- inference
     def _check_fitted(self):

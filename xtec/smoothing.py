@@ -372,6 +372,10 @@ class SmoothedGaussianMixture(GaussianMixture):
         if not isinstance(self.n_smooth, (int, np.integer)) or self.n_smooth < 0:
             raise ParameterError(f"n_smooth must be an integer >= 0 (got {self.n_smooth!r})")
 
+    # Smoothed EM does not climb the log-likelihood it reports (the unsmoothed
+    # one), so SQUAREM's safeguard has nothing sound to check: plain steps.
+    _accelerated = False
+
     def _smooth(self, r: np.ndarray) -> np.ndarray:
         for _ in range(self.n_smooth):
             r = self._w @ r
