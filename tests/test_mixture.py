@@ -205,3 +205,22 @@ def test_squarem_respects_max_iter_and_a_bad_jump():
     v = np.concatenate([np.log(like.weights), like.means.ravel(), -like.covariances.ravel()])
     assert _from_vector(v, like) is None
     assert _from_vector(np.full(v.shape, np.nan), like) is None
+
+
+def test_hash_uniform_is_splitmix64():
+    """The subsample's hash keeps its published values (splitmix64 in NumPy)."""
+    from xtec.em_start import hash_uniform
+
+    def splitmix(index, seed):
+        with np.errstate(over="ignore"):
+            z = index.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(
+                0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+        return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+    rng = np.random.default_rng(1)
+    for ids, seed in ((np.arange(10_000), 0), (rng.integers(0, 2**62, 500), 12345),
+                      (np.arange(20).reshape(4, 5), 2**40 + 3)):
+        assert np.array_equal(hash_uniform(ids, seed), splitmix(ids, seed))
