@@ -23,6 +23,9 @@ rankaae
     before issue 15 (a frozen copy below, 200 epochs, batch 256) on the same
     split, after a warm-up; time, epochs, spectra per second, held-out
     Spearman and latent correlations.
+rankaae_terms (not in the default parts)
+    CPU milliseconds per RankAAE training step (batch 512) for each loss term
+    added alone to the reconstruction, and the rank loss as it was beside it.
 xas
     Real XAS files from Debian's ``ifeffit-doc`` and the ``araucaria`` sdist
     (downloaded to ~/.cache/xtec-bench like a fresh machine would) read by
@@ -343,6 +346,114 @@ def bench_rankaae(seed: int, threads: int, before_epochs: int, generators: list[
     return out
 
 
+def bench_rankaae_terms(threads: int, batch: int = 512, repeats: int = 5, steps: int = 10) -> dict:
+    """CPU milliseconds per training step, each loss term added alone to the reconstruction.
+
+    The library's own pieces (network, fused AdamW, rank loss by sorting,
+    decorrelation, smoothing operator) on the module's spectra, the cycle and
+    smoothness terms on ``cycle_batch`` / ``smooth_batch`` samples as in
+    :meth:`RankAAE.fit`; the rank loss as it was (autograd through the
+    (B, B, K) pairs, sub-batches of 256) beside it.  Medians over ``repeats``
+    rounds, the cases interleaved so that a load change hits them alike.
+    """
+    import torch
+
+    from xtec.autoencoder.rankaae import (
+        RankAAEConfig,
+        _build,
+        _grad_reverse,
+        _optimizer,
+        _rank_correlation_target,
+        decorrelation_loss,
+        rank_loss,
+        smoothing_operator,
+    )
+
+    def rank_loss_pairs(z, d):  # the (B, B, K) autograd form, as at the start of issue 15
+        sd = torch.nan_to_num(torch.sign(d[:, None, :] - d[None, :, :]), nan=0.0)
+        s = (z[:, None, :] - z[None, :, :]) * sd
+        total = 2.0 * (z * sd.sum(dim=1)).sum(dim=0)
+        discordant = -torch.relu(-s).sum(dim=(0, 1))
+        with torch.no_grad():
+            w = ((s < 0).sum((0, 1)) / (s > 0).sum((0, 1)).clamp(min=1)).clamp(max=1.0)
+        b, k = z.shape
+        return -(w * total + (1.0 - w) * discordant).sum() / (b * (b - 1) * k)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    spectra = synthetic_spectra(2000, seed=0)
+    cfg = RankAAEConfig(descriptors=SPECTRUM_DESCRIPTORS)
+    x = torch.as_tensor(spectra.values, dtype=torch.float32)
+    d = torch.as_tensor(
+        np.stack([spectra[n].values for n in SPECTRUM_DESCRIPTORS], 1), dtype=torch.float32
+    )
+    mean, std = x.mean(0), float(x.std())
+    xs = (x - mean) / std
+    torch.manual_seed(0)
+    net = _build(x.shape[1], cfg)
+    opt = _optimizer(net, cfg)
+    grl = _grad_reverse()
+    smooth_op = smoothing_operator(x.shape[1], cfg.smooth_sigma).T.contiguous()
+    mse = torch.nn.functional.mse_loss
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    k = len(SPECTRUM_DESCRIPTORS)
+
+    def step(i, term):
+        xb, db = x[i : i + batch], d[i : i + batch]
+        z = net["encoder"](xs[i : i + batch] + 0.02 / std * torch.randn(xb.shape))
+        rec = net["decoder"](z)
+        loss = mse(rec, xb)
+        if term == "rank":
+            loss = loss + rank_loss(z[:, :k], db, cfg.rank_batch)
+        elif term == "rank, by (B, B, K) pairs (previous form)":
+            loss = loss + sum(
+                rank_loss_pairs(z[j : j + 256, :k], db[j : j + 256]) for j in range(0, batch, 256)
+            ) / len(range(0, batch, 256))
+        elif term == "adversarial":
+            prior = torch.randn(z.shape)
+            logits = net["discriminator"](torch.cat([prior, grl(z)]))
+            target = torch.cat([torch.ones(batch, 1), torch.zeros(batch, 1)])
+            loss = loss + bce(logits, target)
+        elif term.startswith("cycle + smoothness"):
+            n = cfg.cycle_batch if "128" in term else batch
+            prior = torch.randn(z.shape)[:n]
+            loss = loss + mse(net["encoder"]((net["decoder"](prior) - mean) / std), prior)
+            loss = loss + (rec[:n] @ smooth_op).pow(2).mean()
+        elif term == "decorrelation":
+            loss = loss + decorrelation_loss(z, _rank_correlation_target(db, z.shape[1]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    cases = [
+        "reconstruction only",
+        "rank",
+        "rank, by (B, B, K) pairs (previous form)",
+        "adversarial",
+        "cycle + smoothness on 128 samples",
+        "cycle + smoothness on the whole batch",
+        "decorrelation",
+    ]
+    times: dict = {c: [] for c in cases}
+    rng = np.random.default_rng(0)
+    for _ in range(repeats):
+        for case in cases:
+            for _ in range(2):
+                step(int(rng.integers(0, 2000 - batch)), case)
+            start = time.process_time()
+            for _ in range(steps):
+                step(int(rng.integers(0, 2000 - batch)), case)
+            times[case].append((time.process_time() - start) / steps * 1e3)
+    torch.set_num_threads(previous)
+    base = float(np.median(times["reconstruction only"]))
+    out = {"batch": batch, "threads": threads, "ms_per_step_reconstruction_only": round(base, 2)}
+    out["ms_added_per_term"] = {
+        c: round(float(np.median(times[c])) - base, 2) for c in cases[1:]
+    }
+    print(json.dumps({"rankaae_terms": out}), flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- feature-space throughput
 
 
@@ -458,6 +569,8 @@ def main() -> None:
             r["composition"] = bench_composition(seed, args.threads, args.epochs)
         if "rankaae" in args.parts:
             r["rankaae"] = bench_rankaae(seed, args.threads, args.before_epochs, args.generators)
+        if "rankaae_terms" in args.parts:
+            r["rankaae_terms"] = bench_rankaae_terms(args.threads)
         if "throughput" in args.parts:
             r["feature_space_throughput"] = bench_feature_space_throughput(
                 seed, args.threads, args.epochs

@@ -99,13 +99,13 @@ def rank_coefficients(z, d):
     r = d.shape[-1]
     valid = torch.isfinite(d)
     n = valid.sum(dim=-1, keepdim=True).to(z.dtype)
-    inf = torch.tensor(float("inf"), dtype=z.dtype)
+    inf = torch.tensor(float("inf"), dtype=z.dtype, device=z.device)
     dk = torch.where(valid, d, inf)  # unknown descriptors sort last
     zk = torch.where(valid, z, inf)
     by_z = torch.sort(zk, dim=-1, stable=True).indices
     by_d = torch.sort(dk.gather(-1, by_z), dim=-1, stable=True).indices
     order = by_z.gather(-1, by_d)  # by d, ties by z
-    arange = torch.arange(r, dtype=z.dtype).expand_as(z)
+    arange = torch.arange(r, dtype=z.dtype, device=z.device).expand_as(z)
     position = torch.empty_like(z).scatter_(-1, order, arange)
     z_rank = torch.empty_like(z).scatter_(-1, by_z, arange)
     c = torch.where(valid, position - z_rank, 0.0)
@@ -170,7 +170,7 @@ def rank_loss(z, d, chunk: int | None = None):
         # never more than one each.
         w = (n_disc / n_conc.clamp(min=1.0)).clamp(max=1.0)[..., None]
         coef = w * a + (1.0 - w) * c  # (C, K, R)
-        rows = torch.full((n_chunks,), float(size), dtype=z.dtype)
+        rows = torch.full((n_chunks,), float(size), dtype=z.dtype, device=z.device)
         rows[-1] -= pad
         norm = (rows * (rows - 1.0)).clamp(min=1.0) * (k * n_chunks)
         coef = (coef * (2.0 / norm)[:, None, None]).transpose(1, 2).reshape(-1, k)[:b]
