@@ -46,28 +46,14 @@ def deterministic(seed: int, n_threads: int | None = None) -> Iterator[None]:
     previous_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        _set_deterministic(torch, True)
+        torch.use_deterministic_algorithms(True)
         if n_threads:
             torch.set_num_threads(int(n_threads))
         try:
             yield
         finally:
-            _set_deterministic(torch, previous_flag)
+            torch.use_deterministic_algorithms(previous_flag)
             torch.set_num_threads(previous_threads)
-
-
-def _set_deterministic(torch, mode: bool) -> None:
-    """``torch.use_deterministic_algorithms(mode)`` without its import cost.
-
-    The public call also sets the flag in ``torch._inductor.config``, importing
-    the compiler stack on first use (about 3 s here, inside the first
-    training).  Nothing is compiled in these models; when that module is not
-    loaded yet, only the kernel flag is set, and the block restores it.
-    """
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(mode)
-    else:
-        torch._C._set_deterministic_algorithms(mode)
 
 
 def show_progress(progress: bool | None) -> bool:
