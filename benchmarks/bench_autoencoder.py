@@ -18,9 +18,14 @@ composition
 rankaae
     RankAAE on 2,500 spectra (2,000 train / 500 held out) of the module's
     generator and of a second one (EXAFS equation of one Fe-O shell): the
-    defaults (trained to convergence), and the training loop as it was before
-    (a frozen copy below, 200 epochs, batch 256) on the same split; time,
-    epochs, spectra per second, held-out Spearman and latent correlations.
+    defaults (60 epochs on a cosine learning-rate schedule; timed before and
+    after the old loop, the mean compared), and the training loop as it was
+    before issue 15 (a frozen copy below, 200 epochs, batch 256) on the same
+    split, after a warm-up; time, epochs, spectra per second, held-out
+    Spearman and latent correlations.
+rankaae_terms (not in the default parts)
+    CPU milliseconds per RankAAE training step (batch 512) for each loss term
+    added alone to the reconstruction, and the rank loss as it was beside it.
 xas
     Real XAS files from Debian's ``ifeffit-doc`` and the ``araucaria`` sdist
     (downloaded to ~/.cache/xtec-bench like a fresh machine would) read by
@@ -163,6 +168,17 @@ def bench_composition(seed: int, threads: int, epochs: int) -> dict:
 # --------------------------------------------------------------------------- RankAAE
 
 
+BEFORE_HYPERPARAMETERS = dict(
+    weight_decay=1e-2,
+    input_noise=0.02,
+    w_rank=1.0,
+    w_adversarial=0.1,
+    w_cycle=0.5,
+    w_smooth=5.0,
+    smooth_sigma=2.0,
+)
+
+
 def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> RankAAE:
     """The RankAAE training loop as it was before issue 15 (frozen copy, commit f1df623).
 
@@ -191,7 +207,10 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
             w = torch.where(conc, w_conc[None, None, :].expand_as(s), torch.ones_like(s))
         return -(w * s).sum() / (b * (b - 1) * k)
 
-    cfg = model.config
+    from types import SimpleNamespace
+
+    # The hyper-parameters as they were (commit f1df623), not today's defaults.
+    cfg = SimpleNamespace(**{**vars(model.config), **BEFORE_HYPERPARAMETERS})
     x, d = model._arrays(spectra, need_descriptors=True)
     n, m = x.shape
     model.grid_ = np.asarray(spectra[spectra.dims[-1]].values, dtype=float)
@@ -208,7 +227,7 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
     k = len(cfg.descriptors)
     start = time.perf_counter()
     with deterministic(cfg.seed, model.n_threads):
-        net = _build(m, cfg)
+        net = _build(m, model.config)  # the architecture is unchanged
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         xt = torch.as_tensor(x, dtype=torch.float32)
@@ -263,7 +282,7 @@ def _rank_report(model, test, n_train, seconds) -> dict:
     rep = model.report(test)
     epochs = int(model.epochs_run_)
     return {
-        "train_seconds": round(seconds, 1),
+        "train_seconds": round(seconds, 2),
         "epochs": epochs,
         "best_epoch": getattr(model, "best_epoch_", None),
         "spectra_per_second": round(n_train * epochs / seconds, 1),
@@ -290,16 +309,30 @@ def bench_rankaae(seed: int, threads: int, before_epochs: int, generators: list[
         train, test = spectra.isel(spectrum=train_idx), spectra.isel(spectrum=test_idx)
         row = {}
         kw = dict(descriptors=descriptors, n_free=1, seed=seed, n_threads=threads, progress=False)
-        start = time.perf_counter()
-        model = RankAAE(**kw).fit(train)
-        row["defaults"] = _rank_report(model, test, train.shape[0], time.perf_counter() - start)
+        # Warm-up (torch's first-use costs), so that neither timed run pays them.
+        RankAAE(**{**kw, "epochs": 1}).fit(train.isel(spectrum=slice(0, 64)))
+        fits = []
+        # The defaults run before and after the old loop; their mean time is
+        # compared, so that a load change during the run cancels to first order.
+        for when in ("first", "last"):
+            if when == "last" and before_epochs:
+                start = time.perf_counter()
+                old = fit_before(RankAAE(**kw), train, before_epochs)
+                row[f"before_{before_epochs}_epochs"] = _rank_report(
+                    old, test, train.shape[0], time.perf_counter() - start
+                )
+                print(json.dumps({"rankaae": name, "before": row[f"before_{before_epochs}_epochs"]}))
+            start = time.perf_counter()
+            model = RankAAE(**kw).fit(train)
+            fits.append((model, time.perf_counter() - start))
+        seconds = float(np.mean([t for _, t in fits]))
+        row["defaults"] = _rank_report(fits[0][0], test, train.shape[0], seconds)
+        row["defaults"]["train_seconds_each"] = [round(t, 2) for _, t in fits]
+        row["defaults"]["same_model_both_runs"] = bool(
+            np.array_equal(fits[0][0].transform(test), fits[-1][0].transform(test))
+        )
         print(json.dumps({"rankaae": name, "defaults": row["defaults"]}), flush=True)
         if before_epochs:
-            start = time.perf_counter()
-            old = fit_before(RankAAE(**kw), train, before_epochs)
-            row[f"before_{before_epochs}_epochs"] = _rank_report(
-                old, test, train.shape[0], time.perf_counter() - start
-            )
             b, a = row[f"before_{before_epochs}_epochs"], row["defaults"]
             row["speedup_whole_training"] = round(b["train_seconds"] / a["train_seconds"], 2)
             row["throughput_ratio"] = round(a["spectra_per_second"] / b["spectra_per_second"], 2)
@@ -310,6 +343,114 @@ def bench_rankaae(seed: int, threads: int, before_epochs: int, generators: list[
                 flush=True,
             )
         out[name] = row
+    return out
+
+
+def bench_rankaae_terms(threads: int, batch: int = 512, repeats: int = 5, steps: int = 10) -> dict:
+    """CPU milliseconds per training step, each loss term added alone to the reconstruction.
+
+    The library's own pieces (network, fused AdamW, rank loss by sorting,
+    decorrelation, smoothing operator) on the module's spectra, the cycle and
+    smoothness terms on ``cycle_batch`` / ``smooth_batch`` samples as in
+    :meth:`RankAAE.fit`; the rank loss as it was (autograd through the
+    (B, B, K) pairs, sub-batches of 256) beside it.  Medians over ``repeats``
+    rounds, the cases interleaved so that a load change hits them alike.
+    """
+    import torch
+
+    from xtec.autoencoder.rankaae import (
+        RankAAEConfig,
+        _build,
+        _grad_reverse,
+        _optimizer,
+        _rank_correlation_target,
+        decorrelation_loss,
+        rank_loss,
+        smoothing_operator,
+    )
+
+    def rank_loss_pairs(z, d):  # the (B, B, K) autograd form, as at the start of issue 15
+        sd = torch.nan_to_num(torch.sign(d[:, None, :] - d[None, :, :]), nan=0.0)
+        s = (z[:, None, :] - z[None, :, :]) * sd
+        total = 2.0 * (z * sd.sum(dim=1)).sum(dim=0)
+        discordant = -torch.relu(-s).sum(dim=(0, 1))
+        with torch.no_grad():
+            w = ((s < 0).sum((0, 1)) / (s > 0).sum((0, 1)).clamp(min=1)).clamp(max=1.0)
+        b, k = z.shape
+        return -(w * total + (1.0 - w) * discordant).sum() / (b * (b - 1) * k)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    spectra = synthetic_spectra(2000, seed=0)
+    cfg = RankAAEConfig(descriptors=SPECTRUM_DESCRIPTORS)
+    x = torch.as_tensor(spectra.values, dtype=torch.float32)
+    d = torch.as_tensor(
+        np.stack([spectra[n].values for n in SPECTRUM_DESCRIPTORS], 1), dtype=torch.float32
+    )
+    mean, std = x.mean(0), float(x.std())
+    xs = (x - mean) / std
+    torch.manual_seed(0)
+    net = _build(x.shape[1], cfg)
+    opt = _optimizer(net, cfg)
+    grl = _grad_reverse()
+    smooth_op = smoothing_operator(x.shape[1], cfg.smooth_sigma).T.contiguous()
+    mse = torch.nn.functional.mse_loss
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    k = len(SPECTRUM_DESCRIPTORS)
+
+    def step(i, term):
+        xb, db = x[i : i + batch], d[i : i + batch]
+        z = net["encoder"](xs[i : i + batch] + 0.02 / std * torch.randn(xb.shape))
+        rec = net["decoder"](z)
+        loss = mse(rec, xb)
+        if term == "rank":
+            loss = loss + rank_loss(z[:, :k], db, cfg.rank_batch)
+        elif term == "rank, by (B, B, K) pairs (previous form)":
+            loss = loss + sum(
+                rank_loss_pairs(z[j : j + 256, :k], db[j : j + 256]) for j in range(0, batch, 256)
+            ) / len(range(0, batch, 256))
+        elif term == "adversarial":
+            prior = torch.randn(z.shape)
+            logits = net["discriminator"](torch.cat([prior, grl(z)]))
+            target = torch.cat([torch.ones(batch, 1), torch.zeros(batch, 1)])
+            loss = loss + bce(logits, target)
+        elif term.startswith("cycle + smoothness"):
+            n = cfg.cycle_batch if "128" in term else batch
+            prior = torch.randn(z.shape)[:n]
+            loss = loss + mse(net["encoder"]((net["decoder"](prior) - mean) / std), prior)
+            loss = loss + (rec[:n] @ smooth_op).pow(2).mean()
+        elif term == "decorrelation":
+            loss = loss + decorrelation_loss(z, _rank_correlation_target(db, z.shape[1]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    cases = [
+        "reconstruction only",
+        "rank",
+        "rank, by (B, B, K) pairs (previous form)",
+        "adversarial",
+        "cycle + smoothness on 128 samples",
+        "cycle + smoothness on the whole batch",
+        "decorrelation",
+    ]
+    times: dict = {c: [] for c in cases}
+    rng = np.random.default_rng(0)
+    for _ in range(repeats):
+        for case in cases:
+            for _ in range(2):
+                step(int(rng.integers(0, 2000 - batch)), case)
+            start = time.process_time()
+            for _ in range(steps):
+                step(int(rng.integers(0, 2000 - batch)), case)
+            times[case].append((time.process_time() - start) / steps * 1e3)
+    torch.set_num_threads(previous)
+    base = float(np.median(times["reconstruction only"]))
+    out = {"batch": batch, "threads": threads, "ms_per_step_reconstruction_only": round(base, 2)}
+    out["ms_added_per_term"] = {
+        c: round(float(np.median(times[c])) - base, 2) for c in cases[1:]
+    }
+    print(json.dumps({"rankaae_terms": out}), flush=True)
     return out
 
 
@@ -428,6 +569,8 @@ def main() -> None:
             r["composition"] = bench_composition(seed, args.threads, args.epochs)
         if "rankaae" in args.parts:
             r["rankaae"] = bench_rankaae(seed, args.threads, args.before_epochs, args.generators)
+        if "rankaae_terms" in args.parts:
+            r["rankaae_terms"] = bench_rankaae_terms(args.threads)
         if "throughput" in args.parts:
             r["feature_space_throughput"] = bench_feature_space_throughput(
                 seed, args.threads, args.epochs

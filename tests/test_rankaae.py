@@ -50,10 +50,28 @@ def test_latents_follow_their_descriptors_on_held_out_spectra(spectra, trained):
     # The free dimension is independent of the constrained ones too.
     assert report["max_latent_correlation"] < 0.3, report
     assert report["reconstruction_mae"] < 0.1, report
-    # Trained to convergence: stopped by the validation score, not the epoch cap.
-    assert trained.epochs_run_ < trained.config.epochs
-    assert trained.best_epoch_ <= trained.epochs_run_
-    assert trained.history_["validation"].shape[1] == 4
+    # The default schedule: every epoch, on every training spectrum, no validation split.
+    assert trained.epochs_run_ == trained.best_epoch_ == trained.config.epochs
+    assert "validation" not in trained.history_
+
+
+def test_early_stopping_keeps_the_best_validated_weights():
+    data = synthetic_spectra(400, seed=6)
+    model = RankAAE(
+        descriptors=SPECTRUM_DESCRIPTORS[:2],
+        epochs=30,
+        patience=2,
+        eval_every=1,
+        batch_size=64,
+        n_threads=1,
+        progress=False,
+    ).fit(data)
+    val = model.history_["validation"]  # (checks, 4): epoch, min Spearman, excess corr, score
+    assert val.shape[1] == 4 and len(val) == model.epochs_run_
+    best = int(np.argmax(val[:, 3]))
+    assert model.best_epoch_ == int(val[best, 0]) <= model.epochs_run_
+    # Stopped `patience` checks after the best one, or at the epoch cap.
+    assert model.epochs_run_ == min(model.best_epoch_ + 2, 30) or model.epochs_run_ == 30
 
 
 @pytest.mark.slow
@@ -107,11 +125,52 @@ def test_rank_loss_prefers_ordered_latents():
     assert g[3] > 0.5 * g.median()
 
 
+def _rank_loss_by_pairs(z, d):
+    """The loss's definition, differentiated through every (i, j, k) pair."""
+    b, k = z.shape
+    sd = torch.nan_to_num(torch.sign(d[:, None, :] - d[None, :, :]), nan=0.0)
+    s = (z[:, None, :] - z[None, :, :]) * sd
+    n_disc = (s < 0).sum(dim=(0, 1)).to(z.dtype)
+    n_conc = (s > 0).sum(dim=(0, 1)).clamp(min=1).to(z.dtype)
+    w = (n_disc / n_conc).clamp(max=1.0)
+    return -(w * s.sum(dim=(0, 1)) + (1 - w) * s.clamp(max=0).sum(dim=(0, 1))).sum() / (
+        b * (b - 1) * k
+    )
+
+
+@pytest.mark.parametrize("b, chunk", [(37, None), (300, 128), (64, 64)])
+def test_rank_loss_by_sorting_equals_the_pairwise_definition(b, chunk):
+    g = torch.Generator().manual_seed(b)
+    d = torch.rand(b, 3, generator=g, dtype=torch.float64)
+    d[::5, 1] = float("nan")  # unknown descriptors
+    d[:, 2] = torch.round(4 * d[:, 2])  # a discrete descriptor: many ties
+    z0 = d.nan_to_num(0.5) + 0.4 * torch.randn(b, 3, generator=g, dtype=torch.float64)
+    z_fast, z_ref = z0.clone().requires_grad_(), z0.clone().requires_grad_()
+    fast = rank_loss(z_fast, d, chunk)
+    size = chunk or b
+    chunks = range(0, b, size)
+    ref = sum(_rank_loss_by_pairs(z_ref[j : j + size], d[j : j + size]) for j in chunks)
+    ref = ref / len(chunks)
+    fast.backward()
+    ref.backward()
+    torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(z_fast.grad, z_ref.grad, rtol=1e-10, atol=1e-12)
+
+
 def test_spearman_matrix():
     rng = np.random.default_rng(0)
     a = rng.random((200, 2))
     rho = spearman_matrix(a, np.column_stack([a[:, 0] ** 3, -a[:, 1]]))
     np.testing.assert_allclose(np.diag(rho), [1.0, -1.0])
+    # With missing values, pair by pair, the same as scipy on the complete rows.
+    from scipy.stats import spearmanr
+
+    b = a.copy()
+    b[::7, 1] = np.nan
+    ok = np.isfinite(b[:, 1])
+    got = spearman_matrix(b)[0, 1]
+    np.testing.assert_allclose(got, spearmanr(a[ok, 0], a[ok, 1]).statistic)
+    np.testing.assert_allclose(spearman_matrix(a)[0, 1], spearmanr(a[:, 0], a[:, 1]).statistic)
 
 
 def test_same_seed_same_model_and_safe_round_trip(tmp_path):

@@ -205,11 +205,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--patience",
         type=int,
-        default=6,
-        help="stop after this many validation checks (every 2 epochs) without improvement; "
-        "0 trains all --epochs (default 6)",
+        default=0,
+        help="hold back 10%% of the training spectra and stop after this many validation "
+        "checks (every 2 epochs) without improvement; 0 trains all --epochs (default 0)",
     )
-    _training_options(p, 400)
+    _training_options(p, 60)
     p.set_defaults(func=_rk_train)
 
     p = sub.add_parser("report", help="Spearman per descriptor, reconstruction, sweeps")
