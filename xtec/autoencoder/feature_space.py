@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from xtec.autoencoder._nn import (
+    adam,
     decode_latent,
     deterministic,
     load_model_file,
@@ -707,7 +708,7 @@ class FeatureSpaceAE:
             net = _build_net(
                 n_comp if cfg.decode_components else m, cfg.hidden, cfg.latent_dim, n_comp
             )
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt = adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(
                 opt, T_max=cfg.epochs, eta_min=cfg.lr * 0.05
             )

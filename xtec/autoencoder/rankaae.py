@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from xtec.autoencoder._nn import (
+    adam,
     decode_latent,
     deterministic,
     load_model_file,
@@ -386,16 +387,8 @@ def _grad_reverse():
 
 
 def _optimizer(net, cfg: RankAAEConfig):
-    """AdamW over all parameters, one fused kernel per step where torch has one."""
-    torch = require_torch()
-    try:
-        return torch.optim.AdamW(
-            net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-        )
-    except (RuntimeError, TypeError):  # no fused kernel for this device or build
-        return torch.optim.AdamW(
-            net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
-        )
+    """AdamW over all parameters (fused where torch has it)."""
+    return adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=True)
 
 
 def _lr_schedule(cfg: RankAAEConfig, steps_per_epoch: int) -> np.ndarray:
