@@ -18,9 +18,13 @@ system.  Writes ``benchmarks/results/classifier_real.json``.
     python benchmarks/bench_classifier.py --mode real [--workers 2] [--nn-bank 10000]
 
 ``--mode train-step``: patterns per second through one ResNet training step (forward,
-backward, AdamW) at the shipped network's settings, by thread count and batch size,
-with the data pipeline's own rate beside it.  Writes
-``benchmarks/results/classifier_train_step.json``.
+backward, AdamW) at the shipped network's settings, by thread count and batch size, the
+old path (``ResNet1D.forward_reference``, OpenMP's default wait policy) beside the new one
+(``ResNet1D.forward`` with the trainer's settings), each in fresh processes, alternating,
+medians of ``--repeats``; with the equivalence of the two forwards, the step's FLOPs and the
+data pipeline's own rate.  Writes ``benchmarks/results/classifier_train_step.json``.
+
+    nice -n 5 python benchmarks/bench_classifier.py --mode train-step [--impl both] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--nn-bank", type=int, default=10000, help="synthetic NN patterns (real)")
     ap.add_argument("--limit", type=int, default=None, help="first N evaluation structures")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--impl", choices=["both", "reference", "fast"], default="both",
+                    help="train-step: old path, new path or both side by side")
+    ap.add_argument("--repeats", type=int, default=3, help="train-step: runs per configuration")
+    ap.add_argument("--steps", type=int, default=5, help="train-step: timed steps per run")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.mode == "real":
         return real(args)
@@ -284,45 +293,122 @@ def _one_hot(scores):
     return out
 
 
-def train_step(args) -> int:
-    """Patterns per second of one ResNet training step, by threads and batch size."""
+def _step_child(impl: str, threads: int, batch: int, seed: int, steps: int) -> dict:
+    """One configuration in this (fresh) process; prints and returns its step times.
+
+    ``reference``: the original module-by-module forward with OpenMP's default wait policy
+    (what ``xtec classify train`` ran before).  ``fast``: :meth:`ResNet1D.forward` with the
+    settings :mod:`xtec.classifier.training` applies on import (before torch is loaded).
+    """
+    if impl == "fast":
+        import xtec.classifier.training  # noqa: F401 - sets OMP_WAIT_POLICY before torch loads
     import torch
 
     from xtec.classifier.model import ModelConfig, ResNet1D
     from xtec.classifier.predictor import NETWORK_DIR
 
     cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = ResNet1D(ModelConfig.from_dict(cfg))
+    forward = model if impl == "fast" else model.forward_reference
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    x = torch.rand(batch, cfg["n_points"])
+    y = torch.randint(0, len(cfg["space_groups"]), (batch,))
+    times = []
+    for i in range(steps + 2):
+        t = time.perf_counter()
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        opt.step()
+        if i >= 2:  # first steps allocate
+            times.append(time.perf_counter() - t)
+    return {
+        "impl": impl,
+        "threads": threads,
+        "batch": batch,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "step_s": times,
+    }
+
+
+def _equivalence(seed: int) -> dict:
+    """Largest relative differences between the two forwards (logits, loss gradients)."""
+    import torch
+
+    from xtec.classifier.model import ModelConfig, ResNet1D
+    from xtec.classifier.predictor import NETWORK_DIR
+
+    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
+    torch.manual_seed(seed)
+    model = ResNet1D(ModelConfig.from_dict(cfg))
+    x = torch.rand(16, cfg["n_points"])
+    y = torch.randint(0, len(cfg["space_groups"]), (16,))
+    out = {}
+    for name, fwd in (("reference", model.forward_reference), ("fast", model)):
+        model.zero_grad()
+        logits = fwd(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        out[name] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    def rel(a, b):
+        return float((a - b).abs().max() / a.abs().max())
+
+    return {
+        "logits_max_rel_diff": rel(out["reference"][0], out["fast"][0]),
+        "grad_max_rel_diff": max(rel(a, b) for a, b in zip(out["reference"][1:], out["fast"][1:])),
+    }
+
+
+def train_step(args) -> int:
+    """Patterns per second of one ResNet training step, old and new path side by side.
+
+    Every (path, threads, batch) runs in its own fresh process (OpenMP's wait policy is
+    fixed when torch loads), the two paths alternating, ``--repeats`` times; medians.
+    """
+    import subprocess
+    import sys
+
+    if args.child:
+        impl, threads, batch = args.child.split(",")
+        print(json.dumps(_step_child(impl, int(threads), int(batch), args.seed, args.steps)))
+        return 0
+    impls = ["reference", "fast"] if args.impl == "both" else [args.impl]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    runs = []
+    for threads in (1, 2):
+        for batch in (32, 64):
+            for r in range(args.repeats):
+                for impl in impls if r % 2 == 0 else impls[::-1]:
+                    cmd = [sys.executable, __file__, "--mode", "train-step", "--seed",
+                           str(args.seed), "--steps", str(args.steps),
+                           "--child", f"{impl},{threads},{batch}"]
+                    res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                    run = json.loads(res.stdout.strip().splitlines()[-1])
+                    run["s_per_step"] = float(np.median(run["step_s"]))
+                    runs.append(run)
+                    print(f"  {impl:9s} threads {threads} batch {batch}: "
+                          f"{1e3 * run['s_per_step']:.0f} ms/step", flush=True)
     rows = []
     for threads in (1, 2):
-        torch.set_num_threads(threads)
         for batch in (32, 64):
-            torch.manual_seed(args.seed)
-            model = ResNet1D(ModelConfig.from_dict(cfg))
-            opt = torch.optim.AdamW(model.parameters(), 1e-3)
-            x = torch.rand(batch, cfg["n_points"])
-            y = torch.randint(0, len(cfg["space_groups"]), (batch,))
-            times = []
-            for i in range(8):
-                t = time.perf_counter()
-                opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                if i >= 2:  # first steps allocate
-                    times.append(time.perf_counter() - t)
-            med = float(np.median(times))
-            rows.append(
-                {
-                    "threads": threads,
-                    "batch": batch,
-                    "s_per_step": med,
-                    "patterns_per_s": batch / med,
-                }
-            )
-            print(
-                f"threads {threads} batch {batch}: {batch / med:7.1f} patterns/s "
-                f"({1e3 * med:.0f} ms/step)"
-            )
+            row = {"threads": threads, "batch": batch}
+            for impl in impls:
+                sel = [r["s_per_step"] for r in runs
+                       if (r["impl"], r["threads"], r["batch"]) == (impl, threads, batch)]
+                med = float(np.median(sel))
+                row[impl] = {"s_per_step": med, "patterns_per_s": batch / med,
+                             "s_per_step_runs": sel}
+            if len(impls) == 2:
+                row["ratio"] = row["reference"]["s_per_step"] / row["fast"]["s_per_step"]
+            rows.append(row)
+            print(f"threads {threads} batch {batch}: " + ", ".join(
+                f"{i} {row[i]['patterns_per_s']:6.1f} patterns/s "
+                f"({1e3 * row[i]['s_per_step']:.0f} ms)" for i in impls)
+                + (f", ratio {row['ratio']:.2f}x" if "ratio" in row else ""))
+    equivalence = _equivalence(args.seed)
+    print(f"equivalence (same weights): {equivalence}")
     pipeline = RESULTS / "classifier.json"
     data_rate = (
         json.loads(pipeline.read_text())["xtec_patterns_per_s_per_core"]
@@ -330,17 +416,37 @@ def train_step(args) -> int:
         else None
     )
     if data_rate:
-        best = max(r["patterns_per_s"] for r in rows)
+        best = max(r[impls[-1]]["patterns_per_s"] for r in rows)
         print(f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; "
               f"the training step is {data_rate / best:.1f}x slower than one data core")
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from xtec.classifier.model import ModelConfig, ResNet1D
+    from xtec.classifier.predictor import NETWORK_DIR
+
+    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
+    model = ResNet1D(ModelConfig.from_dict(cfg))
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(
+            model.forward_reference(torch.rand(32, cfg["n_points"])), torch.zeros(32).long()
+        ).backward()
+    gflop = fc.get_total_flops() / 1e9
+    print(f"{gflop:.2f} GFLOP per training step at batch 32 (forward + backward)")
     out = Path(args.out or RESULTS / "classifier_train_step.json")
     out.write_text(
         json.dumps(
             {
                 "model": cfg,
                 "steps": rows,
+                "runs": runs,
+                "equivalence": equivalence,
+                "gflop_per_step_batch32": gflop,
+                "repeats": args.repeats,
+                "timed_steps_per_run": args.steps,
                 "cpu": platform.processor() or platform.machine(),
                 "cpus": os.cpu_count(),
+                "load_average_after_run": list(os.getloadavg()),
             },
             indent=1,
         )

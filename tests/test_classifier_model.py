@@ -38,6 +38,39 @@ def test_forward_shape_and_depth_is_configurable():
         ModelConfig(width=12, groups=8)
 
 
+def test_forward_equals_reference_forward_and_its_gradients():
+    # forward (stem as matrix products, in-place ReLUs) is the same function as the
+    # module-by-module forward_reference, with the same weights, in values and gradients.
+    torch.manual_seed(0)
+    model = ResNet1D(ModelConfig(space_groups=SGS, width=16, blocks=[1, 2, 1], n_points=2001))
+    x, y = torch.rand(5, 2001), torch.tensor([0, 1, 2, 3, 5])
+    out = []
+    for fwd in (model.forward_reference, model):
+        model.zero_grad()
+        logits = fwd(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        out.append([logits.detach()] + [p.grad.clone() for p in model.parameters()])
+    for ref, new in zip(*out):
+        torch.testing.assert_close(new, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_trainer_sets_passive_openmp_waits_unless_the_user_chose(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, xtec.classifier.training; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "PASSIVE", got.stderr
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert got.stdout.strip() == "ACTIVE", got.stderr
+
+
 def test_save_load_roundtrip(tmp_path):
     model = ResNet1D(ModelConfig(space_groups=SGS, width=8, blocks=[1, 1]))
     save_model(model, tmp_path, {"note": "x"})

@@ -5,18 +5,31 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+# OpenMP threads that spin at barriers while another process holds the core run a training
+# step 5x slower with 2 threads than with 1 on a loaded 2-core machine (3.3 s vs 0.68 s, see
+# benchmarks/bench_classifier.py --mode train-step); sleeping waiters avoid that.  OpenMP
+# reads this once, when torch is first imported, so it only takes effect from here if
+# nothing imported torch before; a value the user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from xtec.classifier.data import SyntheticConfig, SyntheticStream, synthetic_batch
-from xtec.classifier.model import ModelConfig, ResNet1D, save_model, system_matrix
-from xtec.errors import InputError, ParameterError
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from xtec.classifier.data import SyntheticConfig, SyntheticStream, synthetic_batch  # noqa: E402
+from xtec.classifier.model import (  # noqa: E402
+    ModelConfig,
+    ResNet1D,
+    save_model,
+    system_matrix,
+)
+from xtec.errors import InputError, ParameterError  # noqa: E402
 
 log = logging.getLogger(__name__)
 
