@@ -64,14 +64,8 @@ def make_series(
         blank_gaps(_module_gaps(classes.shape), intensity, classes, signal)
 
     return SyntheticSeries(
-        intensity=intensity,
-        temperature=t,
-        ql=ql,
-        qk=qk,
-        qh=qh,
-        classes=classes,
-        signal=signal,
-        tc=float(tc),
+        intensity=intensity, temperature=t, ql=ql, qk=qk, qh=qh, classes=classes,
+        signal=signal, tc=float(tc),
         params=dict(seed=seed, tc=tc, beta=beta, background=background,
                     signal_ratio=signal_ratio, exposure=exposure),
     )
