@@ -10,13 +10,13 @@ import dask
 import numpy as np
 import pytest
 
-import xtec.candidates as candidates
 import xtec.pipeline as pipeline
-from xtec.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
+import xtec.preprocess.candidates as candidates
 from xtec.io.nexus import open_nexus
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
+from xtec.preprocess.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
 from xtec.runtime import Runtime
 
 
@@ -112,8 +112,8 @@ def test_cutoff_below_the_bound_falls_back_to_a_second_read(medium_file, reread_
 
 def test_capture_and_pick_run_on_array_api_strict():
     xps = pytest.importorskip("array_api_strict")
-    from xtec.candidates import pick_block
     from xtec.preprocess import mean_block
+    from xtec.preprocess.candidates import pick_block
 
     rng = np.random.default_rng(1)
     host = rng.gamma(2.0, 1.0, size=(6, 40)).astype(np.float32)

@@ -65,6 +65,67 @@ def vexp(a, kbuf):
         a[i] *= scale[i]
 
 
+# The helpers below are inlined into the kernels at Numba's IR level
+# (``inline="always"``): the loops compile inside the caller with its fastmath
+# flags, exactly as when they were written out there.
+@numba.njit(inline="always")
+def _columns(X, lo, m):
+    """Rows lo..lo+m of X (n, T) transposed to (T, m), float64, so every inner loop
+    runs over contiguous rows and vectorises."""
+    t = X.shape[1]
+    xt = np.empty((t, m))
+    for i in range(m):
+        for j in range(t):
+            xt[j, i] = X[lo + i, j]
+    return xt
+
+
+@numba.njit(inline="always")
+def _responsibilities(lp, m):
+    """Log-probabilities lp (K, m) -> exp(lp - max) in place; returns the summed
+    log-likelihood of the m points and 1 / (sum over K) per point (multiply the
+    rows of lp by it for the responsibilities)."""
+    k_ = lp.shape[0]
+    mx = np.empty(m)
+    for i in range(m):
+        mx[i] = lp[0, i]
+    for k in range(1, k_):
+        for i in range(m):
+            mx[i] = max(mx[i], lp[k, i])
+    tot = np.zeros(m)
+    kbuf = np.empty(m, np.int64)
+    for k in range(k_):
+        row = lp[k]
+        for i in range(m):
+            row[i] -= mx[i]
+        vexp(row, kbuf)
+        for i in range(m):
+            tot[i] += row[i]
+    # One log per 32 points: each total lies in [1, K], so their
+    # product cannot overflow for any practical K.
+    s_ll = 0.0
+    for i in range(m):
+        s_ll += mx[i]
+    for g in range(0, m, 32):
+        prod = 1.0
+        for i in range(g, min(m, g + 32)):
+            prod *= tot[i]
+        s_ll += np.log(prod)
+    for i in range(m):
+        tot[i] = 1.0 / tot[i]
+    return s_ll, tot
+
+
+@numba.njit(inline="always")
+def _scaled_sum(r, tot):
+    """r *= tot in place (one component's responsibilities); returns their sum."""
+    s_nk = 0.0
+    for i in range(r.shape[0]):
+        r[i] *= tot[i]
+        s_nk += r[i]
+    return s_nk
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_stats(X, means, prec, norm, block):
     # Each block is transposed to (T, rows) so every inner loop runs over
@@ -79,10 +140,7 @@ def diag_stats(X, means, prec, norm, block):
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
-        xt = np.empty((t, m))
-        for i in range(m):
-            for j in range(t):
-                xt[j, i] = X[lo + i, j]
+        xt = _columns(X, lo, m)
         lp = np.empty((k_, m))
         for k in range(k_):
             acc = lp[k]
@@ -98,41 +156,11 @@ def diag_stats(X, means, prec, norm, block):
             c = norm[k]
             for i in range(m):
                 acc[i] = c - 0.5 * acc[i]
-        mx = np.empty(m)
-        for i in range(m):
-            mx[i] = lp[0, i]
-        for k in range(1, k_):
-            for i in range(m):
-                mx[i] = max(mx[i], lp[k, i])
-        tot = np.zeros(m)
-        kbuf = np.empty(m, np.int64)
-        for k in range(k_):
-            row = lp[k]
-            for i in range(m):
-                row[i] -= mx[i]
-            vexp(row, kbuf)
-            for i in range(m):
-                tot[i] += row[i]
-        # One log per 32 points: each total lies in [1, K], so their
-        # product cannot overflow for any practical K.
-        s_ll = 0.0
-        for i in range(m):
-            s_ll += mx[i]
-        for g in range(0, m, 32):
-            prod = 1.0
-            for i in range(g, min(m, g + 32)):
-                prod *= tot[i]
-            s_ll += np.log(prod)
-        for i in range(m):
-            tot[i] = 1.0 / tot[i]
+        s_ll, tot = _responsibilities(lp, m)
         ll[b] = s_ll
         for k in range(k_):
             r = lp[k]
-            s_nk = 0.0
-            for i in range(m):
-                r[i] *= tot[i]
-                s_nk += r[i]
-            nk[b, k] = s_nk
+            nk[b, k] = _scaled_sum(r, tot)
             for j in range(t):
                 row = xt[j]
                 a1 = 0.0
@@ -378,87 +406,69 @@ def full_stats(X, means, prec_chol, norm, block, group):
         for b in range(g * group, min(nb, (g + 1) * group)):
             lo = b * block
             m = min(n, lo + block) - lo
-            xb = np.empty((t, m))
-            for i in range(m):
-                for j in range(t):
-                    xb[j, i] = X[lo + i, j]
+            xb = _columns(X, lo, m)
             w = np.empty((t, m))
             lp = np.empty((k_, m))
             _full_log_prob_block(xb, means, prec_chol, norm, w, np.empty(m), lp)
-            mx = np.empty(m)
-            for i in range(m):
-                mx[i] = lp[0, i]
-            for k in range(1, k_):
-                for i in range(m):
-                    mx[i] = max(mx[i], lp[k, i])
-            tot = np.zeros(m)
-            kbuf = np.empty(m, np.int64)
-            for k in range(k_):
-                row = lp[k]
-                for i in range(m):
-                    row[i] -= mx[i]
-                vexp(row, kbuf)
-                for i in range(m):
-                    tot[i] += row[i]
-            s_ll = 0.0
-            for i in range(m):
-                s_ll += mx[i]
-            for g32 in range(0, m, 32):
-                prod = 1.0
-                for i in range(g32, min(m, g32 + 32)):
-                    prod *= tot[i]
-                s_ll += np.log(prod)
-            for i in range(m):
-                tot[i] = 1.0 / tot[i]
+            s_ll, tot = _responsibilities(lp, m)
             ll[g] += s_ll
             for k in range(k_):
                 r = lp[k]
-                s_nk = 0.0
-                for i in range(m):
-                    r[i] *= tot[i]
-                    s_nk += r[i]
-                nk[g, k] += s_nk
-                for j in range(t):
-                    src = xb[j]
-                    dst = w[j]
-                    a1 = 0.0
-                    for i in range(m):
-                        v = r[i] * src[i]
-                        dst[i] = v
-                        a1 += v
-                    sx[g, k, j] += a1
-                acc = sxx[g, k]
-                for j in range(t):
-                    wj = w[j]
-                    p = 0
-                    while p + 4 <= j + 1:
-                        r0 = xb[p]
-                        r1 = xb[p + 1]
-                        r2 = xb[p + 2]
-                        r3 = xb[p + 3]
-                        c0 = 0.0
-                        c1 = 0.0
-                        c2 = 0.0
-                        c3 = 0.0
-                        for i in range(m):
-                            v = wj[i]
-                            c0 += v * r0[i]
-                            c1 += v * r1[i]
-                            c2 += v * r2[i]
-                            c3 += v * r3[i]
-                        acc[j, p] += c0
-                        acc[j, p + 1] += c1
-                        acc[j, p + 2] += c2
-                        acc[j, p + 3] += c3
-                        p += 4
-                    while p <= j:
-                        r0 = xb[p]
-                        c0 = 0.0
-                        for i in range(m):
-                            c0 += wj[i] * r0[i]
-                        acc[j, p] += c0
-                        p += 1
+                nk[g, k] += _scaled_sum(r, tot)
+                _weighted_sums(r, xb, w, sx[g, k])
+                _lower_outer_sums(w, xb, sxx[g, k])
     return nk, sx, sxx, ll
+
+
+@numba.njit(inline="always")
+def _weighted_sums(r, xb, w, sx):
+    """w = r * xb (T, m) (the responsibility-weighted rows) and sx (T,) += their sums."""
+    t, m = xb.shape
+    for j in range(t):
+        src = xb[j]
+        dst = w[j]
+        a1 = 0.0
+        for i in range(m):
+            v = r[i] * src[i]
+            dst[i] = v
+            a1 += v
+        sx[j] += a1
+
+
+@numba.njit(inline="always")
+def _lower_outer_sums(w, xb, acc):
+    """acc (T, T) += the lower triangle of w xb^T; the sum over p unrolled by four."""
+    t, m = xb.shape
+    for j in range(t):
+        wj = w[j]
+        p = 0
+        while p + 4 <= j + 1:
+            r0 = xb[p]
+            r1 = xb[p + 1]
+            r2 = xb[p + 2]
+            r3 = xb[p + 3]
+            c0 = 0.0
+            c1 = 0.0
+            c2 = 0.0
+            c3 = 0.0
+            for i in range(m):
+                v = wj[i]
+                c0 += v * r0[i]
+                c1 += v * r1[i]
+                c2 += v * r2[i]
+                c3 += v * r3[i]
+            acc[j, p] += c0
+            acc[j, p + 1] += c1
+            acc[j, p + 2] += c2
+            acc[j, p + 3] += c3
+            p += 4
+        while p <= j:
+            r0 = xb[p]
+            c0 = 0.0
+            for i in range(m):
+                c0 += wj[i] * r0[i]
+            acc[j, p] += c0
+            p += 1
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
@@ -471,10 +481,7 @@ def full_predict(X, means, prec_chol, norm, block):
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
-        xt = np.empty((t, m))
-        for i in range(m):
-            for j in range(t):
-                xt[j, i] = X[lo + i, j]
+        xt = _columns(X, lo, m)
         lp = np.empty((k_, m))
         _full_log_prob_block(xt, means, prec_chol, norm, np.empty((t, m)), np.empty(m), lp)
         for i in range(m):

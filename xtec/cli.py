@@ -29,19 +29,6 @@ _PLUGINS = [
 ]
 
 
-# Optional packages -> how to install them (one line instead of a traceback).
-_OPTIONAL = {
-    "torch": "pip install torch==2.13.0 && pip install 'xtec[ml]'",
-    "safetensors": "pip install 'xtec[ml]'",
-    "pyxtal": "pip install 'xtec[classify]'",
-    "pymatgen": "pip install 'xtec[classify]'",
-    "spglib": "pip install 'xtec[classify]'",
-    "ase": "pip install 'xtec[classify]'",
-    "dask_jobqueue": "pip install 'xtec[hpc]'",
-    "cupy": "pip install 'xtec[gpu]'",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
@@ -122,11 +109,12 @@ def _exit_status(exc: BaseException, command: str | None) -> int:
     if isinstance(exc, XtecError):
         return _error(command, str(exc))
     if isinstance(exc, ModuleNotFoundError):
-        extra = _OPTIONAL.get((exc.name or "").split(".")[0])
-        if extra is None:
+        from xtec.optional import missing_package_message
+
+        missing = missing_package_message(exc)
+        if missing is None:
             raise exc
-        return _error(command, f"this command needs the optional package {exc.name!r}; "
-                               f"install it with: {extra}")
+        return _error(command, missing)
     lost = worker_loss_message(exc) if isinstance(exc, Exception) else None
     if lost is not None:
         return _error(command, lost)

@@ -217,27 +217,20 @@ def _progress(enabled: bool, runtime):
 
 
 def run_with_runtime(config, opts: dict, quiet: bool = False):
+    from xtec.options import RunOptions
     from xtec.pipeline import run_cluster
-    from xtec.runtime import JobqueueOptions, dask_runtime
+    from xtec.runtime import dask_runtime
     from xtec.workers import check_memory_limit
 
-    progress = opts.get("progress")
-    if progress is None:
-        progress = sys.stderr.isatty()
-    jq = JobqueueOptions(
-        cores=opts.get("cores"), memory=opts.get("memory"), processes=opts.get("processes"),
-        walltime=opts.get("walltime"), queue=opts.get("queue"), account=opts.get("account"),
-        jobs=int(opts.get("jobs") or 1), config_file=opts.get("jobqueue_config"),
-        job_extra=opts.get("job_extra"),
-    )
-    threads = int(opts.get("threads_per_worker") or 1)
-    memory_limit = check_memory_limit(opts.get("memory_limit") or "auto", threads)
+    run = RunOptions.from_options(opts)
+    progress = sys.stderr.isatty() if run.progress is None else run.progress
+    memory_limit = check_memory_limit(run.memory_limit or "auto", run.threads_per_worker)
     if progress:
         _show_stages()
     with dask_runtime(
-        scheduler=opts.get("scheduler"), scheduler_file=opts.get("scheduler_file"),
-        workers=int(opts.get("workers") or 0), threads_per_worker=threads,
-        memory_limit=memory_limit, cluster=opts.get("cluster"), jobqueue=jq,
+        scheduler=run.scheduler, scheduler_file=run.scheduler_file, workers=run.workers,
+        threads_per_worker=run.threads_per_worker, memory_limit=memory_limit,
+        cluster=run.cluster, jobqueue=run.jobqueue(),
     ) as rt:
         if rt.dashboard_link and not quiet:
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)

@@ -22,8 +22,8 @@ from xtec.errors import ParameterError
 
 
 @dataclass
-class RunOptions:
-    """Where a job runs (see :func:`xtec.runtime.dask_runtime`)."""
+class SchedulerOptions:
+    """Which Dask scheduler a job runs on (see :func:`xtec.runtime.dask_runtime`)."""
 
     workers: int = 0
     threads_per_worker: int = 1
@@ -32,6 +32,12 @@ class RunOptions:
     scheduler_file: str | None = None
     progress: bool | None = None
     cluster: str | None = None
+
+
+@dataclass
+class JobqueueOptions:
+    """Batch-job settings for dask-jobqueue (unset values come from its config file)."""
+
     cores: int | None = None
     memory: str | None = None
     processes: int | None = None
@@ -41,6 +47,28 @@ class RunOptions:
     jobs: int = 1
     jobqueue_config: str | None = None
     job_extra: list[str] | None = None
+
+    def cluster_kwargs(self) -> dict:
+        kw = {k: getattr(self, k) for k in ("cores", "memory", "processes", "walltime", "queue",
+                                            "account") if getattr(self, k) is not None}
+        if self.job_extra:
+            kw["job_extra_directives"] = list(self.job_extra)
+        return kw
+
+
+@dataclass
+class RunOptions(JobqueueOptions, SchedulerOptions):
+    """Where a job runs: the scheduler's options, then the batch jobs' (their fields,
+    in that order, are the run options of the command line and job files)."""
+
+    @classmethod
+    def from_options(cls, opts: dict) -> RunOptions:
+        """The run options among checked options (:func:`coerce`); unset or None
+        values take the defaults."""
+        return cls(**{k: opts[k] for k in runtime_keys() if opts.get(k) is not None})
+
+    def jobqueue(self) -> JobqueueOptions:
+        return JobqueueOptions(**{f.name: getattr(self, f.name) for f in fields(JobqueueOptions)})
 
 
 def _config_class():

@@ -137,8 +137,6 @@ def fit_order_parameter(
     loss : str
         ``scipy.optimize.least_squares`` loss ("linear", "soft_l1", "huber", ...).
     """
-    from scipy.optimize import least_squares
-
     t = np.asarray(temperature, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
     s = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -154,20 +152,48 @@ def fit_order_parameter(
         raise ParameterError(f"{int(used.sum())} points are too few to fit {len(names)} parameters")
     order = np.argsort(t[used])
     tu, yu = t[used][order], y[used][order]
+    w = _weights(None if s is None else s[used][order], yu)
+    lo_b, hi_b = _bounds(names, tu)
+    x0s = _starts(names, tu, yu, lo_b, hi_b, tc=tc, beta=beta, critical=critical)
+
+    def resid(p, weights=w):
+        return (order_parameter_model(tu, **dict(zip(names, p))) - yu) * weights
+
+    best = _best_fit(resid, x0s, w, (lo_b, hi_b), loss)
+    p = best.x
+    err, chi2 = _uncertainties(best, resid(p))
+    params = dict(zip(names, map(float, p)))
+    errors = dict(zip(names, map(float, err)))
+    return OrderParameterFit(
+        params["tc"],
+        errors["tc"],
+        params["beta"],
+        errors["beta"],
+        params,
+        errors,
+        t,
+        y,
+        s,
+        used,
+        chi2_red=chi2,
+    )
+
+
+def _weights(su, yu) -> np.ndarray:
+    """Least-squares weights 1/sigma of the used points (ones without sigma)."""
     w = np.ones_like(yu)
-    if s is not None:
-        su = s[used][order]
+    if su is not None:
         good = np.isfinite(su) & (su > 0)
         if good.any():
             floor = 0.05 * float(np.median(su[good]))  # no point may dominate the fit
             w = 1.0 / np.where(good, np.maximum(su, floor), float(np.median(su[good])))
+    return w
 
+
+def _bounds(names, tu) -> tuple[list, list]:
+    """Lower and upper bounds of the parameters ``names`` for temperatures ``tu``."""
     tmin, tmax = float(tu.min()), float(tu.max())
     span = tmax - tmin
-    b0 = float(np.median(yu[-max(2, len(yu) // 4) :]))  # warmest quarter
-    a0 = float(yu[0] - b0) or 1.0
-    peak0 = max(float(yu.max() - max(yu[0], b0)), 0.0)
-    beta0 = 1.0 / 3.0 if beta is None else float(beta)
     lo = {
         "tc": tmin + 1e-3 * span,
         "beta": 0.01,
@@ -186,17 +212,18 @@ def fit_order_parameter(
         "gamma": span,
         "slope": np.inf,
     }
-    lo_b, hi_b = [lo[n] for n in names], [hi[n] for n in names]
+    return [lo[n] for n in names], [hi[n] for n in names]
 
-    def fit(x0, weights):
-        def resid(p):
-            return (order_parameter_model(tu, **dict(zip(names, p))) - yu) * weights
 
-        try:
-            return least_squares(resid, x0, bounds=(lo_b, hi_b), loss=loss, x_scale="jac")
-        except ValueError:
-            return None
-
+def _starts(names, tu, yu, lo_b, hi_b, *, tc, beta, critical) -> list[list[float]]:
+    """Starting points: a grid of Tc over the range (plus ``tc``), two widths of
+    the critical peak, the other parameters guessed from the data."""
+    tmin, tmax = float(tu.min()), float(tu.max())
+    span = tmax - tmin
+    b0 = float(np.median(yu[-max(2, len(yu) // 4) :]))  # warmest quarter
+    a0 = float(yu[0] - b0) or 1.0
+    peak0 = max(float(yu.max() - max(yu[0], b0)), 0.0)
+    beta0 = 1.0 / 3.0 if beta is None else float(beta)
     starts = list(np.linspace(tmin + 0.1 * span, tmax, 10)) + ([tc] if tc is not None else [])
     gammas = (0.02 * span, 0.08 * span) if critical else (None,)
     x0s = []
@@ -212,8 +239,24 @@ def fit_order_parameter(
                 "slope": 0.0,
             }
             x0s.append([_inside(p0[n], a, b) for n, a, b in zip(names, lo_b, hi_b)])
-    # Unweighted starts first (weights that vary by orders of magnitude over the
-    # range trap the fit in local minima), then the weighted fit from the best.
+    return x0s
+
+
+def _best_fit(resid, x0s, w, bounds, loss):
+    """The lowest-cost ``least_squares`` result over the starts ``x0s``.
+
+    Unweighted starts first (weights that vary by orders of magnitude over the
+    range trap the fit in local minima), then the weighted fit from the best.
+    """
+    from scipy.optimize import least_squares
+
+    def fit(x0, weights):
+        try:
+            return least_squares(resid, x0, bounds=bounds, loss=loss, x_scale="jac",
+                                 kwargs={"weights": weights})
+        except ValueError:
+            return None
+
     best = None
     for weights in (np.ones_like(w),) if np.allclose(w, w[0]) else (np.ones_like(w), w):
         cands = x0s if best is None else [best.x, *x0s]
@@ -226,33 +269,20 @@ def fit_order_parameter(
             break
     if best is None:
         raise ParameterError("the order-parameter fit failed")
+    return best
 
-    def resid(p):
-        return (order_parameter_model(tu, **dict(zip(names, p))) - yu) * w
 
+def _uncertainties(best, res) -> tuple[np.ndarray, float]:
+    """One-sigma errors of the fitted parameters from the Jacobian, scaled by the
+    reduced chi-square of the residuals ``res``; and that chi-square."""
     p = best.x
-    res = resid(p)
-    chi2 = float(res @ res) / max(len(yu) - len(p), 1)
+    chi2 = float(res @ res) / max(len(res) - len(p), 1)
     try:
         cov = np.linalg.pinv(best.jac.T @ best.jac) * chi2
         err = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         err = np.full(len(p), np.nan)
-    params = dict(zip(names, map(float, p)))
-    errors = dict(zip(names, map(float, err)))
-    return OrderParameterFit(
-        params["tc"],
-        errors["tc"],
-        params["beta"],
-        errors["beta"],
-        params,
-        errors,
-        t,
-        y,
-        s,
-        used,
-        chi2_red=chi2,
-    )
+    return err, chi2
 
 
 def _inside(v: float, a: float, b: float) -> float:

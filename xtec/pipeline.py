@@ -3,8 +3,9 @@
 The job runs on whatever Dask scheduler is current (see :mod:`xtec.runtime`).
 The input is read once: the pass that computes the per-voxel mean (for the
 threshold) also keeps the trajectories of likely-kept voxels
-(:mod:`xtec.candidates`), from which the kept ones are picked; only if the
-exact cutoff falls below the pilot's bound is the input read a second time.
+(:mod:`xtec.preprocess.candidates`), from which the kept ones are picked; only
+if the exact cutoff falls below the pilot's bound is the input read a second
+time.
 Everything else works on the mean volume (1/T of the data) or on the kept
 trajectories.
 
@@ -33,7 +34,6 @@ import numpy as np
 import xarray as xr
 
 from xtec.backend import get_device_module
-from xtec.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
 from xtec.chunks import target_bytes_for_workers
 from xtec.config import METHODS, PERSIST_MODES, ClusterConfig  # noqa: F401  (re-exported)
 from xtec.errors import ParameterError
@@ -56,6 +56,7 @@ from xtec.preprocess import (
     paint,
     summarize,
 )
+from xtec.preprocess.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
 from xtec.profiles import cluster_profiles, predict_with_profiles
 from xtec.runtime import Runtime
 

@@ -155,78 +155,65 @@ def write_report(
     """
     result_path = Path(result_path)
     ds = load_result(result_path)
+    out = _report_dir(result_path, out_dir)
+    chosen = [parse_plane(p) for p in planes] if planes else default_planes(ds)
+    for dim, value in chosen:
+        nearest_plane(ds, dim, value)  # fail before writing anything
+    out.mkdir(parents=True, exist_ok=True)
+    ds = _with_small_loaded(ds)
+    figs = _draw_figures(ds, out, chosen, dpi)
+    html_path = out / "report.html"
+    html_path.write_text(_html(ds, result_path, figs, title), encoding="utf-8")
+    log.info("wrote %s (%d figures)", html_path, len(figs))
+    return html_path
+
+
+def _report_dir(result_path: Path, out_dir) -> Path:
+    """``out_dir``, default ``<result>_report`` beside the store; refused if a file."""
     if out_dir is None:
         stem = result_path.name[:-5] if result_path.name.endswith(".zarr") else result_path.name
         out_dir = result_path.parent / f"{stem}_report"
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"{out} exists and is not a directory")
-    chosen = [parse_plane(p) for p in planes] if planes else default_planes(ds)
-    for dim, value in chosen:
-        nearest_plane(ds, dim, value)  # fail before writing anything
-    out.mkdir(parents=True, exist_ok=True)
-    # Small variables in memory once; labels/mask/mean are read per plane.
+    return out
+
+
+#: Small variables, read into memory once (labels, mask and mean are read per plane).
+_SMALL = ("palette", "cluster_mean", "cluster_std", "cluster_count", "weights",
+          "threshold_hist", "threshold_edges")
+
+
+def _with_small_loaded(ds: xr.Dataset) -> xr.Dataset:
     ds = ds.copy()
-    for v in (
-        "palette",
-        "cluster_mean",
-        "cluster_std",
-        "cluster_count",
-        "weights",
-        "threshold_hist",
-        "threshold_edges",
-    ):
+    for v in _SMALL:
         if v in ds:
             ds[v] = ds[v].load()
+    return ds
 
-    figs: list[tuple[str, Path, str]] = []  # (section, path, caption)
-    figs.append(
-        (
-            "Clusters",
-            _save(plot_trajectories(ds), out / "trajectories.png", dpi),
-            "Mean rescaled trajectory of each cluster, with a \u00b11\u03c3 band.",
-        )
-    )
-    figs.append(
-        (
-            "Clusters",
-            _save(plot_counts(ds), out / "counts.png", dpi),
-            "Voxels assigned to each cluster.",
-        )
-    )
+
+def _draw_figures(ds: xr.Dataset, out: Path, chosen, dpi: int) -> list[tuple[str, Path, str]]:
+    """Every figure of the report as a PNG in ``out``: (section, path, caption)."""
+    figs = [
+        ("Clusters", _save(plot_trajectories(ds), out / "trajectories.png", dpi),
+         "Mean rescaled trajectory of each cluster, with a \u00b11\u03c3 band."),
+        ("Clusters", _save(plot_counts(ds), out / "counts.png", dpi),
+         "Voxels assigned to each cluster."),
+    ]
     for dim, value in chosen:
         ax = plot_slice(ds, dim, value)
         exact = nearest_plane(ds, dim, value)[1]
-        figs.append(
-            (
-                "Reciprocal space",
-                _save(ax, out / _plane_name(dim, exact), dpi),
-                f"{dim} = {exact:g} r.l.u.: voxels coloured by cluster; grey: kept but "
-                "unclustered; dark: log mean intensity of dropped voxels.",
-            )
-        )
-    figs.append(
-        (
-            "Threshold",
-            _save(plot_threshold(ds), out / "threshold.png", dpi),
-            "Histogram of log mean intensity with the Gaussian fitted to the "
-            "background and the cutoff.",
-        )
-    )
+        figs.append(("Reciprocal space", _save(ax, out / _plane_name(dim, exact), dpi),
+                     f"{dim} = {exact:g} r.l.u.: voxels coloured by cluster; grey: kept but "
+                     "unclustered; dark: log mean intensity of dropped voxels."))
+    figs.append(("Threshold", _save(plot_threshold(ds), out / "threshold.png", dpi),
+                 "Histogram of log mean intensity with the Gaussian fitted to the "
+                 "background and the cutoff."))
     ax = plot_bic(ds)
     if ax is not None:
-        figs.append(
-            (
-                "Model selection",
-                _save(ax, out / "bic.png", dpi),
-                "BIC over the number of clusters K.",
-            )
-        )
-
-    html_path = out / "report.html"
-    html_path.write_text(_html(ds, result_path, figs, title), encoding="utf-8")
-    log.info("wrote %s (%d figures)", html_path, len(figs))
-    return html_path
+        figs.append(("Model selection", _save(ax, out / "bic.png", dpi),
+                     "BIC over the number of clusters K."))
+    return figs
 
 
 def _html(ds: xr.Dataset, result_path: Path, figs, title: str | None) -> str:

@@ -16,6 +16,7 @@ import dask
 
 from xtec.errors import ParameterError
 from xtec.optional import require
+from xtec.options import JobqueueOptions
 
 log = logging.getLogger(__name__)
 
@@ -156,41 +157,19 @@ def spill_to_zarr(X, index, scratch: Path, t: int):
 JOBQUEUE_KINDS = ("slurm", "pbs")
 
 
-@dataclass
-class JobqueueOptions:
-    """Batch-job settings for dask-jobqueue (unset values come from its config file)."""
-
-    cores: int | None = None
-    memory: str | None = None
-    processes: int | None = None
-    walltime: str | None = None
-    queue: str | None = None
-    account: str | None = None
-    jobs: int = 1
-    config_file: str | None = None
-    job_extra: list[str] | None = None
-
-    def cluster_kwargs(self) -> dict:
-        kw = {k: getattr(self, k) for k in ("cores", "memory", "processes", "walltime", "queue",
-                                            "account") if getattr(self, k) is not None}
-        if self.job_extra:
-            kw["job_extra_directives"] = list(self.job_extra)
-        return kw
-
-
 def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
     """A dask-jobqueue cluster (not yet scaled): SLURMCluster or PBSCluster."""
     if kind not in JOBQUEUE_KINDS:
         raise ParameterError(f"cluster must be one of {JOBQUEUE_KINDS} (got {kind!r})")
     dask_jobqueue = require("dask_jobqueue", "hpc", f"cluster={kind!r}")
-    if options.config_file:
+    if options.jobqueue_config:
         import yaml
 
         try:
-            with open(options.config_file) as fh:
+            with open(options.jobqueue_config) as fh:
                 dask.config.update(dask.config.config, yaml.safe_load(fh) or {}, priority="new")
         except (OSError, yaml.YAMLError) as exc:
-            raise ParameterError(f"cannot read the jobqueue config {options.config_file} "
+            raise ParameterError(f"cannot read the jobqueue config {options.jobqueue_config} "
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     kw = options.cluster_kwargs()

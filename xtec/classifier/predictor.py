@@ -21,6 +21,7 @@ import numpy as np
 
 from xtec.classifier.simulator import PatternGrid
 from xtec.errors import InputError
+from xtec.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,9 @@ class NetworkModel:
     kind = "network"
 
     def __init__(self, directory: str | Path) -> None:
-        try:
-            from xtec.classifier.model import load_model
-        except ImportError:
-            raise InputError(
-                f"{directory} holds a network; it needs PyTorch: pip install 'xtec[ml]'"
-            ) from None
+        require("torch", "ml", f"{directory} holds a network; it", package="PyTorch",
+                error=InputError)
+        from xtec.classifier.model import load_model
 
         self.model, self.config = load_model(directory)
         mc = self.model.config

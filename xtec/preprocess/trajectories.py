@@ -148,7 +148,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     All come from one read of the data, in one task per chunk.  ``capture``,
     if given, is called in each task with the block's values (T, n), means
     (n,) and block position, while the values are in hand (see
-    :mod:`xtec.candidates`); its results stay where the tasks ran.
+    :mod:`xtec.preprocess.candidates`); its results stay where the tasks ran.
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})

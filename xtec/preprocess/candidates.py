@@ -28,12 +28,10 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace, to_numpy
-from xtec.preprocess import (
-    THRESHOLD_METHODS,
+from xtec.preprocess.threshold import THRESHOLD_METHODS, above_cutoff_block, kl_threshold_values
+from xtec.preprocess.trajectories import (
     Trajectories,
-    above_cutoff_block,
     assemble_trajectories,
-    kl_threshold_values,
     summary_block,
     trajectories_block,
 )
