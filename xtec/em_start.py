@@ -28,10 +28,10 @@ def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
     Depends only on the id, so a subsample drawn with it is the same whatever
     order or chunking the ids come in.
     """
-    from xtec import _kernels
+    from xtec import _start_kernels
 
     ids = np.ascontiguousarray(index).astype(np.uint64, copy=False).ravel()
-    return _kernels.splitmix_uniform(ids, seed & 0xFFFFFFFF).reshape(np.shape(index))
+    return _start_kernels.splitmix_uniform(ids, seed & 0xFFFFFFFF).reshape(np.shape(index))
 
 
 def _sample_chunk(X, index, rate, seed):
@@ -61,7 +61,7 @@ def init_sample(X, index, size: int, seed: int) -> np.ndarray:
 def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
                     n_lloyd: int = 20) -> np.ndarray:
     """k-means++ seeding followed by a few Lloyd iterations; X (n, T) -> labels (n,)."""
-    from xtec import _kernels
+    from xtec import _start_kernels
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
@@ -75,7 +75,7 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
     c = np.array(centers)
     labels = np.zeros(n, np.int64)
     for it in range(n_lloyd):
-        new, counts, sums = _kernels.lloyd_step(X, c, 1024)
+        new, counts, sums = _start_kernels.lloyd_step(X, c, 1024)
         if it > 0 and np.array_equal(new, labels):
             break
         labels = new
@@ -93,12 +93,12 @@ def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_typ
     sums come from one serial pass (no N x K x T x T temporaries, no threaded
     BLAS on small matrices, which is slow on a busy machine).
     """
-    from xtec import _kernels
+    from xtec import _start_kernels
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     eps = 1e-6
     full = covariance_type != "diag"
-    counts, sums, outer = _kernels.label_sums(X, np.ascontiguousarray(labels, np.int64), k,
+    counts, sums, outer = _start_kernels.label_sums(X, np.ascontiguousarray(labels, np.int64), k,
                                               full)
     if full:
         outer = outer + np.swapaxes(np.tril(outer, -1), 1, 2)
