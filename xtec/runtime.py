@@ -224,46 +224,69 @@ def dask_runtime(
         with dask.config.set(scheduler="threads"):
             yield Runtime("threads")
         return
-    from distributed import Client, LocalCluster
     from distributed.deploy.spec import SpecCluster
 
+    existing = set(SpecCluster._instances)  # a caller's own clusters: never ours to close
+    if scheduler or scheduler_file:
+        runtime = _address_runtime(scheduler, scheduler_file)
+    elif cluster:
+        runtime = _jobqueue_runtime(cluster, jobqueue or JobqueueOptions(), existing)
+    else:
+        runtime = _local_runtime(workers, threads_per_worker, memory_limit, dashboard_address,
+                                 processes, existing)
+    with runtime as rt:
+        yield rt
+
+
+@contextlib.contextmanager
+def _address_runtime(scheduler: str | None, scheduler_file: str | None) -> Iterator[Runtime]:
+    """A client of a running scheduler (by address or scheduler file)."""
+    from distributed import Client
+
+    where = scheduler or scheduler_file
+    try:
+        client = (Client(scheduler, timeout="10s") if scheduler else
+                  Client(scheduler_file=scheduler_file, timeout="10s"))
+    except (OSError, ValueError) as exc:
+        raise ParameterError(f"cannot reach the Dask scheduler at {where} ({exc})") from None
+    try:
+        yield Runtime("address", client, client.dashboard_link)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def _jobqueue_runtime(cluster: str, options: JobqueueOptions, existing: set
+                      ) -> Iterator[Runtime]:
+    """Batch jobs through dask-jobqueue, watched so that a job that ends stops the run."""
+    from distributed import Client
+
+    from xtec.batch import watch_batch_jobs
     from xtec.workers import close_cluster
 
-    existing = set(SpecCluster._instances)  # a caller's own clusters: never ours to close
+    jq = make_jobqueue_cluster(cluster, options)
+    log.info("%s job script:\n%s", cluster, jq.job_script())
+    jq.scale(jobs=options.jobs)
+    client = None
+    try:
+        client = Client(jq)
+        with watch_batch_jobs(jq, client, cluster):
+            yield Runtime(cluster, client, client.dashboard_link)
+    except BaseException as exc:  # SIGTERM/SIGINT are KeyboardInterrupts here
+        close_cluster(client, jq, interrupted=isinstance(exc, KeyboardInterrupt),
+                      spare=existing)
+        raise
+    else:
+        close_cluster(client, jq)
 
-    if scheduler or scheduler_file:
-        where = scheduler or scheduler_file
-        try:
-            client = (Client(scheduler, timeout="10s") if scheduler else
-                      Client(scheduler_file=scheduler_file, timeout="10s"))
-        except (OSError, ValueError) as exc:
-            raise ParameterError(f"cannot reach the Dask scheduler at {where} ({exc})") \
-                from None
-        try:
-            yield Runtime("address", client, client.dashboard_link)
-        finally:
-            client.close()
-        return
-    if cluster:
-        options = jobqueue or JobqueueOptions()
-        jq = make_jobqueue_cluster(cluster, options)
-        log.info("%s job script:\n%s", cluster, jq.job_script())
-        jq.scale(jobs=options.jobs)
-        client = None
-        try:
-            from xtec.batch import watch_batch_jobs
 
-            client = Client(jq)
-            with watch_batch_jobs(jq, client, cluster):  # a job that ends stops the run
-                yield Runtime(cluster, client, client.dashboard_link)
-        except BaseException as exc:  # SIGTERM/SIGINT are KeyboardInterrupts here
-            close_cluster(client, jq, interrupted=isinstance(exc, KeyboardInterrupt),
-                          spare=existing)
-            raise
-        else:
-            close_cluster(client, jq)
-        return
-    from xtec.workers import check_memory_limit
+@contextlib.contextmanager
+def _local_runtime(workers: int, threads_per_worker: int, memory_limit, dashboard_address,
+                   processes: bool, existing: set) -> Iterator[Runtime]:
+    """A LocalCluster of ``workers`` processes, closed (all of it) when the job ends."""
+    from distributed import Client, LocalCluster
+
+    from xtec.workers import check_memory_limit, close_cluster
 
     memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
     local = client = None
