@@ -383,7 +383,8 @@ def run_squarem(X, params: MixtureParams, n: int, e_step, *, reg_covar: float, t
     log-likelihood is below theta1's, the cycle falls back to theta2, so the
     log-likelihood never falls.  EM on overlapping clusters creeps (the
     issue's data: 31-144 plain steps on a 50,000-row sample); SQUAREM reaches
-    a higher log-likelihood in 1.1-2.1x fewer passes there (docs/gmm_performance.md).
+    a log-likelihood as high or higher there in 1.5-1.9x fewer passes over a
+    whole start (one restart of 18 took one pass more; docs/gmm_performance.md).
     Converged by plain EM's rule on a cycle's EM step (theta0 to theta1), or
     when a cycle's start is within ``tol * |ll|`` of the previous cycle's
     theta1.  Returns (params, ll, passes, converged).
