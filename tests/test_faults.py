@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -460,6 +461,38 @@ def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(capsys):
     assert _exit_status(wrapped, "cluster") == 130
     assert _exit_status(Interrupted(signal.SIGTERM), "cluster") == 143
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+class _SignalsWhileFinalised:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(10_000))  # Python code, so the handler runs in here
+
+
+def _signal_in_weakref_callback():
+    class Target:
+        pass
+
+    weakref.finalize(Target(), lambda: (os.kill(os.getpid(), signal.SIGTERM),
+                                        sum(range(10_000))))
+
+
+@pytest.mark.parametrize("finaliser", [_SignalsWhileFinalised, _signal_in_weakref_callback],
+                         ids=["__del__", "weakref"])
+def test_signal_inside_a_finaliser_still_stops_the_run(finaliser, capfd):
+    """A SIGTERM raised inside a finaliser is dropped by Python ("Exception
+    ignored in ..."; CI saw it in distributed's ``Future.__del__``): it must
+    still stop the block, and print nothing."""
+    from xtec.signals import Interrupted, stop_on_signals
+
+    with pytest.raises(Interrupted) as info:
+        with stop_on_signals(grace=60):
+            finaliser()
+            for _ in range(500):  # one second, if the interrupt were lost
+                time.sleep(0.002)
+    assert info.value.signum == signal.SIGTERM
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 # -- T8 and the worker-loss guarantee: a real LocalCluster ------------------------------

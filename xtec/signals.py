@@ -10,6 +10,14 @@ A watchdog makes sure the process is gone within ``grace`` seconds even if
 a clean-up step hangs (a worker stuck in native code): it kills the child
 processes, removes the paths registered with :func:`add_cleanup` and exits
 with the signal's status (128 + signal number).
+
+A signal can arrive while the main thread runs a finaliser (a ``__del__``,
+a weakref callback); Python cannot raise out of those and reports the
+exception as "unraisable" instead, which would swallow the interrupt and let
+the run go on.  So inside a ``__del__`` the handler does not raise, and an
+:class:`Interrupted` that another finaliser swallowed reaches
+``sys.unraisablehook``; either way the signal is sent to the main thread
+again a moment later, and raised where it can stop the run.
 """
 
 from __future__ import annotations
@@ -96,6 +104,15 @@ def _remove_registered() -> None:
                 p.unlink()
 
 
+def _in_finaliser(frame) -> bool:
+    """Whether ``frame`` runs inside a ``__del__``, where a raise is dropped."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
 def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
     """Turn SIGTERM/SIGINT into :class:`Interrupted` for the block (main thread only)."""
@@ -115,7 +132,21 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         sys.stderr.flush()
         os._exit(128 + signum)
 
+    redeliver: list[int] = []
+
+    def send_again(signum: int) -> None:
+        redeliver[:] = [signum]
+        # A real signal, not _thread.interrupt_main: it also wakes a main
+        # thread blocked in a system call.
+        threading.Timer(0.01, signal.pthread_kill,
+                        args=(threading.main_thread().ident, signum)).start()
+
     def handler(signum, frame):
+        if redeliver:
+            if _in_finaliser(frame):
+                send_again(redeliver[0])
+                return
+            raise Interrupted(redeliver.pop())
         if fired:
             return  # already stopping: let the clean-up finish
         fired.append(signum)
@@ -127,12 +158,25 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         if dask_log.getEffectiveLevel() >= logging.WARNING:
             dask_log.setLevel(logging.CRITICAL)
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
+        if _in_finaliser(frame):
+            send_again(signum)
+            return
         raise Interrupted(signum)
 
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if not isinstance(info.exc_value, Interrupted):
+            previous_hook(info)
+            return
+        send_again(info.exc_value.signum)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    sys.unraisablehook = unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
         done.set()
