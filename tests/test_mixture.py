@@ -224,3 +224,37 @@ def test_hash_uniform_is_splitmix64():
     for ids, seed in ((np.arange(10_000), 0), (rng.integers(0, 2**62, 500), 12345),
                       (np.arange(20).reshape(4, 5), 2**40 + 3)):
         assert np.array_equal(hash_uniform(ids, seed), splitmix(ids, seed))
+
+
+def test_start_sample_and_seeding_do_not_depend_on_row_order():
+    """The subsample is the rows whose ids hash below the rate, in id order,
+    however the rows come (a permuted NumPy array, Dask chunks); k-means++
+    seeding picks the rows the plain NumPy expression picks."""
+    from xtec.em_start import hash_uniform, init_sample, kmeans_plusplus
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(5_000, 6)).astype(np.float32)
+    ids = np.arange(X.shape[0])
+    want = X[hash_uniform(ids, 7) < 0.2].astype(np.float64)
+    perm = rng.permutation(X.shape[0])
+    assert np.array_equal(init_sample(X, ids, 1_000, 7), want)
+    assert np.array_equal(init_sample(X[perm], perm, 1_000, 7), want)
+    Xd = da.from_array(X[perm], chunks=(700, 6))
+    assert np.array_equal(init_sample(Xd, da.from_array(perm, chunks=700), 1_000, 7), want)
+
+    def plain_seeding(X, k, rng):
+        centers = [X[rng.integers(X.shape[0])]]
+        d2 = np.sum((X - centers[0]) ** 2, axis=1)
+        for _ in range(1, k):
+            i = rng.choice(X.shape[0], p=d2 / d2.sum())
+            centers.append(X[i])
+            d2 = np.minimum(d2, np.sum((X - X[i]) ** 2, axis=1))
+        return np.array(centers)
+
+    def nearest(X, c):
+        return np.argmin(((X[:, None, :] - c[None]) ** 2).sum(-1), axis=1)
+
+    for k in (2, 5):
+        c = plain_seeding(want, k, np.random.default_rng(k))
+        assert np.array_equal(kmeans_plusplus(want, k, np.random.default_rng(k), n_lloyd=1),
+                              nearest(want, c))

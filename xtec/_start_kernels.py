@@ -1,5 +1,6 @@
-"""Numba kernels of EM's start (:mod:`xtec.em_start`): the subsample's hash,
-the k-means Lloyd step, and the per-label sums that give initial parameters.
+"""Numba kernels of EM's start (:mod:`xtec.em_start`): the subsample's hash
+and gather, k-means++ seeding distances, the k-means Lloyd step, and the
+per-label sums that give initial parameters.
 
 Compiled once per installation (numba's disk cache), like :mod:`xtec._kernels`.
 """
@@ -23,6 +24,29 @@ def splitmix_uniform(index, seed_low):
         z = z ^ (z >> np.uint64(31))
         out[i] = np.float64(z >> np.uint64(11)) / 9007199254740992.0
     return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def take_rows(X, rows):
+    """X[rows] as float64 (len(rows), T): the subsample's gather, 2x np.take."""
+    out = np.empty((rows.shape[0], X.shape[1]))
+    for r in numba.prange(rows.shape[0]):
+        src = rows[r]
+        for f in range(X.shape[1]):
+            out[r, f] = X[src, f]
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FASTMATH)
+def lower_sq_dist(X, center, d2):
+    """d2 = min(d2, |x - center|^2) per row of X (n, T): k-means++ seeding."""
+    for i in range(X.shape[0]):
+        d = 0.0
+        for f in range(X.shape[1]):
+            e = X[i, f] - center[f]
+            d += e * e
+        if d < d2[i]:
+            d2[i] = d
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
