@@ -14,7 +14,9 @@ from xtec.autoencoder.data import load_curves, save_curves, synthetic_alloy_seri
 from xtec.autoencoder.feature_space import (  # noqa: E402
     ConcentrationEstimator,
     FeatureSpaceAE,
+    cross_correlation_shift,
     find_peaks,
+    learning_rates,
     mask_window,
     remove_baseline,
 )
@@ -145,8 +147,93 @@ def test_concentration_estimator_on_a_known_curve():
         ConcentrationEstimator(method="spline")
 
 
+def test_leave_one_out_at_once_equals_one_estimator_per_reference():
+    """The vectorised leave-one-out gives, to the bit, what fitting an estimator
+    on the other references and projecting the held-out one gives."""
+    rng = np.random.default_rng(0)
+    v = rng.uniform(size=61)
+    v[:9] = v[9]  # ties in the values: the stable order decides the path
+    z = np.column_stack([np.cos(3 * v), np.sin(3 * v), v]) + 0.05 * rng.normal(size=(61, 3))
+    for method, smoothing, columns in (("path", None, None), ("path", 4, (0, 1)), ("knn", None, None)):
+        est = ConcentrationEstimator(method, 6, smoothing, columns).fit(z, v)
+        zs = z if columns is None else z[:, list(columns)]
+        residual, distance = np.empty(v.size), np.empty(v.size)
+        for i in range(v.size):
+            keep = np.arange(v.size) != i
+            other = ConcentrationEstimator(method, 6, smoothing).fit(zs[keep], v[keep], loo=False)
+            e, d, _ = other._project(zs[i : i + 1])
+            residual[i], distance[i] = e[0] - v[i], d[0]
+        np.testing.assert_array_equal(est.ref_residual_, residual)
+        np.testing.assert_array_equal(est.ref_distance_, distance)
+        # Any block size (memory bound) gives the same.
+        small = est._leave_one_out(zs, v, block=7)
+        np.testing.assert_array_equal(small[0], residual)
+        np.testing.assert_array_equal(small[1], distance)
+
+
+def test_fast_fft_length_gives_the_lags_of_the_doubled_one():
+    """The cross-correlation padded to a fast length finds the lags that the
+    zero-padding to 2 m (the earlier code) found, to rounding, on grids of prime
+    sizes (1,601 and 4,001 points as in the module's and pymatgen's series)."""
+
+    def doubled(t, template, max_lag):  # the earlier implementation
+        m = t.shape[1]
+        max_lag = int(max(1, min(max_lag, m - 2)))
+        c = np.fft.irfft(np.fft.rfft(t, 2 * m) * np.conj(np.fft.rfft(template, 2 * m)), 2 * m)
+        cc = np.concatenate([c[:, -max_lag:], c[:, : max_lag + 1]], axis=1)
+        j = np.clip(np.argmax(cc, axis=1), 1, cc.shape[1] - 2)
+        a, b, d = (cc[np.arange(t.shape[0]), j + o] for o in (-1, 0, 1))
+        den = a - 2 * b + d
+        frac = np.where(den < 0, 0.5 * (a - d) / np.where(den < 0, den, 1.0), 0.0)
+        return (j - max_lag) + np.clip(frac, -0.5, 0.5)
+
+    rng = np.random.default_rng(1)
+    for m, max_lag in ((1601, 300), (4001, 492), (37, 5), (50, 200)):
+        x = np.arange(m, dtype=float)
+        template = np.exp(-0.5 * ((x - m / 2) / 3) ** 2) + np.exp(-0.5 * ((x - m / 3) / 2) ** 2)
+        reach = min(max_lag, m - 2)
+        shifts = np.concatenate([[-reach, reach], rng.uniform(-reach, reach, 30)])
+        t = np.stack([np.interp(x + s, x, template) for s in shifts])
+        t += 0.01 * rng.normal(size=t.shape)
+        np.testing.assert_allclose(
+            cross_correlation_shift(t, template, max_lag), doubled(t, template, max_lag),
+            rtol=0, atol=1e-9,
+        )
+
+
+def test_learning_rates_are_those_of_the_cosine_scheduler():
+    """Without a warm-up, the per-epoch rates equal torch's CosineAnnealingLR
+    stepped once per epoch, to the bit (so a model trained with warmup=0 is the
+    one trained with that scheduler); the warm-up ramps them up linearly."""
+    for epochs in (1, 2, 7, 150):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-4)
+        expected = []
+        for _ in range(epochs):
+            expected.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert learning_rates(2e-3, epochs) == expected
+    warm = learning_rates(1e-2, 100, warmup=0.1)
+    cosine = learning_rates(1e-2, 100)
+    np.testing.assert_allclose(warm[:10], np.array(cosine[:10]) * np.arange(1, 11) / 11)
+    assert warm[10:] == cosine[10:] and max(warm) <= 1e-2
+    with pytest.raises(ParameterError):
+        FeatureSpaceAE(warmup=1.0)
+
+
+def test_training_latents_equal_a_fresh_transform(alloy_model, alloy):
+    """fit() encodes the training patterns from the coefficients it trained on
+    instead of aligning them again; a fresh transform gives the same bits."""
+    train, _ = alloy
+    np.testing.assert_array_equal(alloy_model.transform(train), alloy_model.latent_)
+
+
 def test_same_seed_same_model_on_cpu():
     data = synthetic_alloy_series(40, seed=5)
+    from threadpoolctl import threadpool_info
+
+    threads, pools = torch.get_num_threads(), threadpool_info()
     kw = dict(epochs=20, n_threads=1, progress=False)
     a = FeatureSpaceAE(seed=11, **kw).fit(data)
     b = FeatureSpaceAE(seed=11, **kw).fit(data)
@@ -157,8 +244,10 @@ def test_same_seed_same_model_on_cpu():
     ):
         assert torch.equal(pa, pb)
     assert not np.array_equal(a.latent_, c.latent_)
-    # Training leaves the caller's torch settings alone.
+    # Training leaves the caller's torch and BLAS/OpenMP settings alone.
     assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads
+    assert threadpool_info() == pools
 
 
 def test_save_and_load_safely(tmp_path, alloy_model, alloy):

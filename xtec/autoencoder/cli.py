@@ -122,7 +122,12 @@ def register(subparsers) -> None:
         help="coordinate used as the reference for estimates (default: composition, if present)",
     )
     p.add_argument("--normalize", choices=("area", "max", "none"), default="area")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=256,
+        help="patterns per training step (default 256: up to 256 patterns, all at once)",
+    )
     _training_options(p, 150)
     p.set_defaults(func=_ae_train)
 
