@@ -403,6 +403,15 @@ def test_entry_module_is_light():
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
+@pytest.mark.parametrize("module", ["xtec.io.result", "xtec.io.store", "xtec.report"])
+def test_result_modules_import_first(module):
+    """``from xtec.io.result import ...`` as a program's first line: xarray's
+    import registers the accessor, which must not need the half-imported module."""
+    code = f"import {module}, xarray; assert hasattr(xarray.Dataset, 'xtec')"
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_the_command_starts(tiny, tmp_path, sig):

@@ -437,3 +437,23 @@ def full_predict(X, means, prec_chol, norm, block):
                     arg = k
             labels[lo + i] = arg
     return labels
+
+
+@numba.njit(cache=True, nogil=True)
+def label_stats(X, labels, k):
+    """Per label 0..k-1 of the rows of X (n, T): count, sum and sum of squares
+    of the rows, (3, k, T) float64 (the count repeated along T).  One serial
+    pass in row order (Dask runs chunks side by side): no one-hot matrix and
+    no float64 copy of X."""
+    n, t = X.shape
+    out = np.zeros((3, k, t))
+    for i in range(n):
+        c = labels[i]
+        out[0, c, 0] += 1.0
+        for j in range(t):
+            v = np.float64(X[i, j])
+            out[1, c, j] += v
+            out[2, c, j] += v * v
+    for c in range(k):
+        out[0, c, :] = out[0, c, 0]
+    return out

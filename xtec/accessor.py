@@ -28,8 +28,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import xarray as xr
 
+# The module, not its names: xarray's import registers this accessor, and
+# that import can come from xtec.io.result itself (``from xtec.io.result
+# import ...`` as a program's first line), still half-initialised then.
+import xtec.io.result as result_format
 from xtec.errors import InputError, ParameterError
-from xtec.io.result import Q_DIMS, decode_attrs, decode_value
 from xtec.order_parameter import (  # noqa: F401  (re-exported: the accessor's fit)
     OrderParameterFit,
     fit_order_parameter,
@@ -38,7 +41,7 @@ from xtec.order_parameter import (  # noqa: F401  (re-exported: the accessor's f
 
 
 def _decoded(attrs: dict, key: str, default=None):
-    return decode_value(attrs.get(key, default))
+    return result_format.decode_value(attrs.get(key, default))
 
 
 # --------------------------------------------------------------------------- Dataset
@@ -58,7 +61,7 @@ class XtecDatasetAccessor:
     @property
     def attrs(self) -> dict:
         """The provenance attributes, JSON strings decoded."""
-        return decode_attrs(self._ds.attrs)
+        return result_format.decode_attrs(self._ds.attrs)
 
     @property
     def clusters(self) -> np.ndarray:
@@ -101,8 +104,9 @@ class XtecDatasetAccessor:
         """Q coordinates (and indices) of a cluster's voxels along a ``voxel`` dimension."""
         mask = np.asarray(self.cluster_mask(cluster).values)
         idx = np.nonzero(mask)
-        data = {f"i{d[1]}": ("voxel", i.astype(np.int64)) for d, i in zip(Q_DIMS, idx)}
-        coords = {d: ("voxel", np.asarray(self._ds[d].values)[i]) for d, i in zip(Q_DIMS, idx)}
+        dims = result_format.Q_DIMS
+        data = {f"i{d[1]}": ("voxel", i.astype(np.int64)) for d, i in zip(dims, idx)}
+        coords = {d: ("voxel", np.asarray(self._ds[d].values)[i]) for d, i in zip(dims, idx)}
         return xr.Dataset(data, coords=coords)
 
     # -- trajectories from the source files
@@ -116,7 +120,7 @@ class XtecDatasetAccessor:
         ranges = _decoded(self._ds.attrs, "ranges") or {}
         params = _decoded(self._ds.attrs, "parameters") or {}
         kw = {}
-        for d in Q_DIMS:
+        for d in result_format.Q_DIMS:
             r = ranges.get(d) if isinstance(ranges, dict) else None
             if r is None and isinstance(params, dict):
                 r = params.get(d.lower())
@@ -127,7 +131,7 @@ class XtecDatasetAccessor:
             raise InputError(
                 f"cannot re-open the source files recorded in the result: {exc}"
             ) from None
-        for d in Q_DIMS:
+        for d in result_format.Q_DIMS:
             if d in self._ds.coords and (
                 arr.sizes[d] != self._ds.sizes[d]
                 or not np.allclose(arr[d].values, self._ds[d].values, atol=1e-6)
@@ -330,14 +334,14 @@ def _gather(arr: xr.DataArray, mask: np.ndarray, rescale: str) -> xr.DataArray:
     if rescale not in RESCALE_METHODS:
         raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {rescale!r})")
     mask = np.asarray(mask, dtype=bool)
-    if mask.shape != tuple(arr.sizes[d] for d in Q_DIMS):
+    if mask.shape != tuple(arr.sizes[d] for d in result_format.Q_DIMS):
         raise ParameterError(
             f"mask of shape {mask.shape} does not fit the volume "
-            f"{tuple(arr.sizes[d] for d in Q_DIMS)}"
+            f"{tuple(arr.sizes[d] for d in result_format.Q_DIMS)}"
         )
     idx = np.nonzero(mask)
-    sel = {d: xr.DataArray(i, dims="voxel") for d, i in zip(Q_DIMS, idx)}
-    tr = arr.transpose("temperature", *Q_DIMS).isel(sel)
+    sel = {d: xr.DataArray(i, dims="voxel") for d, i in zip(result_format.Q_DIMS, idx)}
+    tr = arr.transpose("temperature", *result_format.Q_DIMS).isel(sel)
     data = tr.data
     if hasattr(data, "map_blocks"):  # dask: whole trajectories per block
         data = data.rechunk({0: -1})
@@ -359,7 +363,7 @@ class XtecDataArrayAccessor:
         self._arr = arr
 
     def _check(self):
-        missing = [d for d in ("temperature", *Q_DIMS) if d not in self._arr.dims]
+        missing = [d for d in ("temperature", *result_format.Q_DIMS) if d not in self._arr.dims]
         if missing:
             raise ParameterError(f"expected dims temperature, Ql, Qk, Qh (missing {missing})")
 
@@ -370,7 +374,7 @@ class XtecDataArrayAccessor:
         self._check()
         if method not in RESCALE_METHODS:
             raise ParameterError(f"rescale must be one of {RESCALE_METHODS} (got {method!r})")
-        a = self._arr.transpose("temperature", *Q_DIMS)
+        a = self._arr.transpose("temperature", *result_format.Q_DIMS)
         data = a.data
         if hasattr(data, "map_blocks"):
             data = data.rechunk({0: -1}).map_blocks(
@@ -405,8 +409,8 @@ class XtecDataArrayAccessor:
         if len(plane) != 1:
             raise ParameterError("give one plane, e.g. Ql=0.0")
         ((dim, value),) = plane.items()
-        if dim not in Q_DIMS:
-            raise ParameterError(f"the plane's dimension must be one of {Q_DIMS}")
+        if dim not in result_format.Q_DIMS:
+            raise ParameterError(f"the plane's dimension must be one of {result_format.Q_DIMS}")
         a = self._arr.sel({dim: value}, method="nearest")
         if temperature is None:
             img = a.mean("temperature")
@@ -414,7 +418,7 @@ class XtecDataArrayAccessor:
         else:
             img = a.sel(temperature=temperature, method="nearest")
             what = f"T = {float(img.temperature):g} K"
-        ydim, xdim = [d for d in Q_DIMS if d != dim]
+        ydim, xdim = [d for d in result_format.Q_DIMS if d != dim]
         img = img.transpose(ydim, xdim).compute()
         if log:
             img = np.log1p(img.clip(min=0))

@@ -17,15 +17,12 @@ from xtec.mixture import chunk_predict
 
 def _cluster_block_stats(x, labels, k):
     """Per cluster: count, sum and sum of squares of one block's trajectories, (3, k, T)."""
-    x = to_numpy(x).astype(np.float64)
-    lab = to_numpy(labels).astype(np.int64)
-    onehot = np.zeros((x.shape[0], k))
-    onehot[np.arange(x.shape[0]), lab] = 1.0
-    out = np.empty((3, k, x.shape[1]))
-    out[0] = onehot.sum(axis=0)[:, None]
-    out[1] = onehot.T @ x
-    out[2] = onehot.T @ (x * x)
-    return out
+    from xtec import _kernels
+
+    x = np.ascontiguousarray(to_numpy(x))
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    return _kernels.label_stats(x, np.ascontiguousarray(to_numpy(labels)), k)
 
 
 def _profile_totals(tot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

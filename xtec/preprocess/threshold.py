@@ -42,15 +42,6 @@ THRESHOLD_METHODS = ("kl", "simple", "none")
 _FINE_BINS = 4096
 
 
-def _log_mean_values(m, mask=None):
-    """x = log(mean) of the voxels with mean > 0, as float64 host NumPy."""
-    m = to_numpy(m).astype(np.float64).ravel()
-    keep = m > 0
-    if mask is not None:
-        keep &= to_numpy(mask).ravel()
-    return np.log(m[keep])
-
-
 # ------------------------------------------------------------------ streaming passes
 def _per_block(arr: da.Array, func, *args) -> list:
     """Apply ``func(block, *args)`` to every block and return the small results,
@@ -60,11 +51,14 @@ def _per_block(arr: da.Array, func, *args) -> list:
     return list(dask.compute(*[f(b, *args) for b in blocks]))
 
 
+def _flat_numpy(m) -> np.ndarray:
+    return np.ascontiguousarray(to_numpy(m)).ravel()
+
+
 def _moments(m):
-    x = _log_mean_values(m)
-    if x.size == 0:
-        return np.array([0, 0.0, 0.0, np.inf, -np.inf])
-    return np.array([x.size, x.sum(), (x * x).sum(), x.min(), x.max()])
+    from xtec.preprocess import _threshold_kernels
+
+    return _threshold_kernels.moments(_flat_numpy(m))
 
 
 def _bin_index(x, lo, width, nbins):
@@ -89,28 +83,23 @@ def _edge_index(x, edges):
 
 
 def _fine_hist(m, lo, width, nbins):
-    x = _log_mean_values(m)
-    return np.bincount(_bin_index(x, lo, width, nbins), minlength=nbins)
+    from xtec.preprocess import _threshold_kernels
+
+    return _threshold_kernels.fine_hist(_flat_numpy(m), lo, width, nbins)
 
 
 def _values_in_bins(m, lo, width, nbins, bins):
-    x = _log_mean_values(m)
-    b = _bin_index(x, lo, width, nbins)
-    hit = np.zeros(x.shape, bool)
-    for one in bins:  # a few bins: plain comparisons beat isin's sort
-        hit |= b == one
-    return x[hit]
+    from xtec.preprocess import _threshold_kernels
+
+    hit = np.zeros(nbins, np.bool_)
+    hit[bins] = True
+    return _threshold_kernels.values_in_bins(_flat_numpy(m), lo, width, nbins, hit)
 
 
 def _weighted_hist(m, edges):
-    x = _log_mean_values(m)
-    nb = edges.size - 1
-    b = _edge_index(x, edges)
-    return np.stack([
-        np.bincount(b, minlength=nb).astype(np.float64),
-        np.bincount(b, weights=x, minlength=nb),
-        np.bincount(b, weights=x * x, minlength=nb),
-    ])
+    from xtec.preprocess import _threshold_kernels
+
+    return _threshold_kernels.weighted_hist(_flat_numpy(m), np.asarray(edges, np.float64))
 
 
 @dataclass
