@@ -84,6 +84,7 @@ def test_streaming_threshold_equals_in_memory(log_values):
         np.testing.assert_array_equal(order_statistics(mean, st, ranks), np.sort(x)[ranks])
         th = compute_threshold(mean, "kl")
         assert th.cutoff == pytest.approx(ref, abs=1e-12)
+        np.testing.assert_array_equal(th.hist, np.histogram(x, th.edges)[0])
         simple = compute_threshold(mean, "simple")
         assert simple.cutoff == pytest.approx(x.mean() + 2 * x.std())
         user = compute_threshold(mean, 10.0)
