@@ -83,13 +83,9 @@ def _warm_imports():
     import h5py  # noqa: F401
     import nexusformat.nexus  # noqa: F401
 
-    import xtec.pipeline  # noqa: F401
-    from xtec.mixture import warm_kernels
+    from xtec.pipeline import _warm_stage_kernels
 
-    warm_kernels()
-    from xtec import _kernels  # noqa: F401
-
-    return True
+    return _warm_stage_kernels("diag")
 
 
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:

@@ -25,6 +25,12 @@ def _cluster_block_stats(x, labels, k):
     return _kernels.label_stats(x, np.ascontiguousarray(to_numpy(labels)), k)
 
 
+def warm_kernels() -> bool:
+    """Load the profiles' numba kernel in this process now."""
+    _cluster_block_stats(np.zeros((1, 2), np.float32), np.zeros(1, np.int16), 1)
+    return True
+
+
 def _profile_totals(tot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n = tot[0][:, 0]
     safe = np.maximum(n, 1)[:, None]

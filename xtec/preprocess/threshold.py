@@ -43,6 +43,15 @@ _FINE_BINS = 4096
 
 
 # ------------------------------------------------------------------ streaming passes
+def warm_kernels() -> bool:
+    """Load the threshold's numba kernels in this process now (a Dask worker
+    does it during the first pass, not in the threshold's first task)."""
+    m = np.ones(2, np.float32)
+    _moments(m), _fine_hist(m, 0.0, 1.0, 2), _weighted_hist(m, np.array([0.0, 1.0, 2.0]))
+    _values_in_bins(m, 0.0, 1.0, 2, np.array([0]))
+    return True
+
+
 def _per_block(arr: da.Array, func, *args) -> list:
     """Apply ``func(block, *args)`` to every block and return the small results,
     in block order (so reductions over them are deterministic)."""
