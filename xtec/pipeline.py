@@ -270,11 +270,19 @@ def _fit_k(config: ClusterConfig, X, index):
 def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scratch: Path):
     """The kept trajectories where the EM reads them: (X, index, where held)."""
     tick = time.perf_counter()
+    n_t = prep.arr.sizes["temperature"]
     if prep.source == "disk":
-        # Read from the candidates' files at every pass: no second copy.
-        X, index, held = prep.traj.X, prep.traj.index, "disk"
+        # The candidates did not fit worker memory, but the kept ones may (the
+        # issue's 1.5 GB on two 1 GB workers: 0.64 GB of candidates, 0.45 GB
+        # kept): then one read of the candidates' files, and the EM's passes
+        # run in memory (each pass from disk took 0.86 s).  Else read from
+        # the files at every pass: no second copy.
+        held = rt.persist_mode(prep.traj.n * (n_t * 4 + 8), config.persist)
+        if held == "memory":
+            X, index = rt.hold_trajectories(prep.traj, held, scratch, picked=True)
+        else:
+            X, index, held = prep.traj.X, prep.traj.index, "disk"
     else:
-        n_t = prep.arr.sizes["temperature"]
         held = (prep.source if prep.source != "input"
                 else rt.persist_mode(prep.traj.n * n_t * 4, config.persist))
         X, index = rt.hold_trajectories(prep.traj, held, scratch,

@@ -5,8 +5,8 @@ so threads reading one file take turns: an in-process run, or a Dask worker
 with several threads, decompresses on one core.  For the filters archived
 NeXus files carry (deflate, with or without shuffle) this module reads each
 chunk's stored bytes with ``read_direct_chunk`` (a short locked call) and
-inflates and unshuffles them with :mod:`zlib` and NumPy, which release the
-GIL, so threads decompress in parallel.  Anything else (other filters,
+inflates and unshuffles them with zlib-ng (or :mod:`zlib`) and NumPy, which
+release the GIL, so threads decompress in parallel.  Anything else (other filters,
 contiguous or virtual datasets, fancy keys) returns None and the caller
 reads through h5py as usual.
 """
@@ -20,6 +20,15 @@ import numpy as np
 
 from xtec.errors import InputError
 
+try:
+    # zlib-ng inflates the same streams 2.1x faster than zlib (2.7 against
+    # 5.8 ms per 1.5 MB chunk of the benchmark series); both release the GIL.
+    from zlib_ng.zlib_ng import decompress as _inflate
+    from zlib_ng.zlib_ng import error as _InflateError
+except ImportError:  # pragma: no cover - zlib-ng is a dependency; zlib still works
+    from zlib import decompress as _inflate
+    from zlib import error as _InflateError
+
 _DEFLATE, _SHUFFLE = 1, 2
 
 
@@ -32,17 +41,27 @@ def _filters(dset) -> list[int] | None:
     return ids if set(ids) <= {_DEFLATE, _SHUFFLE} else None
 
 
+def _unshuffle(raw, itemsize: int) -> np.ndarray:
+    """Undo HDF5's shuffle: byte plane j holds byte j of every value."""
+    planes = np.frombuffer(raw, np.uint8).reshape(itemsize, -1)
+    out = np.empty((planes.shape[1], itemsize), np.uint8)
+    for j in range(itemsize):  # one strided copy per plane: 2.5x a transpose's tobytes
+        out[:, j] = planes[j]
+    return out
+
+
 def _decode(raw: bytes, filters: list[int], skipped: int, dtype: np.dtype,
             chunk: tuple[int, ...]) -> np.ndarray:
     # Reading undoes the pipeline in reverse; a set bit in ``skipped`` means
     # that filter was not applied to this chunk.
+    nbytes = int(np.prod(chunk)) * dtype.itemsize
     for i in reversed(range(len(filters))):
         if skipped & (1 << i):
             continue
         if filters[i] == _DEFLATE:
-            raw = zlib.decompress(raw)
+            raw = _inflate(raw, bufsize=nbytes)
         else:
-            raw = np.frombuffer(raw, np.uint8).reshape(dtype.itemsize, -1).T.tobytes()
+            raw = _unshuffle(raw, dtype.itemsize)
     return np.frombuffer(raw, dtype).reshape(chunk)
 
 
@@ -72,7 +91,7 @@ def read_hyperslab(dset, key) -> np.ndarray | None:
         else:
             try:
                 block = _decode(raw, filters, skipped, dset.dtype, chunk)
-            except (zlib.error, ValueError) as exc:
+            except (zlib.error, _InflateError, ValueError) as exc:
                 raise InputError(
                     f"{dset.file.filename}: dataset {dset.name}, chunk at {tuple(origin)} "
                     f"cannot be decompressed ({exc}); the file is damaged: copy or export "
