@@ -131,3 +131,11 @@ def test_second_round_splits_one_cluster(xtec_file, xtec_result, tmp_path):
     inside = parent.labels.values == c
     assert np.array_equal(ds.labels.values >= 0, inside)
     assert set(np.unique(ds.labels.values[inside])) == {0, 1}
+
+
+def test_every_stage_kernel_warms():
+    """What in-process runs load in a thread during the read (failures there are
+    only logged, so they are checked here)."""
+    from xtec.pipeline import _warm_stage_kernels
+
+    assert _warm_stage_kernels("diag") and _warm_stage_kernels("full")
