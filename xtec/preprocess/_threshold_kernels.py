@@ -46,16 +46,19 @@ def fine_hist(m, lo, width, nbins):
 
 @numba.njit(cache=True, nogil=True)
 def values_in_bins(m, lo, width, nbins, hit):
-    """The x whose fine bin has ``hit[bin]`` set, in voxel order."""
+    """The x whose fine bin has ``hit[bin]`` set, in voxel order, and their bins."""
     out = np.empty(m.size)  # one pass: a block's worth of room, trimmed after
+    bins = np.empty(m.size, np.int64)
     j = 0
     for v in m:
         if v > 0:
             x = np.log(np.float64(v))
-            if hit[_fine_bin(x, lo, width, nbins)]:
+            b = _fine_bin(x, lo, width, nbins)
+            if hit[b]:
                 out[j] = x
+                bins[j] = b
                 j += 1
-    return out[:j].copy()
+    return out[:j].copy(), bins[:j].copy()
 
 
 @numba.njit(cache=True, nogil=True)

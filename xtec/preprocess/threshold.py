@@ -70,10 +70,6 @@ def _moments(m):
     return _threshold_kernels.moments(_flat_numpy(m))
 
 
-def _bin_index(x, lo, width, nbins):
-    return np.clip(np.floor((x - lo) / width).astype(np.int64), 0, nbins - 1)
-
-
 def _edge_index(x, edges):
     """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed).
 
@@ -145,9 +141,9 @@ def order_statistics(mean: da.Array, st: LogIntensityStats, ranks) -> np.ndarray
     cum = np.cumsum(hist)
     ranks = [min(max(int(r), 0), st.n - 1) for r in ranks]
     need = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
-    vals = np.concatenate(_per_block(mean, _values_in_bins, st.min, width, _FINE_BINS,
-                                     np.array(need)))
-    vbins = _bin_index(vals, st.min, width, _FINE_BINS)
+    parts = _per_block(mean, _values_in_bins, st.min, width, _FINE_BINS, np.array(need))
+    vals = np.concatenate([p[0] for p in parts])
+    vbins = np.concatenate([p[1] for p in parts])  # as the kernel binned them
     in_bin = {b: np.sort(vals[vbins == b]) for b in need}
     out = []
     for r in ranks:
