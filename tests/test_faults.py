@@ -441,7 +441,7 @@ def test_only_dask_leftover_task_errors_are_dropped_after_an_interrupt():
     records of Dask's own exceptions, nothing else."""
     from distributed.client import AllExit
 
-    from xtec.workers import _LEFTOVER_FILTER
+    from xtec.signals import _LEFTOVER_FILTER
 
     def record(msg, exc):
         return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None,

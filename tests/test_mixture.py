@@ -258,3 +258,54 @@ def test_start_sample_and_seeding_do_not_depend_on_row_order():
         c = plain_seeding(want, k, np.random.default_rng(k))
         assert np.array_equal(kmeans_plusplus(want, k, np.random.default_rng(k), n_lloyd=1),
                               nearest(want, c))
+
+
+def test_float32_exp_is_accurate():
+    """The float32 exp of the restarts' kernel, over the whole range it meets."""
+    from xtec._kernels import vexp32
+
+    x = np.concatenate([np.linspace(-87.0, 0.0, 200_001), -np.geomspace(1e-8, 1.0, 1000),
+                        [0.0]]).astype(np.float32)
+    got = x.copy()
+    vexp32(got, np.empty(got.size, np.int32))
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got / want - 1.0)) < 5e-7
+    tiny = np.array([-90.0, -500.0, -1e30], np.float32)  # clamped: tiny, never 0 or NaN
+    vexp32(tiny, np.empty(3, np.int32))
+    assert np.all((tiny > 0) & (tiny < 1e-37))
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_float32_restart_statistics_are_close_to_float64(k):
+    """The restarts' float32 arithmetic: the statistics and log-likelihood of
+    the float64 kernel to a few 1e-7, the same in-memory data giving the same
+    numbers on every call."""
+    from xtec.em_start import kmeans_plusplus, params_from_labels
+
+    X = _overlapping(20_000)
+    X64 = X.astype(np.float64)
+    p = params_from_labels(X64, kmeans_plusplus(X64, k, np.random.default_rng(0)), k,
+                           "diag", 1e-6)
+    a = stats_numba(X, p)
+    b = stats_numba(X, p, threads=1, work_dtype=np.float32)
+    scale = np.abs(a.sx).max()
+    np.testing.assert_allclose(b.nk, a.nk, rtol=1e-6)
+    np.testing.assert_allclose(b.sx, a.sx, rtol=1e-5, atol=1e-6 * scale)
+    np.testing.assert_allclose(b.sxx, a.sxx, rtol=1e-5)
+    assert b.loglik / b.n == pytest.approx(a.loglik / a.n, abs=1e-6)
+    c = stats_numba(X, p, threads=2, work_dtype=np.float32)
+    assert np.array_equal(b.sx, c.sx) and b.loglik == c.loglik
+
+
+def test_best_start_does_not_depend_on_how_restarts_share_the_cores(monkeypatch):
+    """Restarts run side by side in threads (float32, one numba thread each);
+    the winner and its parameters are the same run one at a time."""
+    from xtec import em_start
+
+    X = _overlapping(30_000)
+    sample = em_start.init_sample(X, np.arange(len(X)), 20_000, 0)
+    together = em_start.best_start(sample, 4, "diag", 1e-6, 3, 0)
+    monkeypatch.setattr(em_start, "_parallel_restarts", lambda n: 1)
+    alone = em_start.best_start(sample, 4, "diag", 1e-6, 3, 0)
+    assert np.array_equal(together.means, alone.means)
+    assert np.array_equal(together.covariances, alone.covariances)

@@ -8,6 +8,7 @@ Imported only when the NumPy engine runs, so importing xtec stays light.
 
 import numba
 import numpy as np
+from numba.extending import overload
 
 # Reassociation lets the row loops vectorise; the result is still the same
 # for the same input whatever the chunking (every point is computed alone).
@@ -65,15 +66,50 @@ def vexp(a, kbuf):
         a[i] *= scale[i]
 
 
+@numba.njit(cache=True, fastmath=_FASTMATH)
+def vexp32(a, kbuf):
+    # vexp in float32 (eight lanes where float64 has four): degree-7 Taylor on
+    # |r| <= ln2/2 (Cody-Waite split of ln2), relative error < 3e-7, near the
+    # float32 rounding itself.  Used by the start's restarts (see diag_stats).
+    for i in range(a.size):
+        x = max(a[i], np.float32(-87.0))
+        k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+        p = np.float32(1.0 / 5040)
+        p = p * r + np.float32(1.0 / 720)
+        p = p * r + np.float32(1.0 / 120)
+        p = p * r + np.float32(1.0 / 24)
+        p = p * r + np.float32(1.0 / 6)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        a[i] = p * r + np.float32(1.0)
+        kbuf[i] = (np.int32(k) + 127) << 23
+    scale = kbuf.view(np.float32)
+    for i in range(a.size):
+        a[i] *= scale[i]
+
+
+def exp_inplace(a):
+    """In-place exp of a <= 0 in a's own precision (vexp or vexp32); jit only."""
+    raise NotImplementedError("exp_inplace is called from numba kernels only")
+
+
+@overload(exp_inplace, inline="always")
+def _exp_inplace(a):
+    if a.dtype == numba.types.float32:
+        return lambda a: vexp32(a, np.empty(a.size, np.int32))
+    return lambda a: vexp(a, np.empty(a.size, np.int64))
+
+
 # The helpers below are inlined into the kernels at Numba's IR level
 # (``inline="always"``): the loops compile inside the caller with its fastmath
 # flags, exactly as when they were written out there.
 @numba.njit(inline="always")
-def _columns(X, lo, m):
-    """Rows lo..lo+m of X (n, T) transposed to (T, m), float64, so every inner loop
-    runs over contiguous rows and vectorises."""
+def _columns(X, lo, m, like):
+    """Rows lo..lo+m of X (n, T) transposed to (T, m) in the precision of array
+    ``like``, so every inner loop runs over contiguous rows and vectorises."""
     t = X.shape[1]
-    xt = np.empty((t, m))
+    xt = np.empty((t, m), like.dtype)
     for i in range(m):
         for j in range(t):
             xt[j, i] = X[lo + i, j]
@@ -86,19 +122,18 @@ def _responsibilities(lp, m):
     log-likelihood of the m points and 1 / (sum over K) per point (multiply the
     rows of lp by it for the responsibilities)."""
     k_ = lp.shape[0]
-    mx = np.empty(m)
+    mx = np.empty(m, lp.dtype)
     for i in range(m):
         mx[i] = lp[0, i]
     for k in range(1, k_):
         for i in range(m):
             mx[i] = max(mx[i], lp[k, i])
-    tot = np.zeros(m)
-    kbuf = np.empty(m, np.int64)
+    tot = np.zeros(m, lp.dtype)
     for k in range(k_):
         row = lp[k]
         for i in range(m):
             row[i] -= mx[i]
-        vexp(row, kbuf)
+        exp_inplace(row)
         for i in range(m):
             tot[i] += row[i]
     # One log per 32 points: each total lies in [1, K], so their
@@ -129,7 +164,9 @@ def _scaled_sum(r, tot):
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_stats(X, means, prec, norm, block):
     # Each block is transposed to (T, rows) so every inner loop runs over
-    # contiguous rows and vectorises; sums stay in float64.
+    # contiguous rows and vectorises.  The arithmetic is in the precision of
+    # ``means`` (float64 for EM; float32, twice the lanes, for the start's
+    # restarts); the sums over blocks and the log-likelihood are float64.
     n, t = X.shape
     k_ = means.shape[0]
     nb = (n + block - 1) // block
@@ -137,25 +174,30 @@ def diag_stats(X, means, prec, norm, block):
     sx = np.zeros((nb, k_, t))
     sxx = np.zeros((nb, k_, t))
     ll = np.zeros(nb)
+    # prec / 2 is exact, so lp = norm - sum(d^2 prec / 2) is bit for bit
+    # norm - sum(d^2 prec) / 2, without a float64 constant in float32 loops.
+    half = np.empty_like(means)
+    half[:] = 0.5 * prec
+    zero = np.zeros(1, means.dtype)[0]
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
-        xt = _columns(X, lo, m)
-        lp = np.empty((k_, m))
+        xt = _columns(X, lo, m, means)
+        lp = np.empty((k_, m), means.dtype)
         for k in range(k_):
             acc = lp[k]
             for i in range(m):
-                acc[i] = 0.0
+                acc[i] = zero
             for j in range(t):
                 mu = means[k, j]
-                pj = prec[k, j]
+                pj = half[k, j]
                 row = xt[j]
                 for i in range(m):
                     d = row[i] - mu
                     acc[i] += d * d * pj
             c = norm[k]
             for i in range(m):
-                acc[i] = c - 0.5 * acc[i]
+                acc[i] = c - acc[i]
         s_ll, tot = _responsibilities(lp, m)
         ll[b] = s_ll
         for k in range(k_):
@@ -163,8 +205,8 @@ def diag_stats(X, means, prec, norm, block):
             nk[b, k] = _scaled_sum(r, tot)
             for j in range(t):
                 row = xt[j]
-                a1 = 0.0
-                a2 = 0.0
+                a1 = zero
+                a2 = zero
                 for i in range(m):
                     v = r[i] * row[i]
                     a1 += v
@@ -350,7 +392,7 @@ def full_stats(X, means, prec_chol, norm, block, group):
         for b in range(g * group, min(nb, (g + 1) * group)):
             lo = b * block
             m = min(n, lo + block) - lo
-            xb = _columns(X, lo, m)
+            xb = _columns(X, lo, m, means)
             w = np.empty((t, m))
             lp = np.empty((k_, m))
             _full_log_prob_block(xb, means, prec_chol, norm, w, np.empty(m), lp)
@@ -425,7 +467,7 @@ def full_predict(X, means, prec_chol, norm, block):
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
-        xt = _columns(X, lo, m)
+        xt = _columns(X, lo, m, means)
         lp = np.empty((k_, m))
         _full_log_prob_block(xt, means, prec_chol, norm, np.empty((t, m)), np.empty(m), lp)
         for i in range(m):

@@ -34,6 +34,33 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+
+class _DaskLeftoverTasks(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Dask's own errors.
+
+    A gather interrupted by a signal leaves Dask tasks (``AllExit``,
+    ``CommClosedError``, tornado's ``StreamClosedError``) that nobody awaits
+    once the client closes; asyncio logs each with a traceback when it is
+    collected, which may be as soon as the interrupt unwinds the gather
+    (before the cluster is closed) or as late as interpreter exit, so the
+    signal handler installs the filter when it fires.  Only those records are
+    dropped, so the filter may stay.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and "never retrieved" in record.getMessage()
+                    and type(exc).__module__.split(".")[0] in ("distributed", "tornado"))
+
+
+_LEFTOVER_FILTER = _DaskLeftoverTasks()
+
+
+def quiet_leftover_tasks() -> None:
+    """Silence the leftover-task errors of an interrupted run (idempotent)."""
+    logging.getLogger("asyncio").addFilter(_LEFTOVER_FILTER)
+
+
 _cleanup: set[Path] = set()
 _cleanup_lock = threading.Lock()
 
@@ -153,10 +180,9 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         # Closing a cluster in the middle of work makes Dask warn about every
         # worker it has to kill: expected now, and not the user's to act on.
         dask_log = logging.getLogger("distributed")
-        # (Tasks the interrupt leaves behind are silenced where the cluster
-        # is closed: xtec.workers.close_cluster.)
         if dask_log.getEffectiveLevel() >= logging.WARNING:
             dask_log.setLevel(logging.CRITICAL)
+        quiet_leftover_tasks()
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
         if _in_finaliser(frame):
             send_again(signum)

@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 
 from xtec.errors import ParameterError, XtecError
+from xtec.signals import quiet_leftover_tasks
 
 log = logging.getLogger(__name__)
 
@@ -143,25 +144,6 @@ def quiet_dask_logs(verbose: int = 0) -> None:
         logging.getLogger("bokeh").setLevel(logging.ERROR)
 
 
-class _DaskLeftoverTasks(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for Dask's own errors.
-
-    A gather interrupted by a signal leaves Dask tasks (``AllExit``,
-    ``CommClosedError``, tornado's ``StreamClosedError``) that nobody awaits
-    once the client closes; asyncio
-    logs each with a traceback when it is collected, which may be as late as
-    interpreter exit.  Only those records are dropped, so the filter may stay.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and "never retrieved" in record.getMessage()
-                    and type(exc).__module__.split(".")[0] in ("distributed", "tornado"))
-
-
-_LEFTOVER_FILTER = _DaskLeftoverTasks()
-
-
 def close_cluster(client, cluster, interrupted: bool = False, spare=()) -> None:
     """Close ``client`` and then ``cluster`` (either may be None).
 
@@ -172,7 +154,7 @@ def close_cluster(client, cluster, interrupted: bool = False, spare=()) -> None:
     is closed too, unless it is in ``spare`` (clusters that existed before).
     """
     if interrupted:
-        logging.getLogger("asyncio").addFilter(_LEFTOVER_FILTER)
+        quiet_leftover_tasks()
         dask_log = logging.getLogger("distributed")
         if dask_log.getEffectiveLevel() >= logging.WARNING:
             dask_log.setLevel(logging.CRITICAL)
