@@ -379,7 +379,8 @@ def full_stats(X, means, prec_chol, norm, block, group):
     """Full-covariance EM statistics of X (n, T): per group of ``group`` blocks
     of ``block`` rows the summed responsibilities (K,), sums (K, T), lower
     triangles of the outer-product sums (K, T, T; upper left 0) and the
-    log-likelihood.  One pass, float64 arithmetic, parallel over groups."""
+    log-likelihood.  One pass, parallel over groups, the arithmetic in the
+    precision of ``means`` (as diag_stats), the sums over blocks in float64."""
     n, t = X.shape
     k_ = means.shape[0]
     nb = (n + block - 1) // block
@@ -388,32 +389,34 @@ def full_stats(X, means, prec_chol, norm, block, group):
     sx = np.zeros((ng, k_, t))
     sxx = np.zeros((ng, k_, t, t))
     ll = np.zeros(ng)
+    zero = np.zeros(1, means.dtype)[0]  # a block's sums run in the working precision
     for g in numba.prange(ng):
         for b in range(g * group, min(nb, (g + 1) * group)):
             lo = b * block
             m = min(n, lo + block) - lo
             xb = _columns(X, lo, m, means)
-            w = np.empty((t, m))
-            lp = np.empty((k_, m))
-            _full_log_prob_block(xb, means, prec_chol, norm, w, np.empty(m), lp)
+            w = np.empty((t, m), means.dtype)
+            lp = np.empty((k_, m), means.dtype)
+            _full_log_prob_block(xb, means, prec_chol, norm, w, np.empty(m, means.dtype), lp)
             s_ll, tot = _responsibilities(lp, m)
             ll[g] += s_ll
             for k in range(k_):
                 r = lp[k]
                 nk[g, k] += _scaled_sum(r, tot)
-                _weighted_sums(r, xb, w, sx[g, k])
-                _lower_outer_sums(w, xb, sxx[g, k])
+                _weighted_sums(r, xb, w, sx[g, k], zero)
+                _lower_outer_sums(w, xb, sxx[g, k], zero)
     return nk, sx, sxx, ll
 
 
 @numba.njit(inline="always")
-def _weighted_sums(r, xb, w, sx):
-    """w = r * xb (T, m) (the responsibility-weighted rows) and sx (T,) += their sums."""
+def _weighted_sums(r, xb, w, sx, zero):
+    """w = r * xb (T, m) (the responsibility-weighted rows) and sx (T,) += their
+    sums, each summed from ``zero`` (its type: the working precision)."""
     t, m = xb.shape
     for j in range(t):
         src = xb[j]
         dst = w[j]
-        a1 = 0.0
+        a1 = zero
         for i in range(m):
             v = r[i] * src[i]
             dst[i] = v
@@ -422,8 +425,9 @@ def _weighted_sums(r, xb, w, sx):
 
 
 @numba.njit(inline="always")
-def _lower_outer_sums(w, xb, acc):
-    """acc (T, T) += the lower triangle of w xb^T; the sum over p unrolled by four."""
+def _lower_outer_sums(w, xb, acc, zero):
+    """acc (T, T) += the lower triangle of w xb^T, each entry summed from ``zero``;
+    the sum over p unrolled by four."""
     t, m = xb.shape
     for j in range(t):
         wj = w[j]
@@ -433,10 +437,10 @@ def _lower_outer_sums(w, xb, acc):
             r1 = xb[p + 1]
             r2 = xb[p + 2]
             r3 = xb[p + 3]
-            c0 = 0.0
-            c1 = 0.0
-            c2 = 0.0
-            c3 = 0.0
+            c0 = zero
+            c1 = zero
+            c2 = zero
+            c3 = zero
             for i in range(m):
                 v = wj[i]
                 c0 += v * r0[i]
@@ -450,7 +454,7 @@ def _lower_outer_sums(w, xb, acc):
             p += 4
         while p <= j:
             r0 = xb[p]
-            c0 = 0.0
+            c0 = zero
             for i in range(m):
                 c0 += wj[i] * r0[i]
             acc[j, p] += c0
