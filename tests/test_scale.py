@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,11 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
     limit = 600 * 2**20
     with dask_runtime(workers=2, memory_limit=limit, dashboard_address=None) as rt:
         assert rt.memory_per_worker == limit
+        # Dask's allocator settings and xtec's (xtec.workers.worker_environ)
+        env = rt.client.run(lambda: {k: os.environ.get(k) for k in
+                                     ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
+        assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "65536"}
+                   for e in env.values()), env
         with watch_workers(rt.client, interval=0.2) as watch:
             run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
                         runtime=rt)
@@ -69,7 +76,8 @@ def test_slurm_job_script_from_cli_options(tmp_path):
     finally:
         cluster.close()
     for line in ("#SBATCH -p beamline", "#SBATCH -A proj42", "#SBATCH -t 01:30:00",
-                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8"):
+                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8",
+                 "export MALLOC_MMAP_THRESHOLD_=33554432"):
         assert line in script
     pbs = make_jobqueue_cluster("pbs", JobqueueOptions(cores=4, memory="8GB", queue="short"))
     try:

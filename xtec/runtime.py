@@ -175,8 +175,14 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
     kw = options.cluster_kwargs()
     # The worker job's output file (slurm-<id>.out) is where a user looks when a job
     # fails: Dask's INFO log goes there even when the submitting CLI is quiet.
+    from xtec.workers import MALLOC_MMAP_THRESHOLD
+
+    # The worker processes inherit the job's environment: the allocator setting
+    # of xtec.workers.worker_environ goes there.
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
-    kw["job_script_prologue"] = ["export DASK_LOGGING__DISTRIBUTED=info", *prologue]
+    kw["job_script_prologue"] = [
+        "export DASK_LOGGING__DISTRIBUTED=info",
+        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}", *prologue]
     # Any free dashboard port, as for a local cluster (8787 may be another run's on a
     # shared login node; the CLI prints the link).
     configured = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
@@ -286,15 +292,17 @@ def _local_runtime(workers: int, threads_per_worker: int, memory_limit, dashboar
     """A LocalCluster of ``workers`` processes, closed (all of it) when the job ends."""
     from distributed import Client, LocalCluster
 
-    from xtec.workers import check_memory_limit, close_cluster
+    from xtec.workers import check_memory_limit, close_cluster, worker_environ
 
     memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
     local = client = None
     try:
-        local = LocalCluster(
-            n_workers=workers, threads_per_worker=threads_per_worker, processes=processes,
-            memory_limit=memory_limit, dashboard_address=dashboard_address,
-        )
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+            local = LocalCluster(
+                n_workers=workers, threads_per_worker=threads_per_worker,
+                processes=processes, memory_limit=memory_limit,
+                dashboard_address=dashboard_address,
+            )
         client = Client(local)
         yield Runtime("local", client, client.dashboard_link)
     except BaseException as exc:  # SIGTERM/SIGINT are KeyboardInterrupts here
