@@ -274,14 +274,16 @@ def _use_numba(X, params: MixtureParams, engine: str) -> bool:
 
 
 def chunk_stats(X, params: MixtureParams, engine: str = "auto",
-                threads: int | None = None) -> SufficientStats:
-    """Sufficient statistics of one in-memory chunk with the chosen engine."""
+                threads: int | None = None, work_dtype: type = np.float64) -> SufficientStats:
+    """Sufficient statistics of one in-memory chunk with the chosen engine
+    (``threads`` and ``work_dtype``: see :func:`stats_numba`; the array-API
+    engine computes in the data's own precision)."""
     if X.shape[0] == 0:
         k, t = params.means.shape
         sxx = np.zeros((k, t) if params.covariance_type == "diag" else (k, t, t))
         return SufficientStats(np.zeros(k), np.zeros((k, t)), sxx, 0.0, 0)
     if _use_numba(X, params, engine):
-        return stats_numba(X, params, threads)
+        return stats_numba(X, params, threads, work_dtype)
     return stats_array_api(X, params)
 
 

@@ -20,12 +20,10 @@ from xtec.backend import to_numpy
 from xtec.em import (
     MixtureParams,
     SufficientStats,
-    _use_numba,
     chunk_stats,
     m_step,
     run_em,
     set_numba_threads,
-    stats_numba,
 )
 
 log = logging.getLogger(__name__)
@@ -149,7 +147,7 @@ def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
     return sample[::step]
 
 
-def restart_e_step(X: np.ndarray, engine: str):
+def restart_e_step(engine: str):
     """The E-step of one restart: one numba thread (the restarts are the
     parallel level) and float32 arithmetic on the NumPy engine.
 
@@ -159,9 +157,7 @@ def restart_e_step(X: np.ndarray, engine: str):
     and full, K = 3-6, 50,000 x 24), and the winner then converges in float64
     on all the data.
     """
-    if _use_numba(X, None, engine):
-        return functools.partial(stats_numba, threads=1, work_dtype=np.float32)
-    return functools.partial(chunk_stats, engine=engine, threads=1)
+    return functools.partial(chunk_stats, engine=engine, threads=1, work_dtype=np.float32)
 
 
 def _parallel_restarts(n_init: int) -> int:
@@ -194,7 +190,7 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     small = sample if restart_size is None else restart_rows(sample, restart_size)
     small32 = small.astype(np.float32)  # as the kernels read the data (float32 blocks)
     em = dict(reg_covar=reg_covar, max_iter=max_iter, accelerate=True)
-    e_step = restart_e_step(small32, engine)
+    e_step = restart_e_step(engine)
 
     def restart(init: int):
         set_numba_threads(1, 0)  # the restarts are the parallel level (thread-local)
