@@ -173,12 +173,12 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     kw = options.cluster_kwargs()
-    # The worker job's output file (slurm-<id>.out) is where a user looks when a job
-    # fails: Dask's INFO log goes there even when the submitting CLI is quiet.
     from xtec.workers import MALLOC_MMAP_THRESHOLD
 
-    # The worker processes inherit the job's environment: the allocator setting
-    # of xtec.workers.worker_environ goes there.
+    # The worker job's output file (slurm-<id>.out) is where a user looks when a job
+    # fails: Dask's INFO log goes there even when the submitting CLI is quiet.  The
+    # worker processes inherit the job's environment, so the allocator setting of
+    # xtec.workers.worker_environ goes there too (a user's own export comes later).
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
     kw["job_script_prologue"] = [
         "export DASK_LOGGING__DISTRIBUTED=info",
