@@ -89,16 +89,28 @@ def vexp32(a, kbuf):
         a[i] *= scale[i]
 
 
-def exp_inplace(a):
+def exp_scratch(a, m):
+    """The integer scratch (m,) that :func:`exp_inplace` needs for rows like a; jit only."""
+    raise NotImplementedError("exp_scratch is called from numba kernels only")
+
+
+def exp_inplace(a, kbuf):
     """In-place exp of a <= 0 in a's own precision (vexp or vexp32); jit only."""
     raise NotImplementedError("exp_inplace is called from numba kernels only")
 
 
-@overload(exp_inplace, inline="always")
-def _exp_inplace(a):
+@overload(exp_scratch, inline="always")
+def _exp_scratch(a, m):
     if a.dtype == numba.types.float32:
-        return lambda a: vexp32(a, np.empty(a.size, np.int32))
-    return lambda a: vexp(a, np.empty(a.size, np.int64))
+        return lambda a, m: np.empty(m, np.int32)
+    return lambda a, m: np.empty(m, np.int64)
+
+
+@overload(exp_inplace, inline="always")
+def _exp_inplace(a, kbuf):
+    if a.dtype == numba.types.float32:
+        return lambda a, kbuf: vexp32(a, kbuf)
+    return lambda a, kbuf: vexp(a, kbuf)
 
 
 # The helpers below are inlined into the kernels at Numba's IR level
@@ -129,11 +141,12 @@ def _responsibilities(lp, m):
         for i in range(m):
             mx[i] = max(mx[i], lp[k, i])
     tot = np.zeros(m, lp.dtype)
+    kbuf = exp_scratch(lp, m)
     for k in range(k_):
         row = lp[k]
         for i in range(m):
             row[i] -= mx[i]
-        exp_inplace(row)
+        exp_inplace(row, kbuf)
         for i in range(m):
             tot[i] += row[i]
     # One log per 32 points: each total lies in [1, K], so their
