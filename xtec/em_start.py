@@ -153,7 +153,7 @@ def restart_e_step(engine: str):
 
     A restart only has to rank its optimum against the others: float32 gives
     each restart's mean log-likelihood within 1e-7 of float64's (optima that
-    differ are 1e-4 and more apart here), 1.5-1.6x faster per pass (diagonal
+    differ are 1e-4 and more apart here), 1.45-1.6x faster per pass (diagonal
     and full, K = 3-6, 50,000 x 24), and the winner then converges in float64
     on all the data.
     """
