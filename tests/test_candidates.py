@@ -51,6 +51,31 @@ def test_picked_trajectories_equal_reread_ones(medium_file, tmp_path, rescale, w
     assert (len(list(tmp_path.glob("cand-*.npy"))) > 0) == (where == "disk")
 
 
+def test_compacted_candidates_equal_picked_ones_and_replace_them(medium_file, tmp_path):
+    from xtec.preprocess.candidates import compact_block, compact_candidates
+
+    data = open_nexus(medium_file, chunks=(2, 64, 96)).data
+    with dask.config.set(scheduler="threads"):
+        plain = summarize(data)
+        thr = compute_threshold(plain.mean, "kl")
+        summ = summarize(data, capture=CandidatePlan(thr.cutoff - 0.3, "mean",
+                                                     scratch=str(tmp_path)))
+        mask = keep_mask(summ.mean, thr).persist()
+        picked = trajectories_from_candidates(summ.captured, mask, data.shape[0])
+        X, index = picked.X.compute(), picked.index.compute()
+        compacted = compact_candidates(summ.captured, mask, data.shape[0])
+        # The candidate files are gone, one file of kept rows per block is left.
+        assert not list(tmp_path.glob("cand-*.X.npy"))
+        assert len(list(tmp_path.glob("*.kept.npy"))) == summ.captured.size
+        np.testing.assert_array_equal(compacted.X.compute(), X)
+        np.testing.assert_array_equal(compacted.index.compute(), index)
+        np.testing.assert_array_equal(compacted.counts, picked.counts)
+        # A rerun of a block's task (a lost worker) finds its work done.
+        cand = dask.compute(summ.captured.ravel()[0])[0]
+        mblock = mask.to_delayed().ravel()[0].compute()
+        assert compact_block(cand, mblock) == cand.path + ".kept.npy"
+
+
 def test_pilot_bound_lies_below_the_exact_cutoff(medium_file):
     data = open_nexus(medium_file).data
     pilot = open_nexus(medium_file, chunks=(1, 64, 64)).data

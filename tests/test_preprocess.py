@@ -170,3 +170,51 @@ def test_block_functions_run_on_array_api_strict():
         t = trajectories_block(x, xps.asarray(mask), method)
         np.testing.assert_allclose(np.from_dlpack(t), trajectories_block(host, mask, method),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_keep_test_is_one_comparison_equal_to_the_log_test(dtype):
+    """above_cutoff_block compares with the smallest kept value; on every value
+    near that boundary, and on zeros, negatives, NaN and infinities, it keeps
+    exactly the voxels with mean > 0 and log(float64(mean)) > cut."""
+    from xtec.preprocess import above_cutoff_block
+    from xtec.preprocess.threshold import smallest_kept_value
+
+    def by_definition(m, cut):
+        with np.errstate(all="ignore"):
+            return (m > 0) & (np.log(np.where(m > 0, m, 1).astype(np.float64)) > cut)
+
+    rng = np.random.default_rng(5)
+    special = np.array([0, -0.0, -1, np.nan, np.inf, -np.inf], dtype)
+    for cut in [-np.inf, -100.0, -5.3, 0.0, 1e-9, 0.6131, 3.7, 88.7, 88.8, 700.0, np.inf,
+                np.nan]:
+        v = smallest_kept_value(cut, dtype)
+        centre = min(cut, 80) if np.isfinite(cut) else 0
+        with np.errstate(over="ignore"):
+            parts = [special, np.exp(rng.normal(centre, 3, 20000)).astype(dtype)]
+        if np.isfinite(v):
+            lo = hi = np.array([v], dtype)
+            for _ in range(40):  # 40 representable values either side
+                lo, hi = np.nextafter(lo, dtype(0)), np.nextafter(hi, dtype(np.inf))
+                parts += [lo, hi]
+        m = np.concatenate(parts)
+        np.testing.assert_array_equal(above_cutoff_block(m, cut), by_definition(m, cut),
+                                      err_msg=f"cut={cut}")
+    block = np.exp(rng.normal(0, 2, (2, 3, 4))).astype(np.float32)
+    assert above_cutoff_block(block, 0.5).shape == block.shape
+
+
+def test_flat_indices_of_any_block_equal_ravel_multi_index():
+    from xtec.preprocess import flat_indices_block
+
+    rng = np.random.default_rng(6)
+    cases = [((16, 197, 196), (1, 64, 196), (3, 128, 0)), ((16, 98, 98), (2, 10, 5), (4, 30, 70)),
+             ((5, 6, 7), (5, 6, 7), (0, 0, 0)), ((5, 6, 7), (2, 6, 7), (3, 0, 0)),
+             ((5, 6, 7), (1, 1, 3), (2, 5, 4)), ((5, 6, 7), (2, 3, 7), (1, 3, 0))]
+    for shape, block, offset in cases:
+        mask = rng.random(block) < 0.3
+        expected = np.ravel_multi_index(
+            tuple(a + o for a, o in zip(np.nonzero(mask), offset)), shape)
+        got = flat_indices_block(mask, offset, shape)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected, err_msg=str((shape, block, offset)))

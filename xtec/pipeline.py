@@ -56,7 +56,12 @@ from xtec.preprocess import (
     paint,
     summarize,
 )
-from xtec.preprocess.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
+from xtec.preprocess.candidates import (
+    CandidatePlan,
+    compact_candidates,
+    plan_candidates,
+    trajectories_from_candidates,
+)
 from xtec.profiles import cluster_profiles, predict_with_profiles
 from xtec.runtime import Runtime
 
@@ -168,12 +173,13 @@ def _warm_stage_kernels(covariance_type: str) -> bool:
     1.5 GB went to loading them in the stages that first call them."""
     from xtec.em_start import init_sample, kmeans_plusplus
     from xtec.preprocess.threshold import warm_kernels as warm_threshold
-    from xtec.preprocess.trajectories import summary_block, trajectories_block
+    from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
     from xtec.profiles import warm_kernels as warm_profiles
 
     x = np.ones((2, 1, 1, 2), np.float32)
     summary_block(x)
     trajectories_block(x, np.ones((1, 1, 2), bool), "mean")
+    flat_indices_block(np.ones((1, 1, 2), bool), (0, 0, 0), (1, 1, 2))
     rows = np.arange(4, dtype=np.float64).reshape(2, 2)
     kmeans_plusplus(init_sample(rows.astype(np.float32), np.arange(2), 2, 0), 1,
                     np.random.default_rng(0))
@@ -275,12 +281,16 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
         # The candidates did not fit worker memory, but the kept ones may (the
         # issue's 1.5 GB on two 1 GB workers: 0.64 GB of candidates, 0.45 GB
         # kept): then one read of the candidates' files, and the EM's passes
-        # run in memory (each pass from disk took 0.86 s).  Else read from
-        # the files at every pass: no second copy.
+        # run in memory (each pass from disk took 0.86 s).  Else the kept rows
+        # are rewritten once, in place of the candidates, and mapped.
         held = rt.persist_mode(prep.traj.n * (n_t * 4 + 8), config.persist)
         if held == "memory":
             X, index = rt.hold_trajectories(prep.traj, held, scratch, picked=True)
         else:
+            log.info("kept trajectories rewritten from the first pass's candidates "
+                     "(%.2f GB, held on disk)", prep.traj.n * n_t * 4 / 1e9)
+            prep.traj = compact_candidates(prep.summary.captured, prep.mask, n_t,
+                                           prep.data._meta)
             X, index, held = prep.traj.X, prep.traj.index, "disk"
     else:
         held = (prep.source if prep.source != "input"

@@ -51,6 +51,15 @@ def _uniform_chunks(ds: xr.Dataset) -> xr.Dataset:
     return ds.chunk(sizes) if sizes else ds
 
 
+def _encoding(ds: xr.Dataset) -> dict:
+    # Zstandard level 1, not Zarr's default 3: the mean intensity (the one
+    # volume that compresses poorly) 146 -> 243 MB/s per core for 2.83x
+    # instead of 3.11x; labels, colours and mask compress as well or better.
+    from zarr.codecs import ZstdCodec
+
+    return {name: {"compressors": (ZstdCodec(level=1),)} for name in ds.variables}
+
+
 def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a result Dataset to ``path`` (a .zarr directory), atomically.
 
@@ -70,7 +79,8 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
         ds = _uniform_chunks(ds)
         try:
             # Consolidated metadata is not part of the Zarr v3 spec: plain metadata only.
-            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3)
+            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
+                       encoding=_encoding(ds))
             import zarr
 
             group = zarr.open_group(tmp, mode="r+")

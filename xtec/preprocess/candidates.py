@@ -125,6 +125,45 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
                                  meta)
 
 
+def compact_block(cand: CandidateBlock, mask) -> str:
+    """Write the kept rows of a block's candidate files to a file of their own and
+    delete the candidates; returns its path (``.npy``, (n_kept, T) float32)."""
+    path = cand.path + ".kept.npy"
+    if os.path.exists(path) and not os.path.exists(cand.path + ".X.npy"):
+        return path  # a rerun of this task: the work is done
+    X = to_numpy(pick_block(cand, mask))
+    np.save(path, np.ascontiguousarray(X, dtype=np.float32))
+    for suffix in (".X.npy", ".index.npy"):
+        os.remove(cand.path + suffix)
+    return path
+
+
+def map_kept(path: str) -> np.ndarray:
+    """A compacted block's trajectories, memory-mapped (copy-on-write: writeable,
+    so the EM's numba kernels see the array type they were compiled for)."""
+    return np.load(path, mmap_mode="c")
+
+
+def compact_candidates(candidates: np.ndarray, mask: da.Array, t: int,
+                       meta=None) -> Trajectories:
+    """Kept trajectories of candidates held on disk, rewritten once to files of
+    their own that every later pass maps without copying.
+
+    Picking the kept rows out of the candidate files at every EM pass copied
+    them each time (6.7 s of 15 s in the EM stage at 6 GB on two workers).
+    The candidates are deleted as each block is rewritten, so the scratch
+    directory never holds both.  Same result as
+    :func:`trajectories_from_candidates`.
+    """
+    mblocks = mask.to_delayed()
+    f = dask.delayed(compact_block, pure=True)
+    positions = list(np.ndindex(*candidates.shape))
+    paths = dict(zip(positions, dask.compute(*[f(candidates[p], mblocks[p])
+                                                for p in positions])))
+    load = dask.delayed(map_kept, pure=True)
+    return assemble_trajectories(mask, lambda pos: load(paths[pos]), t, meta)
+
+
 # ---------------------------------------------------------------------------- pilot
 def _pilot_block(x):
     m = to_numpy(summary_block(x)[0]).astype(np.float64).ravel()

@@ -187,7 +187,15 @@ def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) ->
 
     mask : (l, k, h) block starting at ``offset`` in a grid of ``shape``.
     """
-    ijk = np.nonzero(to_numpy(mask))
+    mask = to_numpy(mask)
+    if mask.ndim == 3:
+        from xtec import _kernels
+
+        # One pass over the block (np.nonzero's per-axis arrays and
+        # ravel_multi_index: 3-5x longer on a 256 x 1976 block).
+        return _kernels.flat_indices_3d(np.ascontiguousarray(mask, dtype=bool), *offset,
+                                        shape[1], shape[2])
+    ijk = np.nonzero(mask)
     return np.ravel_multi_index(tuple(a + o for a, o in zip(ijk, offset)), shape)
 
 
