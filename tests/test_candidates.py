@@ -51,8 +51,10 @@ def test_picked_trajectories_equal_reread_ones(medium_file, tmp_path, rescale, w
     assert (len(list(tmp_path.glob("cand-*.npy"))) > 0) == (where == "disk")
 
 
-def test_compacted_candidates_equal_picked_ones_and_replace_them(medium_file, tmp_path):
-    from xtec.preprocess.candidates import compact_block, compact_candidates
+@pytest.mark.parametrize("group_bytes", [1, 200_000, 2**30])
+def test_compacted_candidates_equal_picked_ones_and_replace_them(medium_file, tmp_path,
+                                                                 group_bytes):
+    from xtec.preprocess.candidates import compact_candidates, compact_group
 
     data = open_nexus(medium_file, chunks=(2, 64, 96)).data
     with dask.config.set(scheduler="threads"):
@@ -63,17 +65,28 @@ def test_compacted_candidates_equal_picked_ones_and_replace_them(medium_file, tm
         mask = keep_mask(summ.mean, thr).persist()
         picked = trajectories_from_candidates(summ.captured, mask, data.shape[0])
         X, index = picked.X.compute(), picked.index.compute()
-        compacted = compact_candidates(summ.captured, mask, data.shape[0])
-        # The candidate files are gone, one file of kept rows per block is left.
+        cands = list(dask.compute(*summ.captured.ravel()))
+        traj, Xg, ig = compact_candidates(summ.captured, mask, data.shape[0],
+                                          group_bytes=group_bytes)
+        # The candidate files are gone; one file per group of consecutive blocks.
         assert not list(tmp_path.glob("cand-*.X.npy"))
-        assert len(list(tmp_path.glob("*.kept.npy"))) == summ.captured.size
-        np.testing.assert_array_equal(compacted.X.compute(), X)
-        np.testing.assert_array_equal(compacted.index.compute(), index)
-        np.testing.assert_array_equal(compacted.counts, picked.counts)
-        # A rerun of a block's task (a lost worker) finds its work done.
-        cand = dask.compute(summ.captured.ravel()[0])[0]
-        mblock = mask.to_delayed().ravel()[0].compute()
-        assert compact_block(cand, mblock) == cand.path + ".kept.npy"
+        n_files = len(list(tmp_path.glob("*.kept.npy")))
+        n_blocks = summ.captured.size
+        assert n_files == {1: n_blocks, 2**30: 1}.get(group_bytes, n_files)
+        assert 1 < n_files < n_blocks or group_bytes != 200_000
+        # In spatial blocks (for painting) and in the files' chunks (for the EM).
+        np.testing.assert_array_equal(traj.X.compute(), X)
+        np.testing.assert_array_equal(traj.index.compute(), index)
+        np.testing.assert_array_equal(traj.counts, picked.counts)
+        assert traj.X.chunks == picked.X.chunks
+        np.testing.assert_array_equal(Xg.compute(), X)
+        np.testing.assert_array_equal(ig.compute(), index)
+        assert Xg.chunks[0] == ig.chunks[0] and len(Xg.chunks[0]) <= n_files
+        # A rerun of a group's task (a lost worker) finds its work done.
+        masks = [m.compute() for m in mask.to_delayed().ravel()]
+        n = sum(int(m.sum()) for m in masks)
+        if n_files == 1:
+            assert compact_group(cands, masks, n, data.shape[0]) == cands[0].path + ".kept.npy"
 
 
 def test_pilot_bound_lies_below_the_exact_cutoff(medium_file):

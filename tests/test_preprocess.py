@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from xtec.errors import ParameterError
+from xtec.preprocess.threshold import _per_block, combine_log_mean_blocks, log_mean_block
 from xtec.preprocess import (
     clean_block,
     compute_threshold,
@@ -85,8 +86,18 @@ def test_streaming_threshold_equals_in_memory(log_values):
         th = compute_threshold(mean, "kl")
         assert th.cutoff == pytest.approx(ref, abs=1e-12)
         np.testing.assert_array_equal(th.hist, np.histogram(x, th.edges)[0])
+        # From the first pass's per-block summaries instead of two passes of
+        # its own: the same statistics, order statistics and cutoff.
+        lm = combine_log_mean_blocks(_per_block(mean, log_mean_block))
+        assert lm.stats == st
+        np.testing.assert_array_equal(order_statistics(mean, st, ranks, lm.fine),
+                                      np.sort(x)[ranks])
+        th2 = compute_threshold(mean, "kl", lm)
+        assert (th2.cutoff, th2.iterations) == (th.cutoff, th.iterations)
+        np.testing.assert_array_equal(th2.hist, th.hist)
         simple = compute_threshold(mean, "simple")
         assert simple.cutoff == pytest.approx(x.mean() + 2 * x.std())
+        assert compute_threshold(mean, "simple", lm).cutoff == simple.cutoff
         user = compute_threshold(mean, 10.0)
         mask = keep_mask(mean, user).compute()
         assert mask.sum() == np.sum(vol > 10.0)
@@ -96,6 +107,7 @@ def test_threshold_errors():
     zeros = da.zeros((4, 4, 4), chunks=2)
     with pytest.raises(ParameterError, match="every voxel is zero"):
         compute_threshold(zeros, "kl")
+    assert combine_log_mean_blocks(_per_block(zeros, log_mean_block)) is None
     with pytest.raises(ParameterError, match="threshold must be"):
         compute_threshold(da.ones((4, 4, 4)), "otsu")
 

@@ -186,14 +186,19 @@ def _warm_stage_kernels(covariance_type: str) -> bool:
     return warm_threshold() and warm_kernels(covariance_type) and warm_profiles()
 
 
-def _warm_in_background(covariance_type: str) -> None:
-    """In-process runs: load the kernels in a thread while the file is opened and
-    read (workers are warmed by :meth:`Runtime.on_every_worker` instead)."""
+def _warm_in_background(covariance_type: str | None) -> None:
+    """Load the writer's modules (Zarr and its codecs: 0.2 s), and for in-process
+    runs (``covariance_type`` given) the kernels, in a thread while the file is
+    read; a cluster's workers are warmed by :meth:`Runtime.on_every_worker`."""
     import threading
 
     def warm():
         try:
-            _warm_stage_kernels(covariance_type)
+            from xtec.io.result import versions
+
+            versions()  # imports zarr
+            if covariance_type is not None:
+                _warm_stage_kernels(covariance_type)
         except Exception as exc:  # the stage itself will report it
             log.debug("warming the kernels failed: %s", exc)
 
@@ -210,8 +215,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
     rt = runtime if runtime is not None else Runtime("threads")
-    if rt.client is None and xp is np:
-        _warm_in_background(config.covariance)
+    _warm_in_background(config.covariance if rt.client is None and xp is np else None)
     arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
                      chunks=config.chunks, target_chunk_bytes=target,
                      min_blocks=2 * rt.n_workers * rt.threads_per_worker)
@@ -235,7 +239,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     if parent is not None:
         threshold, mask = _parent_mask(config, parent, arr, summary.mean)
     else:
-        threshold = compute_threshold(summary.mean, config.threshold)
+        threshold = compute_threshold(summary.mean, config.threshold, summary.log_means)
         mask = keep_mask(summary.mean, threshold).persist()
     source = "input"
     if plan is not None and threshold.cutoff >= plan.bound:
@@ -289,9 +293,9 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
         else:
             log.info("kept trajectories rewritten from the first pass's candidates "
                      "(%.2f GB, held on disk)", prep.traj.n * n_t * 4 / 1e9)
-            prep.traj = compact_candidates(prep.summary.captured, prep.mask, n_t,
-                                           prep.data._meta)
-            X, index, held = prep.traj.X, prep.traj.index, "disk"
+            prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask, n_t,
+                                                     prep.data._meta)
+            held = "disk"
     else:
         held = (prep.source if prep.source != "input"
                 else rt.persist_mode(prep.traj.n * n_t * 4, config.persist))

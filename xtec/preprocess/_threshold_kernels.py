@@ -82,3 +82,21 @@ def weighted_hist(m, edges):
             out[1, i] += x
             out[2, i] += x * x
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def moments_and_hist(m, lo, width, nbins):
+    """:func:`moments` and :func:`fine_hist` (int32 counts) of a block in one loop."""
+    out = np.zeros(nbins, np.int32)
+    n, s1, s2 = 0, 0.0, 0.0
+    low, high = np.inf, -np.inf
+    for v in m:
+        if v > 0:
+            x = np.log(np.float64(v))
+            n += 1
+            s1 += x
+            s2 += x * x
+            low = min(low, x)
+            high = max(high, x)
+            out[_fine_bin(x, lo, width, nbins)] += 1
+    return np.array([n, s1, s2, low, high]), out
