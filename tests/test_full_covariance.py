@@ -102,6 +102,25 @@ def test_full_labels_identical_in_process_chunked_and_on_local_cluster():
         dx = da.from_array(X, chunks=(1500, -1))
         g = GaussianMixture(3, covariance_type="full", random_state=0).fit(dx)
         labels = g.predict(dx).compute()
+        # Held on the workers, a pass is one task per worker thread over the
+        # chunks it holds: the same statistics to the bit as one task per chunk.
+        from xtec import em
+        from xtec.chunks import chunks_by_thread, held_chunks
+
+        held = dx.rechunk((1000, -1)).persist()
+        shares = chunks_by_thread(held_chunks(held))
+        assert len(shares) == 2 and sorted(i for _, idx in shares for i in idx) == list(range(9))
+        grouped = em._stats_where_held(held, g.params_, "auto")
+        per_chunk = em.data_stats(dx.rechunk((1000, -1)), g.params_)
+        total = grouped[0]
+        for p in grouped[1:]:
+            total = total + p
+        for a, b in [(total.nk, per_chunk.nk), (total.sx, per_chunk.sx),
+                     (total.sxx, per_chunk.sxx)]:
+            np.testing.assert_array_equal(a, b)
+        assert total.loglik == per_chunk.loglik
+        g2 = GaussianMixture(3, covariance_type="full", random_state=0).fit(held)
+        np.testing.assert_array_equal(g2.predict(held).compute(), ref_labels)
     np.testing.assert_array_equal(labels, ref_labels)
     np.testing.assert_allclose(g.covariances_, ref.covariances_, rtol=1e-9, atol=1e-12)
 

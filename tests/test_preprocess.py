@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from xtec.errors import ParameterError
-from xtec.preprocess.threshold import _per_block, combine_log_mean_blocks, log_mean_block
 from xtec.preprocess import (
     clean_block,
     compute_threshold,
@@ -19,6 +18,7 @@ from xtec.preprocess import (
     rescale_block,
     summarize,
 )
+from xtec.preprocess.threshold import _per_block, combine_log_mean_blocks, log_mean_block
 
 
 def reference_kl_cutoff(x: np.ndarray) -> float:

@@ -79,8 +79,11 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
         ds = _uniform_chunks(ds)
         try:
             # Consolidated metadata is not part of the Zarr v3 spec: plain metadata only.
+            # write_empty_chunks: Zarr's test of every chunk against the fill
+            # value cost more than compressing it (colour: 0.22 -> 0.05 s for
+            # 16 chunks of 1.9 MB); a result's chunks are rarely empty.
             ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
-                       encoding=_encoding(ds))
+                       encoding=_encoding(ds), write_empty_chunks=True)
             import zarr
 
             group = zarr.open_group(tmp, mode="r+")
