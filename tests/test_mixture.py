@@ -298,12 +298,14 @@ def test_float32_restart_statistics_are_close_to_float64(cov, k):
 
 
 def test_best_start_does_not_depend_on_how_restarts_share_the_cores(monkeypatch):
-    """Restarts run side by side in threads (float32, one numba thread each);
-    the winner and its parameters are the same run one at a time."""
+    """Restarts run side by side in threads (float32, one numba thread each
+    until others finish, then the cores they leave); the winner and its
+    parameters are the same run one at a time."""
     from xtec import em_start
 
-    X = _overlapping(30_000)
-    sample = em_start.init_sample(X, np.arange(len(X)), 20_000, 0)
+    X = _overlapping(60_000)
+    sample = em_start.init_sample(X, np.arange(len(X)), 40_000, 0)
+    assert sample.shape[0] >= em_start.PARALLEL_MIN_ROWS  # the multi-thread path
     together = em_start.best_start(sample, 4, "diag", 1e-6, 3, 0)
     monkeypatch.setattr(em_start, "_parallel_restarts", lambda n: 1)
     alone = em_start.best_start(sample, 4, "diag", 1e-6, 3, 0)

@@ -44,7 +44,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 _ROW_BLOCK = 128  # rows per kernel block: its scratch stays in L1/L2 (measured best)
 _FULL_BLOCK = 64  # rows per block of the full-covariance kernel (T x 64 scratch rows in L1)
 _FULL_GROUP = 32  # blocks per parallel task there: per-task K x T x T sums stay few
-_PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
+PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
 _ARRAY_API_ROWS = 65_536  # rows per batched product of the array-API full path
 
 
@@ -212,7 +212,7 @@ def set_numba_threads(threads: int | None, n_rows: int) -> None:
     import numba
 
     top = numba.config.NUMBA_NUM_THREADS
-    if threads is None and n_rows < _PARALLEL_MIN_ROWS:
+    if threads is None and n_rows < PARALLEL_MIN_ROWS:
         # A few milliseconds of work: waking the other threads costs more than
         # it saves, far more on a busy machine (measured 15x slower at 12k rows
         # with two threads on two shared cores).
