@@ -77,9 +77,17 @@ def test_same_labels_across_chunkings_and_local_cluster(xtec_file, xtec_result, 
     out2 = tmp_path / "cluster.zarr"
     with dask_runtime(workers=2, dashboard_address=None) as rt:
         assert rt.n_workers == 2
-        run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(out2), chunks=(21, 40, 64)),
-                    runtime=rt)
-    np.testing.assert_array_equal(open_result(out2).labels.values, ref)
+        res = run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(out2),
+                                        chunks=(21, 40, 64)), runtime=rt)
+    got, want = open_result(out2), open_result(xtec_result.path)
+    np.testing.assert_array_equal(got.labels.values, ref)
+    # The profiles, summed on the workers while the label volume was written,
+    # agree with the in-process run's and with the labels.
+    np.testing.assert_array_equal(got.cluster_count.values, want.cluster_count.values)
+    np.testing.assert_array_equal(got.cluster_count.values, np.bincount(ref[ref >= 0]))
+    np.testing.assert_allclose(got.cluster_mean.values, want.cluster_mean.values, atol=1e-6)
+    np.testing.assert_allclose(got.cluster_std.values, want.cluster_std.values, atol=1e-6)
+    assert res.summary["counts"] == got.cluster_count.values.tolist()
 
 
 @pytest.mark.parametrize("method", ["smooth", "peaks"])

@@ -325,9 +325,11 @@ def cluster_xtec_d(config: ClusterConfig, prep: Prepared, rt: Runtime,
     log.info("EM: K=%d, %s covariances, %d restarts on a subsample", k, config.covariance,
              config.n_init)
     gmm = GaussianMixture(k, **config.gmm_kwargs()).fit(X, index)
-    labels, counts, cmean, cstd = predict_with_profiles(gmm, X, k)
+    labels, counts, cmean, cstd, pass_ = predict_with_profiles(gmm, X, k)
+    painted = _painted(labels, X, prep.traj)
+    painted["keep"] += tuple(pass_)
     return Clustering(k=k, gmm=gmm, counts=counts, mean=cmean, std=cstd, held=held,
-                      variables=bic_variables(bic), **_painted(labels, X, prep.traj))
+                      variables=bic_variables(bic), **painted)
 
 
 def cluster_smooth(config: ClusterConfig, prep: Prepared, rt: Runtime,

@@ -44,20 +44,32 @@ def _predict_block_stats(x, params, engine, k):
     return labels, _cluster_block_stats(x, labels, k)
 
 
-def predict_with_profiles(gmm, X, k: int):
-    """Labels (persisted) and :func:`cluster_profiles`, from one pass over X.
+def _summed(*parts) -> np.ndarray:
+    return np.sum(parts, axis=0)  # in block order: the same sums however they finish
 
-    X : (N, T) dask array -> labels (N,) int16 dask array with X's chunks,
-    counts (k,), mean (k, T), std (k, T).
+
+def predict_with_profiles(gmm, X, k: int):
+    """Labels and :func:`cluster_profiles`, from one pass over X, all lazy.
+
+    X : (N, T) dask array -> labels (N,) int16 with X's chunks, counts (k,),
+    mean (k, T), std (k, T): dask arrays over one persisted pass (each block
+    of X is read once for both).  On a cluster the pass runs in the
+    background: the caller builds and submits the write of the label volume
+    while the profiles are still being summed.  Returns also the persisted
+    pass, to hold until the result is written.
     """
     f = dask.delayed(_predict_block_stats, pure=True, nout=2)
-    # All Delayed, so one graph: each block of X is read once for both.
     parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k) for b in X.to_delayed().ravel()])
     labels = da.concatenate([da.from_delayed(p[0], shape=(n,), dtype=np.int16,
                                              meta=np.empty(0, np.int16))
-                             for p, n in zip(parts, X.chunks[0])]).persist()
-    tot = np.sum(dask.compute(*[p[1] for p in parts]), axis=0)
-    return (labels, *_profile_totals(tot))
+                             for p, n in zip(parts, X.chunks[0])])
+    t = int(X.shape[1])
+    totals = dask.delayed(_profile_totals, pure=True, nout=3)(
+        dask.delayed(_summed, pure=True)(*[p[1] for p in parts]))
+    counts = da.from_delayed(totals[0], shape=(k,), dtype=np.int64)
+    mean = da.from_delayed(totals[1], shape=(k, t), dtype=np.float64)
+    std = da.from_delayed(totals[2], shape=(k, t), dtype=np.float64)
+    return labels, counts, mean, std, parts
 
 
 def cluster_profiles(X, labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -172,7 +172,8 @@ class Clustering:
 
     k : clusters; gmm : the fitted mixture (``weights_``, ``converged_``,
     ``n_iter_``, ``lower_bound_``); labels : dask (L, K, H) int16, -1 not
-    clustered; counts (k,), mean (k, T), std (k, T) : cluster profiles;
+    clustered; counts (k,), mean (k, T), std (k, T) : cluster profiles (NumPy,
+    or dask arrays over the persisted pass in ``keep``);
     held : where the trajectories were held during EM; variables / attrs :
     method-specific extras for the Dataset; keep : persisted collections the
     labels are painted from, held until the store is written (on a cluster,
@@ -300,9 +301,9 @@ def summarize_result(p: ResultParts) -> dict:
         "k": int(c.k),
         "threshold": t.method,
         "cutoff_intensity": t.intensity_cutoff,
-        "counts": c.counts.tolist(),
+        "counts": np.asarray(c.counts).tolist(),
         "weights": c.gmm.weights_.tolist(),
-        "cluster_mean": c.mean,
+        "cluster_mean": np.asarray(c.mean),
         "temperature": p.arr.temperature.values,
         "n_iter": int(c.gmm.n_iter_),
         "notes": p.notes,
