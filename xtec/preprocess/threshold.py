@@ -195,15 +195,20 @@ def log_mean_block(m):
         _flat_numpy(m), _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS, _FIXED_BINS)
 
 
-def combine_log_mean_blocks(parts) -> LogMeanSummary | None:
-    """:class:`LogMeanSummary` from :func:`log_mean_block` of every block, in
-    block order; None if no voxel is positive."""
-    stats = [p[0] for p in parts]
-    if not sum(int(s[0]) for s in stats):
+def add_counts(*counts) -> np.ndarray:
+    """Sum of histograms (exact in integers, so in any order or grouping)."""
+    return np.sum(counts, axis=0, dtype=np.int64)
+
+
+def combine_log_mean_blocks(moments: list, counts: np.ndarray) -> LogMeanSummary | None:
+    """:class:`LogMeanSummary` from the moments of :func:`log_mean_block` of every
+    block, in block order, and the sum of their histograms; None if no voxel is
+    positive."""
+    if not sum(int(m[0]) for m in moments):
         return None
-    hist = np.sum([p[1] for p in parts], axis=0, dtype=np.int64)
-    return LogMeanSummary(_combined_moments(stats),
-                          FineHistogram(hist, _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS))
+    return LogMeanSummary(_combined_moments(moments),
+                          FineHistogram(np.asarray(counts, np.int64), _FIXED_LO,
+                                        (_FIXED_HI - _FIXED_LO) / _FIXED_BINS))
 
 
 def iqr_ranks(n: int) -> tuple[int, int]:
