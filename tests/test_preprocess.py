@@ -20,7 +20,6 @@ from xtec.preprocess import (
 )
 from xtec.preprocess.threshold import (
     _per_block,
-    add_counts,
     combine_log_mean_blocks,
     log_mean_block,
 )
@@ -93,8 +92,7 @@ def test_streaming_threshold_equals_in_memory(log_values):
         np.testing.assert_array_equal(th.hist, np.histogram(x, th.edges)[0])
         # From the first pass's per-block summaries instead of two passes of
         # its own: the same statistics, order statistics and cutoff.
-        logs = _per_block(mean, log_mean_block)
-        lm = combine_log_mean_blocks([lg[0] for lg in logs], add_counts(*[lg[1] for lg in logs]))
+        lm = combine_log_mean_blocks(_per_block(mean, log_mean_block))
         assert lm.stats == st
         np.testing.assert_array_equal(order_statistics(mean, st, ranks, lm.fine),
                                       np.sort(x)[ranks])
@@ -113,8 +111,7 @@ def test_threshold_errors():
     zeros = da.zeros((4, 4, 4), chunks=2)
     with pytest.raises(ParameterError, match="every voxel is zero"):
         compute_threshold(zeros, "kl")
-    logs = _per_block(zeros, log_mean_block)
-    assert combine_log_mean_blocks([lg[0] for lg in logs], logs[0][1]) is None
+    assert combine_log_mean_blocks(_per_block(zeros, log_mean_block)) is None
     with pytest.raises(ParameterError, match="threshold must be"):
         compute_threshold(da.ones((4, 4, 4)), "otsu")
 
@@ -241,16 +238,21 @@ def test_flat_indices_of_any_block_equal_ravel_multi_index():
 
 def test_first_pass_log_mean_summary_equals_per_block_sums():
     """summarize() gathers the threshold's moments and histogram during the
-    first pass; the histograms are added on the way (here 40 blocks, so in two
-    rounds of at most 16): the same as summing every block's at once."""
+    first pass, each block's histogram as its non-empty bins: the same counts
+    as one dense histogram of every positive mean."""
     rng = np.random.default_rng(7)
     vol = rng.gamma(1.5, 2.0, size=(6, 4, 20, 25)).astype(np.float32)
     vol[:, 0, :3] = 0.0
     data = da.from_array(vol, chunks=(6, 1, 4, 13))
     summ = summarize(data)
     assert summ.mean.npartitions == 40
-    logs = _per_block(summ.mean, log_mean_block)
-    want = combine_log_mean_blocks([lg[0] for lg in logs], np.sum([lg[1] for lg in logs], 0))
-    assert summ.log_means.stats == want.stats == log_intensity_stats(summ.mean)
-    np.testing.assert_array_equal(summ.log_means.fine.counts, want.fine.counts)
-    assert summ.log_means.fine.counts.sum() == want.stats.n
+    assert summ.log_means.stats == log_intensity_stats(summ.mean)
+    m = summ.mean.compute().ravel()
+    x = np.log(m[m > 0].astype(np.float64))
+    fine = summ.log_means.fine
+    dense = np.bincount(np.clip(np.floor((x - fine.lo) / fine.width).astype(np.int64), 0,
+                                fine.counts.size - 1), minlength=fine.counts.size)
+    np.testing.assert_array_equal(fine.counts, dense)
+    bins, counts = log_mean_block(m)[1:]
+    assert bins.dtype == np.int32 and bins.size < fine.counts.size // 4
+    np.testing.assert_array_equal(counts, dense[bins])

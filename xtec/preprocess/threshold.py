@@ -188,27 +188,29 @@ _FIXED_LO, _FIXED_HI, _FIXED_BINS = -104.0, 89.0, 2**15
 
 
 def log_mean_block(m):
-    """Moments (5,) and fixed-range histogram (2^15,) int32 of x = log(m), m > 0."""
+    """Moments (5,) of x = log(m), m > 0, and their fixed-range histogram as its
+    non-empty bins (int32) and counts (int32): a block's means span a few log
+    units, so a few thousand of the 2^15 bins (tens of KB, not 128 KB)."""
     from xtec.preprocess import _threshold_kernels
 
-    return _threshold_kernels.moments_and_hist(
+    moments, hist = _threshold_kernels.moments_and_hist(
         _flat_numpy(m), _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS, _FIXED_BINS)
+    bins = np.flatnonzero(hist).astype(np.int32)
+    return moments, bins, hist[bins]
 
 
-def add_counts(*counts) -> np.ndarray:
-    """Sum of histograms (exact in integers, so in any order or grouping)."""
-    return np.sum(counts, axis=0, dtype=np.int64)
-
-
-def combine_log_mean_blocks(moments: list, counts: np.ndarray) -> LogMeanSummary | None:
-    """:class:`LogMeanSummary` from the moments of :func:`log_mean_block` of every
-    block, in block order, and the sum of their histograms; None if no voxel is
-    positive."""
+def combine_log_mean_blocks(blocks: list) -> LogMeanSummary | None:
+    """:class:`LogMeanSummary` from :func:`log_mean_block` of every block, in block
+    order (the moments are float sums; the counts are exact in any order); None
+    if no voxel is positive."""
+    moments = [b[0] for b in blocks]
     if not sum(int(m[0]) for m in moments):
         return None
+    counts = np.zeros(_FIXED_BINS, np.int64)
+    for _, bins, n in blocks:
+        counts[bins] += n  # a block's bins are distinct
     return LogMeanSummary(_combined_moments(moments),
-                          FineHistogram(np.asarray(counts, np.int64), _FIXED_LO,
-                                        (_FIXED_HI - _FIXED_LO) / _FIXED_BINS))
+                          FineHistogram(counts, _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS))
 
 
 def iqr_ranks(n: int) -> tuple[int, int]:

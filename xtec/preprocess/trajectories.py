@@ -182,25 +182,17 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
         # at 1.5 GB).
         mean = mean.persist()
     if persist:
-        from xtec.preprocess.threshold import (
-            add_counts,
-            combine_log_mean_blocks,
-            log_mean_block,
-        )
+        from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
 
         # Each block's log-mean summary is computed where its mean lies, as
         # the block is read: the threshold's first two passes (a round of
-        # tasks each) ride on this one.  The histograms (128 KB a block) are
-        # added up on the workers, 16 at a time, so the client gets one.
-        f = dask.delayed(log_mean_block, pure=True, nout=2)
-        logs = [f(p[0]) for p in parts]
-        counts = [lg[1] for lg in logs]
-        add = dask.delayed(add_counts, pure=True)
-        while len(counts) > 1:
-            counts = [add(*counts[i:i + 16]) for i in range(0, len(counts), 16)]
-        bad, moments, total = dask.compute([p[1] for p in parts], [lg[0] for lg in logs],
-                                           counts[0])
-        log_means = combine_log_mean_blocks(moments, total)
+        # tasks each) ride on this one.  Each task's whole result is wanted
+        # by this compute: Dask's scheduler fails an assertion when a run is
+        # cancelled (a lost worker job) with unwanted tasks depending on
+        # persisted ones, so there is no reduction tree here.
+        f = dask.delayed(log_mean_block, pure=True)
+        bad, logs = dask.compute([p[1] for p in parts], [f(p[0]) for p in parts])
+        log_means = combine_log_mean_blocks(logs)
     else:
         bad, log_means = dask.compute(*[p[1] for p in parts]), None
     totals = np.sum(bad, axis=0)
