@@ -66,9 +66,13 @@ def predict_with_profiles(gmm, X, k: int):
     t = int(X.shape[1])
     totals = dask.delayed(_profile_totals, pure=True, nout=3)(
         dask.delayed(_summed, pure=True)(*[p[1] for p in parts]))
-    counts = da.from_delayed(totals[0], shape=(k,), dtype=np.int64)
-    mean = da.from_delayed(totals[1], shape=(k, t), dtype=np.float64)
-    std = da.from_delayed(totals[2], shape=(k, t), dtype=np.float64)
+    # Persisted too (asynchronously on a cluster): the write and the run's
+    # summary then read the profiles, instead of each summing every block's
+    # statistics again.
+    counts, mean, std = dask.persist(
+        da.from_delayed(totals[0], shape=(k,), dtype=np.int64),
+        da.from_delayed(totals[1], shape=(k, t), dtype=np.float64),
+        da.from_delayed(totals[2], shape=(k, t), dtype=np.float64))
     return labels, counts, mean, std, parts
 
 
