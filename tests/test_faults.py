@@ -625,3 +625,53 @@ def test_open_file_cache_is_bounded_and_closes_on_evict(small_series, tmp_path):
         assert busy.id.valid
     cache.close_all()
     assert len(cache) == 0
+
+
+def test_cancelling_a_lost_batch_run_leaves_the_scheduler_without_an_error():
+    # What watch_batch_jobs does when a worker job is lost mid-run: cancel everything the
+    # client holds while a computation reads persisted futures through intermediate tasks
+    # (as the label write does).  All at once, Dask's scheduler asserted on those unwanted
+    # intermediates and logged a traceback; the run must stop with the cancellation alone.
+    import dask.array as da
+    from distributed import Client, LocalCluster
+    from distributed.client import FutureCancelledError
+
+    from xtec.batch import _cancel_all
+
+    class Errors(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.ERROR)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    def slow(block):
+        time.sleep(0.05)
+        return block + 1
+
+    errors = Errors()
+    # The scheduler's stream handler logs on distributed.core; asyncio reports the task.
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.core", "asyncio")]
+    for lg in loggers:
+        lg.addHandler(errors)
+    try:
+        with (
+            LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            held = da.ones((64, 100), chunks=(1, 100)).persist()
+            running = (held.map_blocks(slow) * 2).map_blocks(slow).sum()
+            timer = threading.Timer(0.5, _cancel_all, (client, "worker job 7 was lost"))
+            timer.start()
+            with pytest.raises(FutureCancelledError, match="batch-job-lost"):
+                running.compute(optimize_graph=False)
+            timer.join()
+            assert client.submit(sum, [1, 2]).result(timeout=30) == 3
+            time.sleep(0.2)
+    finally:
+        for lg in loggers:
+            lg.removeHandler(errors)
+    assert not errors.records, errors.records

@@ -121,11 +121,18 @@ def ended_job(kind: str, job_ids: list[str]) -> str | None:
 
 
 def _cancel_all(client, message: str) -> None:
+    """Cancel every future the client holds, newest first, one message per future.
+
+    Cancelling a future also cancels its dependents, and Dask's scheduler asserts (a
+    logged traceback, the client's stream broken) on a dependent that no client wants:
+    an intermediate task of a computation still running on futures held here.  Newest
+    first, the running computation's own outputs go before the futures they read, and
+    releasing them forgets those intermediate tasks (each message is handled in order).
+    """
     from distributed import Future
 
-    keys = list(client.futures)
-    if keys:
-        client.cancel([Future(k, client) for k in keys], reason="batch-job-lost", msg=message)
+    for key in reversed(list(client.futures)):
+        client.cancel([Future(key, client)], reason="batch-job-lost", msg=message)
 
 
 @contextlib.contextmanager
