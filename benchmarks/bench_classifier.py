@@ -11,20 +11,24 @@ second per core and the ratio.  Writes ``benchmarks/results/classifier.json``.
 in its statistics (the "evaluation" half of :mod:`xtec.classifier.realdata`: Debian
 libavogadro-data, PyPI crystals, the structure files of pyxtal, Dans_Diffraction,
 pymatgen and ase), beside the majority-class baselines, nearest neighbours (synthetic
-frequency-aware patterns, and the real structures of the statistics half), the earlier
-ResNet and chance: top-1, top-5, crystal system, by structure type and per crystal
-system.  Writes ``benchmarks/results/classifier_real.json``.
+frequency-aware patterns, and the real structures of the statistics half), the shipped
+example ResNet (plus any ``--network NAME=DIR``) and chance: top-1, top-5, crystal system,
+by structure type and per crystal system.  Writes ``benchmarks/results/classifier_real.json``.
 
-    python benchmarks/bench_classifier.py --mode real [--workers 2] [--nn-bank 10000]
+    python benchmarks/bench_classifier.py --mode real [--workers 2] [--nn-bank 10000] \
+        [--network earlier=DIR]
 
 ``--mode train-step``: patterns per second through one ResNet training step (forward,
-backward, AdamW) at the shipped network's settings, by thread count and batch size, the
-old path (``ResNet1D.forward_reference``, OpenMP's default wait policy) beside the new one
-(``ResNet1D.forward`` with the trainer's settings), each in fresh processes, alternating,
-medians of ``--repeats``; with the equivalence of the two forwards, the step's FLOPs and the
-data pipeline's own rate.  Writes ``benchmarks/results/classifier_train_step.json``.
+backward, AdamW), by thread count and batch size, in three variants: ``reference``, the
+earlier example network (width 24, stem stride 4) as ``xtec classify train`` ran it before
+(``ResNet1D.forward_reference``, OpenMP's default wait policy); ``fast``, the same network
+with ``ResNet1D.forward`` and the trainer's settings; ``shipped``, the shipped network
+(``xtec/classifier/pretrained``) the way the trainer runs it now.  Each run is a fresh
+process, the variants alternating, medians of ``--repeats``; with the equivalence of the two
+forwards, each network's FLOPs per step and the data pipeline's own rate.  Writes
+``benchmarks/results/classifier_train_step.json``.
 
-    nice -n 5 python benchmarks/bench_classifier.py --mode train-step [--impl both] [--repeats 3]
+    nice -n 5 python benchmarks/bench_classifier.py --mode train-step [--impl all] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -40,6 +44,18 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
+STEP_VARIANTS = ("reference", "fast", "shipped")
+# The example network shipped until the stem stride became a setting (issue 15's "today").
+EARLIER_NETWORK = {"width": 24, "blocks": [1, 1, 1, 1], "groups": 8, "head_bins": 8,
+                   "stem_stride": 4}
+
+
+def _network_config(variant: str) -> dict:
+    """The model configuration a train-step variant runs: the shipped one's grid and classes."""
+    from xtec.classifier.predictor import NETWORK_DIR
+
+    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
+    return cfg if variant == "shipped" else {**cfg, **EARLIER_NETWORK}
 
 
 def main(argv=None) -> int:
@@ -51,9 +67,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="processes (real mode)")
     ap.add_argument("--nn-bank", type=int, default=10000, help="synthetic NN patterns (real)")
     ap.add_argument("--limit", type=int, default=None, help="first N evaluation structures")
+    ap.add_argument("--network", action="append", default=[], metavar="NAME=DIR",
+                    help="real: also evaluate this network directory (repeatable)")
     ap.add_argument("--out", default=None)
-    ap.add_argument("--impl", choices=["both", "reference", "fast"], default="both",
-                    help="train-step: old path, new path or both side by side")
+    ap.add_argument("--impl", choices=["all", *STEP_VARIANTS], default="all",
+                    help="train-step: which variants (default all, side by side)")
     ap.add_argument("--repeats", type=int, default=3, help="train-step: runs per configuration")
     ap.add_argument("--steps", type=int, default=5, help="train-step: timed steps per run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -237,9 +255,22 @@ def real(args) -> int:
     )
     rep["nearest_neighbour_synthetic"]["bank_size"] = args.nn_bank
     nn_s = time.perf_counter() - t
+    networks = []
     if (NETWORK_DIR / "model.safetensors").is_file():
-        net = load_classifier(NETWORK_DIR)
-        rep["resnet_uniform_25min"] = summary(net.predict_proba(xe), net.space_groups)
+        networks.append(("resnet_shipped", NETWORK_DIR))
+    for spec in args.network:
+        name, _, directory = spec.rpartition("=")
+        networks.append((f"resnet_{name or Path(directory).name}", Path(directory)))
+    for name, directory in networks:
+        net = load_classifier(directory)
+        rep[name] = summary(net.predict_proba(xe), net.space_groups)
+        cfg = json.loads((directory / "config.json").read_text())
+        rep[name]["network"] = {
+            "dir": str(directory.name),
+            "model": {k: v for k, v in cfg["model"].items() if k != "space_groups"},
+            "patterns_seen": cfg.get("patterns_seen"),
+            "command": cfg.get("command"),
+        }
     rep["chance"] = ev.chance_level(true, sg)
 
     print(
@@ -296,22 +327,22 @@ def _one_hot(scores):
 def _step_child(impl: str, threads: int, batch: int, seed: int, steps: int) -> dict:
     """One configuration in this (fresh) process; prints and returns its step times.
 
-    ``reference``: the original module-by-module forward with OpenMP's default wait policy
-    (what ``xtec classify train`` ran before).  ``fast``: :meth:`ResNet1D.forward` with the
-    settings :mod:`xtec.classifier.training` applies on import (before torch is loaded).
+    ``reference``: the earlier network's module-by-module forward with OpenMP's default wait
+    policy (what ``xtec classify train`` ran before).  ``fast`` and ``shipped``:
+    :meth:`ResNet1D.forward` with the settings :mod:`xtec.classifier.training` applies on
+    import (before torch is loaded), on the earlier and the shipped network.
     """
-    if impl == "fast":
+    if impl != "reference":
         import xtec.classifier.training  # noqa: F401 - sets OMP_WAIT_POLICY before torch loads
     import torch
 
     from xtec.classifier.model import ModelConfig, ResNet1D
-    from xtec.classifier.predictor import NETWORK_DIR
 
-    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
+    cfg = _network_config(impl)
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = ResNet1D(ModelConfig.from_dict(cfg))
-    forward = model if impl == "fast" else model.forward_reference
+    forward = model.forward_reference if impl == "reference" else model
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.rand(batch, cfg["n_points"])
     y = torch.randint(0, len(cfg["space_groups"]), (batch,))
@@ -338,34 +369,38 @@ def _equivalence(seed: int) -> dict:
     import torch
 
     from xtec.classifier.model import ModelConfig, ResNet1D
-    from xtec.classifier.predictor import NETWORK_DIR
 
-    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
-    torch.manual_seed(seed)
-    model = ResNet1D(ModelConfig.from_dict(cfg))
-    x = torch.rand(16, cfg["n_points"])
-    y = torch.randint(0, len(cfg["space_groups"]), (16,))
     out = {}
-    for name, fwd in (("reference", model.forward_reference), ("fast", model)):
-        model.zero_grad()
-        logits = fwd(x)
-        torch.nn.functional.cross_entropy(logits, y).backward()
-        out[name] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+    for variant in ("fast", "shipped"):
+        cfg = _network_config(variant)
+        torch.manual_seed(seed)
+        model = ResNet1D(ModelConfig.from_dict(cfg))
+        x = torch.rand(16, cfg["n_points"])
+        y = torch.randint(0, len(cfg["space_groups"]), (16,))
+        res = {}
+        for name, fwd in (("reference", model.forward_reference), ("fast", model)):
+            model.zero_grad()
+            logits = fwd(x)
+            torch.nn.functional.cross_entropy(logits, y).backward()
+            res[name] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
 
-    def rel(a, b):
-        return float((a - b).abs().max() / a.abs().max())
+        def rel(a, b):
+            return float((a - b).abs().max() / a.abs().max())
 
-    return {
-        "logits_max_rel_diff": rel(out["reference"][0], out["fast"][0]),
-        "grad_max_rel_diff": max(rel(a, b) for a, b in zip(out["reference"][1:], out["fast"][1:])),
-    }
+        out["earlier_network" if variant == "fast" else "shipped_network"] = {
+            "logits_max_rel_diff": rel(res["reference"][0], res["fast"][0]),
+            "grad_max_rel_diff": max(
+                rel(a, b) for a, b in zip(res["reference"][1:], res["fast"][1:])
+            ),
+        }
+    return out
 
 
 def train_step(args) -> int:
-    """Patterns per second of one ResNet training step, old and new path side by side.
+    """Patterns per second of one ResNet training step, earlier and shipped side by side.
 
-    Every (path, threads, batch) runs in its own fresh process (OpenMP's wait policy is
-    fixed when torch loads), the two paths alternating, ``--repeats`` times; medians.
+    Every (variant, threads, batch) runs in its own fresh process (OpenMP's wait policy is
+    fixed when torch loads), the variants in rotating order, ``--repeats`` times; medians.
     """
     import subprocess
     import sys
@@ -374,13 +409,14 @@ def train_step(args) -> int:
         impl, threads, batch = args.child.split(",")
         print(json.dumps(_step_child(impl, int(threads), int(batch), args.seed, args.steps)))
         return 0
-    impls = ["reference", "fast"] if args.impl == "both" else [args.impl]
+    impls = list(STEP_VARIANTS) if args.impl == "all" else [args.impl]
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     runs = []
     for threads in (1, 2):
         for batch in (32, 64):
             for r in range(args.repeats):
-                for impl in impls if r % 2 == 0 else impls[::-1]:
+                # Rotate the order so that no variant always runs first (host drift).
+                for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
                     cmd = [sys.executable, __file__, "--mode", "train-step", "--seed",
                            str(args.seed), "--steps", str(args.steps),
                            "--child", f"{impl},{threads},{batch}"]
@@ -400,13 +436,22 @@ def train_step(args) -> int:
                 med = float(np.median(sel))
                 row[impl] = {"s_per_step": med, "patterns_per_s": batch / med,
                              "s_per_step_runs": sel}
-            if len(impls) == 2:
-                row["ratio"] = row["reference"]["s_per_step"] / row["fast"]["s_per_step"]
+            if "reference" in row:
+                # Speed-up over the reference step, as the median of per-repeat ratios
+                # (each repeat's variants ran back to back) and as the ratio of medians.
+                for impl in impls[1:]:
+                    ref = row["reference"]["s_per_step_runs"]
+                    got = row[impl]["s_per_step_runs"]
+                    row[f"ratio_{impl}"] = row["reference"]["s_per_step"] / row[impl]["s_per_step"]
+                    row[f"ratio_{impl}_paired_median"] = float(
+                        np.median([a / b for a, b in zip(ref, got)])
+                    )
             rows.append(row)
             print(f"threads {threads} batch {batch}: " + ", ".join(
                 f"{i} {row[i]['patterns_per_s']:6.1f} patterns/s "
                 f"({1e3 * row[i]['s_per_step']:.0f} ms)" for i in impls)
-                + (f", ratio {row['ratio']:.2f}x" if "ratio" in row else ""))
+                + "".join(f", {k[6:]} {v:.2f}x" for k, v in row.items()
+                          if k.startswith("ratio_") and not k.endswith("paired_median")))
     equivalence = _equivalence(args.seed)
     print(f"equivalence (same weights): {equivalence}")
     pipeline = RESULTS / "classifier.json"
@@ -416,32 +461,39 @@ def train_step(args) -> int:
         else None
     )
     if data_rate:
-        best = max(r[impls[-1]]["patterns_per_s"] for r in rows)
-        print(f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; "
-              f"the training step is {data_rate / best:.1f}x slower than one data core")
+        best = max(r[impls[-1]]["patterns_per_s"] for r in rows if r["threads"] == 1)
+        print(f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; one thread "
+              f"of the {impls[-1]} step takes {best / data_rate:.1f} data cores to feed")
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from xtec.classifier.model import ModelConfig, ResNet1D
-    from xtec.classifier.predictor import NETWORK_DIR
 
-    cfg = json.loads((NETWORK_DIR / "config.json").read_text())["model"]
-    model = ResNet1D(ModelConfig.from_dict(cfg))
-    with FlopCounterMode(display=False) as fc:
-        torch.nn.functional.cross_entropy(
-            model.forward_reference(torch.rand(32, cfg["n_points"])), torch.zeros(32).long()
-        ).backward()
-    gflop = fc.get_total_flops() / 1e9
-    print(f"{gflop:.2f} GFLOP per training step at batch 32 (forward + backward)")
+    gflop, params = {}, {}
+    for variant in ("reference", "shipped"):
+        cfg = _network_config(variant)
+        model = ResNet1D(ModelConfig.from_dict(cfg))
+        with FlopCounterMode(display=False) as fc:
+            torch.nn.functional.cross_entropy(
+                model.forward_reference(torch.rand(32, cfg["n_points"])), torch.zeros(32).long()
+            ).backward()
+        name = "earlier_network" if variant == "reference" else "shipped_network"
+        gflop[name] = fc.get_total_flops() / 1e9
+        params[name] = sum(p.numel() for p in model.parameters())
+        print(f"{name}: {gflop[name]:.2f} GFLOP per training step at batch 32 "
+              f"(forward + backward), {params[name]:,} parameters")
     out = Path(args.out or RESULTS / "classifier_train_step.json")
     out.write_text(
         json.dumps(
             {
-                "model": cfg,
+                "model": {"earlier_network": _network_config("reference"),
+                          "shipped_network": _network_config("shipped")},
                 "steps": rows,
                 "runs": runs,
                 "equivalence": equivalence,
                 "gflop_per_step_batch32": gflop,
+                "parameters": params,
+                "data_pipeline_patterns_per_s_per_core": data_rate,
                 "repeats": args.repeats,
                 "timed_steps_per_run": args.steps,
                 "cpu": platform.processor() or platform.machine(),

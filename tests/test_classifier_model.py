@@ -1,6 +1,7 @@
 """Model, online training, checkpoint/resume and determinism."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -36,13 +37,38 @@ def test_forward_shape_and_depth_is_configurable():
         ModelConfig(space_groups=[0])
     with pytest.raises(ParameterError):
         ModelConfig(width=12, groups=8)
+    with pytest.raises(ParameterError):
+        ModelConfig(stem_stride=0)
 
 
-def test_forward_equals_reference_forward_and_its_gradients():
+def test_stem_stride_sets_the_downsampling_and_old_configs_keep_theirs():
+    # Configurations saved before stem_stride existed (the earlier example network) rebuild
+    # the stride-4 stem they were trained with.
+    old = ModelConfig.from_dict({"space_groups": SGS, "width": 8, "blocks": [1]})
+    assert old.stem_stride == 4
+    for stride in (4, 16):
+        model = ResNet1D(ModelConfig(space_groups=SGS, width=8, blocks=[1], stem_stride=stride))
+        conv = model.stem[0]
+        assert conv.stride[0] == stride and conv.kernel_size[0] == 2 * stride + 1
+        # Every input point reaches the features: the kernels overlap, leaving no gap.
+        x = torch.zeros(1, 2, 8501, requires_grad=True)
+        torch.nn.functional.conv1d(
+            x, torch.ones_like(conv.weight), stride=stride, padding=conv.padding[0]
+        ).sum().backward()
+        assert bool((x.grad >= 1).all())
+        # Stem and max-pool together downsample by 2 * stride.
+        assert model.stem(x.detach()).shape[-1] == math.ceil(8501 / (2 * stride))
+
+
+@pytest.mark.parametrize("stem_stride", [4, 16])
+def test_forward_equals_reference_forward_and_its_gradients(stem_stride):
     # forward (stem as matrix products, in-place ReLUs) is the same function as the
     # module-by-module forward_reference, with the same weights, in values and gradients.
     torch.manual_seed(0)
-    model = ResNet1D(ModelConfig(space_groups=SGS, width=16, blocks=[1, 2, 1], n_points=2001))
+    cfg = ModelConfig(
+        space_groups=SGS, width=16, blocks=[1, 2, 1], n_points=2001, stem_stride=stem_stride
+    )
+    model = ResNet1D(cfg)
     x, y = torch.rand(5, 2001), torch.tensor([0, 1, 2, 3, 5])
     out = []
     for fwd in (model.forward_reference, model):

@@ -34,6 +34,13 @@ def register(subparsers) -> None:
     t.add_argument("--width", type=int, default=16, help="channels of the first ResNet stage")
     t.add_argument("--blocks", default="1,1,1,1", help="residual blocks per stage, e.g. 2,2,2,2")
     t.add_argument("--head-bins", type=int, default=8, help="2-theta bins before the linear head")
+    t.add_argument(
+        "--stem-stride",
+        type=int,
+        default=16,
+        help="stride of the first convolution (the stem downsamples by twice this; "
+        "default 16: 0.32 degrees per feature point, a training step 6x cheaper than stride 4)",
+    )
     t.add_argument("--space-groups", default="1-230", help="classes, e.g. 1-230 or 2,14,62,225")
     t.add_argument("--max-sites", type=int, default=8, help="most Wyckoff sites per crystal")
     t.add_argument("--max-atoms", type=int, default=120, help="most atoms per conventional cell")
@@ -130,6 +137,7 @@ def _train(args) -> int:
         width=args.width,
         blocks=blocks,
         head_bins=args.head_bins,
+        stem_stride=args.stem_stride,
         n_points=args.n_points,
     )
     tc = TrainConfig(

@@ -28,7 +28,10 @@ class ModelConfig:
     ``blocks`` the residual blocks per stage (its length is the number of stages,
     each halving the length and doubling the channels); ``width`` the channels of the
     first stage; ``head_bins`` the 2-theta bins kept by the pooling before the linear
-    head (1 = global average pooling).  The grid fields describe the patterns the model expects.
+    head (1 = global average pooling); ``stem_stride`` the stride of the first convolution
+    (its kernel spans ``2 * stem_stride + 1`` points, so every point is seen; a max-pool of
+    stride 2 follows).  The grid fields describe the patterns the model expects.
+    Configurations saved before ``stem_stride`` existed load with its old value, 4.
     """
 
     space_groups: list[int] = field(default_factory=lambda: list(range(1, 231)))
@@ -36,6 +39,7 @@ class ModelConfig:
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     groups: int = 8
     head_bins: int = 8
+    stem_stride: int = 4
     two_theta_min: float = 5.0
     two_theta_max: float = 90.0
     n_points: int = 8501
@@ -50,6 +54,9 @@ class ModelConfig:
             raise ParameterError("width must be a positive multiple of groups")
         if self.head_bins < 1:
             raise ParameterError("head_bins must be at least 1")
+        if self.stem_stride < 1:
+            raise ParameterError("stem_stride must be at least 1")
+        self.stem_stride = int(self.stem_stride)
         if not self.blocks or min(self.blocks) < 1:
             raise ParameterError("blocks must list at least one stage of at least one block")
         self.blocks = [int(b) for b in self.blocks]
@@ -97,13 +104,14 @@ class ResNet1D(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
-        w, g = config.width, config.groups
-        # A stride-8 stem: the 0.01-degree grid oversamples even the sharpest peaks
-        # (Scherrer FWHM >= 0.08 degrees for crystallites up to 100 nm).
-        # The second input channel is the 2-theta coordinate: convolutions alone are
+        w, g, s = config.width, config.groups, config.stem_stride
+        # The stem downsamples by 2 * stem_stride: the 0.01-degree grid oversamples even the
+        # sharpest peaks (Scherrer FWHM >= 0.08 degrees for crystallites up to 100 nm), and a
+        # learned kernel that overlaps its neighbours keeps sub-stride peak positions in its
+        # channels.  The second input channel is the 2-theta coordinate: convolutions alone are
         # translation invariant, but a space group is told by absolute peak positions.
         self.stem = nn.Sequential(
-            nn.Conv1d(2, w, 9, 4, 4, bias=False),
+            nn.Conv1d(2, w, 2 * s + 1, s, s, bias=False),
             nn.GroupNorm(g, w),
             nn.ReLU(),
             nn.MaxPool1d(3, 2, 1),
