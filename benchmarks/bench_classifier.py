@@ -45,6 +45,8 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 STEP_VARIANTS = ("reference", "fast", "shipped")
+# The two networks the train-step mode compares, by the variant that runs each as it is run.
+NETWORKS = {"earlier_network": "reference", "shipped_network": "shipped"}
 # The example network shipped until the stem stride became a setting (issue 15's "today").
 EARLIER_NETWORK = {"width": 24, "blocks": [1, 1, 1, 1], "groups": 8, "head_bins": 8,
                    "stem_stride": 4}
@@ -370,24 +372,23 @@ def _equivalence(seed: int) -> dict:
 
     from xtec.classifier.model import ModelConfig, ResNet1D
 
+    def rel(a, b):
+        return float((a - b).abs().max() / a.abs().max())
+
     out = {}
-    for variant in ("fast", "shipped"):
+    for name, variant in NETWORKS.items():
         cfg = _network_config(variant)
         torch.manual_seed(seed)
         model = ResNet1D(ModelConfig.from_dict(cfg))
         x = torch.rand(16, cfg["n_points"])
         y = torch.randint(0, len(cfg["space_groups"]), (16,))
         res = {}
-        for name, fwd in (("reference", model.forward_reference), ("fast", model)):
+        for path, fwd in (("reference", model.forward_reference), ("fast", model)):
             model.zero_grad()
             logits = fwd(x)
             torch.nn.functional.cross_entropy(logits, y).backward()
-            res[name] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
-
-        def rel(a, b):
-            return float((a - b).abs().max() / a.abs().max())
-
-        out["earlier_network" if variant == "fast" else "shipped_network"] = {
+            res[path] = [logits.detach()] + [p.grad.clone() for p in model.parameters()]
+        out[name] = {
             "logits_max_rel_diff": rel(res["reference"][0], res["fast"][0]),
             "grad_max_rel_diff": max(
                 rel(a, b) for a, b in zip(res["reference"][1:], res["fast"][1:])
@@ -470,14 +471,13 @@ def train_step(args) -> int:
     from xtec.classifier.model import ModelConfig, ResNet1D
 
     gflop, params = {}, {}
-    for variant in ("reference", "shipped"):
+    for name, variant in NETWORKS.items():
         cfg = _network_config(variant)
         model = ResNet1D(ModelConfig.from_dict(cfg))
         with FlopCounterMode(display=False) as fc:
             torch.nn.functional.cross_entropy(
                 model.forward_reference(torch.rand(32, cfg["n_points"])), torch.zeros(32).long()
             ).backward()
-        name = "earlier_network" if variant == "reference" else "shipped_network"
         gflop[name] = fc.get_total_flops() / 1e9
         params[name] = sum(p.numel() for p in model.parameters())
         print(f"{name}: {gflop[name]:.2f} GFLOP per training step at batch 32 "
@@ -486,8 +486,7 @@ def train_step(args) -> int:
     out.write_text(
         json.dumps(
             {
-                "model": {"earlier_network": _network_config("reference"),
-                          "shipped_network": _network_config("shipped")},
+                "model": {name: _network_config(v) for name, v in NETWORKS.items()},
                 "steps": rows,
                 "runs": runs,
                 "equivalence": equivalence,
