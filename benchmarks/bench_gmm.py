@@ -110,7 +110,7 @@ def _warm_up(X: np.ndarray, covariances) -> float:
     from xtec.mixture import GaussianMixture
 
     t0 = time.perf_counter()
-    quiet = logging.getLogger("xtec.mixture")
+    quiet = logging.getLogger("xtec.mixture.gaussian_mixture")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # two iterations do not converge: no warning wanted
     with warnings.catch_warnings():

@@ -46,7 +46,7 @@ def real_sets() -> dict[str, np.ndarray]:
 def main(argv=None) -> dict:
     from sklearn.mixture import GaussianMixture as SkGMM
 
-    import xtec.em_start as em_start
+    import xtec.mixture.start as em_start
     from xtec.mixture import GaussianMixture
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

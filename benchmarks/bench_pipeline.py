@@ -89,9 +89,9 @@ def _warm_imports():
 
 
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
-    from xtec.diagnostics import watch_workers
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime import dask_runtime
+    from xtec.runtime.clusters import dask_runtime
+    from xtec.runtime.diagnostics import watch_workers
 
     with dask_runtime(workers=workers, memory_limit=memory, dashboard_address=None) as rt:
         rt.client.run(_warm_imports)

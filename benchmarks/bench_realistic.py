@@ -8,10 +8,10 @@ clustered through the real pipeline:
 * XTEC-d, label smoothing and peak averaging at K = 4 (both layouts);
 * ``-k auto`` (BIC elbow) for XTEC-d and smoothing (XTEC layout);
 * XTEC-d with K at the BIC *minimum* followed by component merging
-  (:func:`xtec.merge.merge_components`: entropy criterion, then same shape),
+  (:func:`xtec.mixture.merge.merge_components`: entropy criterion, then same shape),
   computed on the same kept trajectories (XTEC layout);
 
-and scored with :func:`xtec.evaluate.evaluate_result`: per family the best-
+and scored with :func:`xtec.results.evaluate.evaluate_result`: per family the best-
 cluster F1 against the planted (dominant-family signal) voxels, and the Tc fitted
 through ``ds.xtec.fit_order_parameter``.  Beside them, two baselines on the
 same kept voxels: *one cluster* (every kept voxel in one cluster, the majority
@@ -52,7 +52,7 @@ def _row(name, layout, seed, ev, seconds, k, extra=None):
 def _labels_score(labels, series):
     """Best-cluster F1 per family of a label volume (no Tc)."""
     from xtec.datasets import BRAGG, CDW, TDS
-    from xtec.evaluate import best_cluster_f1
+    from xtec.results.evaluate import best_cluster_f1
 
     return {n: best_cluster_f1(labels, series.signal & (series.classes == f))[1]
             for n, f in (("bragg", BRAGG), ("cdw", CDW), ("tds", TDS))}
@@ -76,9 +76,9 @@ def baselines(series, mask) -> list[dict]:
 
 def merged_variant(series, mask, seed: int, ks=range(2, 15)) -> dict:
     """BIC-minimum K, then merge_components, on the kept trajectories (mean rescaling)."""
-    from xtec.merge import merge_components
     from xtec.mixture import GaussianMixture
-    from xtec.select import bic_scan, choose_k
+    from xtec.mixture.merge import merge_components
+    from xtec.mixture.select import bic_scan, choose_k
 
     t0 = time.perf_counter()
     intensity = series.intensity[:, mask].T.astype(np.float64)
@@ -107,9 +107,9 @@ def run(seeds, size: str, auto: bool, workdir: Path, save) -> dict:
     """K = 4 on every seed and layout first, then -k auto and merging; ``save``
     is called with the partial result after every row (a long run keeps what it did)."""
     from xtec.datasets import make_series, write_nxrefine, write_xtec
-    from xtec.evaluate import evaluate_result
     from xtec.io.store import open_result
     from xtec.pipeline import ClusterConfig, run_cluster
+    from xtec.results.evaluate import evaluate_result
 
     result = dict(rows=[], baselines=[], complete=False)
     series, inputs, masks = {}, {}, {}

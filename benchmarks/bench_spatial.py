@@ -70,8 +70,8 @@ def main() -> None:
     import dask.array as da
 
     from xtec.datasets import make_series
-    from xtec.peaks import fit_peaks, label_components
-    from xtec.smoothing import neighbour_matrix
+    from xtec.spatial.peaks import fit_peaks, label_components
+    from xtec.spatial.smoothing import neighbour_matrix
 
     dask.config.set(scheduler="threads")
     t0 = time.perf_counter()

@@ -5,7 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from xtec.cli.main import main
 from xtec.datasets import make_series, write_nxrefine, write_xtec
+
+
+def run(capsys, *argv):
+    """``xtec ARGV...`` in this process: (exit status, stdout, stderr)."""
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, *patterns, status=2):
+    """The command failed with ``status`` and one line on stderr holding every pattern."""
+    assert code == status, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for p in patterns:
+        assert p in lines[0], lines[0]
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,12 @@ import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 from browser import small_result  # noqa: E402
 
-import xtec.accessor  # noqa: E402, F401  (registers .xtec)
-from xtec.accessor import fit_order_parameter, order_parameter_model  # noqa: E402
+import xtec.results.accessor  # noqa: E402, F401  (registers .xtec)
 from xtec.datasets import CDW, CRITICAL  # noqa: E402
 from xtec.errors import InputError, ParameterError  # noqa: E402
 from xtec.io.nexus import open_nexus  # noqa: E402
 from xtec.io.store import open_result  # noqa: E402
+from xtec.results.accessor import fit_order_parameter, order_parameter_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

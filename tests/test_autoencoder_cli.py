@@ -1,4 +1,4 @@
-"""``xtec ae`` and ``xtec rankaae`` end to end through xtec.cli.main, with real files."""
+"""``xtec ae`` and ``xtec rankaae`` end to end through xtec.cli.main.main, with real files."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
-from xtec.cli import main  # noqa: E402
+from xtec.cli.main import main  # noqa: E402
 
 
 def test_help_does_not_import_torch():

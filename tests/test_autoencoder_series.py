@@ -16,7 +16,7 @@ pytest.importorskip("pymatgen")
 from xtec.autoencoder.data import load_curves, save_curves  # noqa: E402
 from xtec.autoencoder.feature_space import FeatureSpaceAE  # noqa: E402
 from xtec.autoencoder.series import held_out_split, pymatgen_series  # noqa: E402
-from xtec.cli import main  # noqa: E402
+from xtec.cli.main import main  # noqa: E402
 
 GRID = np.linspace(20.0, 100.0, 2001)
 X = np.linspace(0.0, 1.0, 31)

@@ -17,7 +17,7 @@ from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
 from xtec.preprocess.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
-from xtec.runtime import Runtime
+from xtec.runtime.clusters import Runtime
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_pipeline_with_pilot_and_disk_candidates(medium_file, reread_labels, tmp
 
 def test_pilot_on_a_local_cluster_equals_in_process(medium_file, reread_labels, tmp_path,
                                                     monkeypatch):
-    from xtec.runtime import dask_runtime
+    from xtec.runtime.clusters import dask_runtime
 
     monkeypatch.setattr(Runtime, "memory_budget", lambda self: 1e5)
     out = tmp_path / "cluster.zarr"

@@ -18,7 +18,7 @@ from xtec.classifier.cli import PRETRAINED, parse_space_groups  # noqa: E402
 from xtec.classifier.evaluate import installed_structure_files, load_structures  # noqa: E402
 from xtec.classifier.model import ModelConfig, ResNet1D, save_model  # noqa: E402
 from xtec.classifier.simulator import PowderSimulator  # noqa: E402
-from xtec.cli import main  # noqa: E402
+from xtec.cli.main import main  # noqa: E402
 from xtec.errors import ParameterError  # noqa: E402
 
 
@@ -62,7 +62,7 @@ def pattern_files(tmp_path_factory):
 
 
 def test_cli_module_does_not_import_torch():
-    code = "import sys, xtec.cli; xtec.cli.build_parser(); print('torch' in sys.modules, 'pyxtal' in sys.modules)"
+    code = "import sys, xtec.cli.main; xtec.cli.main.build_parser(); print('torch' in sys.modules, 'pyxtal' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 

@@ -15,7 +15,7 @@ pytest.importorskip("spglib")
 from xtec.classifier.evaluate import installed_structure_files, load_structures  # noqa: E402
 from xtec.classifier.predictor import DEFAULT_MODEL  # noqa: E402
 from xtec.classifier.realdata import split_of  # noqa: E402
-from xtec.cli import main  # noqa: E402
+from xtec.cli.main import main  # noqa: E402
 
 CIF = """data_test
 _symmetry_space_group_name_H-M 'P m -3 m'

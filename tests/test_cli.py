@@ -8,24 +8,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run
 
-from xtec.cli import main
+from xtec.cli.main import main
 from xtec.datasets import write_nxrefine, write_xtec
 from xtec.io.store import open_result
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, pattern):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    assert pattern in lines[0], lines[0]
 
 
 def test_synth_info_cluster_roundtrip(tmp_path, capsys):
@@ -116,13 +103,13 @@ def test_incomplete_store_is_refused(tmp_path, small_file, capsys):
 
 
 def test_console_script_demo(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "xtec.cli", "demo", "--dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "xtec.cli.main", "demo", "--dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "adjusted Rand index" in proc.stdout
     ari = float(proc.stdout.split("planted classes:")[1].split()[0])
     assert ari >= 0.9
-    proc = subprocess.run([sys.executable, "-m", "xtec.cli", "info", str(tmp_path / "nope")],
+    proc = subprocess.run([sys.executable, "-m", "xtec.cli.main", "info", str(tmp_path / "nope")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 

@@ -24,9 +24,9 @@ from xtec.datasets import (
     write_xtec,
 )
 from xtec.errors import ParameterError
-from xtec.evaluate import best_cluster_f1, evaluate_result
-from xtec.merge import entropy_elbow, entropy_merge, merge_components, shape_groups
+from xtec.mixture.merge import entropy_elbow, entropy_merge, merge_components, shape_groups
 from xtec.pipeline import ClusterConfig, run_cluster
+from xtec.results.evaluate import best_cluster_f1, evaluate_result
 
 SMALL = dict(h_range=(-2.0, 2.0), k_range=(-2.0, 2.0), l_range=(-0.5, 0.5))
 

@@ -9,9 +9,10 @@ import shutil
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import assert_one_line_error, run
 from nexusformat.nexus import NXdata, NXnote, nxload
 
-from xtec.cli import main
+from xtec.cli.main import main
 from xtec.datasets import make_series, write_xtec
 from xtec.errors import InputError
 from xtec.io.nexus_export import check_nexus, write_nexus
@@ -22,16 +23,6 @@ pytestmark = pytest.mark.slow
 Q = ["Ql", "Qk", "Qh"]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, pattern):
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert "Traceback" not in err and pattern in lines[0], lines[0]
 
 
 def leftovers(directory, name):

@@ -25,8 +25,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, run
 
-from xtec.cli import main
 from xtec.datasets import write_nxrefine, write_xtec
 from xtec.errors import InputError, ParameterError
 from xtec.io.store import open_result
@@ -34,19 +34,6 @@ from xtec.io.store import open_result
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def assert_one_line_error(code, err, *patterns, status=2):
-    assert code == status, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for p in patterns:
-        assert p in lines[0], lines[0]
 
 
 def leftovers(out: Path) -> list[str]:
@@ -56,7 +43,7 @@ def leftovers(out: Path) -> list[str]:
 
 def spawn(*argv, cwd=None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", "xtec.cli", *map(str, argv)], cwd=cwd,
+    return subprocess.Popen([sys.executable, "-m", "xtec.cli.main", *map(str, argv)], cwd=cwd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -184,7 +171,7 @@ def test_numeric_options_are_checked_where_parsed(tmp_path, capsys, tiny, argv, 
 
 def test_library_callers_get_the_same_messages(tiny, tmp_path):
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime import dask_runtime
+    from xtec.runtime.clusters import dask_runtime
 
     with pytest.raises(ParameterError, match="k must be a positive integer"):
         run_cluster(ClusterConfig(inputs=[str(tiny)], out=str(tmp_path / "r.zarr"), k=4.7))
@@ -194,8 +181,8 @@ def test_library_callers_get_the_same_messages(tiny, tmp_path):
         with dask_runtime(workers=1, memory_limit="100MB"):
             pass
     # Every field of the config is an option of the CLI and of the job file.
-    from xtec.cli import build_parser
-    from xtec.options import cluster_keys, runtime_keys
+    from xtec.cli.main import build_parser
+    from xtec.config import cluster_keys, runtime_keys
 
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices["cluster"]
@@ -394,16 +381,16 @@ def _catches(pid: int, sig: int) -> bool:
 
 
 def test_entry_module_is_light():
-    """The ``xtec`` console script imports ``xtec.cli`` and calls ``main()``, which
+    """The ``xtec`` console script imports ``xtec.cli.main`` and calls ``main()``, which
     installs the signal handlers first: neither import may pull in xarray or NumPy
     (about a second), or a signal in that second ends in a traceback."""
-    code = ("import sys, xtec.cli; heavy = {'numpy', 'xarray', 'dask'} & set(sys.modules); "
+    code = ("import sys, xtec.cli.main; heavy = {'numpy', 'xarray', 'dask'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True,
                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
-@pytest.mark.parametrize("module", ["xtec.io.result", "xtec.io.store", "xtec.report"])
+@pytest.mark.parametrize("module", ["xtec.io.result", "xtec.io.store", "xtec.results.report"])
 def test_result_modules_import_first(module):
     """``from xtec.io.result import ...`` as a program's first line: xarray's
     import registers the accessor, which must not need the half-imported module."""
@@ -419,7 +406,7 @@ def test_signal_while_the_command_starts(tiny, tmp_path, sig):
     xarray and Dask): one line and 130/143, no traceback, nothing written."""
     out = tmp_path / "r.zarr"
     script = Path(sys.executable).with_name("xtec")
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "xtec.cli"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "xtec.cli.main"]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     start = time.monotonic()
     proc = subprocess.Popen([*argv, "cluster", str(tiny), "-o", str(out), "--workers", "1"],
@@ -441,7 +428,7 @@ def test_only_dask_leftover_task_errors_are_dropped_after_an_interrupt():
     records of Dask's own exceptions, nothing else."""
     from distributed.client import AllExit
 
-    from xtec.signals import _LEFTOVER_FILTER
+    from xtec.runtime.signals import _LEFTOVER_FILTER
 
     def record(msg, exc):
         return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None,
@@ -455,8 +442,8 @@ def test_only_dask_leftover_task_errors_are_dropped_after_an_interrupt():
 
 def test_interrupt_wrapped_by_a_library_is_still_an_interrupt(capsys):
     """numba turns a KeyboardInterrupt during its cache load into SystemError (T3)."""
-    from xtec.cli import _exit_status
-    from xtec.signals import Interrupted, interruption
+    from xtec.cli.main import _exit_status
+    from xtec.runtime.signals import Interrupted, interruption
 
     try:
         try:
@@ -492,7 +479,7 @@ def test_signal_inside_a_finaliser_still_stops_the_run(finaliser, capfd):
     """A SIGTERM raised inside a finaliser is dropped by Python ("Exception
     ignored in ..."; CI saw it in distributed's ``Future.__del__``): it must
     still stop the block, and print nothing."""
-    from xtec.signals import Interrupted, stop_on_signals
+    from xtec.runtime.signals import Interrupted, stop_on_signals
 
     with pytest.raises(Interrupted) as info:
         with stop_on_signals(grace=60):
@@ -525,8 +512,8 @@ def _die():
 
 @pytest.mark.slow
 def test_repeated_worker_loss_is_one_line(client, capsys):
-    from xtec.cli import _exit_status
-    from xtec.workers import WorkerLostError, cluster_failures
+    from xtec.cli.main import _exit_status
+    from xtec.runtime.workers import WorkerLostError, cluster_failures
 
     scheduler = client.cluster.scheduler
     old, scheduler.allowed_failures = scheduler.allowed_failures, 0
@@ -544,7 +531,7 @@ def test_repeated_worker_loss_is_one_line(client, capsys):
 @pytest.mark.slow
 def test_worker_killed_in_each_stage_gives_the_same_labels(client, tiny, tmp_path):
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime import Runtime
+    from xtec.runtime.clusters import Runtime
 
     rt = Runtime("local", client)
 
@@ -587,7 +574,7 @@ def test_worker_killed_in_each_stage_gives_the_same_labels(client, tiny, tmp_pat
 def test_lost_scheduler_is_one_line():
     from distributed import Client, LocalCluster
 
-    from xtec.workers import WorkerLostError, cluster_failures
+    from xtec.runtime.workers import WorkerLostError, cluster_failures
 
     cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                            dashboard_address=":0")
@@ -636,7 +623,7 @@ def test_cancelling_a_lost_batch_run_leaves_the_scheduler_without_an_error():
     from distributed import Client, LocalCluster
     from distributed.client import FutureCancelledError
 
-    from xtec.batch import _cancel_all
+    from xtec.runtime.batch import _cancel_all
 
     class Errors(logging.Handler):
         def __init__(self):

@@ -104,8 +104,8 @@ def test_full_labels_identical_in_process_chunked_and_on_local_cluster():
         labels = g.predict(dx).compute()
         # Held on the workers, a pass is one task per worker thread over the
         # chunks it holds: the same statistics to the bit as one task per chunk.
-        from xtec import em
-        from xtec.chunks import chunks_by_thread, held_chunks
+        from xtec.mixture import passes as em
+        from xtec.runtime.chunks import chunks_by_thread, held_chunks
 
         held = dx.rechunk((1000, -1)).persist()
         shares = chunks_by_thread(held_chunks(held))

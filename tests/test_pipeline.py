@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
-from xtec.runtime import dask_runtime
+from xtec.runtime.clusters import dask_runtime
 
 
 def _score(series, path):
@@ -107,7 +107,7 @@ def test_xtec_s_methods_beat_or_match_xtec_d(method, series, xtec_file, xtec_res
 
 
 def test_k_auto_and_the_bic_command(xtec_file, tmp_path, capsys):
-    from xtec.cli import main
+    from xtec.cli.main import main
 
     png = tmp_path / "bic.png"
     code = main(["bic", str(xtec_file), "--ks", "2:7", "--seeds", "2", "--plot", str(png),
@@ -128,7 +128,7 @@ def test_k_auto_and_the_bic_command(xtec_file, tmp_path, capsys):
 
 
 def test_peaks_with_k_auto_labels_components_once(small_file, tmp_path, monkeypatch):
-    import xtec.peaks as peaks
+    import xtec.spatial.peaks as peaks
 
     calls = []
     real = peaks.label_components

@@ -17,8 +17,10 @@ import pytest  # noqa: E402
 import xarray as xr  # noqa: E402
 from browser import ensure_chromium, open_page, small_result  # noqa: E402
 
-from xtec import report  # noqa: E402
 from xtec.errors import InputError, ParameterError, XtecError  # noqa: E402
+from xtec.io.result import KEPT_GREY  # noqa: E402
+from xtec.io.store import load_result
+from xtec.results import figures, report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +87,12 @@ def test_report_writes_self_contained_html_and_pngs(written, result):
     ):
         assert f">{key}<" in text
     for rgb in _palette(result):
-        assert report.hex_color(rgb) in text
+        assert figures.hex_color(rgb) in text
 
 
 def test_default_planes_are_the_most_clustered(result):
-    ds = report.load_result(result)
-    planes = report.default_planes(ds)
+    ds = load_result(result)
+    planes = figures.default_planes(ds)
     lab = ds.labels.values >= 0
     for dim, value in planes:
         axis = ("Ql", "Qk", "Qh").index(dim)
@@ -107,10 +109,10 @@ def test_figures_show_the_palette_colours(written, result):
         assert _count_colour(traj, rgb) > 50, rgb  # the mean lines
         assert _count_colour(counts, rgb) > 200, rgb  # the bars
     # the slices together show every cluster's colour, voxel for voxel
-    ds = report.load_result(result)
+    ds = load_result(result)
     for png in out.glob("slice_*.png"):
         dim, value = png.stem.split("_")[1], None
-        value = next(v for d, v in report.default_planes(ds) if d == dim)
+        value = next(v for d, v in figures.default_planes(ds) if d == dim)
         img = _rgb(png)
         labels = ds.labels.sel({dim: value}, method="nearest").values
         for c, rgb in enumerate(pal):
@@ -135,10 +137,10 @@ def test_slice_rgb_colours_voxels_exactly():
             "temperature": [10.0, 20.0, 30.0],
         },
     )
-    img, info = report.slice_rgb(ds, "Ql", 0.0)
+    img, info = figures.slice_rgb(ds, "Ql", 0.0)
     px = np.rint(img[0] * 255).astype(int)
     assert px[0].tolist() == [230, 159, 0] and px[1].tolist() == [86, 180, 233]
-    assert px[2].tolist() == list(report.KEPT_GREY)
+    assert px[2].tolist() == list(KEPT_GREY)
     assert px[3].max() < 128 and info["x"] == "Qh" and info["y"] == "Qk"
 
 
@@ -196,33 +198,33 @@ def test_bic_curve_when_present(result, tmp_path):
         store, mode="a", consolidated=False
     )
     zarr.open_group(store, mode="r+").attrs.update(attrs)  # appending resets the attributes
-    ds = report.load_result(store)
-    got = report.bic_curve(ds)
+    ds = load_result(store)
+    got = figures.bic_curve(ds)
     assert got is not None and np.allclose(got[0], ks) and np.allclose(got[1], bic)
     html = report.write_report(store, out_dir=tmp_path / "rep", planes=["Ql=0"])
     assert (html.parent / "bic.png").exists()
     assert "Model selection" in html.read_text()
     # attribute forms were never written by xtec: not read
-    assert report.bic_curve(xr.Dataset(attrs={"bic": {"2": 3.0, "3": 1.0}})) is None
-    assert report.bic_curve(xr.Dataset()) is None
+    assert figures.bic_curve(xr.Dataset(attrs={"bic": {"2": 3.0, "3": 1.0}})) is None
+    assert figures.bic_curve(xr.Dataset()) is None
 
 
 def test_threshold_plot_without_stored_histogram(result):
-    ds = report.load_result(result).drop_vars(["threshold_hist", "threshold_edges"])
+    ds = load_result(result).drop_vars(["threshold_hist", "threshold_edges"])
     ds.attrs["threshold"] = {
         "method": "simple",
         "cutoff_log": 2.5,
         "gaussian_mean": 2.0,
         "gaussian_std": 0.3,
     }
-    ax = report.plot_threshold(ds)
+    ax = figures.plot_threshold(ds)
     assert ax.get_title().startswith("threshold: simple")
     assert len(ax.lines) == 2  # Gaussian and cutoff
 
 
 # --------------------------------------------------------------------------- CLI, errors
 def _parser():
-    from xtec import cli_report
+    from xtec.cli import report as cli_report
 
     parser = argparse.ArgumentParser(prog="xtec")
     sub = parser.add_subparsers(dest="command")
@@ -277,15 +279,15 @@ def test_bad_input_is_one_clear_error(result, tmp_path):
     with pytest.raises(ParameterError, match="DIM=VALUE"):
         report.write_report(result, out_dir=tmp_path / "x", planes=["Ql"])
     with pytest.raises(ParameterError, match="dimension"):
-        report.parse_plane("Qx=1")
+        figures.parse_plane("Qx=1")
     assert not (tmp_path / "x").exists()  # nothing written on bad planes
 
 
 def test_cli_main_exit_status(tmp_path, capsys):
-    from xtec import cli
+    from xtec.cli import main as cli
 
-    if ("xtec.cli_report", "register") not in cli._PLUGINS:
-        pytest.skip("xtec.cli_report is not registered in xtec.cli._PLUGINS yet")
+    if ("xtec.cli.report", "register") not in cli._PLUGINS:
+        pytest.skip("xtec.cli.report is not registered in xtec.cli.main._PLUGINS yet")
     rc = cli.main(["report", str(tmp_path / "missing.zarr")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no such result store" in err[0]

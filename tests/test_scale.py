@@ -7,13 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from xtec.chunks import spatial_chunks, target_bytes_for_workers
-from xtec.cli import main
-from xtec.diagnostics import watch_workers
+from xtec.cli.main import main
 from xtec.errors import ParameterError
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
-from xtec.runtime import JobqueueOptions, dask_runtime, make_jobqueue_cluster
+from xtec.runtime.chunks import spatial_chunks, target_bytes_for_workers
+from xtec.runtime.clusters import JobqueueOptions, dask_runtime, make_jobqueue_cluster
+from xtec.runtime.diagnostics import watch_workers
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
     limit = 600 * 2**20
     with dask_runtime(workers=2, memory_limit=limit, dashboard_address=None) as rt:
         assert rt.memory_per_worker == limit
-        # Dask's allocator settings and xtec's (xtec.workers.worker_environ)
+        # Dask's allocator settings and xtec's (xtec.runtime.workers.worker_environ)
         env = rt.client.run(lambda: {k: os.environ.get(k) for k in
                                      ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
         assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "65536"}
@@ -102,7 +102,7 @@ def test_cluster_runtime_submits_the_requested_jobs(monkeypatch):
 
 def test_job_file_holds_hpc_options(tmp_path, capsys, monkeypatch):
     pytest.importorskip("dask_jobqueue")
-    from xtec import cli_core
+    from xtec.cli import cluster as cli_core
 
     job = tmp_path / "job.toml"
     job.write_text('inputs = ["x.nxs"]\nout = "o.zarr"\ncluster = "slurm"\ncores = 4\n'
@@ -142,7 +142,7 @@ def test_gpu_pipeline_matches_cpu(medium_file, reference_labels, tmp_path):
 def test_cluster_progress_bar_counts_tasks(capsys):
     import dask.array as da
 
-    from xtec.progress import cluster_progress
+    from xtec.runtime.progress import cluster_progress
 
     with dask_runtime(workers=1, dashboard_address=None) as rt:
         with cluster_progress(rt.client, interval=0.05):

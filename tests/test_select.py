@@ -6,10 +6,10 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from xtec import select
 from xtec.errors import ParameterError
-from xtec.mixture import hash_uniform
+from xtec.mixture import hash_uniform, select
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
+from xtec.results.figures import plot_bic_scan
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_bic_scan_finds_the_planted_classes(kept_sample, tmp_path):
     assert [r["k"] for r in rows] == list(range(2, 9))
     d = res.to_dict()
     assert d["k_elbow"] == k_elbow
-    png = select.plot_bic(res, tmp_path / "bic.png")
+    png = plot_bic_scan(res, tmp_path / "bic.png")
     with open(png, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 

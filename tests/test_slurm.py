@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xtec.cli import main
+from xtec.cli.main import main
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 
@@ -326,7 +326,7 @@ def test_whole_run_at_its_walltime_stops_cleanly_on_sigterm(slurm, walltime_runs
 def test_queue_answers_are_read_carefully(slurm, monkeypatch):
     """A job the controller no longer knows has ended; a queue that cannot be asked
     (squeue missing, controller down) ends nothing."""
-    from xtec.batch import ended_job
+    from xtec.runtime.batch import ended_job
 
     monkeypatch.setenv("SLURM_CONF", slurm.env["SLURM_CONF"])
     assert ended_job("slurm", ["999999"]) == (

@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 from sklearn.metrics import adjusted_rand_score
 
-from xtec import spatial
+import xtec.spatial as spatial
 from xtec.datasets import BRAGG, CDW
 from xtec.mixture import GaussianMixture
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
@@ -140,7 +140,7 @@ def test_smoothing_overrides_only_the_e_step_and_clones():
     import scipy.sparse as sp
     from sklearn.base import clone
 
-    from xtec.smoothing import SmoothedGaussianMixture
+    from xtec.spatial.smoothing import SmoothedGaussianMixture
 
     own = {k for k in vars(SmoothedGaussianMixture) if callable(vars(SmoothedGaussianMixture)[k])}
     assert "_e_step" in own and "_em" not in own  # no copied EM loop

@@ -12,21 +12,24 @@ import importlib
 import importlib.abc
 import importlib.util
 
-__version__ = "0.1.0"
+from xtec._version import __version__ as __version__
 
 _API = {
     "open_nexus": "xtec.io.nexus",
     "open_result": "xtec.io.store",
-    "load_result": "xtec.io.result",
-    "GaussianMixture": "xtec.mixture",
-    "SmoothedGaussianMixture": "xtec.smoothing",
-    "fit_order_parameter": "xtec.order_parameter",
+    "load_result": "xtec.io.store",
+    "write_report": "xtec.results.report",
+    "GaussianMixture": "xtec.mixture.gaussian_mixture",
+    "bic_scan": "xtec.mixture.select",
+    "choose_k": "xtec.mixture.select",
+    "SmoothedGaussianMixture": "xtec.spatial.smoothing",
+    "fit_order_parameter": "xtec.results.order_parameter",
     "ClusterConfig": "xtec.config",
     "run_cluster": "xtec.pipeline",
     "make_series": "xtec.datasets",
     "write_xtec": "xtec.datasets",
     "write_nxrefine": "xtec.datasets",
-    "dask_runtime": "xtec.runtime",
+    "dask_runtime": "xtec.runtime.clusters",
     "XtecError": "xtec.errors",
 }
 
@@ -45,7 +48,7 @@ def _register_accessor() -> None:
     import sys
 
     if "xarray" in sys.modules:
-        importlib.import_module("xtec.accessor")
+        importlib.import_module("xtec.results.accessor")
         return
 
     class _AfterXarray(importlib.abc.MetaPathFinder):
@@ -61,7 +64,7 @@ def _register_accessor() -> None:
 
             def exec_then_register(module):
                 exec_module(module)
-                importlib.import_module("xtec.accessor")
+                importlib.import_module("xtec.results.accessor")
 
             spec.loader.exec_module = exec_then_register
             return spec

@@ -1,17 +1,33 @@
-"""The options of one clustering job, validated: :class:`ClusterConfig`.
+"""The options of one clustering job, validated in one place.
 
-The CLI and TOML job files fill it; library callers build it directly.  Errors
-name the parameter (``threshold``, ``bic_ks``), not a command-line flag.
+:class:`ClusterConfig` holds what is clustered, :class:`RunOptions` where it
+runs (:class:`SchedulerOptions` and :class:`JobqueueOptions`, the batch jobs').
+The command line, TOML job files and library callers all go through
+:func:`coerce`, driven by the dataclass fields (their type hints, plus the
+``choices`` / ``range`` / ``positive`` entries of their metadata), so an option
+has one meaning and one check wherever it comes from.  Values are checked
+against the field's type strictly: a flag is a boolean (``overwrite = "no"`` is
+an error, not ``True``), a count is an integer (``k = 4.7`` is an error, not 4),
+sizes are parsed by Dask's parser.  Messages name the parameter (``seed must
+be ...``), which reads right both as ``--seed`` and ``seed=``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import math
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 from xtec.errors import ParameterError, check_choice
-from xtec.mixture import COVARIANCE_TYPES
+from xtec.mixture.parameters import COVARIANCE_TYPES
 from xtec.preprocess import RESCALE_METHODS, THRESHOLD_METHODS
-from xtec.smoothing import KERNELS, WEIGHTS
+from xtec.runtime.chunks import parse_chunks
+from xtec.runtime.workers import parse_memory_limit
+from xtec.spatial.smoothing import KERNELS, WEIGHTS
 
 METHODS = ("xtec-d", "peaks", "smooth")
 # Where the kept trajectories live while EM iterates: worker memory, a scratch
@@ -19,6 +35,14 @@ METHODS = ("xtec-d", "peaks", "smooth")
 # input files every iteration); "auto" picks memory if they fit, else disk.
 PERSIST_MODES = ("auto", "memory", "disk", "none")
 PEAK_STATS = ("mean", "max")
+
+
+def _opt(default, *, choices=None, range=None, positive=False):  # noqa: A002
+    """A dataclass field whose metadata carries its check (see :func:`coerce`)."""
+    meta = {k: v for k, v in (("choices", choices), ("range", range)) if v is not None}
+    if positive:
+        meta["positive"] = True
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -36,31 +60,31 @@ class ClusterConfig:
     inputs: list[str]
     out: str
     k: int | str = 4
-    method: str = "xtec-d"
+    method: str = _opt("xtec-d", choices=METHODS)
     threshold: str | float = "kl"
-    rescale: str = "mean"
-    covariance: str = "diag"
-    seed: int = 0
-    n_init: int = 3
-    max_iter: int = 500
-    tol: float = 1e-6
+    rescale: str = _opt("mean", choices=RESCALE_METHODS)
+    covariance: str = _opt("diag", choices=COVARIANCE_TYPES)
+    seed: int = _opt(0, range=(0, 2**32 - 1))
+    n_init: int = _opt(3, range=(1, None))
+    max_iter: int = _opt(500, range=(1, None))
+    tol: float = _opt(1e-6, positive=True)
     ql: tuple[float, float] | None = None
     qk: tuple[float, float] | None = None
     qh: tuple[float, float] | None = None
     chunks: tuple[int, int, int] | None = None
     device: str = "cpu"
-    persist: str = "auto"
+    persist: str = _opt("auto", choices=PERSIST_MODES)
     overwrite: bool = False
-    kernel: str = "local"
-    length_scale: float = 1.0
+    kernel: str = _opt("local", choices=KERNELS)
+    length_scale: float = _opt(1.0, positive=True)
     unit_cell: tuple[float, float, float] | None = None
-    smooth_iterations: int = 1
-    neighbour_weights: str = "uniform"
-    peak_stat: str = "mean"
+    smooth_iterations: int = _opt(1, range=(0, None))
+    neighbour_weights: str = _opt("uniform", choices=WEIGHTS)
+    peak_stat: str = _opt("mean", choices=PEAK_STATS)
     bic_ks: tuple[int, int] = (2, 14)
-    bic_seeds: int = 3
+    bic_seeds: int = _opt(3, range=(1, None))
     parent: str | None = None
-    parent_cluster: int | None = None
+    parent_cluster: int | None = _opt(None, range=(0, None))
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -68,40 +92,274 @@ class ClusterConfig:
         return tuple(f.name for f in fields(cls))
 
     def validate(self) -> None:
-        """Raise :class:`ParameterError` naming the first bad parameter."""
-        from xtec.options import check_config
-
-        check_config(self)  # types and ranges of every field (xtec.options)
+        """Check every field (:func:`coerce`) and the rules between fields; raise
+        :class:`ParameterError` naming the first bad parameter."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "inputs" and not value:
+                self.inputs = []
+                continue
+            setattr(self, f.name, coerce(f.name, value))
         if not self.inputs and not self.parent:
             raise ParameterError("no input files given")
-        if self.k != "auto" and (not isinstance(self.k, int) or self.k < 1):
-            raise ParameterError(f"k must be a positive integer or 'auto' (got {self.k!r})")
-        check_choice(self.method, METHODS, "method")
-        if isinstance(self.threshold, str) and self.threshold not in THRESHOLD_METHODS:
-            try:
-                self.threshold = float(self.threshold)
-            except ValueError:
-                raise ParameterError(
-                    f"threshold must be one of {THRESHOLD_METHODS} or an intensity "
-                    f"(got {self.threshold!r})"
-                ) from None
-        check_choice(self.rescale, RESCALE_METHODS, "rescale")
-        check_choice(self.covariance, COVARIANCE_TYPES, "covariance")
-        check_choice(self.persist, PERSIST_MODES, "persist")
-        check_choice(self.kernel, KERNELS, "kernel")
-        if not self.length_scale > 0 or self.smooth_iterations < 0:
-            raise ParameterError("length_scale must be > 0 and smooth_iterations >= 0")
-        check_choice(self.neighbour_weights, WEIGHTS, "neighbour_weights")
-        check_choice(self.peak_stat, PEAK_STATS, "peak_stat")
-        lo, hi = self.bic_ks
-        if not 1 <= lo <= hi or self.bic_seeds < 1:
-            raise ParameterError(f"bic_ks must be (MIN, MAX) with 1 <= MIN <= MAX "
-                                 f"(got {self.bic_ks!r})")
         if (self.parent is None) != (self.parent_cluster is None):
             raise ParameterError("a second round needs both parent (a RESULT.zarr) and "
                                  "parent_cluster")
 
     def gmm_kwargs(self) -> dict:
-        """Keyword arguments of :class:`~xtec.mixture.GaussianMixture` for this job."""
+        """Keyword arguments of :class:`~xtec.mixture.gaussian_mixture.GaussianMixture` for this job."""
         return dict(covariance_type=self.covariance, tol=self.tol, max_iter=self.max_iter,
                     n_init=self.n_init, random_state=self.seed)
+
+@dataclass
+class SchedulerOptions:
+    """Which Dask scheduler a job runs on (see :func:`xtec.runtime.clusters.dask_runtime`)."""
+
+    workers: int = _opt(0, range=(0, None))
+    threads_per_worker: int = _opt(1, range=(1, None))
+    memory_limit: str | None = None
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    progress: bool | None = None
+    cluster: str | None = None
+
+
+@dataclass
+class JobqueueOptions:
+    """Batch-job settings for dask-jobqueue (unset values come from its config file)."""
+
+    cores: int | None = _opt(None, range=(1, None))
+    memory: str | None = None
+    processes: int | None = _opt(None, range=(1, None))
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    jobs: int = _opt(1, range=(1, None))
+    jobqueue_config: str | None = None
+    job_extra: list[str] | None = None
+
+    def cluster_kwargs(self) -> dict:
+        kw = {k: getattr(self, k) for k in ("cores", "memory", "processes", "walltime", "queue",
+                                            "account") if getattr(self, k) is not None}
+        if self.job_extra:
+            kw["job_extra_directives"] = list(self.job_extra)
+        return kw
+
+
+@dataclass
+class RunOptions(JobqueueOptions, SchedulerOptions):
+    """Where a job runs: the scheduler's options, then the batch jobs' (their fields,
+    in that order, are the run options of the command line and job files)."""
+
+    @classmethod
+    def from_options(cls, opts: dict) -> RunOptions:
+        """The run options among checked options (:func:`coerce`); unset or None
+        values take the defaults."""
+        return cls(**{k: opts[k] for k in runtime_keys() if opts.get(k) is not None})
+
+    def jobqueue(self) -> JobqueueOptions:
+        return JobqueueOptions(**{f.name: getattr(self, f.name) for f in fields(JobqueueOptions)})
+
+
+def cluster_keys() -> tuple[str, ...]:
+    """Option names of the clustering itself: the fields of ClusterConfig."""
+    return ClusterConfig.option_names()
+
+
+def runtime_keys() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(RunOptions))
+
+
+def _hints() -> dict[str, object]:
+    hints = dict(typing.get_type_hints(ClusterConfig))
+    hints.update(typing.get_type_hints(RunOptions))
+    return hints
+
+
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _fail(name: str, what: str, value) -> typing.NoReturn:
+    raise ParameterError(f"{name} must be {what} (got {value!r}, {_kind(value)})")
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, np.integer):
+            return int(value)
+        _fail(name, "an integer", value)
+    return int(value)
+
+
+def _as_float(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (np.integer, np.floating)):
+            _fail(name, "a number", value)
+    out = float(value)
+    if not math.isfinite(out):
+        _fail(name, "a finite number", value)
+    return out
+
+
+def _as_path(name: str, value) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        _fail(name, "a path (a non-empty string)", value)
+    return value
+
+
+def as_range(name: str, value):
+    if isinstance(value, str):
+        parts = value.split(":")
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        _fail(name, "MIN:MAX or [MIN, MAX]", value)
+    try:
+        if len(parts) != 2 or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        lo, hi = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        _fail(name, "MIN:MAX or [MIN, MAX]", value)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        _fail(name, "two finite numbers MIN:MAX", value)
+    return lo, hi
+
+
+def _parse_k(value, strict: bool):
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and not strict:
+        try:
+            value = int(value)
+        except ValueError:
+            _fail("k", "a positive integer or 'auto'", value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail("k", "a positive integer or 'auto'", value)
+    if value < 1:
+        _fail("k", "a positive integer or 'auto'", value)
+    return int(value)
+
+
+def _parse_threshold(value):
+    what = f"one of {THRESHOLD_METHODS} or an intensity cutoff >= 0"
+    if isinstance(value, str):
+        if value in THRESHOLD_METHODS:
+            return value
+        try:
+            value = float(value)
+        except ValueError:
+            _fail("threshold", what, value)
+    value = _as_float("threshold", value) if not isinstance(value, float) else value
+    if not math.isfinite(value) or value < 0:
+        _fail("threshold", what, value)
+    return float(value)
+
+
+def _parse_triple(name, value):
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        if not isinstance(parts, (list, tuple)) or any(isinstance(p, bool) for p in parts):
+            raise ValueError
+        out = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or not all(math.isfinite(v) and v > 0 for v in out):
+        _fail(name, "three positive numbers L,K,H", value)
+    return out
+
+
+def _parse_bic_ks(value):
+    lo, hi = as_range("bic_ks", value)
+    if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi:
+        _fail("bic_ks", "integers MIN:MAX with 1 <= MIN <= MAX", value)
+    return int(lo), int(hi)
+
+
+def _parse_str_list(name, value):
+    if isinstance(value, (str, os.PathLike)):
+        return [_as_path(name, value)]
+    if not isinstance(value, (list, tuple)):
+        _fail(name, "a list of strings", value)
+    return [_as_path(name, v) for v in value]
+
+
+def _parse_memory_limit(value):
+    return parse_memory_limit(value, "memory_limit")
+
+
+_SPECIAL = {
+    "k": None,  # needs ``strict``: see coerce
+    "threshold": _parse_threshold,
+    "ql": lambda v: as_range("ql", v), "qk": lambda v: as_range("qk", v),
+    "qh": lambda v: as_range("qh", v),
+    "chunks": parse_chunks,
+    "unit_cell": lambda v: _parse_triple("unit_cell", v),
+    "bic_ks": _parse_bic_ks,
+    "inputs": lambda v: _parse_str_list("inputs", v),
+    "job_extra": lambda v: _parse_str_list("job_extra", v),
+    "memory_limit": _parse_memory_limit,
+    "out": lambda v: _as_path("out", v), "parent": lambda v: _as_path("parent", v),
+    "scheduler_file": lambda v: _as_path("scheduler_file", v),
+    "jobqueue_config": lambda v: _as_path("jobqueue_config", v),
+}
+
+
+def _strip_none(hint):
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else hint), True
+    return hint, False
+
+
+def coerce(name: str, value, strict: bool = True):
+    """Check (and parse) one option's value against its field's type and range.
+
+    ``strict``: the value comes from a job file or a library caller, so it must
+    already have the right type (CLI values of ``k`` are strings and are parsed).
+    """
+    hint, optional = _strip_none(_hints()[name])
+    if value is None:
+        if optional or name in ("threshold",):
+            return None
+        _fail(name, "given a value", value)
+    if name == "k":
+        return _parse_k(value, strict)
+    if name in _SPECIAL:
+        out = _SPECIAL[name](value)
+    elif hint is bool:
+        if not isinstance(value, bool):
+            _fail(name, "true or false (a boolean)", value)
+        out = value
+    elif hint is int:
+        out = _as_int(name, value)
+    elif hint is float:
+        out = _as_float(name, value)
+    elif hint is str:
+        if not isinstance(value, str):
+            _fail(name, "a string", value)
+        out = value
+    else:
+        out = value
+    meta = _metadata()[name]
+    if "choices" in meta:
+        check_choice(out, meta["choices"], name)
+    if "range" in meta and out is not None:
+        lo, hi = meta["range"]
+        if (lo is not None and out < lo) or (hi is not None and out > hi):
+            bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            _fail(name, f"an integer {bound}", value)
+    if meta.get("positive") and not out > 0:
+        _fail(name, "a number > 0", value)
+    return out
+
+
+def _metadata() -> dict[str, typing.Mapping]:
+    return {f.name: f.metadata for cls in (ClusterConfig, RunOptions) for f in fields(cls)}
+

@@ -1,6 +1,6 @@
 """One clustering job: load -> preprocess -> cluster -> paint -> write.
 
-The job runs on whatever Dask scheduler is current (see :mod:`xtec.runtime`).
+The job runs on whatever Dask scheduler is current (see :mod:`xtec.runtime.clusters`).
 The input is read once: the pass that computes the per-voxel mean (for the
 threshold) also keeps the trajectories of likely-kept voxels
 (:mod:`xtec.preprocess.candidates`), from which the kept ones are picked; only
@@ -13,7 +13,7 @@ This module only orchestrates: :func:`run_cluster` prepares the kept
 trajectories (:func:`_prepare`), hands them to one function per method
 (:func:`cluster_xtec_d`, :func:`cluster_peaks`, :func:`cluster_smooth`), each
 returning a :class:`~xtec.io.result.Clustering`, and writes the result through
-:mod:`xtec.io.result`.  Where trajectories are held is :class:`~xtec.runtime.Runtime`'s
+:mod:`xtec.io.result`.  Where trajectories are held is :class:`~xtec.runtime.clusters.Runtime`'s
 call.
 """
 
@@ -34,7 +34,6 @@ import numpy as np
 import xarray as xr
 
 from xtec.backend import get_device_module
-from xtec.chunks import target_bytes_for_workers
 from xtec.config import METHODS, PERSIST_MODES, ClusterConfig  # noqa: F401  (re-exported)
 from xtec.errors import ParameterError
 from xtec.io.nexus import open_nexus
@@ -47,7 +46,9 @@ from xtec.io.result import (
     summarize_result,
 )
 from xtec.io.store import check_output, open_result, write_result
-from xtec.mixture import GaussianMixture, warm_kernels
+from xtec.mixture.engines import warm_kernels
+from xtec.mixture.gaussian_mixture import GaussianMixture
+from xtec.mixture.profiles import cluster_profiles, predict_with_profiles
 from xtec.preprocess import (
     Threshold,
     compute_threshold,
@@ -62,8 +63,8 @@ from xtec.preprocess.candidates import (
     plan_candidates,
     trajectories_from_candidates,
 )
-from xtec.profiles import cluster_profiles, predict_with_profiles
-from xtec.runtime import Runtime
+from xtec.runtime.chunks import target_bytes_for_workers
+from xtec.runtime.clusters import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,10 @@ def _warm_stage_kernels(covariance_type: str) -> bool:
     """Load the numba kernels of every stage (first pass, threshold, EM start and
     EM, profiles) in this process now: 1.8 s of a fresh in-process run on
     1.5 GB went to loading them in the stages that first call them."""
-    from xtec.em_start import init_sample, kmeans_plusplus
+    from xtec.mixture.profiles import warm_kernels as warm_profiles
+    from xtec.mixture.start import init_sample, kmeans_plusplus
     from xtec.preprocess.threshold import warm_kernels as warm_threshold
     from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
-    from xtec.profiles import warm_kernels as warm_profiles
 
     x = np.ones((2, 1, 1, 2), np.float32)
     summary_block(x)
@@ -261,7 +262,7 @@ def _fit_k(config: ClusterConfig, X, index):
     """K: the configured one, or the BIC elbow over the configured range (and the scan)."""
     if config.k != "auto":
         return int(config.k), None
-    from xtec.select import bic_scan, choose_k
+    from xtec.mixture.select import bic_scan, choose_k
 
     lo, hi = config.bic_ks
     n = int(X.shape[0])
@@ -335,7 +336,7 @@ def cluster_xtec_d(config: ClusterConfig, prep: Prepared, rt: Runtime,
 def cluster_smooth(config: ClusterConfig, prep: Prepared, rt: Runtime,
                    scratch: Path) -> Clustering:
     """XTEC-s label smoothing: the mixture's E-step averaged over neighbouring voxels."""
-    from xtec.smoothing import fit_smooth, unit_cell_from_axes
+    from xtec.spatial.smoothing import fit_smooth, unit_cell_from_axes
 
     X, index, held = _kept_trajectories(config, prep, rt, scratch)
     k, bic = _fit_k(config, X, index)
@@ -363,7 +364,7 @@ def cluster_smooth(config: ClusterConfig, prep: Prepared, rt: Runtime,
 def cluster_peaks(config: ClusterConfig, prep: Prepared, rt: Runtime,
                   scratch: Path) -> Clustering:
     """XTEC-s peak averaging: one trajectory per connected component of the mask."""
-    from xtec.peaks import fit_peaks, peak_components
+    from xtec.spatial.peaks import fit_peaks, peak_components
 
     prep.warming = []
     prep.timings["trajectories"] = 0.0
@@ -387,7 +388,7 @@ _METHODS = {"xtec-d": cluster_xtec_d, "peaks": cluster_peaks, "smooth": cluster_
 # --------------------------------------------------------------------------- jobs
 def bic_for_inputs(config: ClusterConfig, runtime=None, ks=range(2, 15), seeds=(0, 1, 2)):
     """BIC and log-likelihood over K for the kept trajectories of a series."""
-    from xtec.select import bic_scan
+    from xtec.mixture.select import bic_scan
 
     config.validate()
     prep = _prepare(config, runtime)
@@ -408,7 +409,7 @@ def _parent_attrs(config: ClusterConfig, parent) -> dict:
 def run_cluster(config: ClusterConfig, runtime: Runtime | None = None) -> ClusterResult:
     """Run one clustering job and write its Zarr store. Returns the path and a summary."""
     from xtec.io.output import claim_output
-    from xtec.workers import cluster_failures
+    from xtec.runtime.workers import cluster_failures
 
     config.validate()
     out = check_output(config.out, config.overwrite)

@@ -27,9 +27,9 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from xtec.chunks import DEFAULT_TARGET_BYTES, checked_chunks, spatial_chunks
 from xtec.errors import InputError
 from xtec.io.h5source import H5Source, open_files
+from xtec.runtime.chunks import DEFAULT_TARGET_BYTES, checked_chunks, spatial_chunks
 
 log = logging.getLogger(__name__)
 

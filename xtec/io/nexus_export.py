@@ -199,7 +199,7 @@ def _write_provenance(entry, attrs: dict, source: str) -> None:
 def _write_file(ds: xr.Dataset, path: Path, source: str, name: str) -> None:
     import h5py
 
-    from xtec import __version__
+    from xtec._version import __version__
 
     attrs = {k: v for k, v in ds.attrs.items() if k != "complete"}
     now = _dt.datetime.now(_dt.UTC).isoformat()

@@ -32,8 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from xtec import signals
 from xtec.errors import InputError, ParameterError
+from xtec.runtime import signals
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def claim_output(path: str | os.PathLike) -> Iterator[OutputClaim]:
 
     Re-entrant within a process: a nested claim of the same path yields the
     outer claim.  The private names of the claim are removed on exit however
-    the block ends, and on SIGTERM/SIGINT by :mod:`xtec.signals`.
+    the block ends, and on SIGTERM/SIGINT by :mod:`xtec.runtime.signals`.
     """
     path = Path(os.path.abspath(path))
     with _held_lock:

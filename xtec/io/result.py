@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from xtec.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array as da
 
-    from xtec.preprocess import Threshold
 
 #: spatial dimensions of every volume in a result (and of the loaded series)
 Q_DIMS = ("Ql", "Qk", "Qh")
@@ -122,26 +120,9 @@ def check_result(ds: xr.Dataset, name: str = "the dataset") -> xr.Dataset:
     return ds
 
 
-def load_result(path: str | os.PathLike) -> xr.Dataset:
-    """Open a finished result store lazily (attributes decoded) and check it."""
-    from xtec.io.store import open_result
-
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path} is not a result store (a .zarr directory)")
-    return check_result(open_result(path), str(path))
-
-
-def write(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write a result Dataset atomically (see :func:`xtec.io.store.write_result`)."""
-    from xtec.io.store import write_result
-
-    return write_result(ds, path, overwrite=overwrite)
-
-
 # --------------------------------------------------------------------------- building
 def bic_variables(bic) -> dict:
-    """Variables of a BIC scan (:class:`xtec.select.BICResult`) along ``bic_k``."""
+    """Variables of a BIC scan (:class:`xtec.mixture.select.BICResult`) along ``bic_k``."""
     if bic is None:
         return {}
     return {
@@ -159,7 +140,7 @@ def versions() -> dict:
     import h5py
     import zarr
 
-    from xtec import __version__
+    from xtec._version import __version__
 
     return {"xtec": __version__, "python": platform.python_version(), "numpy": np.__version__,
             "dask": dask.__version__, "xarray": xr.__version__, "zarr": zarr.__version__,
@@ -207,7 +188,7 @@ class ResultParts:
     arr: xr.DataArray
     mask: da.Array
     mean_intensity: da.Array
-    threshold: Threshold
+    threshold: Any  # xtec.preprocess.Threshold (the layer above; not imported here)
     n_kept: int
     clustering: Clustering
     notes: list

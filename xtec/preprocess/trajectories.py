@@ -84,7 +84,7 @@ def trajectories_block(x, mask, method: str):
     if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
         import numba
 
-        from xtec import _kernels
+        from xtec.preprocess import _kernels
 
         numba.set_num_threads(1)  # one Dask task per core already
         flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
@@ -125,7 +125,7 @@ def summary_block(x, capture=None, pos=()):
     if isinstance(x, np.ndarray):
         import numba
 
-        from xtec import _kernels
+        from xtec.preprocess import _kernels
 
         # Dask runs one task per core already; nested numba threads would
         # oversubscribe the cores (and spin-wait).
@@ -203,7 +203,7 @@ def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) ->
     """
     mask = to_numpy(mask)
     if mask.ndim == 3:
-        from xtec import _kernels
+        from xtec.preprocess import _kernels
 
         # One pass over the block (np.nonzero's per-axis arrays and
         # ravel_multi_index: 3-5x longer on a 256 x 1976 block).

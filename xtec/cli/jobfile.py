@@ -4,7 +4,7 @@ A job file holds the options of one job under their long names
 (``threshold = "kl"``, ``workers = 4``, ``qh = [-2, 2]``,
 ``inputs = ["a.nxs"]``), either at the top level or all inside one
 ``[cluster]`` table.  Each value is checked against the option's type
-(:mod:`xtec.options`); unknown names, tables where a value belongs, keys
+(:mod:`xtec.config`); unknown names, tables where a value belongs, keys
 beside a ``[cluster]`` table, and files that are not TOML text are refused
 with one line naming the file and the key.
 """
@@ -15,8 +15,8 @@ import os
 import tomllib
 from pathlib import Path
 
+from xtec.config import cluster_keys, coerce, runtime_keys
 from xtec.errors import ParameterError
-from xtec.options import cluster_keys, coerce, runtime_keys
 
 
 def option_names() -> tuple[str, ...]:

@@ -4,7 +4,7 @@ threshold histogram, BIC curve.
 Every colour comes from the store's ``palette`` (colour-blind safe by default),
 so a cluster has the same colour in every figure.  The plotting functions take
 an open result Dataset and an optional Matplotlib ``Axes``; they are what the
-``ds.xtec`` accessor and :func:`xtec.report.write_report` call.  Matplotlib is
+``ds.xtec`` accessor and :func:`xtec.results.report.write_report` call.  Matplotlib is
 imported lazily; without an ``Axes`` they draw on an Agg canvas (no pyplot, no
 display needed).
 """
@@ -24,6 +24,7 @@ from xtec.io.result import (
     Q_DIMS,
     decode_value,
 )
+from xtec.mixture.select import BICResult, choose_k
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +377,47 @@ def plot_bic(ds: xr.Dataset, ax=None):
     ax.set_title("Bayesian information criterion")
     ax.legend(fontsize="small", frameon=False)
     return ax
+
+
+def plot_bic_scan(result: BICResult, path, rule: str = "elbow", frac: float = 0.25) -> str:
+    """Write a PNG of BIC (best, mean +- std over seeds) and log-likelihood versus K,
+    the chosen K marked.  Returns the path.  Uses the Agg canvas directly, so it
+    neither needs a display nor changes matplotlib's global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k_sel = choose_k(result, rule, frac)
+    k_min = choose_k(result, "min")
+    fig = Figure(figsize=(8, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    ks = result.ks
+    ax1.errorbar(
+        ks,
+        result.mean_bic,
+        yerr=result.std_bic,
+        fmt="o-",
+        color="0.6",
+        ms=3,
+        label="mean over seeds",
+    )
+    ax1.plot(ks, result.best_bic, "s-", color="C0", ms=4, label="best")
+    i = int(np.flatnonzero(ks == k_sel)[0])
+    ax1.plot([k_sel], [result.best_bic[i]], "*", color="C3", ms=16, label=f"{rule}: K={k_sel}")
+    if k_min != k_sel:
+        j = int(np.flatnonzero(ks == k_min)[0])
+        ax1.plot([k_min], [result.best_bic[j]], "v", color="C2", ms=10, label=f"min: K={k_min}")
+    ax1.set_xlabel("K")
+    ax1.set_ylabel("BIC")
+    ax1.legend(fontsize=8)
+    ax2.plot(ks, result.best_loglik, "o-", color="C1", ms=4)
+    ax2.axvline(k_sel, color="C3", ls="--", lw=1)
+    ax2.set_xlabel("K")
+    ax2.set_ylabel("mean log-likelihood per point")
+    fig.suptitle(f"BIC scan: N={result.n_points}, T={result.n_features}")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return str(path)
 
 
 # --------------------------------------------------------------------------- provenance

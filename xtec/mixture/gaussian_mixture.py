@@ -2,9 +2,9 @@
 
 :class:`GaussianMixture` is a small scikit-learn-style estimator: parameters in
 one validated table, ``get_params``/``set_params``, ``fit`` -> start
-(:mod:`xtec.em_start`) -> EM (:func:`xtec.em.run_em`) through the ``_e_step``
-hook that variants override (label smoothing, :mod:`xtec.smoothing`).  The
-math it runs on NumPy, CuPy or Dask chunks lives in :mod:`xtec.em`.
+(:mod:`xtec.mixture.start`) -> EM (:func:`xtec.mixture.em.run_em`) through the ``_e_step``
+hook that variants override (label smoothing, :mod:`xtec.spatial.smoothing`).  The
+math it runs on NumPy, CuPy or Dask chunks lives in :mod:`xtec.mixture.em`.
 """
 
 from __future__ import annotations
@@ -17,41 +17,24 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace
-from xtec.em import (  # noqa: F401  (the engines, importable from here as before)
-    COVARIANCE_TYPES,
-    ENGINES,
-    MixtureParams,
-    SufficientStats,
-    chunk_predict,
-    chunk_stats,
-    data_stats,
-    log_prob,
-    logsumexp,
-    m_step,
-    run_em,
-    stats_array_api,
-    stats_numba,
-    warm_kernels,
-)
-from xtec.em_start import (  # noqa: F401
+from xtec.errors import ParameterError, check_choice
+from xtec.mixture.em import run_em
+from xtec.mixture.engines import ENGINES, chunk_predict, log_prob, logsumexp
+from xtec.mixture.parameters import COVARIANCE_TYPES, MixtureParams, SufficientStats
+from xtec.mixture.parameters import n_parameters as _n_parameters
+from xtec.mixture.passes import data_stats
+from xtec.mixture.start import (
     best_start,
     canonical_order,
-    hash_uniform,
     init_sample,
-    kmeans_plusplus,
-    params_from_labels,
-    restart_rows,
 )
-from xtec.errors import ParameterError, check_choice
 
 log = logging.getLogger(__name__)
 
 
 def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
     """Free parameters of a mixture: weights, means and covariances."""
-    k, t = n_components, n_features
-    cov = k * t if covariance_type == "diag" else k * t * (t + 1) // 2
-    return int(cov + k * t + k - 1)
+    return int(_n_parameters(n_components, n_features, covariance_type))
 
 
 def bic_score(mean_loglik: float, n_points: int, n_params: int) -> float:
@@ -148,7 +131,7 @@ class GaussianMixture(ParamsMixin):
     converged_ : bool; n_iter_ : int; lower_bound_ : float (mean log-likelihood)
 
     ``get_params``/``set_params`` as scikit-learn's, so ``sklearn.base.clone`` works.  Subclasses change the model through the
-    E-step hook :meth:`_e_step` (see :class:`xtec.smoothing.SmoothedGaussianMixture`).
+    E-step hook :meth:`_e_step` (see :class:`xtec.spatial.smoothing.SmoothedGaussianMixture`).
     """
 
     _parameter_constraints = _PARAMETER_CONSTRAINTS
@@ -220,7 +203,7 @@ class GaussianMixture(ParamsMixin):
             log.warning("EM did not converge in %d iterations", self.max_iter)
         return self
 
-    # SQUAREM (xtec.em.run_squarem) on the EM map: same fixed point, fewer passes.
+    # SQUAREM (xtec.mixture.em.run_squarem) on the EM map: same fixed point, fewer passes.
     _accelerated = True
 
     def _e_step(self, X, params: MixtureParams) -> SufficientStats:

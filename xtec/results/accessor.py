@@ -33,7 +33,7 @@ import xarray as xr
 # import ...`` as a program's first line), still half-initialised then.
 import xtec.io.result as result_format
 from xtec.errors import InputError, ParameterError
-from xtec.order_parameter import (  # noqa: F401  (re-exported: the accessor's fit)
+from xtec.results.order_parameter import (  # noqa: F401  (re-exported: the accessor's fit)
     OrderParameterFit,
     fit_order_parameter,
     order_parameter_model,
@@ -185,7 +185,7 @@ class XtecDatasetAccessor:
     ):
         """Mean trajectories with +-1 sigma bands; ``voxels=n`` adds n single voxels (read
         from the source files) of each cluster as thin lines."""
-        from xtec import figures
+        from xtec.results import figures
 
         self._require("cluster_mean", "cluster_std", "palette")
         if ax is None:
@@ -209,7 +209,7 @@ class XtecDatasetAccessor:
 
     def plot_slice(self, dim: str | None = None, value: float | None = None, ax=None, **plane):
         """One HKL plane coloured by cluster, e.g. ``plot_slice(Ql=0.0)``."""
-        from xtec import figures
+        from xtec.results import figures
 
         self._require("labels", "palette")
         if ax is None:
@@ -219,7 +219,7 @@ class XtecDatasetAccessor:
         return figures.plot_slice(self._ds, dim, value, ax=ax, **plane)
 
     def plot_counts(self, ax=None):
-        from xtec import figures
+        from xtec.results import figures
 
         if ax is None:
             import matplotlib.pyplot as plt
@@ -228,7 +228,7 @@ class XtecDatasetAccessor:
         return figures.plot_counts(self._ds, ax=ax)
 
     def plot_threshold(self, ax=None):
-        from xtec import figures
+        from xtec.results import figures
 
         if ax is None:
             import matplotlib.pyplot as plt
@@ -238,7 +238,7 @@ class XtecDatasetAccessor:
 
     def plot_bic(self, ax=None):
         """The BIC curve if the store carries one, else None."""
-        from xtec import figures
+        from xtec.results import figures
 
         if figures.bic_curve(self._ds) is None:
             return None
@@ -250,14 +250,14 @@ class XtecDatasetAccessor:
 
     def report(self, out_dir=None, planes=None):
         """Write the HTML report of the store this dataset was opened from."""
-        from xtec.report import write_report
+        from xtec.results.report import write_report
 
         path = self._ds.encoding.get("source") or _decoded(self._ds.attrs, "parameters", {}).get(
             "out"
         )
         if not path:
             raise InputError(
-                "cannot tell which store this dataset came from; use xtec.report.write_report(path)"
+                "cannot tell which store this dataset came from; use xtec.results.report.write_report(path)"
             )
         return write_report(path, out_dir=out_dir, planes=planes)
 

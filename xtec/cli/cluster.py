@@ -1,4 +1,4 @@
-"""Core subcommands: ``synth``, ``info``, ``cluster``, ``demo``.
+"""The clustering subcommands: ``cluster`` and ``bic``.
 
 Every ``cluster`` option can also come from a TOML job file (``--config``):
 keys are the long option names (``threshold = "kl"``, ``workers = 4``,
@@ -14,25 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from xtec.cli.args import add_output, add_range_options, parse_range
+from xtec.cli.jobfile import load_job_file, option_names
+from xtec.config import RunOptions, cluster_keys, coerce
 from xtec.errors import ParameterError
-from xtec.jobfile import load_job_file  # noqa: F401  (part of this module's API before)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("synth", help="write a synthetic temperature series with ground truth")
-    p.add_argument("out", help="output: a .nxs file (xtec layout) or a directory (nxrefine)")
-    p.add_argument("--layout", choices=("xtec", "nxrefine"), default="xtec")
-    p.add_argument("--shape", default=None, help="grid L,K,H (default 21,121,121)")
-    p.add_argument("--temperatures", type=int, default=24, help="number of temperatures")
-    p.add_argument("--tc", type=float, default=130.0, help="CDW transition temperature (K)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_synth)
-
-    p = sub.add_parser("info", help="show what would be loaded from NeXus file(s)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT")
-    _add_range_options(p)
-    p.set_defaults(func=cmd_info)
-
     p = sub.add_parser(
         "cluster", help="cluster a temperature series (XTEC) into a Zarr map",
         description="Cluster voxel temperature trajectories. Negative ranges need '=': "
@@ -53,33 +41,17 @@ def register(sub) -> None:
     p.add_argument("--rescale", default="mean")
     p.add_argument("--covariance", default="diag")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    _add_range_options(p)
+    add_range_options(p)
     p.add_argument("--workers", type=int, default=0, help="local Dask workers (0: in-process)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     p.set_defaults(func=cmd_bic)
-
-    p = sub.add_parser("demo", help="synthesise a series, cluster it, summarise the clusters")
-    p.add_argument("--dir", default="xtec-demo", help="working directory (default ./xtec-demo)")
-    p.add_argument("--layout", choices=("xtec", "nxrefine"), default="xtec")
-    p.add_argument("--workers", type=int, default=0, help="local Dask workers (0: in-process)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=("separated", "realistic"), default="separated",
-                   help="synthetic series: families apart (default) or with halos (issue 16)")
-    p.set_defaults(func=cmd_demo)
-
-
-def _add_range_options(p) -> None:
-    for ax in ("ql", "qk", "qh"):
-        p.add_argument(f"--{ax}", default=None, metavar="MIN:MAX",
-                       help=f"{ax[0].upper()}{ax[1:]} range in r.l.u.")
-    p.add_argument("--chunks", default=None, help="spatial chunks L,K,H or auto")
 
 
 def add_cluster_options(p) -> None:
     """Options of ``xtec cluster`` (defaults None: unset flags fall back to the job file)."""
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="XTEC file, NXRefine parent file, or NXRefine wrapper files / glob")
-    p.add_argument("-o", "--out", default=None, help="output .zarr store")
+    add_output(p, "OUT.zarr", "output .zarr store")
     p.add_argument("--config", default=None, help="TOML job file with any of these options")
     p.add_argument("-k", default=None, help="number of clusters (default 4), or 'auto' (BIC)")
     p.add_argument("--method", default=None,
@@ -93,7 +65,7 @@ def add_cluster_options(p) -> None:
     p.add_argument("--n-init", type=int, default=None, help="EM restarts (default 3)")
     p.add_argument("--max-iter", type=int, default=None)
     p.add_argument("--tol", type=float, default=None, help="relative log-likelihood change")
-    _add_range_options(p)
+    add_range_options(p)
     p.add_argument("--device", default=None, help="cpu (default) or gpu (CuPy)")
     p.add_argument("--persist", default=None,
                    help="where the first pass's candidate trajectories and the kept ones live "
@@ -145,22 +117,12 @@ def add_cluster_options(p) -> None:
                    help="YAML file with dask-jobqueue settings (its 'jobqueue:' section)")
 
 
-def parse_range(text, name: str = "range") -> tuple[float, float] | None:
-    """``"MIN:MAX"`` or ``[MIN, MAX]`` -> (min, max) in r.l.u.; None stays None."""
-    from xtec.options import _as_range
-
-    return None if text is None else _as_range(name, text)
-
-
 def merged_options(args) -> dict:
     """Job file values overridden by the flags given on the command line, all checked.
 
     The option names are the fields of ``ClusterConfig`` and ``RunOptions``
-    (:mod:`xtec.options`): a field added there is an option here.
+    (:mod:`xtec.config`): a field added there is an option here.
     """
-    from xtec.jobfile import option_names
-    from xtec.options import coerce
-
     opts = load_job_file(getattr(args, "config", None))
     for k in option_names():
         v = getattr(args, k, None)
@@ -172,13 +134,12 @@ def merged_options(args) -> dict:
 
 
 def config_from_options(opts: dict):
-    from xtec.options import cluster_keys
     from xtec.pipeline import ClusterConfig
 
     if not opts.get("inputs") and not opts.get("parent"):
         raise ParameterError("no input files: give INPUT... or 'inputs' in the job file")
     if not opts.get("out"):
-        raise ParameterError("no output: give --out OUT.zarr or 'out' in the job file")
+        raise ParameterError("no output: give -o/--output OUT.zarr or 'out' in the job file")
     kw = {k: opts[k] for k in cluster_keys() if k in opts}
     kw.setdefault("inputs", [])
     config = ClusterConfig(**kw)
@@ -210,17 +171,16 @@ def _progress(enabled: bool, runtime):
         with ProgressBar(out=sys.stderr, minimum=1.0):
             yield
     else:
-        from xtec.progress import cluster_progress
+        from xtec.runtime.progress import cluster_progress
 
         with cluster_progress(runtime.client):
             yield
 
 
 def run_with_runtime(config, opts: dict, quiet: bool = False):
-    from xtec.options import RunOptions
     from xtec.pipeline import run_cluster
-    from xtec.runtime import dask_runtime
-    from xtec.workers import check_memory_limit
+    from xtec.runtime.clusters import dask_runtime
+    from xtec.runtime.workers import check_memory_limit
 
     run = RunOptions.from_options(opts)
     progress = sys.stderr.isatty() if run.progress is None else run.progress
@@ -253,7 +213,7 @@ def cmd_cluster(args) -> int:
     print(format_clusters(s))
     print(f"wrote {result.path}")
     if getattr(args, "nexus", None):
-        from xtec.cli_export import export_nexus
+        from xtec.cli.export import export_nexus
         export_nexus(result.path, args.nexus, overwrite=bool(opts.get("overwrite")))
     return 0
 
@@ -288,10 +248,11 @@ def format_clusters(s: dict) -> str:
 def cmd_bic(args) -> int:
     import json
 
-    from xtec.chunks import parse_chunks
+    from xtec.mixture.select import choose_k
     from xtec.pipeline import ClusterConfig, bic_for_inputs
-    from xtec.runtime import dask_runtime
-    from xtec.select import choose_k, plot_bic
+    from xtec.results.figures import plot_bic_scan
+    from xtec.runtime.chunks import parse_chunks
+    from xtec.runtime.clusters import dask_runtime
 
     lo, hi = parse_range(args.ks, "--ks")
     if lo != int(lo) or hi != int(hi) or not 1 <= lo <= hi:
@@ -299,7 +260,7 @@ def cmd_bic(args) -> int:
                              f"(got {args.ks!r})")
     if args.seeds < 1:
         raise ParameterError("--seeds must be at least 1")
-    from xtec.options import coerce
+    from xtec.config import coerce
 
     coerce("seed", args.seed)
     coerce("workers", args.workers)
@@ -324,69 +285,9 @@ def cmd_bic(args) -> int:
                (" <- minimum" if row["k"] == k_min else "")
         print(f"{row['k']:>3} {row['best_bic']:>14.1f} {row['mean_bic']:>14.1f} "
               f"{row['std_bic']:>10.1f} {row['loglik']:>10.4f}{mark}")
-    plot_bic(result, args.plot, rule="elbow")
+    plot_bic_scan(result, args.plot, rule="elbow")
     print(f"chosen K = {k_elbow} (elbow; minimum at K = {k_min}); plot: {args.plot}")
     if args.json:
         Path(args.json).write_text(json.dumps({"elbow": k_elbow, "minimum": k_min,
                                                "table": result.table()}, indent=2))
-    return 0
-
-
-def cmd_synth(args) -> int:
-    from xtec.datasets import make_series, write_nxrefine, write_xtec
-
-    shape = None
-    if args.shape:
-        try:
-            shape = tuple(int(v) for v in args.shape.split(","))
-        except ValueError:
-            shape = ()
-        if len(shape) != 3 or min(shape) < 1:
-            raise ParameterError(f"--shape must be three positive integers L,K,H "
-                                 f"(got {args.shape!r})")
-    if args.temperatures < 2:
-        raise ParameterError("--temperatures must be at least 2")
-    series = make_series(shape=shape, tc=args.tc, seed=args.seed,
-                         temperatures=np.linspace(20.0, 300.0, args.temperatures))
-    if args.layout == "xtec":
-        path = write_xtec(series, args.out)
-        print(f"wrote {path} ({series.intensity.shape}, Tc = {series.tc:g} K)")
-    else:
-        paths = write_nxrefine(series, args.out)
-        print(f"wrote {len(paths) - 1} wrapper files and the parent {paths[-1]}")
-    return 0
-
-
-def cmd_info(args) -> int:
-    from xtec.chunks import parse_chunks
-    from xtec.io.nexus import describe, open_nexus
-
-    arr = open_nexus(args.inputs, ql=parse_range(args.ql, "ql"),
-                     qk=parse_range(args.qk, "qk"), qh=parse_range(args.qh, "qh"), chunks=parse_chunks(args.chunks))
-    print(describe(arr))
-    return 0
-
-
-def cmd_demo(args) -> int:
-    from xtec.datasets import make_series, write_nxrefine, write_xtec
-    from xtec.evaluate import evaluate_result
-    from xtec.pipeline import ClusterConfig
-
-    work = Path(args.dir)
-    work.mkdir(parents=True, exist_ok=True)
-    series = make_series(kind=args.kind, seed=args.seed)
-    if args.layout == "xtec":
-        inputs = [str(write_xtec(series, work / "synthetic.nxs"))]
-    else:
-        inputs = [str(p) for p in write_nxrefine(series, work / "nxrefine")[:-1]]
-    print(f"synthetic series: {series.intensity.shape[0]} temperatures x "
-          f"{series.intensity.shape[1:]} voxels, CDW transition at {series.tc:g} K")
-    config = ClusterConfig(inputs=inputs, out=str(work / "result.zarr"), k=4, seed=args.seed,
-                           overwrite=True)
-    result = run_with_runtime(config, {"workers": args.workers, "progress": False})
-    s = result.summary
-    print(f"kept {s['n_kept']} of {s['n_nonzero']} non-zero voxels")
-    print(format_clusters(s))
-    print(evaluate_result(result.path, series).format())
-    print(f"result: {result.path}  (xarray.open_zarr to explore it)")
     return 0

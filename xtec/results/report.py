@@ -1,4 +1,4 @@
-"""Look at a result: a self-contained HTML report of its figures (:mod:`xtec.figures`).
+"""Look at a result: a self-contained HTML report of its figures (:mod:`xtec.results.figures`).
 
 ``write_report(RESULT.zarr)`` writes, in one directory, the PNG figures
 
@@ -32,28 +32,19 @@ import numpy as np
 import xarray as xr
 
 from xtec.errors import ParameterError
-from xtec.figures import (  # noqa: F401  (the figures, importable from here as before)
-    bic_curve,
+from xtec.io.result import Q_DIMS, decode_attrs
+from xtec.io.store import load_result
+from xtec.results.figures import (
     cluster_ids,
     default_planes,
     hex_color,
     nearest_plane,
-    palette_rgb,
     parse_plane,
     plot_bic,
     plot_counts,
     plot_slice,
     plot_threshold,
     plot_trajectories,
-    slice_rgb,
-)
-from xtec.io.result import (  # noqa: F401  (load_result, check_result: re-exported)
-    KEPT_GREY,
-    Q_DIMS,
-    check_result,
-    decode_attrs,
-    decode_value,
-    load_result,
 )
 
 log = logging.getLogger(__name__)

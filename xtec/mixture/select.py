@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.errors import ParameterError
-from xtec.mixture import GaussianMixture, bic_score
+from xtec.mixture.gaussian_mixture import GaussianMixture, bic_score
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def bic_scan(
     ids (NumPy or Dask), which fix the initial subsample whatever the chunking.
     n_init : restarts per fit (the seeds already give restarts).
     gather_limit : bytes up to which Dask X is gathered for parallel fits.
-    Other keyword arguments go to :class:`~xtec.mixture.GaussianMixture`.
+    Other keyword arguments go to :class:`~xtec.mixture.gaussian_mixture.GaussianMixture`.
 
-    The BIC of each fit is :func:`~xtec.mixture.bic_score` of its ``lower_bound_``:
+    The BIC of each fit is :func:`~xtec.mixture.gaussian_mixture.bic_score` of its ``lower_bound_``:
     -2 N lower_bound_ + p log N, p the free parameters.
     """
     ks = np.array(sorted({int(k) for k in ks}), dtype=np.int64)
@@ -227,44 +227,3 @@ def choose_k(result: BICResult, rule: str = "elbow", frac: float = 0.25) -> int:
     # tail[j]: every gain from ks[j] onwards is small.
     tail = np.logical_and.accumulate(small[::-1])[::-1]
     return int(ks[int(np.argmax(tail))]) if tail.any() else int(ks[-1])
-
-
-def plot_bic(result: BICResult, path, rule: str = "elbow", frac: float = 0.25) -> str:
-    """Write a PNG of BIC (best, mean +- std over seeds) and log-likelihood versus K,
-    the chosen K marked.  Returns the path.  Uses the Agg canvas directly, so it
-    neither needs a display nor changes matplotlib's global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k_sel = choose_k(result, rule, frac)
-    k_min = choose_k(result, "min")
-    fig = Figure(figsize=(8, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    ks = result.ks
-    ax1.errorbar(
-        ks,
-        result.mean_bic,
-        yerr=result.std_bic,
-        fmt="o-",
-        color="0.6",
-        ms=3,
-        label="mean over seeds",
-    )
-    ax1.plot(ks, result.best_bic, "s-", color="C0", ms=4, label="best")
-    i = int(np.flatnonzero(ks == k_sel)[0])
-    ax1.plot([k_sel], [result.best_bic[i]], "*", color="C3", ms=16, label=f"{rule}: K={k_sel}")
-    if k_min != k_sel:
-        j = int(np.flatnonzero(ks == k_min)[0])
-        ax1.plot([k_min], [result.best_bic[j]], "v", color="C2", ms=10, label=f"min: K={k_min}")
-    ax1.set_xlabel("K")
-    ax1.set_ylabel("BIC")
-    ax1.legend(fontsize=8)
-    ax2.plot(ks, result.best_loglik, "o-", color="C1", ms=4)
-    ax2.axvline(k_sel, color="C3", ls="--", lw=1)
-    ax2.set_xlabel("K")
-    ax2.set_ylabel("mean log-likelihood per point")
-    fig.suptitle(f"BIC scan: N={result.n_points}, T={result.n_features}")
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return str(path)

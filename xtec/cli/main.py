@@ -3,7 +3,7 @@
 Every subcommand parses options, calls the library, and prints.  Errors that are
 the user's to fix (:class:`xtec.errors.XtecError`, a refused file-system call,
 lost Dask workers) become one line on stderr and exit status 2; SIGTERM and
-SIGINT stop the run cleanly with status 143 / 130 (:mod:`xtec.signals`);
+SIGINT stop the run cleanly with status 143 / 130 (:mod:`xtec.runtime.signals`);
 nothing else is caught, so real bugs still show a traceback.
 
 Subcommands of the optional modules (``ae``, ``rankaae``, ``classify``) are
@@ -24,15 +24,16 @@ from xtec.errors import XtecError
 _PLUGINS = [
     ("xtec.autoencoder.cli", "register"),
     ("xtec.classifier.cli", "register"),
-    ("xtec.cli_report", "register"),
-    ("xtec.cli_export", "register"),
+    ("xtec.cli.series", "register"),
+    ("xtec.cli.report", "register"),
+    ("xtec.cli.export", "register"),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    from xtec import cli_core
+    from xtec.cli import cluster as cli_core
 
     parser = argparse.ArgumentParser(
         prog="xtec",
@@ -60,7 +61,7 @@ _DASK_COMMANDS = ("cluster", "bic", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xtec.signals import stop_on_signals
+    from xtec.runtime.signals import stop_on_signals
 
     # Signals are handled from the first line: a batch scheduler's SIGTERM may
     # come while the optional modules are still being imported.
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level = logging.WARNING - 10 * min(args.verbose, 2)
             logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
             if command in _DASK_COMMANDS:
-                from xtec.workers import quiet_dask_logs
+                from xtec.runtime.workers import quiet_dask_logs
 
                 quiet_dask_logs(args.verbose)
             return int(args.func(args) or 0)
@@ -94,12 +95,12 @@ def _prog(command: str | None) -> str:
 
 def _exit_status(exc: BaseException, command: str | None) -> int:
     """One line on stderr and the exit status for a failure; re-raise real bugs."""
-    from xtec.signals import interruption
-    from xtec.workers import worker_loss_message
+    from xtec.runtime.signals import interruption
+    from xtec.runtime.workers import worker_loss_message
 
     stop = interruption(exc)
     if stop is not None:
-        from xtec.workers import close_leftover_clusters
+        from xtec.runtime.workers import close_leftover_clusters
 
         close_leftover_clusters()
         verb = "interrupted" if stop.args[0] == "SIGINT" else "stopped"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 
+from xtec.errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TARGET_BYTES = 64 * 2**20
@@ -56,21 +58,22 @@ def spatial_chunks(
     return tuple(chunks)
 
 
-def parse_chunks(text: str | None) -> tuple[int, int, int] | None:
-    """``"16,128,128"`` -> (16, 128, 128); ``None`` or ``"auto"`` -> None."""
-    if text is None or str(text).strip().lower() == "auto":
+def parse_chunks(value) -> tuple[int, int, int] | None:
+    """``"16,128,128"`` or ``[16, 128, 128]`` -> (16, 128, 128); ``None`` or ``"auto"`` -> None."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return None
-    from xtec.errors import ParameterError
-
+    parts = value.split(",") if isinstance(value, str) else value
     try:
-        parts = tuple(int(p) for p in str(text).split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) < 1:
+        if not isinstance(parts, (list, tuple)) or any(isinstance(p, (bool, float)) for p in parts):
+            raise ValueError
+        out = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != 3 or min(out) < 1:
         raise ParameterError(
-            f"chunks must be 'auto' or three positive integers L,K,H (got {text!r})"
+            f"chunks must be three positive integers L,K,H or 'auto' (got {value!r})"
         )
-    return parts  # type: ignore[return-value]
+    return out  # type: ignore[return-value]
 
 
 def target_bytes_for_workers(memory_per_worker: int | None, threads_per_worker: int) -> int:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from xtec.backend import to_numpy
 from xtec.errors import ParameterError
-from xtec.mixture import GaussianMixture
+from xtec.mixture.gaussian_mixture import GaussianMixture
 from xtec.preprocess import RESCALE_METHODS, clean_block, rescale_block
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def fit_peaks(
     data, mask, rescale, how, persist : as in :func:`peak_components`; k : number of
     clusters; components : the result of :func:`peak_components` when the caller
     already has it (e.g. from choosing K), so the components are not labelled
-    twice; gmm_kwargs : passed to :class:`~xtec.mixture.GaussianMixture`.
+    twice; gmm_kwargs : passed to :class:`~xtec.mixture.gaussian_mixture.GaussianMixture`.
     """
     if components is None:
         components = peak_components(data, mask, rescale=rescale, how=how, persist=persist)

@@ -16,7 +16,7 @@ signal voxel has exactly one class and a partition index means something.
 
 Example::
 
-    from xtec.evaluate import evaluate_result
+    from xtec.results.evaluate import evaluate_result
     ev = evaluate_result("result.zarr", series)
     print(ev.format())
     ev.families["cdw"].f1, ev.tc_rel_error

@@ -1,14 +1,14 @@
-"""Numba kernels of EM's start (:mod:`xtec.em_start`): the subsample's hash
+"""Numba kernels of EM's start (:mod:`xtec.mixture.start`): the subsample's hash
 and gather, k-means++ seeding distances, the k-means Lloyd step, and the
 per-label sums that give initial parameters.
 
-Compiled once per installation (numba's disk cache), like :mod:`xtec._kernels`.
+Compiled once per installation (numba's disk cache), like :mod:`xtec.mixture._kernels`.
 """
 
 import numba
 import numpy as np
 
-from xtec._kernels import _FASTMATH
+from xtec.mixture._kernels import _FASTMATH
 
 
 @numba.njit(cache=True, nogil=True)

@@ -29,13 +29,9 @@ import scipy.sparse as sp
 
 from xtec.backend import to_numpy
 from xtec.errors import ParameterError
-from xtec.mixture import (
-    GaussianMixture,
-    MixtureParams,
-    SufficientStats,
-    log_prob,
-    logsumexp,
-)
+from xtec.mixture.engines import log_prob, logsumexp
+from xtec.mixture.gaussian_mixture import GaussianMixture
+from xtec.mixture.parameters import MixtureParams, SufficientStats
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +311,7 @@ class SmoothedGaussianMixture(GaussianMixture):
         the X passed to ``fit`` (see :func:`neighbour_matrix`).
     n_smooth : int
         Times W is applied per iteration (the published code: 1).
-    Other parameters as :class:`~xtec.mixture.GaussianMixture`.
+    Other parameters as :class:`~xtec.mixture.gaussian_mixture.GaussianMixture`.
 
     Attributes
     ----------

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 
 from xtec.errors import ParameterError, XtecError
-from xtec.signals import quiet_leftover_tasks
+from xtec.runtime.signals import quiet_leftover_tasks
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,6 @@ def close_leftover_clusters(spare=(), kill: bool = True) -> None:
             cluster.close(timeout=5)
         SpecCluster._instances.discard(cluster)
     if kill:
-        from xtec.signals import kill_children
+        from xtec.runtime.signals import kill_children
 
         kill_children()

@@ -17,15 +17,9 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import to_numpy
-from xtec.em import (
-    PARALLEL_MIN_ROWS,
-    MixtureParams,
-    SufficientStats,
-    chunk_stats,
-    m_step,
-    run_em,
-    set_numba_threads,
-)
+from xtec.mixture.em import run_em
+from xtec.mixture.engines import PARALLEL_MIN_ROWS, chunk_stats, set_numba_threads
+from xtec.mixture.parameters import MixtureParams, SufficientStats, m_step
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +31,14 @@ def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
     Depends only on the id, so a subsample drawn with it is the same whatever
     order or chunking the ids come in.
     """
-    from xtec import _start_kernels
+    from xtec.mixture import _start_kernels
 
     ids = np.ascontiguousarray(index).astype(np.uint64, copy=False).ravel()
     return _start_kernels.splitmix_uniform(ids, seed & 0xFFFFFFFF).reshape(np.shape(index))
 
 
 def _sample_chunk(X, index, rate, seed):
-    from xtec import _start_kernels
+    from xtec.mixture import _start_kernels
 
     idx = to_numpy(index)
     keep = np.flatnonzero(hash_uniform(idx, seed) < rate)
@@ -90,7 +84,7 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
     overlapping clusters 30-100% of the rows still need every distance, and
     the steps were no faster.)
     """
-    from xtec import _start_kernels
+    from xtec.mixture import _start_kernels
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
@@ -124,7 +118,7 @@ def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_typ
     sums come from one serial pass (no N x K x T x T temporaries, no threaded
     BLAS on small matrices, which is slow on a busy machine).
     """
-    from xtec import _start_kernels
+    from xtec.mixture import _start_kernels
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     eps = 1e-6

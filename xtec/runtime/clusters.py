@@ -14,9 +14,9 @@ from pathlib import Path
 
 import dask
 
+from xtec.config import JobqueueOptions
 from xtec.errors import ParameterError
 from xtec.optional import require
-from xtec.options import JobqueueOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,23 +29,22 @@ class Runtime:
     client: object | None = None
     dashboard_link: str | None = None
 
+    def _memory_limits(self) -> list[int]:
+        """Memory limit of each worker in bytes (0 where unlimited; none in-process)."""
+        if self.client is None:
+            return []
+        info = self.client.scheduler_info()
+        return [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
+
     @property
     def worker_memory(self) -> int | None:
         """Total memory limit of the workers in bytes (None in-process)."""
-        if self.client is None:
-            return None
-        info = self.client.scheduler_info()
-        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
-        return int(sum(limits)) or None
+        return int(sum(self._memory_limits())) or None
 
     @property
     def memory_per_worker(self) -> int | None:
         """Smallest worker memory limit in bytes (None in-process or unlimited)."""
-        if self.client is None:
-            return None
-        info = self.client.scheduler_info()
-        limits = [w.get("memory_limit") or 0 for w in info.get("workers", {}).values()]
-        limits = [m for m in limits if m]
+        limits = [m for m in self._memory_limits() if m]
         return int(min(limits)) if limits else None
 
     @property
@@ -173,12 +172,12 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     kw = options.cluster_kwargs()
-    from xtec.workers import MALLOC_MMAP_THRESHOLD
+    from xtec.runtime.workers import MALLOC_MMAP_THRESHOLD
 
     # The worker job's output file (slurm-<id>.out) is where a user looks when a job
     # fails: Dask's INFO log goes there even when the submitting CLI is quiet.  The
     # worker processes inherit the job's environment, so the allocator setting of
-    # xtec.workers.worker_environ goes there too (a user's own export comes later).
+    # xtec.runtime.workers.worker_environ goes there too (a user's own export comes later).
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
     kw["job_script_prologue"] = [
         "export DASK_LOGGING__DISTRIBUTED=info",
@@ -267,8 +266,8 @@ def _jobqueue_runtime(cluster: str, options: JobqueueOptions, existing: set
     """Batch jobs through dask-jobqueue, watched so that a job that ends stops the run."""
     from distributed import Client
 
-    from xtec.batch import watch_batch_jobs
-    from xtec.workers import close_cluster
+    from xtec.runtime.batch import watch_batch_jobs
+    from xtec.runtime.workers import close_cluster
 
     jq = make_jobqueue_cluster(cluster, options)
     log.info("%s job script:\n%s", cluster, jq.job_script())
@@ -292,7 +291,7 @@ def _local_runtime(workers: int, threads_per_worker: int, memory_limit, dashboar
     """A LocalCluster of ``workers`` processes, closed (all of it) when the job ends."""
     from distributed import Client, LocalCluster
 
-    from xtec.workers import check_memory_limit, close_cluster, worker_environ
+    from xtec.runtime.workers import check_memory_limit, close_cluster, worker_environ
 
     memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
     local = client = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xtec.cli.args import add_output, output_of
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,7 +15,7 @@ def register(sub) -> None:
         "and the run's provenance as an NXnote.",
     )
     p.add_argument("result", metavar="RESULT.zarr", help="result store of `xtec cluster`")
-    p.add_argument("out", metavar="OUT.nxs", help="NeXus file to write (.nxs, .nx5, .h5, .hdf5)")
+    add_output(p, "OUT.nxs", "NeXus file to write (.nxs, .nx5, .h5, .hdf5)", legacy_positional=True)
     p.add_argument("--overwrite", action="store_true", help="replace OUT.nxs if it exists")
     p.set_defaults(func=cmd_export)
 
@@ -28,4 +30,4 @@ def export_nexus(result, out, overwrite: bool = False) -> int:
 
 
 def cmd_export(args) -> int:
-    return export_nexus(args.result, args.out, overwrite=args.overwrite)
+    return export_nexus(args.result, output_of(args, "OUT.nxs"), overwrite=args.overwrite)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from xtec.cli.args import add_output
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -12,13 +14,7 @@ def register(sub) -> None:
         "embeds them and opens from disk without a server.",
     )
     p.add_argument("result", metavar="RESULT.zarr", help="result store of `xtec cluster`")
-    p.add_argument(
-        "-o",
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="output directory (default: RESULT_report beside the store)",
-    )
+    add_output(p, "DIR", "output directory (default: RESULT_report beside the store)")
     p.add_argument(
         "--plane",
         action="append",
@@ -34,7 +30,7 @@ def register(sub) -> None:
 
 def cmd_report(args) -> int:
     from xtec.errors import ParameterError
-    from xtec.report import write_report
+    from xtec.results.report import write_report
 
     if args.dpi < 20 or args.dpi > 600:
         raise ParameterError(f"--dpi must be between 20 and 600 (got {args.dpi})")

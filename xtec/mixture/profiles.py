@@ -12,12 +12,12 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import to_numpy
-from xtec.mixture import chunk_predict
+from xtec.mixture.engines import chunk_predict
 
 
 def _cluster_block_stats(x, labels, k):
     """Per cluster: count, sum and sum of squares of one block's trajectories, (3, k, T)."""
-    from xtec import _kernels
+    from xtec.mixture import _kernels
 
     x = np.ascontiguousarray(to_numpy(x))
     if x.dtype not in (np.float32, np.float64):

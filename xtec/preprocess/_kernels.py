@@ -1,0 +1,203 @@
+"""Numba kernels of the preprocessing: the first pass over the series (mean over
+T, rescaled trajectories, kept voxels' indices) and the threshold's streaming
+passes over the mean volume.
+
+The first-pass kernels read a block (T, n) once, with no temporaries the size
+of the block.  Each threshold pass reads one block of mean_T I and works on
+x = log(mean) of its voxels with mean > 0, in one loop, without the float64 copies, masks and index arrays
+the NumPy expressions make (1.3 s -> 0.3 s for the four passes over
+15.6 million voxels).  One block is one serial call: Dask runs blocks side by
+side, and every sum runs in voxel order, so it does not depend on the threads.
+Compiled once per installation (numba's disk cache).
+"""
+
+import numba
+import numpy as np
+
+# Reassociation lets the row loops vectorise; each voxel is still computed
+# alone, so the result does not depend on the chunking.
+_FASTMATH = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, nogil=True)
+def moments(m):
+    """(count, sum x, sum x^2, min x, max x) of the block ``m`` (flat)."""
+    return moments_and_hist(m, 0.0, 1.0, 1)[0]  # one bin: the loop without a histogram
+
+
+@numba.njit(inline="always")
+def _fine_bin(x, lo, width, nbins):
+    b = np.int64(np.floor((x - lo) / width))
+    return min(max(b, 0), nbins - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def fine_hist(m, lo, width, nbins):
+    """Counts of x in ``nbins`` bins of ``width`` from ``lo`` (ends clipped)."""
+    out = np.zeros(nbins, np.int64)
+    for v in m:
+        if v > 0:
+            out[_fine_bin(np.log(np.float64(v)), lo, width, nbins)] += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def values_in_bins(m, lo, width, nbins, hit):
+    """The x whose fine bin has ``hit[bin]`` set, in voxel order, and their bins."""
+    out = np.empty(m.size)  # one pass: a block's worth of room, trimmed after
+    bins = np.empty(m.size, np.int64)
+    j = 0
+    for v in m:
+        if v > 0:
+            x = np.log(np.float64(v))
+            b = _fine_bin(x, lo, width, nbins)
+            if hit[b]:
+                out[j] = x
+                bins[j] = b
+                j += 1
+    return out[:j].copy(), bins[:j].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def weighted_hist(m, edges):
+    """Per bin of ``numpy.histogram``'s equal ``edges``: count, sum x, sum x^2."""
+    nb = edges.size - 1
+    lo, hi = edges[0], edges[-1]
+    scale = nb / (hi - lo)
+    out = np.zeros((3, nb))
+    for v in m:
+        if v > 0:
+            x = np.log(np.float64(v))
+            # The arithmetic guess is off by at most one bin (rounding): one
+            # comparison with the actual edges on each side corrects it.
+            i = min(max(np.int64(np.floor((x - lo) * scale)), 0), nb - 1)
+            if x < edges[i]:
+                i = max(i - 1, 0)
+            if i < nb - 1 and x >= edges[i + 1]:
+                i += 1
+            out[0, i] += 1.0
+            out[1, i] += x
+            out[2, i] += x * x
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def moments_and_hist(m, lo, width, nbins):
+    """:func:`moments` and :func:`fine_hist` (int32 counts) of a block in one loop."""
+    out = np.zeros(nbins, np.int32)
+    n, s1, s2 = 0, 0.0, 0.0
+    low, high = np.inf, -np.inf
+    for v in m:
+        if v > 0:
+            x = np.log(np.float64(v))
+            n += 1
+            s1 += x
+            s2 += x * x
+            low = min(low, x)
+            high = max(high, x)
+            out[_fine_bin(x, lo, width, nbins)] += 1
+    return np.array([n, s1, s2, low, high]), out
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def mean_over_t(x, block):
+    """Per column of x (T, n): the mean over T after clipping negatives to 0, and 0
+    where any value is NaN (float32 out, float64 sums); plus NaN columns and
+    negative values counted.  One pass, no temporaries the size of x."""
+    t, n = x.shape
+    out = np.empty(n, np.float32)
+    nb = (n + block - 1) // block
+    n_nan = np.zeros(nb, np.int64)
+    n_neg = np.zeros(nb, np.int64)
+    for b in numba.prange(nb):
+        lo = b * block
+        hi = min(n, lo + block)
+        acc = np.zeros(hi - lo)
+        bad = np.zeros(hi - lo, np.bool_)
+        neg = 0
+        for j in range(t):
+            row = x[j]
+            for i in range(lo, hi):
+                v = row[i]
+                if v != v:
+                    bad[i - lo] = True
+                elif v < 0:
+                    neg += 1
+                else:
+                    acc[i - lo] += v
+        nan = 0
+        for i in range(lo, hi):
+            if bad[i - lo]:
+                out[i] = 0.0
+                nan += 1
+            else:
+                out[i] = acc[i - lo] / t
+        n_nan[b] = nan
+        n_neg[b] = neg
+    return out, n_nan.sum(), n_neg.sum()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def gather_rescale(x, cols, method, block):
+    """Rescaled trajectories of the columns ``cols`` of x (T, n): (len(cols), T)
+    float32, negatives clipped to 0 first.  method: 0 mean (I / mean - 1),
+    1 zscore, 2 log-mean, 3 none; a zero mean (or spread) gives 0.  Float64
+    sums, one pass over the selected columns, no temporaries the size of x."""
+    t = x.shape[0]
+    m = cols.size
+    out = np.empty((m, t), np.float32)
+    nb = (m + block - 1) // block
+    for b in numba.prange(nb):
+        lo = b * block
+        hi = min(m, lo + block)
+        buf = np.empty((hi - lo, t))
+        for j in range(t):
+            row = x[j]
+            for i in range(lo, hi):
+                v = np.float64(row[cols[i]])
+                if v < 0:
+                    v = 0.0
+                if method == 2:
+                    v = np.log1p(v)
+                buf[i - lo, j] = v
+        for i in range(hi - lo):
+            if method == 3:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j]
+                continue
+            s = 0.0
+            for j in range(t):
+                s += buf[i, j]
+            mu = s / t
+            if method == 1:
+                q = 0.0
+                for j in range(t):
+                    d = buf[i, j] - mu
+                    q += d * d
+                sd = np.sqrt(q / t)
+                for j in range(t):
+                    out[lo + i, j] = (buf[i, j] - mu) / sd if sd > 0 else 0.0
+            elif method == 2:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j] - mu
+            else:
+                for j in range(t):
+                    out[lo + i, j] = buf[i, j] / mu - 1.0 if mu > 0 else 0.0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def flat_indices_3d(mask, o0, o1, o2, n1, n2):
+    """Grid C-order indices of the set voxels of a (l, k, h) bool block at
+    offset (o0, o1, o2) in a grid (., n1, n2), in block C order."""
+    out = np.empty(mask.size, np.int64)
+    j = 0
+    for a in range(mask.shape[0]):
+        for b in range(mask.shape[1]):
+            row = ((a + o0) * n1 + b + o1) * n2 + o2
+            for c in range(mask.shape[2]):
+                # Branch-free: write always, advance only on a set voxel
+                # (the branch mispredicts on real masks: 2x slower).
+                out[j] = row + c
+                j += np.int64(mask[a, b, c])
+    return out[:j].copy()
