@@ -31,7 +31,7 @@ from xtec.pipeline import ClusterConfig, run_cluster
 pytestmark = pytest.mark.slow
 pytest.importorskip("dask_jobqueue")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARK = "XTEC_SLURM_TEST_RUN"  # in the environment of every process a test starts
 
 # The recipe of docs/batch.md: one worker job of one core.
