@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -24,6 +30,48 @@ def assert_one_line_error(code, err, *patterns, status=2):
     assert "Traceback" not in err
     for p in patterns:
         assert p in lines[0], lines[0]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+
+
+def leftovers(out: Path) -> list[str]:
+    """Everything beside a store that belongs to a run (lock, private names)."""
+    return sorted(p.name for p in out.parent.glob(out.name + ".*"))
+
+
+def spawn(*argv, cwd=None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "xtec.cli.main", *map(str, argv)], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended first: {proc.communicate()}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(0.02)
+
+
+def read_until(proc: subprocess.Popen, text: str) -> list[str]:
+    """stderr lines up to the first containing ``text`` (the stage messages)."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if text in line:
+            return lines
+    raise AssertionError(f"{text!r} never appeared: {''.join(lines)}")
+
+
+@pytest.fixture()
+def tiny(small_series, tmp_path):
+    return write_xtec(small_series, tmp_path / "tiny.nxs", chunks=(8, 4, 16, 16))
 
 
 @pytest.fixture(scope="session")
