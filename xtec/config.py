@@ -147,18 +147,25 @@ class JobqueueOptions:
 
 
 @dataclass
-class RunOptions(JobqueueOptions, SchedulerOptions):
-    """Where a job runs: the scheduler's options, then the batch jobs' (their fields,
-    in that order, are the run options of the command line and job files)."""
+class RunOptions:
+    """Where a job runs: the scheduler's options and the batch jobs'.  Their fields,
+    in that order, are the run options of the command line and job files."""
+
+    dask: SchedulerOptions = field(default_factory=SchedulerOptions)
+    jobqueue: JobqueueOptions = field(default_factory=JobqueueOptions)
 
     @classmethod
     def from_options(cls, opts: dict) -> RunOptions:
         """The run options among checked options (:func:`coerce`); unset or None
         values take the defaults."""
-        return cls(**{k: opts[k] for k in runtime_keys() if opts.get(k) is not None})
+        def part(kind):
+            return kind(**{f.name: opts[f.name] for f in fields(kind)
+                           if opts.get(f.name) is not None})
 
-    def jobqueue(self) -> JobqueueOptions:
-        return JobqueueOptions(**{f.name: getattr(self, f.name) for f in fields(JobqueueOptions)})
+        return cls(part(SchedulerOptions), part(JobqueueOptions))
+
+
+_RUN_PARTS = (SchedulerOptions, JobqueueOptions)
 
 
 def cluster_keys() -> tuple[str, ...]:
@@ -167,12 +174,13 @@ def cluster_keys() -> tuple[str, ...]:
 
 
 def runtime_keys() -> tuple[str, ...]:
-    return tuple(f.name for f in fields(RunOptions))
+    return tuple(f.name for part in _RUN_PARTS for f in fields(part))
 
 
 def _hints() -> dict[str, object]:
     hints = dict(typing.get_type_hints(ClusterConfig))
-    hints.update(typing.get_type_hints(RunOptions))
+    for part in _RUN_PARTS:
+        hints.update(typing.get_type_hints(part))
     return hints
 
 
@@ -361,5 +369,5 @@ def coerce(name: str, value, strict: bool = True):
 
 
 def _metadata() -> dict[str, typing.Mapping]:
-    return {f.name: f.metadata for cls in (ClusterConfig, RunOptions) for f in fields(cls)}
+    return {f.name: f.metadata for cls in (ClusterConfig, *_RUN_PARTS) for f in fields(cls)}
 

@@ -183,14 +183,15 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.runtime.workers import check_memory_limit
 
     run = RunOptions.from_options(opts)
-    progress = sys.stderr.isatty() if run.progress is None else run.progress
-    memory_limit = check_memory_limit(run.memory_limit or "auto", run.threads_per_worker)
+    where = run.dask
+    progress = sys.stderr.isatty() if where.progress is None else where.progress
+    memory_limit = check_memory_limit(where.memory_limit or "auto", where.threads_per_worker)
     if progress:
         _show_stages()
     with dask_runtime(
-        scheduler=run.scheduler, scheduler_file=run.scheduler_file, workers=run.workers,
-        threads_per_worker=run.threads_per_worker, memory_limit=memory_limit,
-        cluster=run.cluster, jobqueue=run.jobqueue(),
+        scheduler=where.scheduler, scheduler_file=where.scheduler_file, workers=where.workers,
+        threads_per_worker=where.threads_per_worker, memory_limit=memory_limit,
+        cluster=where.cluster, jobqueue=run.jobqueue,
     ) as rt:
         if rt.dashboard_link and not quiet:
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)
