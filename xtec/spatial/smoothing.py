@@ -258,14 +258,22 @@ def _resp_block(X, params: MixtureParams):
     return np.exp(lp - ll[:, None]), float(ll.sum())
 
 
+def _weighted_squares_diag(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return r.T @ (x * x)
+
+
+def _weighted_squares_full(x: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.einsum("nk,ni,nj->kij", r, x, x)
+
+
+_WEIGHTED_SQUARES = {"diag": _weighted_squares_diag, "full": _weighted_squares_full}
+
+
 def _stats_from_resp(X, r: np.ndarray, covariance_type: str) -> SufficientStats:
     x = np.asarray(to_numpy(X), dtype=np.float64)
     with _one_blas_thread():
         sx = r.T @ x
-        if covariance_type == "diag":
-            sxx = r.T @ (x * x)
-        else:
-            sxx = np.einsum("nk,ni,nj->kij", r, x, x)
+        sxx = _WEIGHTED_SQUARES[covariance_type](x, r)
     return SufficientStats(r.sum(0), sx, sxx, 0.0, x.shape[0])
 
 
