@@ -193,8 +193,8 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
     """
     import torch
 
-    from xtec.autoencoder._nn import deterministic
     from xtec.autoencoder.rankaae import _build, _grad_reverse
+    from xtec.nn import deterministic
 
     def rank_loss_before(z, d):
         b, k = z.shape

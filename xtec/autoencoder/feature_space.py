@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import xarray as xr
 
-from xtec.autoencoder._nn import (
+from xtec.errors import InputError, ParameterError
+from xtec.nn import (
     adam,
     decode_latent,
     deterministic,
@@ -40,8 +40,8 @@ from xtec.autoencoder._nn import (
     require_torch,
     save_model_file,
     show_progress,
+    warmup_cosine,
 )
-from xtec.errors import InputError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -562,22 +562,14 @@ def learning_rates(lr: float, epochs: int, warmup: float = 0.0, final: float = 0
     """Learning rate of each epoch: a cosine from ``lr`` to ``lr * final``, ramped up
     linearly over the first ``warmup`` share of the epochs.
 
-    The cosine is computed as torch's ``CosineAnnealingLR(T_max=epochs)``
-    stepped once per epoch computes it (its recursive form), so that without
-    a warm-up the rates, and the trained weights, are those of that scheduler
-    to the bit, without its wrapper around every optimizer step.
+    The cosine is torch's ``CosineAnnealingLR(T_max=epochs)`` in its recursive
+    form (:func:`xtec.nn.warmup_cosine` with ``chained``), so that without a
+    warm-up the rates, and the trained weights, are those of that scheduler to
+    the bit, without its wrapper around every optimizer step.
     """
-    eta_min = lr * final
-    rates = [lr]
-    for e in range(1, epochs):
-        rates.append(
-            (1 + math.cos(math.pi * e / epochs))
-            / (1 + math.cos(math.pi * (e - 1) / epochs))
-            * (rates[-1] - eta_min)
-            + eta_min
-        )
-    ramp = round(warmup * epochs)
-    return [r * min(1.0, (e + 1) / (ramp + 1)) for e, r in enumerate(rates)]
+    return warmup_cosine(
+        epochs, lr=lr, warmup=round(warmup * epochs) + 1, final=final, chained=True
+    )
 
 
 def _build_net(n_in: int, hidden: Sequence[int], latent: int, n_components: int):

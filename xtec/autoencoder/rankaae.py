@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import xarray as xr
 
-from xtec.autoencoder._nn import (
+from xtec.errors import InputError, ParameterError
+from xtec.nn import (
     adam,
     decode_latent,
     deterministic,
@@ -38,8 +39,8 @@ from xtec.autoencoder._nn import (
     require_torch,
     save_model_file,
     show_progress,
+    warmup_cosine,
 )
-from xtec.errors import InputError, ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -392,17 +393,15 @@ def _optimizer(net, cfg: RankAAEConfig):
 
 
 def _lr_schedule(cfg: RankAAEConfig, steps_per_epoch: int) -> np.ndarray:
-    """Learning rate per step: linear warm-up, then a cosine decay to ``lr * lr_final``.
+    """Learning rate per step (total,): linear warm-up, then a cosine decay to ``lr * lr_final``.
 
     The decay spans ``cfg.epochs``; early stopping may end training before.
     """
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(total, max(1, int(round(cfg.warmup * total))))
-    t = np.arange(total, dtype=float)
-    ramp = (t + 1) / warm
-    phase = np.clip((t - warm) / max(1, total - warm), 0.0, 1.0)
-    decay = cfg.lr_final + (1.0 - cfg.lr_final) * 0.5 * (1.0 + np.cos(np.pi * phase))
-    return cfg.lr * np.where(t < warm, ramp, decay)
+    return np.asarray(
+        warmup_cosine(total, lr=cfg.lr, warmup=warm, final=cfg.lr_final, decay_after_warmup=True)
+    )
 
 
 def latent_score(

@@ -113,7 +113,7 @@ def read_pattern(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Reads whitespace-, comma- or semicolon-separated text (two columns; comment
     lines and header lines that are not numbers are skipped) and NeXus/HDF5
-    files (the default NXdata signal and its first axis), through the shared
+    files (the default NXdata signal, one curve, and its last axis), through the shared
     readers of :mod:`xtec.io.curves`.
     """
     p = Path(path)
@@ -165,7 +165,9 @@ def _read_nexus(p: Path) -> tuple[np.ndarray, np.ndarray]:
                 axes = [axes]
             if axes is None or len(axes) == 0:
                 raise InputError(f"{p}: NXdata group {group.name} names no axes")
-            ax = axes[0].decode() if isinstance(axes[0], bytes) else str(axes[0])
+            # The last axis is the 2-theta one, also for a (1, n) signal whose
+            # axes are [".", "two_theta"] (as xtec ae writes one pattern).
+            ax = axes[-1].decode() if isinstance(axes[-1], bytes) else str(axes[-1])
             return np.asarray(group[ax][...], float).ravel(), np.asarray(
                 group[sig][...], float
             ).ravel()
