@@ -122,13 +122,7 @@ def load_curves(paths: PathLike | Sequence[PathLike], kind: str = "pattern") -> 
         return parts[0]
     grid = parts[0][axis].values
     for path, part in zip(paths[1:], parts[1:], strict=True):
-        other = part[axis].values
-        if other.shape != grid.shape or not np.allclose(other, grid, rtol=1e-6, atol=1e-9):
-            raise InputError(
-                f"{path}: its {axis} grid ({other.size} points, {other[0]:g}..{other[-1]:g}) "
-                f"differs from that of {paths[0]} ({grid.size} points, "
-                f"{grid[0]:g}..{grid[-1]:g}); resample onto one grid first"
-            )
+        check_grid(part[axis].values, grid, f"{path}: its {axis} grid", f"that of {paths[0]}")
     names = set(parts[0].coords) - {first, axis}
     for part in parts[1:]:
         names &= set(part.coords) - {first, axis}
@@ -139,6 +133,21 @@ def load_curves(paths: PathLike | Sequence[PathLike], kind: str = "pattern") -> 
     out = xr.concat(parts, dim=first)
     out[first] = np.arange(out.sizes[first])
     return out
+
+
+def check_grid(grid: np.ndarray, expected: np.ndarray, what: str, whose: str) -> None:
+    """Raise one :class:`InputError` line unless ``grid`` (m,) equals ``expected`` (m,)
+    within 1e-6 relative (curves can only be stacked or fed to a model on its grid).
+
+    The message reads ``"{what} (m points, lo..hi) differs from {whose} (...)"``.
+    """
+    grid, expected = np.asarray(grid, dtype=float), np.asarray(expected, dtype=float)
+    if grid.shape != expected.shape or not np.allclose(grid, expected, rtol=1e-6, atol=1e-9):
+        raise InputError(
+            f"{what} ({grid.size} points, {grid[0]:g}..{grid[-1]:g}) differs from {whose} "
+            f"({expected.size} points, {expected[0]:g}..{expected[-1]:g}); "
+            "resample onto one grid first"
+        )
 
 
 def _load_one(path: Path, first: str, axis: str) -> xr.DataArray:
