@@ -190,11 +190,20 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
     Fixed epoch count, batch 256, lr 2e-3, the rank loss on full (B, B, K)
     weight tensors, smoothness by padding and a convolution, every loss term
     synchronised to a Python float each step.
+
+    Why a copy and not a configuration of :func:`xtec.autoencoder.rankaae.train`:
+    this loop is not numerically one of today's.  Its rank loss (autograd
+    through every pair) and smoothness (a convolution, MSE against the copy)
+    are other computations than the functions in
+    :mod:`xtec.autoencoder.rankaae.losses`, its input noise is added before
+    standardising, its cycle term takes the whole batch, it has no
+    decorrelation term and a constant learning rate.  What it measures is the
+    old implementation's speed and accuracy, so it stays as it was.
     """
     import torch
 
-    from xtec.autoencoder._nn import deterministic
-    from xtec.autoencoder.rankaae import _build, _grad_reverse
+    from xtec.autoencoder.rankaae import build, grad_reverse
+    from xtec.nn import deterministic
 
     def rank_loss_before(z, d):
         b, k = z.shape
@@ -222,7 +231,7 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
     model.grid_name_ = str(spectra.dims[-1])
     model.x_mean_ = x.mean(0)
     model.x_std_ = float(x.std()) or 1.0
-    grl = _grad_reverse()
+    grl = grad_reverse()
     half = max(1, int(np.ceil(3 * cfg.smooth_sigma)))
     t = torch.arange(-half, half + 1, dtype=torch.float32)
     kernel = torch.exp(-0.5 * (t / cfg.smooth_sigma) ** 2)
@@ -232,7 +241,7 @@ def fit_before(model: RankAAE, spectra, epochs: int, batch_size: int = 256) -> R
     k = len(cfg.descriptors)
     start = time.perf_counter()
     with deterministic(cfg.seed, model.n_threads):
-        net = _build(m, model.config)  # the architecture is unchanged
+        net = build(m, model.config)  # the architecture is unchanged
         opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(cfg.seed)
         xt = torch.as_tensor(x, dtype=torch.float32)
@@ -365,13 +374,16 @@ def bench_rankaae_terms(threads: int, batch: int = 512, repeats: int = 5, steps:
 
     from xtec.autoencoder.rankaae import (
         RankAAEConfig,
-        _build,
-        _grad_reverse,
-        _optimizer,
-        _rank_correlation_target,
+        adversarial_loss,
+        build,
+        cycle_loss,
         decorrelation_loss,
+        grad_reverse,
+        optimizer,
+        rank_correlation_target,
         rank_loss,
         smoothing_operator,
+        smoothness_loss,
     )
 
     def rank_loss_pairs(z, d):  # the (B, B, K) autograd form, as at the start of issue 15
@@ -395,12 +407,11 @@ def bench_rankaae_terms(threads: int, batch: int = 512, repeats: int = 5, steps:
     mean, std = x.mean(0), float(x.std())
     xs = (x - mean) / std
     torch.manual_seed(0)
-    net = _build(x.shape[1], cfg)
-    opt = _optimizer(net, cfg)
-    grl = _grad_reverse()
+    net = build(x.shape[1], cfg)
+    opt = optimizer(net, cfg)
+    grl = grad_reverse()
     smooth_op = smoothing_operator(x.shape[1], cfg.smooth_sigma).T.contiguous()
     mse = torch.nn.functional.mse_loss
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
     k = len(SPECTRUM_DESCRIPTORS)
 
     def step(i, term):
@@ -415,17 +426,14 @@ def bench_rankaae_terms(threads: int, batch: int = 512, repeats: int = 5, steps:
                 rank_loss_pairs(z[j : j + 256, :k], db[j : j + 256]) for j in range(0, batch, 256)
             ) / len(range(0, batch, 256))
         elif term == "adversarial":
-            prior = torch.randn(z.shape)
-            logits = net["discriminator"](torch.cat([prior, grl(z)]))
-            target = torch.cat([torch.ones(batch, 1), torch.zeros(batch, 1)])
-            loss = loss + bce(logits, target)
+            loss = loss + adversarial_loss(net["discriminator"], z, torch.randn(z.shape), grl)
         elif term.startswith("cycle + smoothness"):
             n = cfg.cycle_batch if "128" in term else batch
             prior = torch.randn(z.shape)[:n]
-            loss = loss + mse(net["encoder"]((net["decoder"](prior) - mean) / std), prior)
-            loss = loss + (rec[:n] @ smooth_op).pow(2).mean()
+            loss = loss + cycle_loss(net["encoder"], net["decoder"], prior, mean, std)
+            loss = loss + smoothness_loss(rec[:n], smooth_op)
         elif term == "decorrelation":
-            loss = loss + decorrelation_loss(z, _rank_correlation_target(db, z.shape[1]))
+            loss = loss + decorrelation_loss(z, rank_correlation_target(db, z.shape[1]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

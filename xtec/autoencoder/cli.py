@@ -1,5 +1,8 @@
 """``xtec ae`` and ``xtec rankaae`` subcommands.
 
+A thin shell: argument parsing, loading, printing.  What the commands compute
+or write lives in the library (:mod:`xtec.autoencoder.outputs`,
+:func:`xtec.autoencoder.rankaae.default_descriptors`, :meth:`RankAAE.split`).
 Nothing here imports PyTorch at module load (handlers import the library on
 call), so ``xtec --help`` stays fast and works without the ``ml`` extra.
 """
@@ -10,7 +13,10 @@ import argparse
 import json
 import sys
 
+from xtec.autoencoder.outputs import check_output
 from xtec.errors import InputError, ParameterError
+
+__all__ = ["check_output", "register"]
 
 
 def _positive_int(text: str) -> int:
@@ -31,33 +37,6 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
     return value
-
-
-def check_output(path: str) -> None:
-    """Refuse, before any training, an output whose folder cannot take a new file.
-
-    A real probe file is written and removed (permission bits alone say nothing
-    for root or on a read-only mount).
-    """
-    import os
-    import tempfile
-    from pathlib import Path
-
-    parent = Path(path).expanduser().resolve().parent
-    probe_dir = parent
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise InputError(f"cannot write {path}: {probe_dir} is a file, not a folder")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".xtec-probe-", dir=probe_dir)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise InputError(
-            f"cannot write {path}: the folder {probe_dir} is not writable ({exc.strerror or exc}); "
-            "choose another -o"
-        ) from None
 
 
 def _training_options(p: argparse.ArgumentParser, epochs: int) -> None:
@@ -310,9 +289,8 @@ def _ae_train(args) -> int:
 
 
 def _ae_embed(args) -> int:
-    import numpy as np
-
     from xtec.autoencoder.feature_space import FeatureSpaceAE
+    from xtec.autoencoder.outputs import estimate_errors, write_embed_table
 
     model = FeatureSpaceAE.load(args.model, progress=False)
     data = _load(args.data, "pattern")
@@ -321,7 +299,6 @@ def _ae_embed(args) -> int:
             _load(args.reference, "pattern"), descriptor=model.descriptor or "composition"
         )
     ds = model.embed(data)
-    first = data.dims[0]
     z = ds["latent"].values
     names = list(model.estimators_)
     strain = ds["strain"].values if "strain" in ds else None
@@ -345,39 +322,14 @@ def _ae_embed(args) -> int:
         print(line)
     if z.shape[0] > 20:
         print(f"... ({z.shape[0]} patterns)")
-    for name in names:
-        if name in data.coords and data[name].dtype.kind in "fiu":
-            truth = np.asarray(data[name].values, dtype=float)
-            err = np.abs(ds[name + "_estimate"].values - truth)
-            cover = float(np.mean(err <= ds[name + "_uncertainty"].values))
-            print(
-                f"mean absolute error of the {name} estimates: {err.mean():.4g} "
-                f"(within 1 sigma: {cover:.0%})"
-            )
+    for name, (mae, cover) in estimate_errors(ds, data, names).items():
+        print(
+            f"mean absolute error of the {name} estimates: {mae:.4g} (within 1 sigma: {cover:.0%})"
+        )
     est_name = f"{model.descriptor}_estimate"
     has_est = est_name in ds
     if args.output:
-        import csv
-
-        columns = [n for n, c in ds.coords.items() if c.dims == (first,) and n != first]
-        extra = [f"{n}_{w}" for n in names for w in ("estimate", "uncertainty")]
-        if strain is not None:
-            extra = ["strain", *extra]
-        with open(args.output, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(
-                ["index", *columns, *[f"z{j}" for j in range(z.shape[1])], "cluster", *extra]
-            )
-            for i in range(z.shape[0]):
-                w.writerow(
-                    [
-                        i,
-                        *[ds[c].values[i] for c in columns],
-                        *z[i].tolist(),
-                        int(ds["cluster"].values[i]),
-                    ]
-                    + [float(ds[e].values[i]) for e in extra]
-                )
+        write_embed_table(ds, names, args.output)
         print(f"table written to {args.output}")
     if args.plot:
         from xtec.autoencoder.plots import plot_latent
@@ -414,19 +366,9 @@ def _ae_relevance(args) -> int:
             f"{rel['lo'].values[j]:8.2f}-{rel['hi'].values[j]:<8.2f} {rel['latent_shift'].values[j]:8.3f}"
         )
     if args.output:
-        import csv
+        from xtec.autoencoder.outputs import write_relevance_table
 
-        with open(args.output, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["rank", "position", "height", "lo", "hi", "latent_shift", "relevance"])
-            for j in order:
-                w.writerow(
-                    [int(rel["rank"].values[j])]
-                    + [
-                        float(rel[k].values[j])
-                        for k in ("position", "height", "lo", "hi", "latent_shift", "relevance")
-                    ]
-                )
+        write_relevance_table(rel, args.output)
         print(f"table written to {args.output}")
     if args.plot:
         from xtec.autoencoder.plots import plot_relevance
@@ -494,7 +436,7 @@ def _print_report(rep: dict) -> None:
 
 
 def _rk_train(args) -> int:
-    from xtec.autoencoder.rankaae import RankAAE
+    from xtec.autoencoder.rankaae import RankAAE, default_descriptors
 
     check_output(args.output)
     if args.synthetic:
@@ -509,18 +451,7 @@ def _rk_train(args) -> int:
     if args.descriptors:
         names = [s.strip() for s in args.descriptors.split(",") if s.strip()]
     else:
-        names = [
-            n
-            for n, c in data.coords.items()
-            if c.dims == (first,)
-            and n != first
-            and c.dtype.kind in "fiu"
-            and not n.startswith("nuisance_")
-        ]
-    if not names:
-        raise InputError(
-            "the data have no numeric descriptor coordinates; name them with --descriptors"
-        )
+        names = default_descriptors(data)
     if args.free < 0:
         raise ParameterError("--free must be non-negative")
     if args.patience < 0:
@@ -552,18 +483,7 @@ def _rk_report(args) -> int:
 
     model = RankAAE.load(args.model, progress=False)
     data = _load(args.data, "spectrum")
-    first = data.dims[0]
-    if args.split != "all":
-        n_split = getattr(model, "n_split_", None)
-        if n_split != data.shape[0]:
-            raise InputError(
-                f"--split {args.split} needs the {n_split or '?'} spectra the model was trained from "
-                f"(got {data.shape[0]}); use --split all for other data"
-            )
-        idx = model.test_index_ if args.split == "test" else model.train_index_
-        if len(idx) == 0:
-            raise InputError(f"the model has no {args.split} split; use --split all")
-        data = data.isel({first: idx})
+    data = model.split(data, args.split)
     rep = model.report(data)
     rep["split"] = args.split
     _print_report(rep)

@@ -1,4 +1,4 @@
-"""1-D ResNet over powder patterns (PyTorch), saved as safetensors plus a JSON config."""
+"""1-D ResNet over powder patterns (PyTorch), saved in the package's safetensors model format."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from torch import nn
 
 from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
 from xtec.errors import InputError, ParameterError
+from xtec.nn import load_model_file, read_safetensors, save_model_file
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+MODEL_KIND = "classifier_resnet1d"
 
 
 @dataclass
@@ -173,30 +175,39 @@ def system_matrix(space_groups: list[int]) -> torch.Tensor:
 
 
 def save_model(model: ResNet1D, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write weights (safetensors) and config (JSON) to ``directory``."""
-    from safetensors.torch import save_file
+    """Write ``directory/model.safetensors`` (the package's one model-file format,
+    :func:`xtec.nn.save_model_file`, configuration inside) and ``config.json``.
 
+    ``config.json`` repeats the configuration for people and for the predictor,
+    which tells a network directory from an extinction-rule one by it.
+    """
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / WEIGHTS_FILE))
     cfg = {"model": asdict(model.config), **(extra or {})}
+    save_model_file(d / WEIGHTS_FILE, MODEL_KIND, cfg, model.state_dict(), {}, {})
     (d / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
     return d
 
 
 def load_model(directory: str | Path) -> tuple[ResNet1D, dict]:
-    """Rebuild a model saved by :func:`save_model`; returns it in eval mode and the config dict."""
-    from safetensors.torch import load_file
+    """Rebuild a model saved by :func:`save_model`; returns it in eval mode and the config dict.
 
+    Directories written before the one model-file format (weights alone in
+    ``model.safetensors``, the configuration only in ``config.json``, as the
+    shipped network under ``pretrained/``) load too.
+    """
     d = Path(directory)
     if not (d / WEIGHTS_FILE).is_file() or not (d / CONFIG_FILE).is_file():
         raise InputError(
             f"{d} is not a classifier model directory (needs {WEIGHTS_FILE} and {CONFIG_FILE})"
         )
     try:
-        cfg = json.loads((d / CONFIG_FILE).read_text())
+        metadata, tensors = read_safetensors(d / WEIGHTS_FILE)
+        if metadata.get("xtec_model") == MODEL_KIND:
+            cfg, state, _, _ = load_model_file(d / WEIGHTS_FILE, MODEL_KIND)
+        else:  # the earlier directory form
+            cfg, state = json.loads((d / CONFIG_FILE).read_text()), tensors
         model = ResNet1D(ModelConfig.from_dict(cfg["model"]))
-        model.load_state_dict(load_file(str(d / WEIGHTS_FILE)))
+        model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - safetensors/torch raise many types on bad files
         msg = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise InputError(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -30,6 +29,7 @@ from xtec.classifier.model import (  # noqa: E402
     system_matrix,
 )
 from xtec.errors import InputError, ParameterError  # noqa: E402
+from xtec.nn import warmup_cosine  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +81,10 @@ def topk_metrics(
 
 
 def _warmup_cosine(steps: int):
-    warm = max(1, steps // 30)
-
-    def factor(s: int) -> float:
-        # Short linear warm-up (Adam's early steps are noisy), then cosine decay.
-        return float(
-            min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-        )
-
-    return factor
+    """LambdaLR factor of step ``s``: a short linear warm-up (Adam's early steps
+    are noisy), then a cosine decay to 0 over ``steps``; later steps stay at 0."""
+    rates = warmup_cosine(steps, warmup=max(1, steps // 30), n=steps + 1)
+    return lambda s: rates[min(s, steps)]
 
 
 def train(

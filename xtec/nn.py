@@ -1,8 +1,13 @@
-"""PyTorch plumbing shared by both models: import guard, seeding, safe model files.
+"""PyTorch plumbing shared by the autoencoders and the classifier.
 
-Model files are safetensors: tensors only, plus a string metadata map that holds
-the model kind, the JSON configuration and JSON extras.  Nothing is unpickled on
-load, so a model file from elsewhere cannot run code.
+One import guard (torch through :func:`xtec.optional.require`, imported when a
+function here is called, never at module load), seeding, the optimiser, the one
+warm-up + cosine learning-rate schedule and the one model-file format.
+
+Model files are safetensors: tensors (weights under ``weights/``, other arrays
+under ``arrays/``) plus a string metadata map holding the model kind, the JSON
+configuration and JSON extras.  Nothing is unpickled on load, so a model file
+from elsewhere cannot run code.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -17,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xtec.errors import InputError
+from xtec.errors import InputError, ParameterError
 from xtec.optional import require
 
 log = logging.getLogger(__name__)
@@ -27,9 +33,12 @@ FORMAT_VERSION = "1"
 
 def require_torch():
     """Import and return torch, or raise an :class:`XtecError` saying how to get it."""
-    return require("torch", "ml", "this command",
-                   " (on machines without a GPU install the CPU wheel first: "
-                   "pip install torch==2.13.0)")
+    return require(
+        "torch",
+        "ml",
+        "this command",
+        " (on machines without a GPU install the CPU wheel first: pip install torch==2.13.0)",
+    )
 
 
 @contextlib.contextmanager
@@ -76,6 +85,98 @@ def show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
+# --------------------------------------------------------------------------- schedule
+
+
+def warmup_cosine(
+    total: int,
+    *,
+    lr: float = 1.0,
+    warmup: int = 1,
+    final: float = 0.0,
+    decay_after_warmup: bool = False,
+    chained: bool = False,
+    n: int | None = None,
+) -> list[float]:
+    """Learning rate of each step: a linear warm-up and a cosine decay to ``lr * final``.
+
+    Parameters
+    ----------
+    total
+        Steps the cosine spans.
+    warmup
+        Warm-up steps: step ``s`` is scaled by ``min(1, (s + 1) / warmup)``.
+    decay_after_warmup
+        False: the cosine runs over all ``total`` steps and the warm-up scales
+        its start, ``lr * w(s) * c(s / total)``.  True: the warm-up alone rules
+        its steps and the cosine then runs over the remaining
+        ``total - warmup``.
+    chained
+        The cosine in the recursive form in which torch's
+        ``CosineAnnealingLR(T_max=total)``, stepped once per step, computes it,
+        so that without a warm-up the rates are that scheduler's to the bit.
+    n
+        Number of rates returned (default ``total``); steps past ``total`` stay at
+        the end of the cosine.
+
+    Returns
+    -------
+    A list of ``n`` floats.
+
+    Notes
+    -----
+    The three trainers of this package used three differently written
+    schedules; each call here reproduces its old rates to the bit (see
+    tests/test_nn.py), which is why the evaluation order of every product
+    below is as it is.
+    """
+    n = total if n is None else n
+    if chained:
+        eta_min = lr * final
+        cosine = [lr]
+        for e in range(1, n):
+            cosine.append(
+                (1 + math.cos(math.pi * e / total))
+                / (1 + math.cos(math.pi * (e - 1) / total))
+                * (cosine[-1] - eta_min)
+                + eta_min
+            )
+        return [c * min(1.0, (s + 1) / warmup) for s, c in enumerate(cosine)]
+    rates = []
+    for s in range(n):
+        ramp = min(1.0, (s + 1) / warmup)
+        if decay_after_warmup:
+            phase = min(max((s - warmup) / max(1, total - warmup), 0.0), 1.0)
+            angle = math.pi * phase
+        else:
+            angle = math.pi * min(s, total) / total
+        cosine = final + (1.0 - final) * 0.5 * (1.0 + math.cos(angle))
+        if decay_after_warmup:
+            rates.append(lr * (ramp if s < warmup else cosine))
+        else:
+            rates.append(lr * (ramp * cosine))
+    return rates
+
+
+# --------------------------------------------------------------------------- model files
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, str], dict]:
+    """Metadata and tensors of any safetensors file; one :class:`InputError` if it is none."""
+    require_torch()
+    safetensors = require("safetensors", "ml", "loading models")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a model file written by xtec ({exc})") from None
+    return metadata, tensors
+
+
 def save_model_file(
     path: str | os.PathLike,
     kind: str,
@@ -120,18 +221,7 @@ def load_model_file(path: str | os.PathLike, kind: str) -> tuple[dict, dict, dic
     InputError
         Missing file, not a safetensors file, or a model of another kind.
     """
-    require_torch()
-    safetensors = require("safetensors", "ml", "loading models")
-    SafetensorError, safe_open = safetensors.SafetensorError, safetensors.safe_open
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a model file written by xtec ({exc})") from None
+    metadata, tensors = read_safetensors(path)
     found = metadata.get("xtec_model")
     if found != kind:
         raise InputError(f"{path}: holds a {found or 'non-xtec'} model, expected a {kind} model")
@@ -150,8 +240,6 @@ def decode_latent(decoder, latent, latent_dim: int) -> np.ndarray:
 
     Shared by both autoencoders: checks the latent width, no gradients.
     """
-    from xtec.errors import ParameterError
-
     torch = require_torch()
     z = np.atleast_2d(np.asarray(latent, dtype=float))
     if z.shape[1] != latent_dim:
