@@ -48,8 +48,13 @@ STEP_VARIANTS = ("reference", "fast", "shipped")
 # The two networks the train-step mode compares, by the variant that runs each as it is run.
 NETWORKS = {"earlier_network": "reference", "shipped_network": "shipped"}
 # The example network shipped until the stem stride became a setting (issue 15's "today").
-EARLIER_NETWORK = {"width": 24, "blocks": [1, 1, 1, 1], "groups": 8, "head_bins": 8,
-                   "stem_stride": 4}
+EARLIER_NETWORK = {
+    "width": 24,
+    "blocks": [1, 1, 1, 1],
+    "groups": 8,
+    "head_bins": 8,
+    "stem_stride": 4,
+}
 
 
 def _network_config(variant: str) -> dict:
@@ -69,11 +74,20 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="processes (real mode)")
     ap.add_argument("--nn-bank", type=int, default=10000, help="synthetic NN patterns (real)")
     ap.add_argument("--limit", type=int, default=None, help="first N evaluation structures")
-    ap.add_argument("--network", action="append", default=[], metavar="NAME=DIR",
-                    help="real: also evaluate this network directory (repeatable)")
+    ap.add_argument(
+        "--network",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="real: also evaluate this network directory (repeatable)",
+    )
     ap.add_argument("--out", default=None)
-    ap.add_argument("--impl", choices=["all", *STEP_VARIANTS], default="all",
-                    help="train-step: which variants (default all, side by side)")
+    ap.add_argument(
+        "--impl",
+        choices=["all", *STEP_VARIANTS],
+        default="all",
+        help="train-step: which variants (default all, side by side)",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="train-step: runs per configuration")
     ap.add_argument("--steps", type=int, default=5, help="train-step: timed steps per run")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -174,17 +188,20 @@ def real(args) -> int:
     """Accuracy on real structures of types never counted into the prior."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from xtec.classifier import evaluate as ev
+    from xtec.classifier import baselines as bl
+    from xtec.classifier import metrics as mt
+    from xtec.classifier import structures as st_mod
     from xtec.classifier.predictor import DEFAULT_MODEL, NETWORK_DIR, load_classifier
     from xtec.classifier.realdata import collect_files, deduplicate, split_of
     from xtec.classifier.simulator import PowderSimulator
     from xtec.classifier.statistics import count
+    from xtec.classifier.symmetry import system_scores
 
     t0 = time.perf_counter()
     files, missing = collect_files()
     structures, skipped = [], {}
     for name, fs in files.items():
-        st, sk = ev.load_structures(fs)
+        st, sk = st_mod.load_structures(fs)
         for s in st:
             s.source = name
         structures += st
@@ -192,7 +209,7 @@ def real(args) -> int:
     unique = deduplicate(structures)
     model = load_classifier(DEFAULT_MODEL)
     sim = PowderSimulator(model.grid, precision="double")
-    x, unique, sim_skipped = ev.structure_patterns(unique, sim, 50.0)
+    x, unique, sim_skipped = st_mod.structure_patterns(unique, sim, 50.0)
     skipped["simulation"] = sim_skipped
     split = np.array([split_of(s.structure_type) for s in unique])
     ev_idx = np.flatnonzero(split == "evaluation")[: args.limit]
@@ -217,43 +234,41 @@ def real(args) -> int:
 
     def summary(p, space_groups=sg):
         space_groups = np.asarray(space_groups)
-        return ev.summarise(
+        return mt.summarise(
             true,
-            ev.ranked_space_groups(p, space_groups),
+            mt.ranked_space_groups(p, space_groups),
             types,
-            ev.system_scores(p, space_groups).argmax(1),
+            system_scores(p, space_groups).argmax(1),
         )
 
     rep = {"model": summary(probs)}
     rep["model"]["seconds_per_pattern"] = model_s * args.workers / len(xe)
-    rep["majority_class_evaluation_set"] = ev.majority_baseline(true, types)
-    rep["majority_class_statistics_half"] = ev.majority_baseline(
+    rep["majority_class_evaluation_set"] = mt.majority_baseline(true, types)
+    rep["majority_class_statistics_half"] = mt.majority_baseline(
         true, types, [unique[i].space_group for i in st_idx]
     )
     # Nearest neighbour among the real structures of the statistics half.
-    nn_real = ev.NearestNeighbourBaseline(sg).fit(
+    nn_real = bl.NearestNeighbourBaseline(sg).fit(
         x[st_idx], [unique[i].space_group for i in st_idx]
     )
     s_real = nn_real.scores(xe)
-    rep["nearest_neighbour_real_statistics_half"] = ev.summarise(
+    rep["nearest_neighbour_real_statistics_half"] = mt.summarise(
         true,
-        ev.ranked_space_groups(s_real, sg),
+        mt.ranked_space_groups(s_real, sg),
         types,
-        ev.system_scores(_one_hot(s_real), sg).argmax(1),
+        mt.top_class_systems(s_real, sg),
     )
     # Nearest neighbour among frequency-aware synthetic patterns.
-    from xtec.classifier.cli import _nn_data_config
-
     t = time.perf_counter()
-    data = _nn_data_config(model)
-    feats, labels = ev.synthetic_bank(data, args.nn_bank, args.seed, args.workers)
-    nn_syn = ev.NearestNeighbourBaseline(data.space_groups).fit_features(feats, labels)
+    data = bl.nn_data_config(model)
+    feats, labels = bl.synthetic_bank(data, args.nn_bank, args.seed, args.workers)
+    nn_syn = bl.NearestNeighbourBaseline(data.space_groups).fit_features(feats, labels)
     s_syn = nn_syn.scores(xe)
-    rep["nearest_neighbour_synthetic"] = ev.summarise(
+    rep["nearest_neighbour_synthetic"] = mt.summarise(
         true,
-        ev.ranked_space_groups(s_syn, data.space_groups),
+        mt.ranked_space_groups(s_syn, data.space_groups),
         types,
-        ev.system_scores(_one_hot(s_syn), data.space_groups).argmax(1),
+        mt.top_class_systems(s_syn, data.space_groups),
     )
     rep["nearest_neighbour_synthetic"]["bank_size"] = args.nn_bank
     nn_s = time.perf_counter() - t
@@ -273,7 +288,7 @@ def real(args) -> int:
             "patterns_seen": cfg.get("patterns_seen"),
             "command": cfg.get("command"),
         }
-    rep["chance"] = ev.chance_level(true, sg)
+    rep["chance"] = mt.chance_level(true, sg)
 
     print(
         f"{len(structures)} structures read ({sum(len(v) for v in skipped.values())} files "
@@ -318,12 +333,6 @@ def real(args) -> int:
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(f"written {out}")
     return 0
-
-
-def _one_hot(scores):
-    out = np.zeros_like(scores)
-    out[np.arange(len(scores)), scores.argmax(1)] = 1
-    return out
 
 
 def _step_child(impl: str, threads: int, batch: int, seed: int, steps: int) -> dict:
@@ -417,26 +426,44 @@ def train_step(args) -> int:
         for batch in (32, 64):
             for r in range(args.repeats):
                 # Rotate the order so that no variant always runs first (host drift).
-                for impl in impls[r % len(impls):] + impls[: r % len(impls)]:
-                    cmd = [sys.executable, __file__, "--mode", "train-step", "--seed",
-                           str(args.seed), "--steps", str(args.steps),
-                           "--child", f"{impl},{threads},{batch}"]
+                for impl in impls[r % len(impls) :] + impls[: r % len(impls)]:
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--mode",
+                        "train-step",
+                        "--seed",
+                        str(args.seed),
+                        "--steps",
+                        str(args.steps),
+                        "--child",
+                        f"{impl},{threads},{batch}",
+                    ]
                     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                     run = json.loads(res.stdout.strip().splitlines()[-1])
                     run["s_per_step"] = float(np.median(run["step_s"]))
                     runs.append(run)
-                    print(f"  {impl:9s} threads {threads} batch {batch}: "
-                          f"{1e3 * run['s_per_step']:.0f} ms/step", flush=True)
+                    print(
+                        f"  {impl:9s} threads {threads} batch {batch}: "
+                        f"{1e3 * run['s_per_step']:.0f} ms/step",
+                        flush=True,
+                    )
     rows = []
     for threads in (1, 2):
         for batch in (32, 64):
             row = {"threads": threads, "batch": batch}
             for impl in impls:
-                sel = [r["s_per_step"] for r in runs
-                       if (r["impl"], r["threads"], r["batch"]) == (impl, threads, batch)]
+                sel = [
+                    r["s_per_step"]
+                    for r in runs
+                    if (r["impl"], r["threads"], r["batch"]) == (impl, threads, batch)
+                ]
                 med = float(np.median(sel))
-                row[impl] = {"s_per_step": med, "patterns_per_s": batch / med,
-                             "s_per_step_runs": sel}
+                row[impl] = {
+                    "s_per_step": med,
+                    "patterns_per_s": batch / med,
+                    "s_per_step_runs": sel,
+                }
             if "reference" in row:
                 # Speed-up over the reference step, as the median of per-repeat ratios
                 # (each repeat's variants ran back to back) and as the ratio of medians.
@@ -448,11 +475,19 @@ def train_step(args) -> int:
                         np.median([a / b for a, b in zip(ref, got)])
                     )
             rows.append(row)
-            print(f"threads {threads} batch {batch}: " + ", ".join(
-                f"{i} {row[i]['patterns_per_s']:6.1f} patterns/s "
-                f"({1e3 * row[i]['s_per_step']:.0f} ms)" for i in impls)
-                + "".join(f", {k[6:]} {v:.2f}x" for k, v in row.items()
-                          if k.startswith("ratio_") and not k.endswith("paired_median")))
+            print(
+                f"threads {threads} batch {batch}: "
+                + ", ".join(
+                    f"{i} {row[i]['patterns_per_s']:6.1f} patterns/s "
+                    f"({1e3 * row[i]['s_per_step']:.0f} ms)"
+                    for i in impls
+                )
+                + "".join(
+                    f", {k[6:]} {v:.2f}x"
+                    for k, v in row.items()
+                    if k.startswith("ratio_") and not k.endswith("paired_median")
+                )
+            )
     equivalence = _equivalence(args.seed)
     print(f"equivalence (same weights): {equivalence}")
     pipeline = RESULTS / "classifier.json"
@@ -463,8 +498,10 @@ def train_step(args) -> int:
     )
     if data_rate:
         best = max(r[impls[-1]]["patterns_per_s"] for r in rows if r["threads"] == 1)
-        print(f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; one thread "
-              f"of the {impls[-1]} step takes {best / data_rate:.1f} data cores to feed")
+        print(
+            f"data pipeline (classifier.json): {data_rate:.1f} patterns/s/core; one thread "
+            f"of the {impls[-1]} step takes {best / data_rate:.1f} data cores to feed"
+        )
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -480,8 +517,10 @@ def train_step(args) -> int:
             ).backward()
         gflop[name] = fc.get_total_flops() / 1e9
         params[name] = sum(p.numel() for p in model.parameters())
-        print(f"{name}: {gflop[name]:.2f} GFLOP per training step at batch 32 "
-              f"(forward + backward), {params[name]:,} parameters")
+        print(
+            f"{name}: {gflop[name]:.2f} GFLOP per training step at batch 32 "
+            f"(forward + backward), {params[name]:,} parameters"
+        )
     out = Path(args.out or RESULTS / "classifier_train_step.json")
     out.write_text(
         json.dumps(

@@ -15,9 +15,9 @@ pytest.importorskip("pyxtal")
 pytest.importorskip("spglib")
 
 from xtec.classifier.cli import PRETRAINED, parse_space_groups  # noqa: E402
-from xtec.classifier.evaluate import installed_structure_files, load_structures  # noqa: E402
 from xtec.classifier.model import ModelConfig, ResNet1D, save_model  # noqa: E402
 from xtec.classifier.simulator import PowderSimulator  # noqa: E402
+from xtec.classifier.structures import installed_structure_files, load_structures  # noqa: E402
 from xtec.cli.main import main  # noqa: E402
 from xtec.errors import ParameterError  # noqa: E402
 

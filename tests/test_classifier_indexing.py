@@ -7,7 +7,6 @@ pytest.importorskip("pymatgen")
 pytest.importorskip("pyxtal")
 spglib = pytest.importorskip("spglib")
 
-from xtec.classifier.evaluate import installed_structure_files, load_structures  # noqa: E402
 from xtec.classifier.indexing import (  # noqa: E402
     ExtinctionClassifier,
     allowed_mask,
@@ -16,6 +15,7 @@ from xtec.classifier.indexing import (  # noqa: E402
 )
 from xtec.classifier.simulator import PowderSimulator  # noqa: E402
 from xtec.classifier.statistics import FrequencyTable, count  # noqa: E402
+from xtec.classifier.structures import installed_structure_files, load_structures  # noqa: E402
 from xtec.errors import InputError  # noqa: E402
 
 

@@ -13,7 +13,6 @@ pytest.importorskip("pyxtal")
 from pymatgen.analysis.diffraction.xrd import XRDCalculator  # noqa: E402
 from pymatgen.core import Structure  # noqa: E402
 
-from xtec.classifier.evaluate import installed_structure_files  # noqa: E402
 from xtec.classifier.generator import Crystal, CrystalGenerator  # noqa: E402
 from xtec.classifier.simulator import (  # noqa: E402
     CU_KA1,
@@ -22,6 +21,7 @@ from xtec.classifier.simulator import (  # noqa: E402
     peak_list,
     reflection_intensities,
 )
+from xtec.classifier.structures import installed_structure_files  # noqa: E402
 from xtec.errors import ParameterError  # noqa: E402
 
 RANGE = (5.0, 90.0)

@@ -6,12 +6,13 @@ Nothing heavy is imported at module load; each handler imports what it needs so 
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 
-from xtec.errors import InputError, ParameterError
+from xtec.errors import ParameterError
 
 PRETRAINED = Path(__file__).parent / "pretrained"
 
@@ -27,7 +28,10 @@ def register(subparsers) -> None:
     sub.required = True
 
     t = sub.add_parser("train", help="train a classifier online on generated patterns")
-    t.add_argument("--out", required=True, help="output directory (model, checkpoints, history)")
+    t.add_argument(
+        "-o", "--output", dest="out", help="output directory (model, checkpoints, history)"
+    )
+    t.add_argument("--out", dest="out", help=argparse.SUPPRESS)  # earlier spelling
     t.add_argument("--steps", type=int, default=1000, help="batches to train (default 1000)")
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW")
@@ -95,7 +99,10 @@ def register(subparsers) -> None:
     )
     e.add_argument("--seed", type=int, default=0, help="seed of the baseline's synthetic patterns")
     e.add_argument("--per-group", action="store_true", help="print the per-space-group table")
-    e.add_argument("--json", default=None, help="also write all figures to this JSON file")
+    e.add_argument(
+        "-o", "--output", dest="json", default=None, help="also write all figures to this JSON file"
+    )
+    e.add_argument("--json", dest="json", help=argparse.SUPPRESS)  # earlier spelling
     e.set_defaults(func=_evaluate)
 
 
@@ -124,6 +131,8 @@ def _train(args) -> int:
     from xtec.classifier.model import ModelConfig
     from xtec.classifier.training import TrainConfig, train
 
+    if not args.out:
+        raise ParameterError("classify train: -o/--output DIR is required")
     sgs = parse_space_groups(args.space_groups)
     try:
         blocks = [int(b) for b in args.blocks.split(",")]
@@ -173,39 +182,9 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    import numpy as np
+    from xtec.classifier.predictor import predict_files
 
-    from xtec.classifier.data import read_pattern, resample
-    from xtec.classifier.evaluate import system_scores
-    from xtec.classifier.predictor import load_classifier
-    from xtec.classifier.symmetry import CRYSTAL_SYSTEMS
-
-    if args.top < 1:
-        raise ParameterError("--top must be at least 1")
-    model = load_classifier(args.model)
-    xs = []
-    for p in args.patterns:
-        try:
-            xs.append(resample(*read_pattern(p), model.grid))
-        except InputError as exc:
-            msg = str(exc)
-            raise InputError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
-    probs = model.predict_proba(np.stack(xs))
-    sgs = np.asarray(model.space_groups)
-    sys_p = system_scores(probs, sgs)
-    results = []
-    for path, p, sp in zip(args.patterns, probs, sys_p, strict=False):
-        order = np.argsort(-p)[: args.top]
-        results.append(
-            {
-                "file": str(path),
-                "space_groups": [
-                    {"number": int(sgs[i]), "probability": round(float(p[i]), 4)} for i in order
-                ],
-                "crystal_system": CRYSTAL_SYSTEMS[int(sp.argmax())],
-                "crystal_system_probability": round(float(sp.max()), 4),
-            }
-        )
+    results = predict_files(args.patterns, args.model, args.top)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -218,115 +197,36 @@ def _predict(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from tqdm.auto import tqdm
+
     from xtec.classifier import evaluate as ev
     from xtec.classifier.predictor import load_classifier
-    from xtec.classifier.simulator import PowderSimulator
 
-    if args.workers < 1 or args.nn_baseline < 0 or args.crystallite_size <= 0:
-        raise ParameterError(
-            "--workers must be >= 1, --nn-baseline >= 0 and --crystallite-size > 0"
-        )
-    files = []
-    for d in args.cif_dir:
-        if not Path(d).is_dir():
-            raise InputError(f"--cif-dir: not a directory: {d}")
-        found = sorted(Path(d).rglob("*.cif"))
-        if not found:
-            raise InputError(f"--cif-dir: no .cif files in {d}")
-        files += found
-    if args.installed:
-        files += ev.installed_structure_files()
-    if not files:
-        raise InputError("nothing to evaluate: give --cif-dir DIR and/or --installed")
+    files = ev.structure_files(args.cif_dir, args.installed)
     model = load_classifier(args.model)
-    structures, skipped = ev.load_structures(files)
-    sim = PowderSimulator(model.grid, precision="double")
-    x, structures, sim_skipped = ev.structure_patterns(structures, sim, args.crystallite_size)
-    skipped += sim_skipped
-    if not structures:
-        raise InputError(
-            f"none of the {len(files)} structure files can be simulated: " + "; ".join(skipped)
+    bar = tqdm(
+        total=args.nn_baseline,
+        desc="baseline patterns",
+        unit="pattern",
+        disable=args.nn_baseline == 0,
+    )
+    with bar:
+        report = ev.evaluate_files(
+            model,
+            files,
+            args.crystallite_size,
+            args.nn_baseline,
+            args.seed,
+            args.workers,
+            progress=bar.update,
         )
-    for line in skipped:
+    for line in report["skipped"]:
         print(f"skipped {line}", file=sys.stderr)
-    report = evaluate_structures(model, x, structures, args.nn_baseline, args.seed, args.workers)
-    report["files"] = len(files)
-    report["skipped"] = skipped
     _print_report(report, args.per_group)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         print(f"figures written to {args.json}")
     return 0
-
-
-def evaluate_structures(model, x, structures, nn_baseline: int, seed: int, workers: int) -> dict:
-    """Model, majority-class, nearest-neighbour and chance figures on simulated patterns."""
-    import numpy as np
-
-    from xtec.classifier import evaluate as ev
-
-    true = np.array([s.space_group for s in structures])
-    types = [s.structure_type for s in structures]
-    sgs = np.asarray(model.space_groups)
-    probs = model.predict_proba(x)
-    report = {
-        "model": ev.summarise(
-            true, ev.ranked_space_groups(probs, sgs), types, ev.system_scores(probs, sgs).argmax(1)
-        ),
-        "majority_class": ev.majority_baseline(true, types),
-        "chance": ev.chance_level(true, sgs),
-    }
-    report["model"]["kind"] = model.kind
-    if nn_baseline > 0:
-        report["nearest_neighbour"] = _nn_baseline(
-            model, nn_baseline, seed, workers, x, true, types
-        )
-    return report
-
-
-def _nn_data_config(model):
-    from xtec.classifier.data import SyntheticConfig
-
-    g = model.grid
-    grid = {
-        "two_theta_min": g.two_theta_min,
-        "two_theta_max": g.two_theta_max,
-        "n_points": g.n_points,
-        "wavelength": g.wavelength,
-    }
-    if model.kind == "extinction":
-        # The baseline's synthetic crystals follow the same real-world frequencies.
-        kw = model.table.generator_kwargs()
-        kw.pop("max_sites")
-        return SyntheticConfig(**kw, **grid)
-    d = dict(model.config.get("data", {"space_groups": model.space_groups.tolist()}))
-    return SyntheticConfig.from_dict({**d, **grid})
-
-
-def _nn_baseline(model, n, seed, workers, x, true, types) -> dict:
-    from tqdm.auto import tqdm
-
-    from xtec.classifier import evaluate as ev
-
-    data = _nn_data_config(model)
-    with tqdm(total=n, desc="baseline patterns", unit="pattern") as bar:
-        feats, labels = ev.synthetic_bank(data, n, seed, workers, progress=bar.update)
-    space_groups = data.space_groups
-    nn_model = ev.NearestNeighbourBaseline(space_groups).fit_features(feats, labels)
-    scores = nn_model.scores(x)
-    sys_pred = ev.system_scores(_softmax_like(scores), space_groups).argmax(1)
-    out = ev.summarise(true, ev.ranked_space_groups(scores, space_groups), types, sys_pred)
-    out["bank_size"] = int(n)
-    return out
-
-
-def _softmax_like(scores):
-    import numpy as np
-
-    # The nearest neighbour's crystal system: a one-hot on the best-scoring class.
-    out = np.zeros_like(scores)
-    out[np.arange(len(scores)), scores.argmax(1)] = 1
-    return out
 
 
 def _print_report(report: dict, per_group: bool) -> None:

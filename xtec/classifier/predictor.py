@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xtec.classifier.data import read_pattern, resample
+from xtec.classifier.indexing import ExtinctionClassifier, ExtinctionParams
 from xtec.classifier.simulator import PatternGrid
-from xtec.errors import InputError
+from xtec.classifier.statistics import FrequencyTable
+from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, system_scores
+from xtec.errors import InputError, ParameterError
 from xtec.optional import require
 
 log = logging.getLogger(__name__)
@@ -36,9 +40,6 @@ class ExtinctionModel:
     kind = "extinction"
 
     def __init__(self, directory: str | Path) -> None:
-        from xtec.classifier.indexing import ExtinctionClassifier, ExtinctionParams
-        from xtec.classifier.statistics import FrequencyTable
-
         d = Path(directory)
         cfg = _read_config(d)
         try:
@@ -68,8 +69,9 @@ class NetworkModel:
     kind = "network"
 
     def __init__(self, directory: str | Path) -> None:
-        require("torch", "ml", f"{directory} holds a network; it", package="PyTorch",
-                error=InputError)
+        require(
+            "torch", "ml", f"{directory} holds a network; it", package="PyTorch", error=InputError
+        )
         from xtec.classifier.model import load_model
 
         self.model, self.config = load_model(directory)
@@ -77,10 +79,15 @@ class NetworkModel:
         self.grid = PatternGrid(mc.two_theta_min, mc.two_theta_max, mc.n_points, mc.wavelength)
         self.space_groups = np.asarray(mc.space_groups)
 
-    def predict_proba(self, patterns: np.ndarray) -> np.ndarray:
-        from xtec.classifier.evaluate import model_predict
+    def predict_proba(self, patterns: np.ndarray, batch: int = 128) -> np.ndarray:
+        """Probabilities (n, n_classes) of sqrt-scaled patterns (n, n_points) on :attr:`grid`."""
+        import torch
 
-        return model_predict(self.model, np.atleast_2d(patterns))
+        x = np.atleast_2d(patterns)
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+            out = [self.model(x[i : i + batch]).softmax(1) for i in range(0, len(x), batch)]
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.space_groups)))
 
 
 def _read_config(d: Path) -> dict:
@@ -104,3 +111,41 @@ def load_classifier(directory: str | Path | None = None):
     if _read_config(d).get("kind") == "extinction":
         return ExtinctionModel(d)
     return NetworkModel(d)
+
+
+def predict_files(paths, model=None, top: int = 5) -> list[dict]:
+    """Most likely space groups of measured pattern files, one dict per file.
+
+    ``model`` is a loaded model or a model directory (default: the shipped one).  Each
+    dict holds ``file``, ``space_groups`` (``top`` of them, with probabilities),
+    ``crystal_system`` and its summed probability.  A file that cannot be read raises
+    InputError naming the file.
+    """
+    if top < 1:
+        raise ParameterError("--top must be at least 1")
+    if model is None or isinstance(model, (str, Path)):
+        model = load_classifier(model)
+    xs = []
+    for p in paths:
+        try:
+            xs.append(resample(*read_pattern(p), model.grid))
+        except InputError as exc:
+            msg = str(exc)
+            raise InputError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+    probs = model.predict_proba(np.stack(xs))
+    sgs = np.asarray(model.space_groups)
+    sys_p = system_scores(probs, sgs)
+    results = []
+    for path, p, sp in zip(paths, probs, sys_p, strict=False):
+        order = np.argsort(-p)[:top]
+        results.append(
+            {
+                "file": str(path),
+                "space_groups": [
+                    {"number": int(sgs[i]), "probability": round(float(p[i]), 4)} for i in order
+                ],
+                "crystal_system": CRYSTAL_SYSTEMS[int(sp.argmax())],
+                "crystal_system_probability": round(float(sp.max()), 4),
+            }
+        )
+    return results

@@ -1,12 +1,14 @@
 """Real crystal structures from package registries, deduplicated and split by structure type.
 
+Regenerate the shipped frequency table with ``python -m xtec.classifier.realdata OUT.json``.
+
 Sources (fetched the way a fresh machine would, cached outside the repository):
 
 * Debian ``libavogadro-data``: about 300 Crystallography Open Database (COD) CIFs and
   198 zeolite frameworks (``apt-get download`` + ``dpkg -x``);
 * PyPI ``crystals`` 1.7.0: 87 COD CIFs (``pip download --no-deps`` + unzip);
 * installed packages: pyxtal, Dans_Diffraction, pymatgen and ase ship structure files
-  (:func:`xtec.classifier.evaluate.installed_structure_files`).
+  (:func:`xtec.classifier.structures.installed_structure_files`).
 
 Every structure is keyed by its structure type (space group + occupied Wyckoff letters
 + anonymous formula).  :func:`split_of` puts a whole structure type either in the
@@ -25,6 +27,9 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+from xtec.classifier.statistics import count
+from xtec.classifier.structures import installed_structure_files, load_structures
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +107,6 @@ def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
 
 def collect_files(cache: Path | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:
     """Structure files per source, and the reason for each source that is unavailable."""
-    from xtec.classifier.evaluate import installed_structure_files
-
     files, missing = {}, {}
     for name, fetch in (("avogadro", fetch_avogadro), ("crystals", fetch_crystals)):
         f, why = fetch(cache)
@@ -132,3 +135,37 @@ def deduplicate(structures) -> list:
             seen.add(key)
             out.append(s)
     return out
+
+
+def main(argv=None) -> int:  # pragma: no cover - regeneration script
+    import argparse
+
+    ap = argparse.ArgumentParser(
+        description="Count the frequency table (statistics.json) from the statistics half."
+    )
+    ap.add_argument("out")
+    args = ap.parse_args(argv)
+    files, missing = collect_files()
+    structures = []
+    for name, fs in files.items():
+        st, skipped = load_structures(fs)
+        log.info("%s: %d structures, %d skipped", name, len(st), len(skipped))
+        structures += st
+    stats = [s for s in deduplicate(structures) if split_of(s.structure_type) == "statistics"]
+    src = (
+        "statistics half (sha256 of the structure-type key) of: "
+        + ", ".join(f"{k} ({len(v)} files)" for k, v in files.items())
+        + "; deduplicated by structure type + formula"
+        + (
+            "; unavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
+            if missing
+            else ""
+        )
+    )
+    count(stats, src).to_json(args.out)
+    print(f"{len(stats)} structures counted into {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -6,7 +6,7 @@ structure types on one side; the "evaluation" half is never counted).  It serves
 classifier's prior over space groups and as the frequency-aware mode of the crystal
 generator (:meth:`FrequencyTable.generator_kwargs`).
 
-Regenerate with ``python -m xtec.classifier.statistics OUT.json``.
+Regenerate with ``python -m xtec.classifier.realdata OUT.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xtec.classifier.generator import DEFAULT_ELEMENTS, wyckoff_positions
 from xtec.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ class FrequencyTable:
     def generator_kwargs(self, smoothing: float = 0.5, max_sites: int = 8) -> dict:
         """Keyword arguments of :class:`~xtec.classifier.generator.CrystalGenerator` that
         draw space groups, numbers of sites and elements by these frequencies."""
-        from xtec.classifier.generator import DEFAULT_ELEMENTS
-
         els = np.asarray(DEFAULT_ELEMENTS)
         ew = np.array([self.elements.get(int(z), 0) + smoothing for z in els], float)
         sites = np.array(
@@ -95,8 +94,6 @@ class FrequencyTable:
 
 def count(structures, source: str) -> FrequencyTable:
     """Frequencies of space groups, site counts and elements of ``structures``."""
-    from xtec.classifier.generator import wyckoff_positions
-
     sg, sites, els = Counter(), Counter(), Counter()
     n_general = n_total = 0
     for s in structures:
@@ -114,38 +111,3 @@ def count(structures, source: str) -> FrequencyTable:
     return FrequencyTable(
         dict(sg), dict(sites), dict(els), n_general / max(n_total, 1), source, len(structures)
     )
-
-
-def main(argv=None) -> int:  # pragma: no cover - regeneration script
-    import argparse
-
-    from xtec.classifier.evaluate import load_structures
-    from xtec.classifier.realdata import collect_files, deduplicate, split_of
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out")
-    args = ap.parse_args(argv)
-    files, missing = collect_files()
-    structures = []
-    for name, fs in files.items():
-        st, skipped = load_structures(fs)
-        log.info("%s: %d structures, %d skipped", name, len(st), len(skipped))
-        structures += st
-    stats = [s for s in deduplicate(structures) if split_of(s.structure_type) == "statistics"]
-    src = (
-        "statistics half (sha256 of the structure-type key) of: "
-        + ", ".join(f"{k} ({len(v)} files)" for k, v in files.items())
-        + "; deduplicated by structure type + formula"
-        + (
-            "; unavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items())
-            if missing
-            else ""
-        )
-    )
-    count(stats, src).to_json(args.out)
-    print(f"{len(stats)} structures counted into {args.out}")
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -32,3 +32,12 @@ def crystal_system_index(space_group: int | np.ndarray) -> int | np.ndarray:
 def crystal_system(space_group: int) -> str:
     """Name of the crystal system of ``space_group`` (1..230)."""
     return CRYSTAL_SYSTEMS[crystal_system_index(int(space_group))]
+
+
+def system_scores(probs: np.ndarray, space_groups) -> np.ndarray:
+    """Crystal-system probabilities (n, 7): sums of the space-group probabilities."""
+    idx = np.asarray(crystal_system_index(np.asarray(space_groups)))
+    out = np.zeros((len(probs), len(CRYSTAL_SYSTEMS)))
+    for k in range(len(CRYSTAL_SYSTEMS)):
+        out[:, k] = probs[:, idx == k].sum(1)
+    return out
