@@ -18,15 +18,20 @@ from xtec.autoencoder.feature_space.estimate import (
 from xtec.autoencoder.feature_space.network import FeatureSpaceConfig, train_network
 from xtec.autoencoder.feature_space.patterns import (
     cross_correlation_shift,
+    fit_instrument,
+    instrument_basis,
     inverse_stabilize,
     log_d_grid,
     normalize_patterns,
+    peak_windows,
     remove_baseline,
     resample_rows,
     shift_rows,
+    shift_rows_varying,
     signal_rank,
     thin_svd,
     variance_stabilize,
+    window_lags,
 )
 from xtec.autoencoder.feature_space.persistence import load_model, save_model
 from xtec.errors import InputError, ParameterError
@@ -34,6 +39,10 @@ from xtec.io.curves import check_grid
 from xtec.nn import decode_latent, require_torch
 
 log = logging.getLogger(__name__)
+
+# The largest lag looked for around each peak (points), after the
+# whole-pattern alignment.
+_LOCAL_LAG = 12
 
 
 class FeatureSpaceAE(FeatureSpaceAnalysis):
@@ -107,7 +116,10 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
         if not cfg.align:
             return t, np.zeros(t.shape[0])
         if lag is not None:
-            lag = np.broadcast_to(np.asarray(lag, dtype=float), t.shape[:1])
+            lag = np.asarray(lag, dtype=float)
+            if lag.ndim == 2:  # instrument-corrected: coefficients per pattern
+                return self._shift(t, lag), lag
+            lag = np.broadcast_to(lag, t.shape[:1])
             return shift_rows(t, lag), lag
         probe = t - t.mean(axis=1, keepdims=True)
         if fit:
@@ -123,7 +135,83 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
             lag = lag - self.lag_offset_
         else:
             lag = cross_correlation_shift(probe, self.template_, self._max_lag) - self.lag_offset_
+        if cfg.correct_instrument:
+            lag = self._instrument_lags(probe, lag, fit)
+            return self._shift(t, lag), lag
         return shift_rows(t, lag), lag
+
+    def _instrument_lags(self, probe: np.ndarray, lag: np.ndarray, fit: bool) -> np.ndarray:
+        """Per-pattern strain lag, zero-shift and displacement terms (n, 4).
+
+        Columns ``[c0, c1, c2, sigma0]``: the lag at point j is
+        ``c0 + c1 cot(theta_j) + c2 cos(theta_j) cot(theta_j)`` (see
+        :func:`instrument_basis`); ``c0`` is the strain lag and ``sigma0`` its
+        standard error.  The terms are fitted to the lags of stretches of the
+        profile (``probe`` (n, m), already moved by the whole-pattern ``lag``
+        (n,)) against the template; with ``fit`` the template is rebuilt from
+        the corrected profiles twice first.
+        """
+        basis = instrument_basis(self.internal_grid_)
+        whole = lag + self.lag_offset_
+
+        cfg = self.config
+        # Prior spreads of the three terms, in lag points: strain free; a zero
+        # error z moves u by (z / 2) cot; a displacement s by (s / R) cos cot.
+        prior = np.array(
+            [
+                np.inf,
+                np.radians(cfg.zero_shift_prior) / 2 / self._step,
+                cfg.displacement_prior / cfg.goniometer_radius / self._step,
+            ]
+        )
+
+        def residual_terms():
+            shifted = shift_rows(probe, whole)
+            windows = peak_windows(self.template_)
+            lags, centres, weights = window_lags(shifted, self.template_, windows, _LOCAL_LAG)
+            at = np.column_stack(
+                [np.interp(centres, np.arange(basis.shape[0]), b) for b in basis.T]
+            )
+            return fit_instrument(lags, at, weights, prior)
+
+        if fit:
+            for _ in range(2):
+                coef, _ = residual_terms()
+                self.template_ = shift_rows_varying(probe, whole[:, None] + coef @ basis.T).mean(0)
+        coef, err = residual_terms()
+        return np.column_stack([lag + coef[:, 0], coef[:, 1], coef[:, 2], err[:, 0]])
+
+    def instrument_terms(self, lag: np.ndarray) -> dict[str, np.ndarray]:
+        """The instrument terms of instrument-corrected lags (n, 4), each (n,).
+
+        ``zero_shift_estimate`` (degrees of 2-theta) and ``displacement_estimate`` (mm, on a
+        goniometer of ``goniometer_radius``), both relative to the template,
+        and ``strain_uncertainty``, the standard deviation of the strain
+        after the three terms were separated.
+        """
+        step = self._step
+        return {
+            "zero_shift_estimate": np.degrees(2 * lag[:, 1] * step),
+            "displacement_estimate": -lag[:, 2] * step * self.config.goniometer_radius,
+            "strain_uncertainty": np.exp(-step * lag[:, 0]) * step * lag[:, 3],
+        }
+
+    def _feature_sigma(self, lag: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+        """Each pattern's error in the estimator features (n, f): the strain's, where
+        the instrument terms were separated from it (None otherwise)."""
+        if not self.config.correct_instrument:
+            return None
+        # The references' residuals already hold a typical pattern's strain
+        # error; only what a pattern has beyond nearly all references' is added.
+        own = self.instrument_terms(lag)["strain_uncertainty"]
+        sigma = np.zeros(shape)
+        sigma[:, -1] = np.sqrt(np.maximum(own**2 - self.strain_sigma_ref_**2, 0.0))
+        return sigma / self.strain_scale_
+
+    def _shift(self, t: np.ndarray, lag: np.ndarray) -> np.ndarray:
+        """Profiles (n, m) moved by instrument-corrected lags (n, 4) of :meth:`_instrument_lags`."""
+        basis = instrument_basis(self.internal_grid_)
+        return shift_rows_varying(t, lag[:, :3] @ basis.T)
 
     @property
     def _u_src(self) -> np.ndarray:
@@ -151,8 +239,11 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
         sin(theta), smaller d: ``a`` scales by ``exp(-step * lag)``.  On the
         two-theta grid the lag is returned in degrees instead.
         """
+        lag = np.asarray(lag)
+        if lag.ndim == 2:  # instrument-corrected: the strain lag is the first column
+            lag = lag[:, 0]
         if self.config.grid == "log_d":
-            return np.expm1(-self._step * np.asarray(lag))
+            return np.expm1(-self._step * lag)
         return np.asarray(lag) * float(np.median(np.diff(self.grid_)))
 
     def _to_net(self, x: np.ndarray, lag: np.ndarray | None = None) -> np.ndarray:
@@ -251,6 +342,12 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
         """
         t, lag = self._internal(x, fit=True)
         self.train_strain_ = self._strain(lag)
+        if self.config.correct_instrument:
+            # What the references' residuals hold already: the strain error of
+            # all but their least separable tenth.
+            self.strain_sigma_ref_ = float(
+                np.percentile(self.instrument_terms(lag)["strain_uncertainty"], 90)
+            )
         self.strain_scale_ = float(np.std(self.train_strain_)) or 1.0
         return t
 
@@ -394,7 +491,10 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
                 else "the model has no reference compositions: train on patterns with a "
                 "composition coordinate, or call set_reference()"
             )
-        return self.estimators_[name].predict(self.features(patterns))
+        x = self._matrix(patterns)
+        lag = self._internal(x)[1]
+        features = self._features(self._encode(x), self._strain(lag))
+        return self.estimators_[name].predict(features, self._feature_sigma(lag, features.shape))
 
     def set_reference(self, patterns: xr.DataArray, descriptor: str = "composition") -> None:
         """Use ``patterns`` with known ``descriptor`` values as the reference path."""
@@ -419,7 +519,8 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
         self._check_fitted()
         x = self._matrix(patterns)
         z = self._encode(x)
-        strain = self._strain(self._internal(x)[1])
+        lag = self._internal(x)[1]
+        strain = self._strain(lag)
         coords = {}
         if isinstance(patterns, xr.DataArray):
             coords = {n: c for n, c in patterns.coords.items() if c.dims == (first,)}
@@ -432,9 +533,13 @@ class FeatureSpaceAE(FeatureSpaceAnalysis):
         )
         if self.config.align:
             ds["strain"] = ((first,), strain)
+        if self.config.correct_instrument:
+            for name, values in self.instrument_terms(lag).items():
+                ds[name] = ((first,), values)
         features = self._features(z, strain)
+        sigma = self._feature_sigma(lag, features.shape)
         for name, estimator in self.estimators_.items():
-            est, unc = estimator.predict(features)
+            est, unc = estimator.predict(features, sigma)
             ds[f"{name}_estimate"] = ((first,), est)
             ds[f"{name}_uncertainty"] = ((first,), unc)
         return ds
