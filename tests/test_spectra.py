@@ -167,3 +167,18 @@ def test_real_files_load_as_mu_and_normalise_as_larch_does():
         assert r.edge_step == pytest.approx(ref["edge_step"], rel=0.01)
         checked += 1
     assert checked >= 13
+
+
+def test_real_reference_foil_calibrates_the_p65_series():
+    """The five P65 goethite scans (Fe K) carry an Fe foil: its E0 lies within 2 eV of
+    the tabulated 7112 eV, and aligning the series moves no scan by more than 1 eV."""
+    files = [p for p in _real_files() if p.name.startswith("20K_GOE_Fe_K")]
+    if len(files) < 2:
+        pytest.skip("the araucaria P65 scans are not installed")
+    shifts = []
+    for path in files:
+        da = load_curves(path, kind="spectrum")
+        e = da.energy.values
+        assert abs(find_e0(e, da["reference"].values[0]) - K_EDGES["Fe"]) < 2.0
+        shifts.append(float(calibrate(da, K_EDGES["Fe"])["energy_shift"].values[0]))
+    assert np.ptp(shifts) < 1.0
