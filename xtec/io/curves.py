@@ -41,12 +41,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
 from xtec.io import xas
+
+if TYPE_CHECKING:  # h5py is imported when a NeXus file is read or written
+    import h5py
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +420,7 @@ def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
     return xr.DataArray(signal[None, :], dims=(first, axis), coords=coords, attrs=attrs)
 
 
-def find_nxdata(h5):
+def find_nxdata(h5: h5py.File | h5py.Group) -> h5py.Group | None:
     """The NXdata group to read in an open h5py file, or None.
 
     The NeXus ``default`` attribute chain is followed from the root (at most
