@@ -26,10 +26,17 @@ rankaae
 rankaae_terms (not in the default parts)
     CPU milliseconds per RankAAE training step (batch 512) for each loss term
     added alone to the reconstruction, and the rank loss as it was beside it.
+lab (not in the default parts)
+    Composition on ideal and laboratory-like series (sample displacement,
+    zero shift, K-alpha2, background, texture, bowing) of a large and a small
+    lattice change, in the module's generator (11.5 %, 0.63 %) and in
+    pymatgen's (CuAu 12.8 %, FeCo 0.26 %), the autoencoder with and without the
+    instrument terms beside the first-/last-peak Vegard rules and kNN.
 xas
     Real XAS files from Debian's ``ifeffit-doc`` and the ``araucaria`` sdist
-    (downloaded to ~/.cache/xtec-bench like a fresh machine would) read by
-    :func:`xtec.autoencoder.data.load_curves`.
+    (downloaded to ~/.cache/xtec-bench like a fresh machine would) read as
+    mu(E) by :func:`xtec.io.curves.load_curves`, normalised, and compared with
+    Larch's ``pre_edge`` (tests/data/xas_larch_reference.json).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,8 +69,14 @@ CACHE = Path(os.environ.get("XTEC_BENCH_CACHE", Path.home() / ".cache" / "xtec-b
 # --------------------------------------------------------------------------- baselines
 
 
-def first_peak_vegard(train, test) -> np.ndarray:
-    """Composition from the d-spacing of the first strong peak, linear fit on the training set."""
+def first_peak_vegard(train, test, last: bool = False) -> np.ndarray:
+    """Composition from the d-spacing of the first (or, ``last``, the last) strong
+    peak, linear fit on the training set: the one-line Vegard rule.
+
+    The last peak is what a sceptic picks on a laboratory series: a sample
+    displacement moves peaks by ``cos(theta)``, a lattice change by
+    ``tan(theta)``, so the highest angle is the least disturbed.
+    """
     from scipy.ndimage import uniform_filter1d
 
     def position(da):
@@ -72,9 +86,14 @@ def first_peak_vegard(train, test) -> np.ndarray:
         out = []
         for row in x:
             sm = uniform_filter1d(row - np.percentile(row, 20), 5)
-            j = int(np.argmax(sm > 0.5 * sm.max()))
+            if last:
+                sm, grid = sm[::-1], tt[::-1]
+            else:
+                grid = tt
+            # the last peak standing out of the background, or the first strong one
+            j = int(np.argmax(sm > (0.1 if last else 0.5) * sm.max()))
             k = j + int(np.argmax(sm[j : j + int(1.0 / step)]))
-            out.append(tt[k])
+            out.append(grid[k])
         return 1.0 / np.sin(np.radians(np.asarray(out) / 2))  # proportional to d
 
     coef = np.polyfit(position(train), train.composition.values, 1)
@@ -167,6 +186,84 @@ def bench_composition(seed: int, threads: int, epochs: int) -> dict:
             )
         results[name] = row
         print(json.dumps({"series": name, **row}), flush=True)
+    return results
+
+
+# --------------------------------------------------------------------------- laboratory series
+
+#: Series of a large and a small lattice change, in the module's generator and
+#: in pymatgen's (an independent simulator); the laboratory variant adds
+#: LabEffects (displacement up to 0.1 mm on 240 mm, zero shift up to 0.01 deg,
+#: K-alpha2, background, texture in the module's generator) and a bowing.
+#: name -> (make(composition, seed, lab), bowing)
+LAB_SERIES = {
+    "own B2 large 11.5pct": (
+        lambda x, s, lab: synthetic_alloy_series(
+            composition=x, seed=s, lab=lab, lattice=(2.87, 3.20), z=(26.0, 45.0)
+        ),
+        0.02,
+    ),
+    "own B2 small 0.63pct (Fe/Co-like contrast)": (
+        lambda x, s, lab: synthetic_alloy_series(
+            composition=x, seed=s, lab=lab, lattice=(2.866, 2.884), z=(26.0, 27.0)
+        ),
+        0.004,
+    ),
+    "pymatgen fcc CuAu large 12.8pct": (
+        lambda x, s, lab: pymatgen_series("fcc", x, seed=s, lab=lab),
+        0.02,
+    ),
+    "pymatgen bcc FeCo small 0.26pct": (
+        lambda x, s, lab: pymatgen_series(
+            "bcc", x, elements=("Fe", "Co"), lattice=(2.866, 2.8585), seed=s, lab=lab
+        ),
+        0.002,
+    ),
+}
+
+
+def bench_lab(seed: int, threads: int, epochs: int) -> dict:
+    """Composition on ideal and laboratory-like series, beside the baselines.
+
+    76 compositions 0..1, 50 trained on, 26 held out (as in ``composition``).
+    Methods: the first- and last-peak Vegard rules, k-nearest neighbours on the
+    raw patterns, the autoencoder with its defaults and with
+    ``correct_instrument=True`` (per-pattern zero shift and displacement
+    separated from the strain).
+    """
+    from xtec.autoencoder.synthetic import LabEffects
+
+    x = np.linspace(0.0, 1.0, 76)
+    results = {}
+    for name, (make, bowing) in LAB_SERIES.items():
+        for kind in ("ideal", "laboratory"):
+            lab = LabEffects(bowing=bowing) if kind == "laboratory" else None
+            da = make(x, seed, lab)
+            tri, tei = held_out_split(da.shape[0])
+            train, test = da.isel(pattern=tri), da.isel(pattern=tei)
+            truth = test.composition.values
+            row = {
+                "vegard_first_peak": score(first_peak_vegard(train, test), truth),
+                "vegard_last_peak": score(first_peak_vegard(train, test, last=True), truth),
+                "knn_raw_k3": score(knn_raw(train, test), truth),
+            }
+            for label, extra in (("ae", {}), ("ae_instrument", {"correct_instrument": True})):
+                start = time.perf_counter()
+                model = FeatureSpaceAE(
+                    epochs=epochs, seed=seed, n_threads=threads, progress=False, **extra
+                ).fit(train)
+                ds = model.embed(test)
+                res = score(
+                    ds.composition_estimate.values, truth, ds.composition_uncertainty.values
+                )
+                res["train_seconds"] = round(time.perf_counter() - start, 1)
+                if "displacement_estimate" in ds and "displacement" in test.coords:
+                    d_err = ds.displacement_estimate.values - test.displacement.values
+                    res["displacement_rms_error_mm"] = round(float(np.sqrt(np.mean(
+                        (d_err - d_err.mean()) ** 2))), 4)
+                row[label] = res
+            results[f"{name} {kind}"] = row
+            print(json.dumps({"lab_series": f"{name} {kind}", "seed": seed, **row}), flush=True)
     return results
 
 
@@ -534,6 +631,8 @@ def fetch_real_xas() -> list[Path]:
     if not ara.exists():
         subprocess.run(
             [
+                sys.executable,
+                "-m",
                 "pip",
                 "download",
                 "--no-deps",
@@ -550,31 +649,64 @@ def fetch_real_xas() -> list[Path]:
     data = ifeffit / "usr/share/doc/ifeffit/examples/data"
     files = sorted(data.glob("*.xmu")) + sorted(data.glob("*.chi"))
     files += sorted(ara.glob("*/araucaria/testdata/*.xdi"))
+    files += sorted(ara.glob("*/araucaria/testdata/*.xmu"))
     return files
 
 
 def bench_xas() -> dict:
+    """Every real XAS file read as mu(E) (or chi(k)), and its normalisation against Larch's.
+
+    Larch's ``pre_edge`` results are in tests/data/xas_larch_reference.json
+    (benchmarks/xas_larch_reference.py writes them where xraylarch is installed);
+    the deviation is the largest |norm - norm_Larch| over the file, in units of
+    the edge step, with E0 found by each program on its own.
+    """
+    from xtec.autoencoder.spectra import normalize_edge
+
     try:
         files = fetch_real_xas()
     except (subprocess.CalledProcessError, StopIteration, OSError) as exc:
         print(json.dumps({"xas": f"could not fetch real files: {exc}"}))
         return {"error": str(exc)}
+    ref_path = Path(__file__).resolve().parents[1] / "tests" / "data" / "xas_larch_reference.json"
+    reference = json.loads(ref_path.read_text())["files"] if ref_path.is_file() else {}
     out = {}
     for path in files:
         try:
             da = load_curves(path, kind="spectrum")
-            g = da[da.dims[-1]].values
-            out[path.name] = {
-                "loaded": True,
-                "points": int(g.size),
-                "grid": [round(float(g[0]), 2), round(float(g[-1]), 2)],
-                "grid_label": da.attrs.get("grid_label"),
-            }
         except InputError as exc:
             out[path.name] = {"loaded": False, "message": str(exc).split(": ", 1)[-1]}
+            continue
+        g = da[da.dims[-1]].values
+        row = {
+            "loaded": True,
+            "points": int(g.size),
+            "grid": [round(float(g[0]), 2), round(float(g[-1]), 2)],
+            "grid_label": da.attrs.get("grid_label"),
+            "absorption": da.attrs.get("absorption"),
+            "reference_channel": "reference" in da.coords,
+        }
+        if da.attrs.get("grid_label") != "k":
+            r = normalize_edge(g, da.values[0])
+            row |= {"e0": round(r.e0, 2), "edge_step": round(r.edge_step, 4)}
+            if path.name in reference:
+                ref = reference[path.name]
+                worst = float(np.max(np.abs(r.norm[::5] - np.asarray(ref["norm"]))))
+                row |= {
+                    "larch_e0": round(ref["e0"], 2),
+                    "larch_edge_step": round(ref["edge_step"], 4),
+                    "max_norm_difference_vs_larch": round(worst, 5),
+                }
+        out[path.name] = row
     n_ok = sum(v["loaded"] for v in out.values())
-    print(json.dumps({"xas_real_files": f"{n_ok} of {len(out)} loaded", "files": out}), flush=True)
-    return out
+    diffs = [v["max_norm_difference_vs_larch"] for v in out.values() if "max_norm_difference_vs_larch" in v]
+    summary = {
+        "loaded": f"{n_ok} of {len(out)}",
+        "mu_files_compared_with_larch": len(diffs),
+        "worst_norm_difference_vs_larch": max(diffs) if diffs else None,
+    }
+    print(json.dumps({"xas_real_files": summary}), flush=True)
+    return {"summary": summary, "files": out}
 
 
 def main() -> None:
@@ -601,6 +733,8 @@ def main() -> None:
             r["rankaae"] = bench_rankaae(seed, args.threads, args.before_epochs, args.generators)
         if "rankaae_terms" in args.parts:
             r["rankaae_terms"] = bench_rankaae_terms(args.threads)
+        if "lab" in args.parts:
+            r["lab"] = bench_lab(seed, args.threads, args.epochs)
         if "throughput" in args.parts:
             r["feature_space_throughput"] = bench_feature_space_throughput(
                 seed, args.threads, args.epochs

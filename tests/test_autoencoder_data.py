@@ -207,7 +207,7 @@ def test_xas_files_without_a_spectrum_column_say_so(tmp_path):
         "# XDI/1.0\n# Column.1: energy eV\n# Column.2: vfc01\n# Column.3: vfc02\n"
         "7100 1 2\n7101 1 2\n7102 1 2\n"
     )
-    with pytest.raises(InputError, match="no spectrum column"):
+    with pytest.raises(InputError, match="no absorption among the columns"):
         load_curves(bad, kind="spectrum")
     units = tmp_path / "units.xdi"
     units.write_text("# XDI/1.0\n# Column.1: energy degrees\n# Column.2: mu\n1 1\n2 2\n")

@@ -33,6 +33,11 @@ _EXPORTS = {
     "synthetic_spectra": "synthetic",
     "synthetic_exafs_xanes": "synthetic",
     "pymatgen_series": "series",
+    "LabEffects": "synthetic",
+    "find_e0": "spectra",
+    "normalize_edge": "spectra",
+    "normalize_spectra": "spectra",
+    "calibrate": "spectra",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -77,6 +77,12 @@ def register(subparsers) -> None:
     p.add_argument("--order", type=float, default=0.8, help="long-range site order in [0, 1]")
     p.add_argument("--no-vegard", action="store_true", help="keep the lattice parameter fixed")
     p.add_argument("--noise", type=float, default=0.01, help="relative noise level")
+    p.add_argument(
+        "--lab",
+        action="store_true",
+        help="add what a laboratory diffractometer does: sample displacement (up to 0.1 mm), "
+        "zero shift, K-alpha2, background changes, texture",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_ae_synth)
 
@@ -101,6 +107,19 @@ def register(subparsers) -> None:
         help="coordinate used as the reference for estimates (default: composition, if present)",
     )
     p.add_argument("--normalize", choices=("area", "max", "none"), default="area")
+    p.add_argument(
+        "--instrument",
+        action="store_true",
+        help="separate each pattern's zero shift and sample displacement from the lattice "
+        "strain (laboratory diffractometers)",
+    )
+    p.add_argument(
+        "--goniometer-radius",
+        type=float,
+        default=240.0,
+        metavar="MM",
+        help="goniometer radius for --instrument (default 240 mm)",
+    )
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -225,6 +244,7 @@ def _pick(n: int, index: int, what: str = "--index") -> int:
 
 def _ae_synth(args) -> int:
     from xtec.autoencoder.data import save_curves, synthetic_alloy_series
+    from xtec.autoencoder.synthetic import LabEffects
 
     lattice = (2.94, 2.94) if args.no_vegard else (2.87, 3.01)
     lo, hi = args.range
@@ -235,6 +255,7 @@ def _ae_synth(args) -> int:
         lattice=lattice,
         noise=args.noise,
         seed=args.seed,
+        lab=LabEffects() if args.lab else None,
     )
     save_curves(da, args.output)
     print(
@@ -261,6 +282,8 @@ def _ae_train(args) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         normalize=args.normalize,
+        correct_instrument=args.instrument,
+        goniometer_radius=args.goniometer_radius,
         seed=args.seed,
         n_threads=args.threads,
         progress=args.progress,

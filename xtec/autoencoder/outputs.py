@@ -58,13 +58,16 @@ def estimate_errors(ds: xr.Dataset, data: xr.DataArray, names) -> dict[str, tupl
 
 def write_embed_table(ds: xr.Dataset, names, path: str | os.PathLike) -> None:
     """One CSV row per pattern: index, the patterns' 1-D coordinates, latent, cluster,
-    strain and ``<name>_estimate`` / ``<name>_uncertainty`` for each name."""
+    strain (and, instrument-corrected, its uncertainty, zero shift and displacement)
+    and ``<name>_estimate`` / ``<name>_uncertainty`` for each name."""
     first = ds["latent"].dims[0]
     z = ds["latent"].values
     columns = [n for n, c in ds.coords.items() if c.dims == (first,) and n != first]
     extra = [f"{n}_{w}" for n in names for w in ("estimate", "uncertainty")]
-    if "strain" in ds:
-        extra = ["strain", *extra]
+    measured = [
+        v for v in ("strain", "strain_uncertainty", "zero_shift", "displacement") if v in ds
+    ]
+    extra = [*measured, *extra]
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["index", *columns, *[f"z{j}" for j in range(z.shape[1])], "cluster", *extra])

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from xtec.autoencoder.synthetic import LabEffects
 from xtec.errors import ParameterError
 
 #: Series :func:`pymatgen_series` knows.
@@ -102,6 +103,7 @@ def pymatgen_series(
     width_change: float = 0.0,
     background_change: float = 0.0,
     seed: int | None = 0,
+    lab: LabEffects | None = None,
 ) -> xr.DataArray:
     """Simulate a powder series with pymatgen's XRDCalculator (Cu K-alpha).
 
@@ -131,6 +133,14 @@ def pymatgen_series(
         ``[1 - background_change, 1 + background_change]`` (slope sign random).
     seed
         Seed of the noise and instrument draws.
+    lab
+        A laboratory diffractometer (:class:`~xtec.autoencoder.synthetic.LabEffects`):
+        per-pattern sample displacement and zero shift, K-alpha1 and K-alpha2
+        computed by pymatgen at their own wavelengths (``CuKa1``, ``CuKa2``,
+        in place of the averaged ``CuKa``), a varying background and a
+        lattice bowing; texture is not applied here (pymatgen returns no
+        per-reflection hkl to weigh).  Drawn from a stream of their own; the
+        ground truth is returned as coordinates.
 
     Returns
     -------
@@ -156,6 +166,13 @@ def pymatgen_series(
     lattice = lattice or lat
     tt = np.linspace(20.0, 100.0, 4001) if two_theta is None else np.asarray(two_theta, float)
     calc = XRDCalculator("CuKa")
+    # (calculator, weight): the averaged K-alpha, or K-alpha1 and K-alpha2.
+    lines = [(calc, 1.0)]
+    effects = lab.draw(x.size, seed) if lab is not None else None
+    if lab is not None:
+        lines = [(XRDCalculator("CuKa1"), 1.0)]
+        if lab.kalpha2 > 0:
+            lines.append((XRDCalculator("CuKa2"), lab.kalpha2))
     rng = np.random.default_rng(seed)
     a_el, b_el = elements
     out = np.empty((x.size, tt.size))
@@ -167,6 +184,8 @@ def pymatgen_series(
         width = 1.0 + width_change * rng.uniform(-1, 1)
         if kind in ("fcc", "bcc"):
             a = lattice[0] + (lattice[1] - lattice[0]) * xi
+            if lab is not None:
+                a += lab.bowing * xi * (1 - xi)
             parts = [(1.0, _structure(kind, a, _occupancy(a_el, b_el, xi)))]
         elif kind == "ordering":
             a = lattice[0] + (lattice[1] - lattice[0]) * xi
@@ -197,17 +216,31 @@ def pymatgen_series(
         a_of_x[i] = a
         y = np.zeros_like(tt)
         for weight, structure in parts:
-            centres, heights = _peaks(structure, calc, span)
-            # pymatgen's unscaled intensities are per cell; per unit volume
-            # (what a phase fraction weighs) divide by the cell volume squared.
-            heights = heights / structure.volume**2
-            y += weight * _profile(tt + shift, centres, heights, caglioti, width)
+            for line, line_weight in lines:
+                centres, heights = _peaks(structure, line, span)
+                # pymatgen's unscaled intensities are per cell; per unit volume
+                # (what a phase fraction weighs) divide by the cell volume squared.
+                heights = line_weight * heights / structure.volume**2
+                if effects is not None:
+                    centres = (
+                        centres
+                        + effects["zero_shift"][i]
+                        - np.degrees(
+                            2
+                            * effects["displacement"][i]
+                            * np.cos(np.radians(centres / 2))
+                            / lab.radius
+                        )
+                    )
+                y += weight * _profile(tt + shift, centres, heights, caglioti, width)
         y *= counts / max(y.sum(), 1e-300)
         level = background * counts / tt.size
         scale = 1.0 + background_change * rng.uniform(-1, 1)
         slope = background_change * rng.uniform(-1, 1)
         t = (tt - tt.min()) / np.ptp(tt)
         bg = level * scale * (1.0 + 2.0 * np.exp(-t * 5.0) + slope * (t - 0.5))
+        if effects is not None:
+            bg = lab.background_of(tt, bg, effects["background"][i])
         out[i] = rng.poisson(np.maximum(y + bg, 0.0))
     coords = {
         "pattern": np.arange(x.size),
@@ -217,6 +250,9 @@ def pymatgen_series(
     }
     if kind == "two_phase":
         coords["phase_fraction"] = ("pattern", fraction)
+    if effects is not None:
+        for name in ("displacement", "zero_shift"):
+            coords[name] = ("pattern", effects[name])
     return xr.DataArray(
         out,
         dims=("pattern", "two_theta"),

@@ -13,6 +13,7 @@ be written with :func:`~xtec.io.curves.save_curves`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
@@ -39,6 +40,80 @@ def _form_factor(z: float, s: np.ndarray) -> np.ndarray:
     return z * (0.25 + 0.75 * np.exp(-10.0 * s**2))
 
 
+@dataclass(frozen=True)
+class LabEffects:
+    """What a laboratory Bragg-Brentano diffractometer adds to a powder series.
+
+    Each pattern draws its own sample displacement, zero shift, texture and
+    background from uniform ranges (the ground truth is returned with the
+    series).  Defaults are realistic levels for a 240 mm goniometer with Cu
+    K-alpha radiation, sample height set by hand.
+
+    Attributes
+    ----------
+    displacement
+        Largest sample displacement ``s`` (mm); the peaks move by
+        ``-2 s cos(theta) / radius`` radians of 2-theta.
+    radius
+        Goniometer radius (mm).
+    zero_shift
+        Largest zero error of 2-theta (degrees), the same at every angle.
+    kalpha2
+        Intensity of K-alpha2 relative to K-alpha1 (0.5 for Cu) at
+        ``wavelength2``; 0 for a monochromated beam.
+    texture
+        March-Dollase ratios drawn in ``[1 - texture, 1 + texture]`` along
+        [001]: relative intensities change from pattern to pattern.
+    background
+        Relative spread of the background level and slope.
+    bowing
+        Departure from Vegard's law, ``a(x) += bowing * x (1 - x)`` (angstrom).
+    """
+
+    displacement: float = 0.1
+    radius: float = 240.0
+    zero_shift: float = 0.01
+    kalpha2: float = 0.5
+    wavelength2: float = 1.54443
+    texture: float = 0.15
+    background: float = 0.5
+    bowing: float = 0.0
+
+    def draw(self, n: int, seed: int | None) -> dict[str, np.ndarray]:
+        """Per-pattern effects (each (n,)), from a stream of their own."""
+        rng = np.random.default_rng(None if seed is None else [int(seed), 25])
+        return {
+            "displacement": rng.uniform(-self.displacement, self.displacement, n),
+            "zero_shift": rng.uniform(-self.zero_shift, self.zero_shift, n),
+            "texture": rng.uniform(1 - self.texture, 1 + self.texture, n),
+            "background": rng.uniform(-self.background, self.background, (n, 2)),
+        }
+
+    def apply_peaks(self, intensity, theta, cos2, wavelength, effect):
+        """Reflections (r,) -> (2r,): K-alpha1 and K-alpha2, textured and displaced.
+
+        Returns ``(intensity, theta, centre)``; ``centre`` is the observed
+        2-theta (degrees), ``theta`` the Bragg angle that sets the width.
+        """
+        r = effect["texture"]
+        # March-Dollase: P = (r^2 cos^2 + sin^2 / r)^(-3/2).
+        texture = (r**2 * cos2 + (1 - cos2) / r) ** -1.5
+        sin2 = np.clip(np.sin(theta) * self.wavelength2 / wavelength, 0, 1)
+        theta2 = np.arcsin(sin2)
+        both = np.concatenate([theta, theta2])
+        weight = np.concatenate([intensity * texture, self.kalpha2 * intensity * texture])
+        weight = np.where(np.concatenate([np.ones_like(theta), sin2 < 1]) > 0, weight, 0.0)
+        shift = effect["zero_shift"] - np.degrees(
+            2 * effect["displacement"] * np.cos(both) / self.radius
+        )
+        return weight, both, np.degrees(2 * both) + shift
+
+    def background_of(self, tt, bg, level_slope):
+        """The background (m,) with its level and slope changed by ``level_slope`` (2,)."""
+        span = (tt - tt.min()) / max(float(np.ptp(tt)), 1e-12)
+        return bg * (1 + level_slope[0]) * (1 + level_slope[1] * (span - 0.5))
+
+
 def synthetic_alloy_series(
     n_patterns: int = 150,
     *,
@@ -56,6 +131,7 @@ def synthetic_alloy_series(
     noise: float = 0.01,
     background: float = 0.02,
     seed: int | None = 0,
+    lab: LabEffects | None = None,
 ) -> xr.DataArray:
     """Simulate powder XRD of a B2 (CsCl-type) solid solution A(1-x)B(x).
 
@@ -93,11 +169,19 @@ def synthetic_alloy_series(
         Long-range order in [0, 1]; 0 gives a random solid solution.
     seed
         Seed of the NumPy generator; the same seed gives the same series.
+    lab
+        What a laboratory diffractometer adds (:class:`LabEffects`): sample
+        displacement, zero shift, the K-alpha2 doublet, a varying background,
+        texture and a lattice parameter that bows away from Vegard's law.  Its
+        draws come from a stream of their own, so the rest of the series (and
+        the series without ``lab``) is unchanged.
 
     Returns
     -------
     DataArray of shape (n_patterns, n_grid), dims ``("pattern", "two_theta")``,
-    coordinates ``composition`` and ``lattice_parameter`` along ``pattern``.
+    coordinates ``composition`` and ``lattice_parameter`` along ``pattern``
+    (with ``lab``: also ``displacement`` in mm, ``zero_shift`` in degrees and
+    ``texture`` the March-Dollase ratio of each pattern).
     """
     rng = np.random.default_rng(seed)
     if composition is None:
@@ -124,6 +208,14 @@ def synthetic_alloy_series(
     u, v, w = caglioti
     out = np.empty((x.size, tt.size))
     a_of_x = lattice[0] + (lattice[1] - lattice[0]) * x
+    effects = lab.draw(x.size, seed) if lab is not None else None
+    if effects is not None:
+        a_of_x = a_of_x + lab.bowing * x * (1 - x)
+        h, k, l = _cubic_reflections(tt.max(), wavelength, float(a_of_x.min()))  # noqa: E741
+        g = np.sqrt(h**2 + k**2 + l**2)
+        odd = (h + k + l) % 2 == 1
+        # cos^2 of the angle between each reflection and the [001] texture axis
+        cos2 = l**2 / np.maximum(g**2, 1)
     for i, (xi, a) in enumerate(zip(x, a_of_x, strict=True)):
         s = g / (2 * a)  # sin(theta)/lambda
         sin_t = s * wavelength
@@ -139,6 +231,11 @@ def synthetic_alloy_series(
         dw = np.exp(-0.5 * s**2)
         intensity = np.where(ok, f**2 * lp * dw, 0.0)
         centre = np.degrees(2 * theta)
+        if effects is not None:
+            intensity, theta, centre = lab.apply_peaks(
+                intensity, theta, cos2, wavelength, {k_: v_[i] for k_, v_ in effects.items()}
+            )
+            ok = np.concatenate([ok, ok])
         inside = ok & (centre > tt.min() - 2) & (centre < tt.max() + 2) & (intensity > 0)
         tan_t = np.tan(theta[inside])
         size_term = (
@@ -152,18 +249,24 @@ def synthetic_alloy_series(
         y = (intensity[inside, None] * (eta * lorentz + (1 - eta) * gauss)).sum(axis=0)
         y /= y.max()
         bg = background * (1 + 2 * np.exp(-(tt - tt.min()) / 15.0))
+        if effects is not None:
+            bg = lab.background_of(tt, bg, effects["background"][i])
         y = y + bg
         y = y + noise * np.sqrt(np.maximum(y, 0)) * rng.standard_normal(tt.size)
         out[i] = y
+    coords = {
+        "pattern": np.arange(x.size),
+        "two_theta": tt,
+        "composition": ("pattern", x),
+        "lattice_parameter": ("pattern", a_of_x),
+    }
+    if effects is not None:
+        for name in ("displacement", "zero_shift", "texture"):
+            coords[name] = ("pattern", effects[name])
     return xr.DataArray(
         out,
         dims=DIMS["pattern"],
-        coords={
-            "pattern": np.arange(x.size),
-            "two_theta": tt,
-            "composition": ("pattern", x),
-            "lattice_parameter": ("pattern", a_of_x),
-        },
+        coords=coords,
         name="intensity",
         attrs={
             "description": "synthetic B2 A(1-x)B(x) alloy series (Vegard's law, site order)",

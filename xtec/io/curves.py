@@ -41,11 +41,16 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
+from xtec.io import xas
+
+if TYPE_CHECKING:  # h5py is imported when a NeXus file is read or written
+    import h5py
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +63,6 @@ NEXUS_SUFFIXES = frozenset({".nxs", ".nx5", ".nx", ".h5", ".hdf5", ".hdf"})
 COMMENT_CHARS = "#!;'%"
 #: X-ray absorption exchange formats: XDI and Athena/Larch column files.
 _XAS_SUFFIXES = {".xdi", ".xmu", ".nor", ".chik", ".chi"}
-# Which column is the spectrum, by file type, first match wins.
-_XAS_SIGNALS = {
-    ".nor": ("norm", "flat", "mu", "xmu"),
-    ".chik": ("chi", "chik", "chik1"),
-    ".chi": ("chi", "chik"),
-}
-_XAS_DEFAULT_SIGNALS = ("mu", "xmu", "mutrans", "mufluor", "murefer", "norm", "flat")
 _ENERGY_SCALE = {"ev": 1.0, "kev": 1000.0}
 
 PathLike = str | os.PathLike
@@ -312,6 +310,20 @@ def _load_text(path: Path, first: str, axis: str) -> xr.DataArray:
     return xr.DataArray(table[None, :, 1], dims=(first, axis), coords=coords)
 
 
+def _sort_energies(grid: np.ndarray, *columns):
+    """``grid`` increasing with repeated values averaged, and ``columns`` (each (n,) or None) alike."""
+    if np.all(np.diff(grid) > 0):
+        return grid, columns
+    values, inverse, counts = np.unique(grid, return_inverse=True, return_counts=True)
+    out = []
+    for col in columns:
+        if col is None:
+            out.append(None)
+            continue
+        out.append(np.bincount(inverse, weights=col, minlength=values.size) / counts)
+    return values, tuple(out)
+
+
 def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
     """One spectrum from an XDI file or an Athena/Larch column file.
 
@@ -379,32 +391,23 @@ def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
         grid *= _ENERGY_SCALE[unit]
     elif unit and labels[gi] != "k":
         raise InputError(f"{path}: energy units {unit!r} not understood (expected eV or keV)")
-    signal = None
-    for name in _XAS_SIGNALS.get(suffix, _XAS_DEFAULT_SIGNALS):
-        if name in labels and labels.index(name) != gi:
-            signal = table[:, labels.index(name)]
-            break
-    if signal is None:  # absorbance written as a formula, e.g. "log(i0/it)"
-        formula = [i for i, lab in enumerate(labels) if re.match(r"^(ln|log)\(i0/i", lab)]
-        if formula:
-            signal = table[:, formula[0]]
-    if signal is None and "i0" in labels:
-        i0 = table[:, labels.index("i0")]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if "itrans" in labels:
-                signal = np.log(i0 / table[:, labels.index("itrans")])
-            elif "ifluor" in labels:
-                signal = table[:, labels.index("ifluor")] / i0
+    signal, how, reference = xas.absorption(labels, table, suffix, gi)
     if signal is None:
-        if n_col == 2:
-            signal = table[:, 1 - gi]
-        else:
+        if n_col != 2:
             raise InputError(
-                f"{path}: no spectrum column among {labels}; expected one of "
-                f"{', '.join(_XAS_SIGNALS.get(suffix, _XAS_DEFAULT_SIGNALS))}"
+                f"{path}: no absorption among the columns {labels}: needs "
+                f"{xas.missing_channels(labels)}"
             )
+        signal, how = table[:, 1 - gi], f"column {labels[1 - gi]!r}"
+    if labels[gi] != "k":
+        # Scans are measured in order but saved with repeats or out of order
+        # at times (a restarted region): sorted, repeated energies averaged,
+        # as XAS programs do before anything else.
+        grid, (signal, reference) = _sort_energies(grid, signal, reference)
     coords: dict = {first: [0], axis: grid}
-    attrs = {"source": str(path), "grid_label": labels[gi]}
+    if reference is not None:
+        coords["reference"] = ((first, axis), reference[None, :])
+    attrs = {"source": str(path), "grid_label": labels[gi], "absorption": how}
     attrs["units_" + axis] = "1/angstrom" if labels[gi] == "k" else "eV"
     for key, value in fields.items():
         number = _as_float(value.split()[0]) if value.split() else None
@@ -417,7 +420,7 @@ def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
     return xr.DataArray(signal[None, :], dims=(first, axis), coords=coords, attrs=attrs)
 
 
-def find_nxdata(h5):
+def find_nxdata(h5: h5py.File | h5py.Group) -> h5py.Group | None:
     """The NXdata group to read in an open h5py file, or None.
 
     The NeXus ``default`` attribute chain is followed from the root (at most

@@ -20,7 +20,8 @@ Only :class:`FeatureSpaceAE` methods need PyTorch; the estimator and the masking
 helpers are NumPy.
 
 Modules: :mod:`.patterns` (preprocessing: scale, variance, log-d grid,
-baseline, alignment), :mod:`.peaks` (peaks and masking windows),
+baseline, lags, instrument terms), :mod:`.alignment` (profiles lined up with
+the template, the instrument fit), :mod:`.peaks` (peaks and masking windows),
 :mod:`.estimate` (composition estimates on the reference path),
 :mod:`.network` (configuration, layers, learning rates, training loop),
 :mod:`.model` (:class:`FeatureSpaceAE`), :mod:`.analysis` (peak relevance,

@@ -220,8 +220,15 @@ class ConcentrationEstimator:
             self.method,
         )
 
-    def predict(self, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Estimate compositions.  ``latent`` (m, k) → (estimate (m,), uncertainty (m,))."""
+    def predict(
+        self, latent: np.ndarray, sigma: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Estimate compositions.  ``latent`` (m, k) → (estimate (m,), uncertainty (m,)).
+
+        ``sigma`` (m, k), optional: each point's own measurement error in the
+        feature columns; the uncertainty then also holds its effect along the
+        path, ``slope * |sigma|``, beside the references' residuals.
+        """
         if not hasattr(self, "ref_latent_"):
             raise ParameterError("the estimator is not fitted")
         q = self._select(latent)
@@ -232,7 +239,8 @@ class ConcentrationEstimator:
         local = np.sqrt(np.mean(self.ref_residual_[nn] ** 2, axis=1))
         typical = np.sqrt(np.mean(self.ref_distance_[nn] ** 2, axis=1))
         excess = np.maximum(dist - 2 * typical, 0.0)
-        return est, np.sqrt(local**2 + (excess * slope) ** 2)
+        own = 0.0 if sigma is None else np.linalg.norm(self._select(sigma), axis=1) * slope
+        return est, np.sqrt(local**2 + (excess * slope) ** 2 + own**2)
 
 
 def reference_values(patterns: xr.DataArray, name: str) -> np.ndarray:

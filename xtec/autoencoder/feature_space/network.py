@@ -34,6 +34,14 @@ class FeatureSpaceConfig:
     align: bool = True
     max_strain: float = 0.2
     subtract_background: bool = True
+    # Separate, per pattern, a zero shift and a sample displacement from the
+    # lattice strain (laboratory diffractometers; see instrument_basis).
+    correct_instrument: bool = False
+    goniometer_radius: float = 240.0
+    # Prior spreads of the per-pattern zero shift (degrees of 2-theta) and
+    # sample displacement (mm): what a laboratory series shows.
+    zero_shift_prior: float = 0.01
+    displacement_prior: float = 0.1
     decode_components: bool = True
     n_clusters: int = 3
     seed: int = 0
@@ -64,6 +72,12 @@ class FeatureSpaceConfig:
             raise ParameterError(f"n_components must be 'auto', None or at least 1, not {nc!r}")
         if self.max_components < 1:
             raise ParameterError(f"max_components must be at least 1, not {self.max_components}")
+        if self.correct_instrument and not (self.align and self.grid == "log_d"):
+            raise ParameterError("correct_instrument needs align=True and grid='log_d'")
+        if self.goniometer_radius <= 0:
+            raise ParameterError(
+                f"goniometer_radius must be positive, not {self.goniometer_radius}"
+            )
         if self.n_clusters < 1:
             raise ParameterError(f"n_clusters must be at least 1, not {self.n_clusters}")
 

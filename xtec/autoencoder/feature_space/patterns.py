@@ -147,3 +147,110 @@ def thin_svd(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = sv > sv[0] * 1e-10 if sv.size and sv[0] > 0 else np.zeros(sv.size, bool)
     vt = (u[:, keep].T @ a) / sv[keep, None]
     return np.concatenate([sv[keep], np.zeros(int((~keep).sum()))]), vt
+
+
+# --------------------------------------------------------------------------- instrument
+
+
+def instrument_basis(u: np.ndarray) -> np.ndarray:
+    """How a lattice strain, a zero shift and a sample displacement move peaks on the
+    log(sin theta) grid ``u`` (m,): columns (m, 3) ``[1, cot theta, cos theta cot theta]``.
+
+    A strain ``e`` moves every peak by ``-log(1 + e)`` (a constant); a zero error
+    ``z`` of 2-theta by ``(z / 2) cot theta``; a sample displacement ``s`` on a
+    goniometer of radius ``R`` (2-theta moves by ``-2 s cos theta / R``) by
+    ``-(s / R) cos theta cot theta``.  Over 20-100 deg the last two are nearly
+    proportional to each other but not to the constant, which is what lets the
+    strain be told from both.
+    """
+    s = np.clip(np.exp(np.asarray(u, dtype=float)), 1e-6, 1 - 1e-9)
+    cot = np.sqrt(1 - s**2) / s
+    return np.column_stack([np.ones_like(s), cot, np.sqrt(1 - s**2) * cot])
+
+
+def peak_windows(template: np.ndarray, min_gap: int = 10) -> list[tuple[int, int]]:
+    """Index ranges (a, b), one around each peak of ``template`` (m,).
+
+    Peaks closer than ``min_gap`` points (a K-alpha doublet on the log-d grid)
+    share a window; windows meet halfway between neighbouring peaks, so no
+    peak is cut in two.
+    """
+    from scipy.signal import find_peaks as _find
+
+    idx, _ = _find(template, prominence=0.02 * float(np.ptp(template)))
+    groups: list[list[int]] = []
+    for i in idx:
+        if groups and i - groups[-1][-1] < min_gap:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    if not groups:
+        return [(0, template.size)]
+    centres = [(g[0] + g[-1]) / 2 for g in groups]
+    cuts = [0, *[int(round((x + y) / 2)) for x, y in zip(centres[:-1], centres[1:], strict=True)]]
+    cuts.append(template.size)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def window_lags(
+    t: np.ndarray, template: np.ndarray, windows: list[tuple[int, int]], max_lag: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lags of stretches of each profile against the template.
+
+    ``t`` (n, m) roughly aligned profiles, ``template`` (m,), ``windows`` index
+    ranges (:func:`peak_windows`).  Returns ``(lags (n, w), centres (w,),
+    weights (w,))``: the sub-point lag of each window (as
+    :func:`cross_correlation_shift`), the window's centre in points weighted by
+    the template's slope, and the template's squared slope summed over the
+    window (the inverse variance of a lag under white noise).
+    """
+    slope2 = np.gradient(template) ** 2
+    lags, centres, weights = [], [], []
+    for a, b in windows:
+        seg = template[a:b] - template[a:b].mean()
+        rows = t[:, a:b] - t[:, a:b].mean(axis=1, keepdims=True)
+        lags.append(cross_correlation_shift(rows, seg, min(max_lag, max(1, (b - a) // 3))))
+        w = slope2[a:b]
+        centres.append(float((np.arange(a, b) * w).sum() / max(w.sum(), 1e-300)))
+        weights.append(float(w.sum()))
+    return np.stack(lags, axis=1), np.asarray(centres), np.asarray(weights)
+
+
+def fit_instrument(
+    lags: np.ndarray, basis: np.ndarray, weights: np.ndarray, prior: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pattern MAP fit of window lags (n, w) on the basis (w, 3), Gaussian priors.
+
+    ``prior`` (3,) are the prior standard deviations of the coefficients
+    (``inf``: free; the strain term is free, the zero shift and displacement
+    terms have the spreads a laboratory series shows).  The lag noise of a
+    window is ``sigma^2 / weight`` (weights normalised to a mean of 1), with
+    ``sigma^2`` each pattern's own weighted residual scatter, re-estimated
+    twice.  Returns ``(coefficients (n, 3), posterior standard deviations
+    (n, 3))``: where the three terms cannot be told apart the priors decide,
+    and the strain's deviation grows accordingly.
+    """
+    w = np.asarray(weights, dtype=float)
+    w = w / max(float(w.mean()), 1e-300)
+    precision = np.where(np.isfinite(prior), 1.0 / np.asarray(prior, dtype=float) ** 2, 0.0)
+    gram = (basis * w[:, None]).T @ basis
+    rhs = (lags * w) @ basis  # (n, 3)
+    n, k = lags.shape[0], basis.shape[1]
+    sigma2 = np.ones(n)
+    dof = max(basis.shape[0] - 1, 1)
+    for _ in range(3):
+        coef = np.empty((n, k))
+        cov = np.empty((n, k, k))
+        for i in range(n):
+            cov[i] = np.linalg.inv(gram / sigma2[i] + np.diag(precision))
+            coef[i] = cov[i] @ rhs[i] / sigma2[i]
+        resid = lags - coef @ basis.T
+        sigma2 = np.maximum((resid**2 * w).sum(axis=1) / dof, 1e-6)
+    return coef, np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+
+
+def shift_rows_varying(t: np.ndarray, lag: np.ndarray) -> np.ndarray:
+    """Rows moved by a lag that varies along them: ``out[i, j] = t[i, j + lag[i, j]]``
+    (linear, edges held); ``t`` and ``lag`` (n, m)."""
+    idx = np.arange(t.shape[-1], dtype=float)
+    return np.stack([np.interp(idx + s, idx, row) for row, s in zip(t, lag, strict=True)])

@@ -49,8 +49,11 @@ ALIGNED_EXTRAS = (
     ("lag_offset", "lag_offset_", _REQUIRED),
     ("strain_scale", "strain_scale_", _REQUIRED),
 )
+#: Only in models that separate instrument terms (``config.correct_instrument``).
+INSTRUMENT_EXTRAS = (("strain_sigma_ref", "strain_sigma_ref_", _REQUIRED),)
 #: Attributes kept as Python floats.
 _FLOATS = {
+    "strain_sigma_ref_",
     "latent_scale_",
     "scale_",
     "reconstruction_mse_",
@@ -68,6 +71,8 @@ def save_model(model, path) -> None:
     if aligned:
         arrays.update({key: getattr(model, attr) for key, attr, _ in ALIGNED_ARRAYS})
         extras.update({key: getattr(model, attr) for key, attr, _ in ALIGNED_EXTRAS})
+    if model.config.correct_instrument:
+        extras.update({key: getattr(model, attr) for key, attr, _ in INSTRUMENT_EXTRAS})
     if model.estimators_:
         arrays["ref_features"] = model.ref_features_
         extras["estimators"] = {}
@@ -123,6 +128,8 @@ def load_model(cls, path, **kwargs):
         try:
             _assign(model, ALIGNED_ARRAYS, arrays, path)
             _assign(model, ALIGNED_EXTRAS, extras, path)
+            if model.config.correct_instrument:
+                _assign(model, INSTRUMENT_EXTRAS, extras, path)
         except InputError as exc:
             raise InputError(f"{exc}, part of its reference") from None
     model.estimators_ = {}
