@@ -108,8 +108,8 @@ def test_cli_laboratory_series_and_bad_radius(tmp_path):
         return subprocess.run(
             [
                 sys.executable,
-                "-c",
-                "import sys; from xtec.cli import main; sys.exit(main())",
+                "-m",
+                "xtec",
                 *args,
             ],
             capture_output=True,

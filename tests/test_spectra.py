@@ -112,8 +112,8 @@ def test_no_absorption_channel_is_refused_in_one_line(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            "-c",
-            "import sys; from xtec.cli import main; sys.exit(main())",
+            "-m",
+            "xtec",
             "rankaae",
             "train",
             str(p),
