@@ -9,8 +9,9 @@ Two published methods on PyTorch (the optional ``ml`` extra):
   autoencoder whose latent dimensions follow labelled descriptors (after Liang
   et al., Phys. Rev. Materials 7, 053802, 2023).
 
-Data loaders (CSV, text, NeXus, XDI and Athena/Larch files) and synthetic
-generators live in :mod:`xtec.autoencoder.data` and need no PyTorch; series from
+Data loaders (CSV, text, NeXus, XDI and Athena/Larch files) live in
+:mod:`xtec.io.curves` and synthetic generators in :mod:`xtec.autoencoder.synthetic`
+(both re-exported by :mod:`xtec.autoencoder.data`); they need no PyTorch; series from
 pymatgen's XRDCalculator, an independent simulator, in
 :mod:`xtec.autoencoder.series`.  Importing this package is cheap: names are loaded on first use.
 """
@@ -28,9 +29,9 @@ _EXPORTS = {
     "rank_loss": "rankaae",
     "load_curves": "data",
     "save_curves": "data",
-    "synthetic_alloy_series": "data",
-    "synthetic_spectra": "data",
-    "synthetic_exafs_xanes": "data",
+    "synthetic_alloy_series": "synthetic",
+    "synthetic_spectra": "synthetic",
+    "synthetic_exafs_xanes": "synthetic",
     "pymatgen_series": "series",
 }
 

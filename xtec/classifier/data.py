@@ -11,6 +11,7 @@ import numpy as np
 from xtec.classifier.generator import CrystalGenerator
 from xtec.classifier.simulator import PatternGrid, PowderSimulator, normalise
 from xtec.errors import InputError
+from xtec.io.curves import NEXUS_SUFFIXES, find_nxdata, text_rows
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +111,15 @@ def SyntheticStream(config: SyntheticConfig, batch_size: int, seed: int, stream_
 def read_pattern(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Two-theta (deg) and intensity of a measured pattern, both shape (n,).
 
-    Reads whitespace- or comma-separated text (two columns; lines starting with
-    ``#``, ``!`` or ``'`` and header lines that are not numbers are skipped) and
-    NeXus/HDF5 files (the default NXdata signal and its first axis).
+    Reads whitespace-, comma- or semicolon-separated text (two columns; comment
+    lines and header lines that are not numbers are skipped) and NeXus/HDF5
+    files (the default NXdata signal and its first axis), through the shared
+    readers of :mod:`xtec.io.curves`.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"pattern file not found: {p}")
-    if p.suffix.lower() in (".nxs", ".nx5", ".h5", ".hdf5", ".nx"):
+    if p.suffix.lower() in NEXUS_SUFFIXES:
         x, y = _read_nexus(p)
     else:
         x, y = _read_text(p)
@@ -131,20 +133,13 @@ def read_pattern(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_text(p: Path) -> tuple[np.ndarray, np.ndarray]:
     rows = []
-    try:
-        text = p.read_text(errors="strict")
-    except (UnicodeDecodeError, OSError) as exc:
-        raise InputError(f"{p}: cannot read as text: {exc}") from exc
-    for n, line in enumerate(text.splitlines(), 1):
-        s = line.strip()
-        if not s or s[0] in "#!'%;":
-            continue
-        parts = s.replace(",", " ").replace(";", " ").split()
+    lines, _ = text_rows(p, "text")
+    for n, fields in lines:
         try:
-            vals = [float(v) for v in parts]
+            vals = [float(v) for v in fields]
         except ValueError:
             if rows:
-                raise InputError(f"{p}:{n}: not a number in {line.strip()!r}") from None
+                raise InputError(f"{p}:{n}: not a number in {' '.join(fields)!r}") from None
             continue  # a header line before the data
         if len(vals) < 2:
             raise InputError(f"{p}:{n}: expected two columns (2-theta, intensity), got {len(vals)}")
@@ -160,8 +155,8 @@ def _read_nexus(p: Path) -> tuple[np.ndarray, np.ndarray]:
 
     try:
         with h5py.File(p, "r") as f:
-            group = _default_nxdata(f)
-            if group is None:
+            group = find_nxdata(f)
+            if group is None or group.attrs.get("signal") is None:
                 raise InputError(f"{p}: no NXdata group with a signal found")
             sig = group.attrs.get("signal")
             sig = sig.decode() if isinstance(sig, bytes) else str(sig)
@@ -178,31 +173,6 @@ def _read_nexus(p: Path) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"{p}: cannot read as NeXus/HDF5: {exc}") from exc
     except KeyError as exc:
         raise InputError(f"{p}: missing dataset {exc}") from exc
-
-
-def _default_nxdata(f):
-    import h5py
-
-    node = f
-    # Follow the NeXus "default" attributes, then fall back to the first NXdata found.
-    for _ in range(3):
-        name = node.attrs.get("default")
-        if name is None:
-            break
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        if name not in node:
-            break
-        node = node[name]
-    if isinstance(node, h5py.Group) and node.attrs.get("signal") is not None:
-        return node
-    found = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Group) and obj.attrs.get("signal") is not None and not found:
-            found.append(obj)
-
-    f.visititems(visit)
-    return found[0] if found else None
 
 
 def resample(two_theta: np.ndarray, intensity: np.ndarray, grid: PatternGrid) -> np.ndarray:
