@@ -213,7 +213,7 @@ class ExtinctionClassifier:
         if main is not None:
             return main
         rest = Peaks(peaks.two_theta[1:], peaks.q[1:], peaks.tol[1:], peaks.intensity[1:])
-        alt = self._analyse(rest, wavelength)
+        alt = self._analyse(rest, wavelength, first_trial_only=True)
         if not alt.indexed:
             return out
         # Every group's score with the first line unexplained, against the full set's.
@@ -236,7 +236,7 @@ class ExtinctionClassifier:
         sub = Peaks(
             peaks.two_theta[strong], peaks.q[strong], peaks.tol[strong], peaks.intensity[strong]
         )
-        alt = self._analyse(sub, wavelength)
+        alt = self._analyse(sub, wavelength, first_trial_only=True)
         if not alt.indexed or alt.unexplained:
             return None
         fit = alt.fit
@@ -253,7 +253,9 @@ class ExtinctionClassifier:
         alt.phases = 2
         return alt
 
-    def _analyse(self, peaks: Peaks, wavelength: float | None = None) -> Analysis:
+    def _analyse(
+        self, peaks: Peaks, wavelength: float | None = None, first_trial_only: bool = False
+    ) -> Analysis:
         pr = self.params
         lam = self.wavelength if wavelength is None else float(wavelength)
         n_obs = len(peaks.q)
@@ -271,7 +273,7 @@ class ExtinctionClassifier:
         best = -np.inf
         fits, sg_fit = [], np.full(230, -1)
         if n_obs >= 2:
-            for zero in pr.zero_trials:
+            for zero in pr.zero_trials[:1] if first_trial_only else pr.zero_trials:
                 if best > full_fit:
                     break
                 trial = (

@@ -16,6 +16,7 @@ The space groups of an indexed cell come from :mod:`xtec.classifier.extinction`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from dataclasses import dataclass
@@ -44,10 +45,13 @@ def _basis(system: str, hkl: np.ndarray) -> np.ndarray:
     raise ParameterError(f"no indexing basis for {system}")
 
 
+@functools.cache
 def _hkl_grid(n: int) -> np.ndarray:
     r = np.arange(-n, n + 1)
     hkl = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    return hkl[np.any(hkl != 0, axis=1)]
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    hkl.flags.writeable = False
+    return hkl
 
 
 @dataclass
@@ -212,14 +216,22 @@ def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
     return Peaks(tt, q, tol, np.asarray(intensity, float))
 
 
+@functools.cache
 def half_grid(system: str, n: int, n_l: int | None = None) -> np.ndarray:
     """Miller indices up to ``n`` (``n_l`` for l) of one half of reciprocal space: every
     distinct Q of the system's metric occurs."""
     hkl = _hkl_grid(max(n, n_l or n))
     hkl = hkl[np.all(np.abs(hkl[:, :2]) <= n, axis=1) & (np.abs(hkl[:, 2]) <= (n_l or n))]
-    if system != "hexagonal":
-        return hkl[np.all(hkl >= 0, axis=1)]
-    return hkl[hkl[:, 2] >= 0]
+    hkl = hkl[np.all(hkl >= 0, axis=1)] if system != "hexagonal" else hkl[hkl[:, 2] >= 0]
+    hkl.flags.writeable = False
+    return hkl
+
+
+@functools.cache
+def _basis_of_grid(system: str, n: int) -> np.ndarray:
+    f = _basis(system, half_grid(system, n))
+    f.flags.writeable = False
+    return f
 
 
 @dataclass
@@ -264,8 +276,7 @@ def refine_cell(
     displacement term beyond ``max_zero`` degrees, or make the cell unphysical, is not
     taken.  ``zero`` is the starting zero shift.
     """
-    hkl = half_grid(system, 12)
-    f = _basis(system, hkl)
+    f = _basis_of_grid(system, 12)
     tt_obs = observed.two_theta
     p = np.asarray(params, float).copy()
     disp = 0.0

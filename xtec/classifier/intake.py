@@ -413,19 +413,28 @@ def ka2_partners(two_theta, height, rad: Radiation, tol) -> np.ndarray:
 def doublet_offset(two_theta, fwhm, rad: Radiation) -> np.ndarray:
     """How far the maximum of a K-alpha1 + K-alpha2 blend lies above K-alpha1.
 
-    Two Gaussians of the observed width, ratio ``ka2_ratio``, at the doublet's
-    separation: about ``r / (1 + r)`` of it when unresolved, 0 when resolved.
+    Two Gaussians at the doublet's separation, ratio ``ka2_ratio``, each as wide as
+    makes the blend's width the observed ``fwhm``: about ``r / (1 + r)`` of the
+    separation when unresolved, 0 when resolved.
     """
     tt = np.asarray(two_theta, float)
     sep = _ka2_separation(tt, rad)
     out = np.zeros(len(tt))
-    u = np.linspace(-0.5, 1.5, 2001)  # in units of the separation
+    u = np.linspace(-3.0, 4.0, 3501)  # in units of the separation
+    r = rad.ka2_ratio
     for i, (s, w) in enumerate(zip(sep, np.asarray(fwhm, float), strict=True)):
         if not (s > 0 and w > 0):
             continue
-        k = 4 * np.log(2) * (s / w) ** 2
-        blend = np.exp(-k * u**2) + rad.ka2_ratio * np.exp(-k * (u - 1) ** 2)
-        out[i] = s * u[blend.argmax()]
+        best = None
+        for w0 in np.linspace(0.3, 1.0, 36) * w:
+            k = 4 * np.log(2) * (s / w0) ** 2
+            blend = np.exp(-k * u**2) + r * np.exp(-k * (u - 1) ** 2)
+            top = blend.argmax()
+            above = np.flatnonzero(blend >= blend[top] / 2)
+            width = (u[above[-1]] - u[above[0]]) * s
+            if best is None or abs(width - w) < best[0]:
+                best = (abs(width - w), s * u[top])
+        out[i] = best[1]
     return out
 
 
