@@ -193,6 +193,24 @@ def _predict_chunk(job):
     return load_classifier(directory).predict_proba(x)
 
 
+def _nn_synthetic(model, args, x, true, types) -> dict:
+    """Nearest neighbour among ``args.nn_bank`` frequency-aware synthetic patterns."""
+    from xtec.classifier import baselines as bl
+    from xtec.classifier import metrics as mt
+
+    data = bl.nn_data_config(model)
+    feats, labels = bl.synthetic_bank(data, args.nn_bank, args.seed, args.workers)
+    scores = bl.NearestNeighbourBaseline(data.space_groups).fit_features(feats, labels).scores(x)
+    out = mt.summarise(
+        true,
+        mt.ranked_space_groups(scores, data.space_groups),
+        types,
+        mt.top_class_systems(scores, data.space_groups),
+    )
+    out["bank_size"] = args.nn_bank
+    return out
+
+
 def _row(name, r):
     bt = r.get("by_type", r)
     return (
@@ -277,17 +295,7 @@ def real(args) -> int:
     )
     # Nearest neighbour among frequency-aware synthetic patterns.
     t = time.perf_counter()
-    data = bl.nn_data_config(model)
-    feats, labels = bl.synthetic_bank(data, args.nn_bank, args.seed, args.workers)
-    nn_syn = bl.NearestNeighbourBaseline(data.space_groups).fit_features(feats, labels)
-    s_syn = nn_syn.scores(xe)
-    rep["nearest_neighbour_synthetic"] = mt.summarise(
-        true,
-        mt.ranked_space_groups(s_syn, data.space_groups),
-        types,
-        mt.top_class_systems(s_syn, data.space_groups),
-    )
-    rep["nearest_neighbour_synthetic"]["bank_size"] = args.nn_bank
+    rep["nearest_neighbour_synthetic"] = _nn_synthetic(model, args, xe, true, types)
     nn_s = time.perf_counter() - t
     networks = []
     if (NETWORK_DIR / "model.safetensors").is_file():
@@ -450,17 +458,7 @@ def lab(args) -> int:
     rep["nearest_neighbour_real_statistics_half_lab"] = mt.summarise(
         true, mt.ranked_space_groups(s_real, sg), types, mt.top_class_systems(s_real, sg)
     )
-    data = bl.nn_data_config(model)
-    feats, labels = bl.synthetic_bank(data, args.nn_bank, args.seed, args.workers)
-    nn_syn = bl.NearestNeighbourBaseline(data.space_groups).fit_features(feats, labels)
-    s_syn = nn_syn.scores(xe)
-    rep["nearest_neighbour_synthetic"] = mt.summarise(
-        true,
-        mt.ranked_space_groups(s_syn, data.space_groups),
-        types,
-        mt.top_class_systems(s_syn, data.space_groups),
-    )
-    rep["nearest_neighbour_synthetic"]["bank_size"] = args.nn_bank
+    rep["nearest_neighbour_synthetic"] = _nn_synthetic(model, args, xe, true, types)
     rep["chance"] = mt.chance_level(true, sg)
     print(f"{len(ev)} evaluation structures of {rep['model']['n_types']} types, lab patterns")
     print(f"{'':34s} {'top-1':>6s} {'top-5':>6s} {'system':>6s}   by type: top-1, top-5, system")

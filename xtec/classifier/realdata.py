@@ -58,6 +58,15 @@ def fetch_avogadro(cache: Path | None = None) -> tuple[list[Path], str | None]:
     return sorted(root.rglob("*.cif")), None
 
 
+def _pip_download(spec: str, dest: Path, sdist: bool = False) -> None:
+    """``pip download --no-deps`` (``--no-binary`` for an sdist) into ``dest``."""
+    name = spec.split("==")[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), spec]
+    if sdist:
+        cmd[5:5] = ["--no-binary", name]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+
+
 def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
     """CIFs of PyPI's ``crystals`` wheel; returns (files, reason if unavailable)."""
     cache = cache or cache_dir()
@@ -65,22 +74,7 @@ def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
     if not root.is_dir():
         dl = cache / "pip"
         try:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "-q",
-                    "-d",
-                    str(dl),
-                    f"crystals=={CRYSTALS_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+            _pip_download(f"crystals=={CRYSTALS_VERSION}", dl)
             wheel = sorted(dl.glob(f"crystals-{CRYSTALS_VERSION}-*.whl"))[-1]
             with zipfile.ZipFile(wheel) as z:
                 for name in z.namelist():
@@ -155,24 +149,7 @@ def fetch_measured_patterns(cache: Path | None = None) -> tuple[dict[str, Path],
     if not target.is_file():
         dl = cache / "pip"
         try:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--no-binary",
-                    "xrayutilities",
-                    "-q",
-                    "-d",
-                    str(dl),
-                    f"xrayutilities=={XRAYUTILITIES_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=600,
-            )
+            _pip_download(f"xrayutilities=={XRAYUTILITIES_VERSION}", dl, sdist=True)
             sdist = sorted(dl.glob(f"xrayutilities-{XRAYUTILITIES_VERSION}.tar.gz"))[-1]
             member = f"xrayutilities-{XRAYUTILITIES_VERSION}/examples/data/LaB6_d500_si_psd.xye.bz2"
             with tarfile.open(sdist) as tar:
