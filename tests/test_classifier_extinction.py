@@ -68,3 +68,17 @@ def test_figures_of_merit_of_a_perfect_cell():
     m = figures_of_merit(calc, peaks, LAM)
     assert m["n_lines"] == len(peaks.q) and m["n_calc"] == len(peaks.q)
     assert m["M"] > 1000 and m["F"] > 100
+
+
+def test_a_not_indexed_answer_is_reported_with_a_low_probability():
+    from xtec.classifier.predictor import temper_unindexed
+    from xtec.classifier.symmetry import system_scores
+
+    p = np.zeros(230)
+    p[11], p[13] = 0.6, 0.3  # C2/m, P2_1/c
+    p[0] = 0.1
+    t = temper_unindexed(p)
+    assert t.sum() == pytest.approx(1) and np.array_equal(
+        np.argsort(-t, kind="stable"), np.argsort(-p, kind="stable")
+    )
+    assert t.max() < 0.31 and system_scores(t[None], np.arange(1, 231))[0].max() < 0.5

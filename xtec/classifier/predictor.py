@@ -195,6 +195,8 @@ def predict_files(
             msg = str(exc)
             raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
         sgs = np.asarray(model.space_groups)
+        if analysis is not None and not analysis.indexed and analysis.phases == 1:
+            probs = temper_unindexed(probs)
         sp = system_scores(probs[None], sgs)[0]
         order = np.argsort(-probs)[:top]
         r = {
@@ -215,6 +217,18 @@ def predict_files(
         if keep is not None:
             keep.append((x, y, analysis, found, rad))
     return results
+
+
+#: Weight of the uniform distribution mixed into the answer of a pattern that no cell
+#: indexes: the low-symmetry hypothesis won only by elimination, so its probabilities are
+#: reported halved (the ranking is unchanged).
+UNINDEXED_UNIFORM = 0.5
+
+
+def temper_unindexed(probs: np.ndarray) -> np.ndarray:
+    """Probabilities of a "not indexed" answer, mixed with the uniform distribution."""
+    p = np.asarray(probs, float)
+    return (1 - UNINDEXED_UNIFORM) * p + UNINDEXED_UNIFORM / p.size
 
 
 def _file_radiation(lam: float | None) -> Radiation:
