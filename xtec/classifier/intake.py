@@ -5,9 +5,10 @@
 * **Background** (:func:`snip_background`): the SNIP clipping filter (Ryan et al. 1988,
   Morhac et al. 1997) on the log-log-square-root transformed counts, window in degrees,
   so a low-angle rise and an amorphous hump stay in the background and peaks do not.
-* **K-alpha2** (:func:`strip_ka2`): Rachinger's correction, point by point from low angle,
-  for any 2-theta grid; :func:`ka2_present` checks resolved doublets first (a pattern
-  measured with K-alpha1 only is left alone).
+* **K-alpha2**: by default each line is a K-alpha1 + K-alpha2 doublet (resolved
+  K-alpha2 lines dropped by :func:`ka2_partners`, blended maxima moved to K-alpha1 by
+  :func:`doublet_offset`); or Rachinger's correction (:func:`strip_ka2`), point by point
+  from low angle, for any 2-theta grid.
 * **Noise** (:func:`poisson_gain`): counts are Poisson, so the variance is a gain times the
   counts; the gain comes from the second differences of the data (1 for raw counts; any
   scaled intensity works).  Noise-free (simulated) patterns get a relative floor.
@@ -277,32 +278,6 @@ class FoundPeaks:
     net: np.ndarray  # per point: stripped, background-free signal
     gain: float
     ka2_stripped: bool
-
-
-def ka2_present(two_theta, net, rad: Radiation, fwhm: float) -> bool:
-    """True unless resolved doublets of the strongest lines show no K-alpha2 shoulder.
-
-    Looks at lines above 2-theta where the doublet separation exceeds the peak width; if
-    none is resolved, assumes the anode's K-alpha2 is there (as in most lab patterns).
-    """
-    if rad.ka2 is None:
-        return False
-    x = np.asarray(two_theta, float)
-    y = np.asarray(net, float)
-    s = np.clip(rad.ka2 / rad.wavelength * np.sin(np.radians(x / 2)), -1, 1)
-    sep = 2 * np.degrees(np.arcsin(s)) - x
-    from scipy.signal import find_peaks
-
-    idx, _ = find_peaks(y, prominence=0.05 * y.max())
-    idx = idx[sep[idx] > 1.5 * fwhm]
-    if len(idx) == 0:
-        return True
-    idx = idx[np.argsort(-y[idx])][:8]
-    ratios = []
-    for i in idx:
-        at = np.interp(x[i] + sep[i], x, y)
-        ratios.append(at / y[i])
-    return bool(np.median(ratios) > 0.2)
 
 
 def search_peaks(
