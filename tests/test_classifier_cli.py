@@ -57,7 +57,7 @@ def pattern_files(tmp_path_factory):
     (d / "one_column.txt").write_text("\n".join(str(v) for v in y))
     (d / "words.txt").write_text("2theta counts\n10 5\n11 five\n")
     (d / "binary.dat").write_bytes(bytes(range(256)) * 4)
-    np.savetxt(d / "far.xy", np.c_[np.linspace(100, 120, 50), np.ones(50)])
+    np.savetxt(d / "far.xy", np.c_[np.linspace(100, 120, 50), np.linspace(1, 2, 50)])
     return d
 
 
@@ -92,9 +92,9 @@ def test_predict_reads_text_csv_and_nexus(tiny_model, pattern_files, capsys):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("missing.xy", "not found"),
-        ("one_column.txt", "two columns"),
-        ("words.txt", "not a number"),
+        ("missing.xy", "no such file"),
+        ("one_column.txt", "no numeric data"),
+        ("words.txt", "expected two numeric columns"),
         ("binary.dat", "cannot read"),
         ("far.xy", "outside"),
     ],

@@ -7,12 +7,8 @@ pytest.importorskip("pymatgen")
 pytest.importorskip("pyxtal")
 spglib = pytest.importorskip("spglib")
 
-from xtec.classifier.indexing import (  # noqa: E402
-    ExtinctionClassifier,
-    allowed_mask,
-    find_peaks,
-    index_cells,
-)
+from xtec.classifier.extinction import ExtinctionClassifier, allowed_mask  # noqa: E402
+from xtec.classifier.indexing import find_peaks, index_cells  # noqa: E402
 from xtec.classifier.simulator import PowderSimulator  # noqa: E402
 from xtec.classifier.statistics import FrequencyTable, count  # noqa: E402
 from xtec.classifier.structures import installed_structure_files, load_structures  # noqa: E402

@@ -65,13 +65,54 @@ def register(subparsers) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
 
-    q = sub.add_parser("predict", help="space groups of measured patterns")
+    q = sub.add_parser(
+        "predict",
+        help="space groups of powder patterns (lab or synchrotron, counts)",
+        description="Find the lines (background, counting noise, K-alpha2), index them "
+        "(zero shift refined), rank the space groups by their absences and frequency.",
+    )
     q.add_argument(
-        "patterns", nargs="+", metavar="PATTERN", help="two-column text/CSV or NeXus files"
+        "patterns",
+        nargs="+",
+        metavar="PATTERN",
+        help="xy/xye/dat text, CSV, GSAS (.gsa/.raw/.fxye), start-step-end or NeXus files",
     )
     q.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     q.add_argument("--top", type=int, default=5, help="candidates to list (default 5)")
+    q.add_argument(
+        "--wavelength",
+        default=None,
+        help="anode (Cu, Co, Mo, Ag, Cr, Fe: K-alpha1+2; CuKa1: K-alpha1 only) or angstrom "
+        "(monochromatic); default: the file's, else Cu",
+    )
+    q.add_argument(
+        "--ka2",
+        choices=["auto", "strip", "none"],
+        default=None,
+        help="K-alpha2: auto (doublet model: resolved K-alpha2 lines dropped, blends moved to "
+        "K-alpha1), strip (Rachinger), none; default: the model's (auto)",
+    )
+    q.add_argument(
+        "--axis",
+        choices=["2theta", "q", "d", "energy"],
+        default="2theta",
+        help="first column: 2-theta (deg, default), q (1/A), d (A) or energy (keV, "
+        "energy-dispersive)",
+    )
+    q.add_argument(
+        "--energy-angle",
+        type=float,
+        default=None,
+        help="2-theta (deg) of an energy-dispersive scan",
+    )
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="draw the pattern, background, lines found and indexed positions (one file: "
+        "PNG; several: PNG_<n>.png)",
+    )
     q.set_defaults(func=_predict)
 
     e = sub.add_parser("evaluate", help="accuracy on real structures from CIF files")
@@ -182,17 +223,36 @@ def _train(args) -> int:
 
 
 def _predict(args) -> int:
-    from xtec.classifier.predictor import predict_files
+    from xtec.classifier.predictor import plot_files, predict_files
 
-    results = predict_files(args.patterns, args.model, args.top)
+    keep = [] if args.plot else None
+    results = predict_files(
+        args.patterns,
+        args.model,
+        args.top,
+        wavelength=args.wavelength,
+        ka2=args.ka2,
+        keep=keep,
+        axis=args.axis,
+        energy_angle=args.energy_angle,
+    )
+    if args.plot:
+        for r, f in zip(results, plot_files(args.plot, results, keep), strict=True):
+            r["plot"] = str(f)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     for r in results:
         cands = ", ".join(f"{c['number']} ({c['probability']:.2f})" for c in r["space_groups"])
+        status = f" [{r['status']}]" if "status" in r else ""
         print(
-            f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); space groups {cands}"
+            f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); "
+            f"space groups {cands}{status}"
         )
+        if "reason" in r:
+            print(f"  {r['reason']}")
+        if "plot" in r:
+            print(f"  figure written to {r['plot']}")
     return 0
 
 

@@ -1,31 +1,17 @@
-"""Space groups from a powder pattern by indexing and systematic absences.
+"""Indexing a powder pattern: lines, trial cells, refinement, figures of merit.
 
-The classical crystallographer's route, made automatic: find the peaks, index them
-(find a unit cell whose reciprocal metric puts a reflection at every observed line),
-compare the lines each space-group setting allows with the lines observed, and rank the
-space groups by that likelihood times their frequency in real crystals (a table counted
-from real structures, :mod:`xtec.classifier.statistics`).
+* Lines of a noise-free pattern (:func:`find_peaks`): local maxima above ``threshold``
+  of the strongest, positions from a parabola through the log-intensity (exact for
+  Gaussian peaks).  Measured patterns go through :mod:`xtec.classifier.intake` first.
+* Trial cells (:func:`index_cells`): for cubic, tetragonal, hexagonal (trigonal groups on
+  hexagonal axes) and orthorhombic cells, solved from a few low-angle lines assigned
+  low Miller indices (the linear method of TREOR/ITO), kept if they index the first
+  lines, refined by weighted least squares.
+* Refinement with the instrument (:func:`refine_cell`): cell, zero shift and sample
+  displacement by least squares in 2-theta.
+* Figures of merit (:func:`figures_of_merit`): de Wolff's M20 and Smith & Snyder's F_N.
 
-* Peaks: local maxima of the intensity above ``threshold`` of the strongest, positions
-  refined by a parabola through the log-intensity (exact for Gaussian peaks).
-* Indexing: for cubic, tetragonal, hexagonal (trigonal groups use hexagonal axes) and
-  orthorhombic cells, trial cells are solved from a few low-angle lines assigned low
-  Miller indices (the linear method of TREOR/ITO), kept if they index the first lines,
-  refined by least squares and scored.  Monoclinic and triclinic cells are not indexed
-  (four and six parameters are too many trials for this budget); those groups get a
-  fixed "no cell needed" likelihood, so they win when no higher-symmetry cell explains
-  the pattern.
-* Extinctions: a reflection h is absent in a setting when an operation (R, t) of the
-  setting has ``h R = h`` and ``h . t`` not an integer.  All settings (spglib's Hall
-  numbers, hexagonal axes for R groups) are tried, so axis order does not matter.
-* Likelihood: each allowed line is seen with probability ``1 - p_miss`` (weak or
-  overlapped lines go missing), each observed line that no allowed reflection explains
-  costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
-  a lower-symmetry cell that fits only as well as a higher one loses.
-
-Space groups that share a lattice and an extinction symbol (e.g. P2/m, P2 and Pm, or
-Pnma and Pna2_1) cannot be told apart by line positions; the frequency prior orders
-them, which is also what a crystallographer does.
+The space groups of an indexed cell come from :mod:`xtec.classifier.extinction`.
 """
 
 from __future__ import annotations
@@ -37,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
 from xtec.errors import InputError, ParameterError
 
 log = logging.getLogger(__name__)
@@ -60,59 +45,13 @@ def _basis(system: str, hkl: np.ndarray) -> np.ndarray:
     raise ParameterError(f"no indexing basis for {system}")
 
 
+@functools.cache
 def _hkl_grid(n: int) -> np.ndarray:
     r = np.arange(-n, n + 1)
     hkl = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    return hkl[np.any(hkl != 0, axis=1)]
-
-
-@functools.cache
-def _settings(system: str) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
-    """(space group, rotations, translations) of every spglib setting of a system.
-
-    Trigonal and hexagonal groups are both tried on hexagonal cells (rhombohedral
-    groups in their hexagonal setting).
-    """
-    import spglib
-
-    systems = ("trigonal", "hexagonal") if system == "hexagonal" else (system,)
-    out = []
-    for hall in range(1, 531):
-        t = spglib.get_spacegroup_type(hall)
-        if CRYSTAL_SYSTEMS[crystal_system_index(t.number)] not in systems or t.choice == "R":
-            continue
-        sym = spglib.get_symmetry_from_database(hall)
-        out.append((int(t.number), np.asarray(sym["rotations"]), np.asarray(sym["translations"])))
-    return tuple(out)
-
-
-def allowed_mask(hkl: np.ndarray, rotations: np.ndarray, translations: np.ndarray) -> np.ndarray:
-    """True where reflection ``hkl`` (M, 3) is not systematically absent, shape (M,)."""
-    ok = np.ones(len(hkl), bool)
-    for r, t in zip(rotations, translations, strict=True):
-        fixed = np.all(hkl @ r == hkl, axis=1)
-        phase = hkl @ t
-        ok &= ~(fixed & (np.abs(phase - np.round(phase)) > 1e-6))
-    return ok
-
-
-@functools.cache
-def _extinction_classes(system: str, n: int):
-    """Distinct absence patterns of a system on the hkl grid of size ``n``.
-
-    Returns the grid (M, 3), the masks (C, M) and for every class the space groups
-    (a tuple of sorted numbers) whose settings produce it.
-    """
-    hkl = _hkl_grid(n)
-    small = _hkl_grid(6)  # every reflection condition (up to 6n) shows on this grid
-    classes: dict[bytes, tuple[int, set]] = {}
-    settings = _settings(system)
-    for i, (sg, rot, tr) in enumerate(settings):
-        key = np.packbits(allowed_mask(small, rot, tr)).tobytes()
-        classes.setdefault(key, (i, set()))[1].add(sg)
-    ms = np.array([allowed_mask(hkl, *settings[i][1:]) for i, _ in classes.values()])
-    groups = tuple(tuple(sorted(v[1])) for v in classes.values())
-    return hkl, ms, groups
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    hkl.flags.writeable = False
+    return hkl
 
 
 @dataclass
@@ -232,16 +171,9 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     if len(cells) == 0:
         return []
 
-    def half_grid(n, n_l=None):
-        hkl = _hkl_grid(max(n, n_l or n))
-        hkl = hkl[np.all(np.abs(hkl[:, :2]) <= n, axis=1) & (np.abs(hkl[:, 2]) <= (n_l or n))]
-        if system != "hexagonal":
-            return hkl[np.all(hkl >= 0, axis=1)]
-        return hkl[hkl[:, 2] >= 0]
-
     # Low lines have low indices: screen with indices up to 5, refine with more.
     # (Long c axes, as in rhombohedral cells on hexagonal axes, get l up to 10.)
-    f = np.unique(_basis(system, half_grid(5, 10 if p == 2 else 5)), axis=0)
+    f = np.unique(_basis(system, half_grid(system, 5, 10 if p == 2 else 5)), axis=0)
     f = f.astype(np.float32)
     cells32 = cells.astype(np.float32)
     # Screen on the first ten lines, widened tolerance (trial cells are not refined yet);
@@ -263,7 +195,7 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     # Fewest calculated lines up to the last observed one: the smallest cell that indexes.
     n_calc = ((cand @ f.T) <= peaks.q[-1] + peaks.tol[-1]).sum(1)
     order = np.argsort(n_calc, kind="stable")[: 2 * keep]
-    hkl = half_grid(int(min(12, np.ceil(np.sqrt(peaks.q[-1] / cand[order].min())) + 1)))
+    hkl = half_grid(system, int(min(12, np.ceil(np.sqrt(peaks.q[-1] / cand[order].min())) + 1)))
     out = []
     for params in cand[order]:
         r = _refine(system, params, peaks, hkl)
@@ -272,108 +204,153 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     return out[:keep]
 
 
-def _line_likelihood(
-    calc_q: np.ndarray, peaks: Peaks, p_miss: float, p_unexplained: float
-) -> float:
-    """Log-likelihood of the observed lines given the allowed lines ``calc_q``."""
-    q, tol = peaks.q, peaks.tol
-    qmax = q[-1] + tol[-1]
-    c = np.sort(calc_q[calc_q <= qmax])
-    if len(c) == 0:
-        return len(q) * np.log(p_unexplained)
-    # Merge calculated lines closer than the tolerance at their position.
-    tol_c = np.interp(c, q, tol)
-    new = np.concatenate([[True], np.diff(c) > tol_c[1:]])
-    lines = c[new]
-    ltol = tol_c[new]
-    d = np.abs(lines[:, None] - q[None, :])
-    seen = (d <= np.maximum(ltol[:, None], tol[None, :])).any(1)
-    explained = (d <= np.maximum(ltol[:, None], tol[None, :])).any(0)
-    return float(
-        seen.sum() * np.log(1 - p_miss)
-        + (~seen).sum() * np.log(p_miss)
-        + (~explained).sum() * np.log(p_unexplained)
+def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
+    """:class:`Peaks` of lines at ``two_theta`` (degrees), tolerance in degrees (scalar or
+    per line) turned into Q."""
+    tt = np.asarray(two_theta, float)
+    theta = np.radians(tt / 2)
+    q = (2 * np.sin(theta) / wavelength) ** 2
+    tol = (
+        2 * np.sin(2 * theta) / wavelength**2 * np.radians(np.broadcast_to(tol_two_theta, tt.shape))
     )
+    return Peaks(tt, q, tol, np.asarray(intensity, float))
+
+
+@functools.cache
+def half_grid(system: str, n: int, n_l: int | None = None) -> np.ndarray:
+    """Miller indices up to ``n`` (``n_l`` for l) of one half of reciprocal space: every
+    distinct Q of the system's metric occurs."""
+    hkl = _hkl_grid(max(n, n_l or n))
+    hkl = hkl[np.all(np.abs(hkl[:, :2]) <= n, axis=1) & (np.abs(hkl[:, 2]) <= (n_l or n))]
+    hkl = hkl[np.all(hkl >= 0, axis=1)] if system != "hexagonal" else hkl[hkl[:, 2] >= 0]
+    hkl.flags.writeable = False
+    return hkl
+
+
+@functools.cache
+def _basis_of_grid(system: str, n: int) -> np.ndarray:
+    f = _basis(system, half_grid(system, n))
+    f.flags.writeable = False
+    return f
 
 
 @dataclass
-class ExtinctionParams:
-    """Tunable constants of :class:`ExtinctionClassifier` (saved with the model)."""
+class CellFit:
+    """A cell refined with the zero shift (and sample displacement) of the pattern.
 
-    threshold: float = 0.002
-    tol_two_theta: float = 0.03
-    max_peaks: int = 20
-    p_miss: float = 0.3
-    p_unexplained: float = 1e-3
-    occam: float = 3.0
-    # Expected log-likelihood per observed line of an unindexed (monoclinic/triclinic) cell.
-    low_symmetry_per_line: float = -1.2
-
-
-class ExtinctionClassifier:
-    """Ranks the 230 space groups of a powder pattern: indexing x extinctions x prior.
-
-    Parameters
-    ----------
-    prior : ndarray, shape (230,)
-        Probabilities of space groups 1..230 (e.g. counted from real structures).
-    params : ExtinctionParams, optional
-    wavelength : float
-        Angstrom (Cu K-alpha1 by default).
+    ``peaks`` are the observed lines corrected by both: ``2theta - zero - displacement *
+    cos(theta)``.  ``rms`` is the root-mean-square 2-theta misfit of the indexed lines.
     """
 
-    space_groups = np.arange(1, 231)
+    system: str
+    params: np.ndarray
+    zero: float
+    displacement: float
+    peaks: Peaks
+    n_indexed: int
+    rms: float
 
-    def __init__(self, prior, params: ExtinctionParams | None = None, wavelength: float = 1.5406):
-        prior = np.asarray(prior, float)
-        if prior.shape != (230,) or np.any(prior < 0) or prior.sum() <= 0:
-            raise ParameterError("prior must hold 230 non-negative numbers with a positive sum")
-        self.log_prior = np.log(np.maximum(prior / prior.sum(), 1e-12))
-        self.params = params or ExtinctionParams()
-        self.wavelength = float(wavelength)
+    def lengths(self) -> list[float]:
+        """Cell edges in angstrom (a, [b,] c as the system has them)."""
+        p = np.asarray(self.params, float)
+        if self.system == "hexagonal":
+            return [float(np.sqrt(4 / (3 * p[0]))), float(1 / np.sqrt(p[1]))]
+        return [float(1 / np.sqrt(v)) for v in p]
 
-    def log_scores(self, two_theta: np.ndarray, intensity: np.ndarray) -> np.ndarray:
-        """Unnormalised log-probabilities of space groups 1..230, shape (230,)."""
-        pr = self.params
-        peaks = find_peaks(
-            two_theta, intensity, self.wavelength, pr.threshold, pr.tol_two_theta, pr.max_peaks
-        )
-        n_obs = len(peaks.q)
-        sg_ll = np.full(230, -np.inf)
-        sys_idx = np.asarray(crystal_system_index(self.space_groups))
-        low = np.isin(
-            sys_idx, [CRYSTAL_SYSTEMS.index("triclinic"), CRYSTAL_SYSTEMS.index("monoclinic")]
-        )
-        sg_ll[low] = pr.low_symmetry_per_line * n_obs - pr.occam * 4
-        # All lines explained, at most a third of the allowed lines missing.
-        full_fit = n_obs * np.log(1 - pr.p_miss) + n_obs / 2 * np.log(pr.p_miss) - pr.occam * 2
-        best = -np.inf
-        if n_obs >= 2:
-            for system, n_par in INDEXED_SYSTEMS.items():
-                if best > full_fit:
-                    # A higher-symmetry cell already explains every line: a lower one
-                    # could only match it, and it pays for its extra parameters.
-                    break
-                hkl, masks, groups = _extinction_classes(system, 10 if n_par > 1 else 14)
-                basis = _basis(system, hkl)
-                for params in index_cells(system, peaks):
-                    calc = basis @ params
-                    for m, sgs in zip(masks, groups, strict=True):
-                        ll = _line_likelihood(calc[m], peaks, pr.p_miss, pr.p_unexplained)
-                        ll -= pr.occam * n_par
-                        idx = np.asarray(sgs) - 1
-                        sg_ll[idx] = np.maximum(sg_ll[idx], ll)
-                        best = max(best, ll)
-        if not np.isfinite(sg_ll).any():
-            sg_ll[:] = 0.0
-        return np.where(np.isfinite(sg_ll), sg_ll, -1e6) + self.log_prior
 
-    def predict_proba(self, two_theta: np.ndarray, intensity: np.ndarray) -> np.ndarray:
-        """Space-group probabilities (230,) of one pattern (linear intensity)."""
-        s = self.log_scores(two_theta, intensity)
-        s = np.exp(s - s.max())
-        return s / s.sum()
+def refine_cell(
+    system: str,
+    params: np.ndarray,
+    observed: Peaks,
+    wavelength: float,
+    max_zero: float = 0.15,
+    displacement: bool = True,
+    iterations: int = 4,
+    zero: float = 0.0,
+) -> CellFit:
+    """Least squares in 2-theta of the cell, the zero shift and (with at least four more
+    indexed lines than parameters) the sample displacement ``D cos(theta)``.
 
-    def predict_proba_many(self, two_theta: np.ndarray, patterns: np.ndarray) -> np.ndarray:
-        """Probabilities (n, 230) of patterns (n, n_points) sharing one 2-theta grid."""
-        return np.array([self.predict_proba(two_theta, p) for p in np.atleast_2d(patterns)])
+    Lines are assigned to their nearest calculated reflection (within twice their
+    tolerance) at every iteration; a step that would put the zero shift or the
+    displacement term beyond ``max_zero`` degrees, or make the cell unphysical, is not
+    taken.  ``zero`` is the starting zero shift.
+    """
+    f = _basis_of_grid(system, 12)
+    tt_obs = observed.two_theta
+    p = np.asarray(params, float).copy()
+    disp = 0.0
+    best = None
+    for _ in range(iterations):
+        cos_t = np.cos(np.radians(tt_obs / 2))
+        cur = peaks_at(tt_obs - zero - disp * cos_t, observed.intensity, wavelength, 0.0)
+        cur.tol = observed.tol
+        calc = f @ p
+        d = np.abs(calc[None, :] - cur.q[:, None])
+        pick = d.argmin(1)
+        ok = d[np.arange(len(cur.q)), pick] <= 2 * observed.tol
+        n_par = len(p)
+        if ok.sum() < n_par + 2:
+            break
+        fq = f[pick[ok]]
+        q = np.maximum(fq @ p, 1e-12)
+        s = np.clip(wavelength * np.sqrt(q) / 2, -1, 1)
+        tt_calc = np.degrees(2 * np.arcsin(s))
+        theta = np.radians(tt_calc / 2)
+        # d(2theta)/dQ in degrees.
+        dtt = np.degrees(wavelength / (2 * np.sqrt(q) * np.cos(theta)))
+        cols = [fq * dtt[:, None], np.ones(ok.sum())]
+        use_disp = displacement and ok.sum() >= n_par + 6
+        if use_disp:
+            cols.append(np.cos(theta))
+        a = np.column_stack(cols)
+        resid = tt_obs[ok] - (tt_calc + zero + disp * np.cos(theta))
+        rms = float(np.sqrt(np.mean(resid**2)))
+        if best is None or ok.sum() > best[-2] or (ok.sum() == best[-2] and rms < best[-1]):
+            best = (p.copy(), zero, disp, int(ok.sum()), rms)
+        # Scale the columns for a well-conditioned solve.
+        scale = np.maximum(np.abs(a).max(0), 1e-30)
+        step, *_ = np.linalg.lstsq(a / scale, resid, rcond=None)
+        step = step / scale
+        new_p = p + step[:n_par]
+        new_zero = zero + step[n_par]
+        new_disp = disp + (step[n_par + 1] if use_disp else 0.0)
+        if np.any(new_p <= 0) or abs(new_zero) > max_zero or abs(new_disp) > max_zero:
+            break
+        p, zero, disp = new_p, new_zero, new_disp
+    if best is None:
+        return CellFit(system, np.asarray(params, float), 0.0, 0.0, observed, 0, np.inf)
+    p, zero, disp, n_ok, rms = best
+    cos_t = np.cos(np.radians(tt_obs / 2))
+    corrected = peaks_at(tt_obs - zero - disp * cos_t, observed.intensity, wavelength, 0.0)
+    corrected.tol = observed.tol
+    return CellFit(system, p, float(zero), float(disp), corrected, n_ok, rms)
+
+
+def figures_of_merit(calc_q: np.ndarray, peaks: Peaks, wavelength: float, n: int = 20) -> dict:
+    """de Wolff's M_N and Smith & Snyder's F_N of a cell for the first ``n`` lines.
+
+    ``calc_q`` are the cell's allowed reflections (Q = 1/d^2).  M_N = Q_N / (2 <dQ> N_calc)
+    and F_N = N / (<|d 2theta|> N_calc), with N_calc the distinct calculated lines up to
+    the N-th observed one and the mean discrepancies over the lines each indexes.
+    """
+    q_obs = peaks.q[:n]
+    if len(q_obs) == 0:
+        return {"n_lines": 0, "M": 0.0, "F": 0.0, "n_calc": 0}
+    qn = q_obs[-1]
+    c = np.unique(np.round(np.sort(calc_q[calc_q <= qn * (1 + 1e-6)]), 10))
+    if len(c) == 0:
+        return {"n_lines": int(len(q_obs)), "M": 0.0, "F": 0.0, "n_calc": 0}
+    near = c[np.abs(c[None, :] - q_obs[:, None]).argmin(1)]
+    dq = np.abs(near - q_obs)
+    tt_c = np.degrees(2 * np.arcsin(np.clip(wavelength * np.sqrt(near) / 2, -1, 1)))
+    dtt = np.abs(tt_c - peaks.two_theta[:n])
+    m = qn / (2 * max(dq.mean(), 1e-12) * len(c))
+    f = len(q_obs) / (max(dtt.mean(), 1e-6) * len(c))
+    return {
+        "n_lines": int(len(q_obs)),
+        "M": float(m),
+        "F": float(f),
+        "n_calc": int(len(c)),
+        "mean_abs_d2theta": float(dtt.mean()),
+    }

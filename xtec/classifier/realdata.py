@@ -48,28 +48,23 @@ def fetch_avogadro(cache: Path | None = None) -> tuple[list[Path], str | None]:
     cache = cache or cache_dir()
     root = cache / "avogadro" / "usr/share/avogadro2/crystals"
     if not root.is_dir():
-        if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
-            return [], "apt-get/dpkg not available"
-        work = cache / "deb"
-        work.mkdir(exist_ok=True)
-        try:
-            subprocess.run(
-                ["apt-get", "download", "libavogadro-data"],
-                cwd=work,
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-            deb = sorted(work.glob("libavogadro-data_*.deb"))[-1]
-            subprocess.run(
-                ["dpkg", "-x", str(deb), str(cache / "avogadro")],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
-        except (subprocess.SubprocessError, OSError, IndexError) as exc:
-            return [], f"apt-get download libavogadro-data failed ({type(exc).__name__})"
+        if (cache / "libavogadro-data").is_dir():
+            root = cache / "libavogadro-data" / "usr/share/avogadro2/crystals"
+        else:
+            why = _apt_extract("libavogadro-data", cache)
+            if why:
+                return [], why
+            root = cache / "libavogadro-data" / "usr/share/avogadro2/crystals"
     return sorted(root.rglob("*.cif")), None
+
+
+def _pip_download(spec: str, dest: Path, sdist: bool = False) -> None:
+    """``pip download --no-deps`` (``--no-binary`` for an sdist) into ``dest``."""
+    name = spec.split("==")[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), spec]
+    if sdist:
+        cmd[5:5] = ["--no-binary", name]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
 
 
 def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
@@ -79,22 +74,7 @@ def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
     if not root.is_dir():
         dl = cache / "pip"
         try:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "-q",
-                    "-d",
-                    str(dl),
-                    f"crystals=={CRYSTALS_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=300,
-            )
+            _pip_download(f"crystals=={CRYSTALS_VERSION}", dl)
             wheel = sorted(dl.glob(f"crystals-{CRYSTALS_VERSION}-*.whl"))[-1]
             with zipfile.ZipFile(wheel) as z:
                 for name in z.namelist():
@@ -103,6 +83,84 @@ def fetch_crystals(cache: Path | None = None) -> tuple[list[Path], str | None]:
         except (subprocess.SubprocessError, OSError, IndexError, zipfile.BadZipFile) as exc:
             return [], f"pip download crystals=={CRYSTALS_VERSION} failed ({type(exc).__name__})"
     return sorted(root.glob("*.cif")), None
+
+
+def _apt_extract(package: str, cache: Path) -> str | None:
+    """``apt-get download PACKAGE`` + ``dpkg -x`` into ``cache / package``; the reason on failure."""
+    if (cache / package).is_dir():
+        return None
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        return "apt-get/dpkg not available"
+    work = cache / "deb"
+    work.mkdir(exist_ok=True)
+    try:
+        subprocess.run(
+            ["apt-get", "download", package], cwd=work, check=True, capture_output=True, timeout=300
+        )
+        deb = sorted(work.glob(f"{package}_*.deb"))[-1]
+        subprocess.run(
+            ["dpkg", "-x", str(deb), str(cache / package)],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (subprocess.SubprocessError, OSError, IndexError) as exc:
+        return f"apt-get download {package} failed ({type(exc).__name__})"
+    return None
+
+
+XRAYUTILITIES_VERSION = "1.8.0"
+
+#: Measured powder patterns in registry packages: name -> (source, known answer).
+MEASURED = {
+    "LaB6": ("PyPI sdist xrayutilities 1.8.0, LaB6_d500_si_psd.xye (Cu K-alpha1+2)", 221),
+    "NaCl": ("Debian fityk, samples/nacl01.dat (energy-dispersive, keV)", 225),
+    "PbSO4": ("Debian objcryst-fox, tutorial-pbso4/xray.dat (Cu K-alpha1+2)", 62),
+    "SiC_Zn": ("Debian fityk, samples/SiC_Zn.dat (Cu K-alpha1; SiC F-43m + Zn P6_3/mmc)", 194),
+}
+
+
+def fetch_measured_patterns(cache: Path | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """The measured patterns of :data:`MEASURED` as files, and why any is unavailable."""
+    import bz2
+    import gzip
+    import tarfile
+
+    cache = cache or cache_dir()
+    out, missing = {}, {}
+    why = _apt_extract("fityk", cache)
+    samples = cache / "fityk" / "usr/share/fityk/samples"
+    for name, file in (("NaCl", "nacl01.dat"), ("SiC_Zn", "SiC_Zn.dat")):
+        if (samples / file).is_file():
+            out[name] = samples / file
+        else:
+            missing[name] = why or f"{file} not in fityk"
+    why = _apt_extract("objcryst-fox", cache)
+    gz = cache / "objcryst-fox/usr/share/doc/objcryst-fox/example/tutorial-pbso4/xray.dat.gz"
+    target = cache / "measured" / "pbso4_xray.dat"
+    if gz.is_file() and not target.is_file():
+        target.parent.mkdir(exist_ok=True)
+        target.write_bytes(gzip.decompress(gz.read_bytes()))
+    if target.is_file():
+        out["PbSO4"] = target
+    else:
+        missing["PbSO4"] = why or "xray.dat.gz not in objcryst-fox"
+    target = cache / "measured" / "LaB6_d500_si_psd.xye"
+    if not target.is_file():
+        dl = cache / "pip"
+        try:
+            _pip_download(f"xrayutilities=={XRAYUTILITIES_VERSION}", dl, sdist=True)
+            sdist = sorted(dl.glob(f"xrayutilities-{XRAYUTILITIES_VERSION}.tar.gz"))[-1]
+            member = f"xrayutilities-{XRAYUTILITIES_VERSION}/examples/data/LaB6_d500_si_psd.xye.bz2"
+            with tarfile.open(sdist) as tar:
+                data = tar.extractfile(member).read()
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(bz2.decompress(data))
+        except (subprocess.SubprocessError, OSError, IndexError, KeyError, tarfile.TarError) as exc:
+            missing["LaB6"] = f"pip download xrayutilities failed ({type(exc).__name__})"
+    if target.is_file():
+        out["LaB6"] = target
+    return out, missing
 
 
 def collect_files(cache: Path | None = None) -> tuple[dict[str, list[Path]], dict[str, str]]:

@@ -117,7 +117,11 @@ def equivalent_classes(hkl: np.ndarray, rotations: np.ndarray) -> tuple[np.ndarr
 
 
 def reflection_intensities(
-    crystal, wavelength: float, two_theta_range: tuple[float, float], dtype=np.float64
+    crystal,
+    wavelength: float,
+    two_theta_range: tuple[float, float],
+    dtype=np.float64,
+    return_hkl: bool = False,
 ):
     """Two-theta (deg) and Lorentz-polarised intensities |F|^2 LP of the reflections.
 
@@ -126,13 +130,14 @@ def reflection_intensities(
     them one entry per class of equivalent reflections, intensity times class size.
     ``dtype=np.float32`` computes the phase factors in single precision (faster; the
     phases are reduced modulo 1 first so that nothing is lost to large arguments).
+    ``return_hkl`` adds the Miller indices (M, 3) as a third array.
     """
     lo, hi = two_theta_range
     g_min = 2 * np.sin(np.radians(lo / 2)) / wavelength
     g_max = 2 * np.sin(np.radians(hi / 2)) / wavelength
     hkl, g = reflections(crystal.lattice, g_min, g_max)
     if len(g) == 0:
-        return np.zeros(0), np.zeros(0)
+        return (np.zeros(0), np.zeros(0)) + ((np.zeros((0, 3), int),) if return_hkl else ())
     counts = np.ones(len(g))
     if getattr(crystal, "rotations", None) is not None:
         first, counts = equivalent_classes(hkl, crystal.rotations)
@@ -149,7 +154,8 @@ def reflection_intensities(
     im = np.einsum("me,em->m", np.sin(phase) @ w, f)
     theta = np.arcsin(np.clip(wavelength * g / 2, -1, 1))
     lp = (1 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
-    return np.degrees(2 * theta), 2 * counts * (re**2 + im**2) * lp
+    out = np.degrees(2 * theta), 2 * counts * (re**2 + im**2) * lp
+    return out + (hkl,) if return_hkl else out
 
 
 def peak_list(crystal, wavelength: float = CU_KA1, two_theta_range=(5.0, 90.0), tol: float = 1e-5):

@@ -75,7 +75,7 @@ def _dims(kind: str) -> tuple[str, str]:
         raise ParameterError(f"kind must be one of {sorted(DIMS)}, not {kind!r}") from None
 
 
-def _as_float(text: str) -> float | None:
+def as_float(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
@@ -115,7 +115,7 @@ def load_curves(paths: PathLike | Sequence[PathLike], kind: str = "pattern") -> 
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError("no input files given")
-    parts = [_load_one(p, first, axis) for p in paths]
+    parts = [load_one(p, first, axis) for p in paths]
     if len(parts) == 1:
         return parts[0]
     grid = parts[0][axis].values
@@ -148,7 +148,7 @@ def check_grid(grid: np.ndarray, expected: np.ndarray, what: str, whose: str) ->
         )
 
 
-def _load_one(path: Path, first: str, axis: str) -> xr.DataArray:
+def load_one(path: Path, first: str, axis: str) -> xr.DataArray:
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.is_dir():
@@ -223,7 +223,7 @@ _FIELD_SEPARATORS = re.compile(r"[\s,;]+")
 def _descriptor_coords(first: str, columns: dict[str, list[str]]) -> dict:
     coords = {}
     for name, values in columns.items():
-        numbers = [_as_float(v) for v in values]
+        numbers = [as_float(v) for v in values]
         if all(n is not None for n in numbers):
             coords[name] = (first, np.asarray(numbers, dtype=float))
         else:
@@ -244,7 +244,7 @@ def _load_csv(path: Path, first: str, axis: str) -> xr.DataArray:
     for lineno, row in enumerate(rows[1:], start=2):
         if len(row) != width:
             raise InputError(f"{path}: row {lineno} has {len(row)} fields, the header has {width}")
-    grid_cols = [i for i, h in enumerate(header) if _as_float(h) is not None]
+    grid_cols = [i for i, h in enumerate(header) if as_float(h) is not None]
     body = rows[1:]
     if grid_cols:
         # Wide layout: one row per curve.
@@ -252,7 +252,7 @@ def _load_csv(path: Path, first: str, axis: str) -> xr.DataArray:
         values = np.empty((len(body), len(grid_cols)))
         for r, row in enumerate(body):
             for c, i in enumerate(grid_cols):
-                v = _as_float(row[i])
+                v = as_float(row[i])
                 if v is None:
                     raise InputError(
                         f"{path}: row {r + 2}, column {header[i]!r}: {row[i]!r} is not a number"
@@ -292,7 +292,7 @@ def _load_text(path: Path, first: str, axis: str) -> xr.DataArray:
             descriptors[m.group(1)] = [m.group(2)]
     data = []
     for lineno, fields in rows:
-        numbers = [_as_float(f) for f in fields[:2]]
+        numbers = [as_float(f) for f in fields[:2]]
         if len(fields) < 2 or any(n is None for n in numbers):
             if not data:  # a header line of column names
                 continue
@@ -360,7 +360,7 @@ def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
             last_comment = body
     rows: list[list[float]] = []
     for lineno, words in lines:
-        values = [_as_float(f) for f in words]
+        values = [as_float(f) for f in words]
         if any(v is None for v in values):
             raise InputError(
                 f"{path}: line {lineno}: non-numeric value in the data: {' '.join(words)[:60]!r}"
@@ -410,7 +410,7 @@ def _load_xas(path: Path, first: str, axis: str) -> xr.DataArray:
     attrs = {"source": str(path), "grid_label": labels[gi], "absorption": how}
     attrs["units_" + axis] = "1/angstrom" if labels[gi] == "k" else "eV"
     for key, value in fields.items():
-        number = _as_float(value.split()[0]) if value.split() else None
+        number = as_float(value.split()[0]) if value.split() else None
         ns, tag = key.split(".", 1)
         if number is not None:
             name = tag if ns.lower() == "descriptor" else key.lower()

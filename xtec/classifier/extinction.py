@@ -1,0 +1,366 @@
+"""Space groups of an indexed powder pattern: systematic absences times a prior.
+
+The classical crystallographer's route, made automatic: the lines of a pattern
+(:mod:`xtec.classifier.intake` for measured counts, :func:`.indexing.find_peaks` for
+noise-free patterns) are indexed (:mod:`xtec.classifier.indexing`, cell refined with the
+zero shift), the lines each space-group setting allows are compared with the lines
+observed, and the space groups are ranked by that likelihood times their frequency in
+real crystals (:mod:`xtec.classifier.statistics`).
+
+* Extinctions: a reflection h is absent in a setting when an operation (R, t) of the
+  setting has ``h R = h`` and ``h . t`` not an integer.  All settings (spglib's Hall
+  numbers, hexagonal axes for R groups) are tried, so axis order does not matter.
+* Likelihood: each allowed line is seen with probability ``1 - p_miss`` (weak or
+  overlapped lines go missing), each observed line that no allowed reflection explains
+  costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
+  a lower-symmetry cell that fits only as well as a higher one loses.
+* Monoclinic and triclinic cells are not indexed; those groups get a fixed "no cell
+  needed" likelihood.  When it beats every indexed cell the pattern is reported as
+  **not indexed** (monoclinic or triclinic by elimination, or more than one phase).
+
+Space groups that share a lattice and an extinction symbol (e.g. P2/m, P2 and Pm, or
+Pnma and Pna2_1) cannot be told apart by line positions; the frequency prior orders
+them, which is also what a crystallographer does.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xtec.classifier.indexing import (
+    INDEXED_SYSTEMS,
+    CellFit,
+    Peaks,
+    _basis,
+    _hkl_grid,
+    figures_of_merit,
+    find_peaks,
+    index_cells,
+    peaks_at,
+    refine_cell,
+)
+from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
+from xtec.errors import ParameterError
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _settings(system: str) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
+    """(space group, rotations, translations) of every spglib setting of a system.
+
+    Trigonal and hexagonal groups are both tried on hexagonal cells (rhombohedral
+    groups in their hexagonal setting).
+    """
+    import spglib
+
+    systems = ("trigonal", "hexagonal") if system == "hexagonal" else (system,)
+    out = []
+    for hall in range(1, 531):
+        t = spglib.get_spacegroup_type(hall)
+        if CRYSTAL_SYSTEMS[crystal_system_index(t.number)] not in systems or t.choice == "R":
+            continue
+        sym = spglib.get_symmetry_from_database(hall)
+        out.append((int(t.number), np.asarray(sym["rotations"]), np.asarray(sym["translations"])))
+    return tuple(out)
+
+
+def allowed_mask(hkl: np.ndarray, rotations: np.ndarray, translations: np.ndarray) -> np.ndarray:
+    """True where reflection ``hkl`` (M, 3) is not systematically absent, shape (M,)."""
+    ok = np.ones(len(hkl), bool)
+    for r, t in zip(rotations, translations, strict=True):
+        fixed = np.all(hkl @ r == hkl, axis=1)
+        phase = hkl @ t
+        ok &= ~(fixed & (np.abs(phase - np.round(phase)) > 1e-6))
+    return ok
+
+
+@functools.cache
+def _extinction_classes(system: str, n: int):
+    """Distinct absence patterns of a system on the hkl grid of size ``n``.
+
+    Returns the grid (M, 3), the masks (C, M) and for every class the space groups
+    (a tuple of sorted numbers) whose settings produce it.
+    """
+    hkl = _hkl_grid(n)
+    small = _hkl_grid(6)  # every reflection condition (up to 6n) shows on this grid
+    classes: dict[bytes, tuple[int, set]] = {}
+    settings = _settings(system)
+    for i, (sg, rot, tr) in enumerate(settings):
+        key = np.packbits(allowed_mask(small, rot, tr)).tobytes()
+        classes.setdefault(key, (i, set()))[1].add(sg)
+    ms = np.array([allowed_mask(hkl, *settings[i][1:]) for i, _ in classes.values()])
+    groups = tuple(tuple(sorted(v[1])) for v in classes.values())
+    return hkl, ms, groups
+
+
+def _line_likelihood(
+    calc_q: np.ndarray,
+    peaks: Peaks,
+    p_miss: float,
+    p_unexplained: float,
+    weak: np.ndarray | None = None,
+    p_unexplained_weak: float = 0.05,
+) -> float:
+    """Log-likelihood of the observed lines given the allowed lines ``calc_q``.
+
+    Unexplained lines flagged ``weak`` (satellites, impurities, noise that passed the
+    search) cost ``log p_unexplained_weak`` instead of ``log p_unexplained``.
+    """
+    q, tol = peaks.q, peaks.tol
+    qmax = q[-1] + tol[-1]
+    c = np.sort(calc_q[calc_q <= qmax])
+    cost = np.full(len(q), np.log(p_unexplained))
+    if weak is not None:
+        cost[weak] = np.log(p_unexplained_weak)
+    if len(c) == 0:
+        return float(cost.sum())
+    # Merge calculated lines closer than the tolerance at their position.
+    tol_c = np.interp(c, q, tol)
+    new = np.concatenate([[True], np.diff(c) > tol_c[1:]])
+    lines = c[new]
+    ltol = tol_c[new]
+    d = np.abs(lines[:, None] - q[None, :])
+    seen = (d <= np.maximum(ltol[:, None], tol[None, :])).any(1)
+    explained = (d <= np.maximum(ltol[:, None], tol[None, :])).any(0)
+    return float(
+        seen.sum() * np.log(1 - p_miss) + (~seen).sum() * np.log(p_miss) + cost[~explained].sum()
+    )
+
+
+@dataclass
+class ExtinctionParams:
+    """Tunable constants of :class:`ExtinctionClassifier` (saved with the model)."""
+
+    threshold: float = 0.002
+    tol_two_theta: float = 0.03
+    max_peaks: int = 20
+    p_miss: float = 0.3
+    p_unexplained: float = 1e-3
+    occam: float = 3.0
+    # Expected log-likelihood per observed line of an unindexed (monoclinic/triclinic) cell.
+    low_symmetry_per_line: float = -1.2
+    # Zero shifts (degrees) tried before refining the cell with the zero shift; more
+    # than one only when the first does not explain every line.
+    zero_trials: tuple = (0.0,)
+    max_zero: float = 0.0  # 0: no zero-shift refinement (the cell as index_cells gives it)
+    displacement: bool = False
+    # Lines weaker than this fraction of the strongest cost p_unexplained_weak when no
+    # allowed reflection explains them.
+    weak_fraction: float = 0.0
+    p_unexplained_weak: float = 0.05
+    # 1: when nothing indexes, try the strong lines alone (a main phase) and the lines
+    # without the lowest one.
+    retry_without_first: int = 0
+    strong_fraction: float = 0.1
+
+
+@dataclass
+class Analysis:
+    """What the classifier saw and concluded for one pattern."""
+
+    log_scores: np.ndarray  # (230,), unnormalised, prior included
+    peaks: Peaks  # the lines used (as observed)
+    indexed: bool
+    fit: CellFit | None = None  # the best cell (zero shift refined)
+    groups: tuple = ()  # space groups sharing the best cell's absences
+    log_likelihood: float = -np.inf
+    low_symmetry_log_likelihood: float = -np.inf
+    merit: dict = field(default_factory=dict)
+    unexplained: list = field(default_factory=list)  # 2-theta of lines the cell leaves
+    allowed_q: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the cell's lines
+    phases: int = 1  # 2: the strong lines index as one phase, the rest do not
+
+
+class ExtinctionClassifier:
+    """Ranks the 230 space groups of a powder pattern: indexing x extinctions x prior.
+
+    Parameters
+    ----------
+    prior : ndarray, shape (230,)
+        Probabilities of space groups 1..230 (e.g. counted from real structures).
+    params : ExtinctionParams, optional
+    wavelength : float
+        Angstrom (Cu K-alpha1 by default).
+    """
+
+    space_groups = np.arange(1, 231)
+
+    def __init__(self, prior, params: ExtinctionParams | None = None, wavelength: float = 1.5406):
+        prior = np.asarray(prior, float)
+        if prior.shape != (230,) or np.any(prior < 0) or prior.sum() <= 0:
+            raise ParameterError("prior must hold 230 non-negative numbers with a positive sum")
+        self.log_prior = np.log(np.maximum(prior / prior.sum(), 1e-12))
+        self.params = params or ExtinctionParams()
+        self.wavelength = float(wavelength)
+
+    def analyse(self, peaks: Peaks, wavelength: float | None = None) -> Analysis:
+        """Index ``peaks`` (sorted by angle) and score the 230 space groups.
+
+        When no cell indexes the lines, the lowest line (most often a stray one: an
+        impurity, a detector edge, a beam-stop shadow) is set aside and the rest tried;
+        the line set aside then costs ``log p_unexplained``.
+        """
+        out = self._analyse(peaks, wavelength)
+        n = len(peaks.q)
+        if out.indexed or n < 6 or self.params.retry_without_first <= 0:
+            return out
+        main = self._main_phase(peaks, wavelength)
+        if main is not None:
+            return main
+        rest = Peaks(peaks.two_theta[1:], peaks.q[1:], peaks.tol[1:], peaks.intensity[1:])
+        alt = self._analyse(rest, wavelength, first_trial_only=True)
+        if not alt.indexed:
+            return out
+        # Every group's score with the first line unexplained, against the full set's.
+        alt.log_scores = alt.log_scores + np.log(self.params.p_unexplained)
+        if alt.log_scores.max() <= out.log_scores.max():
+            return out
+        alt.log_scores = np.maximum(alt.log_scores, out.log_scores)
+        alt.peaks = peaks
+        alt.unexplained = [float(peaks.two_theta[0]), *alt.unexplained]
+        return alt
+
+    def _main_phase(self, peaks: Peaks, wavelength) -> Analysis | None:
+        """The strong lines alone (above ``strong_fraction`` of the strongest): if a cell
+        indexes every one of them while the full set indexes nothing, the pattern holds
+        more than one phase and this is the main one."""
+        rel = peaks.intensity / max(peaks.intensity.max(), 1e-300)
+        strong = rel >= self.params.strong_fraction
+        if strong.sum() < 4 or strong.all():
+            return None
+        sub = Peaks(
+            peaks.two_theta[strong], peaks.q[strong], peaks.tol[strong], peaks.intensity[strong]
+        )
+        alt = self._analyse(sub, wavelength, first_trial_only=True)
+        if not alt.indexed or alt.unexplained:
+            return None
+        fit = alt.fit
+        calc = alt.allowed_q
+        # Every line, corrected as the main phase's cell is, against its allowed lines.
+        cos_t = np.cos(np.radians(peaks.two_theta / 2))
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        corr = peaks_at(
+            peaks.two_theta - fit.zero - fit.displacement * cos_t, peaks.intensity, lam, 0.0
+        )
+        hit = (np.abs(calc[None, :] - corr.q[:, None]) <= peaks.tol[:, None]).any(1)
+        alt.peaks = peaks
+        alt.unexplained = [float(t) for t in peaks.two_theta[~hit]]
+        alt.phases = 2
+        return alt
+
+    def _analyse(
+        self, peaks: Peaks, wavelength: float | None = None, first_trial_only: bool = False
+    ) -> Analysis:
+        pr = self.params
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        n_obs = len(peaks.q)
+        rel = peaks.intensity / max(peaks.intensity.max(), 1e-300) if n_obs else peaks.intensity
+        weak = rel < pr.weak_fraction if pr.weak_fraction > 0 else None
+        sg_ll = np.full(230, -np.inf)
+        sys_idx = np.asarray(crystal_system_index(self.space_groups))
+        low = np.isin(
+            sys_idx, [CRYSTAL_SYSTEMS.index("triclinic"), CRYSTAL_SYSTEMS.index("monoclinic")]
+        )
+        low_ll = pr.low_symmetry_per_line * n_obs - pr.occam * 4
+        sg_ll[low] = low_ll
+        # All lines explained, at most a third of the allowed lines missing.
+        full_fit = n_obs * np.log(1 - pr.p_miss) + n_obs / 2 * np.log(pr.p_miss) - pr.occam * 2
+        best = -np.inf
+        fits, sg_fit = [], np.full(230, -1)
+        if n_obs >= 2:
+            for zero in pr.zero_trials[:1] if first_trial_only else pr.zero_trials:
+                if best > full_fit:
+                    break
+                trial = (
+                    peaks
+                    if zero == 0
+                    else peaks_at(peaks.two_theta - zero, peaks.intensity, lam, 0.0)
+                )
+                if zero != 0:
+                    trial.tol = peaks.tol
+                for system, n_par in INDEXED_SYSTEMS.items():
+                    if best > full_fit:
+                        # A higher-symmetry cell already explains every line: a lower one
+                        # could only match it, and it pays for its extra parameters.
+                        break
+                    hkl, masks, groups = _extinction_classes(system, 10 if n_par > 1 else 14)
+                    basis = _basis(system, hkl)
+                    for params in index_cells(system, trial):
+                        fit = self._fit(system, params, peaks, trial, zero, lam)
+                        calc = basis @ fit.params
+                        for m, sgs in zip(masks, groups, strict=True):
+                            ll = _line_likelihood(
+                                calc[m],
+                                fit.peaks,
+                                pr.p_miss,
+                                pr.p_unexplained,
+                                weak,
+                                pr.p_unexplained_weak,
+                            )
+                            ll -= pr.occam * n_par
+                            idx = np.asarray(sgs) - 1
+                            better = idx[ll > sg_ll[idx]]
+                            if len(better):
+                                sg_ll[better] = ll
+                                sg_fit[better] = len(fits)
+                                fits.append((ll, fit, calc[m], sgs))
+                            best = max(best, ll)
+        if not np.isfinite(sg_ll).any():
+            sg_ll[:] = 0.0
+        scores = np.where(np.isfinite(sg_ll), sg_ll, -1e6) + self.log_prior
+        top = int(np.argmax(scores))
+        # The cell behind the answer: the top group's, else the best indexed one.
+        k = (
+            sg_fit[top]
+            if sg_fit[top] >= 0
+            else (max(range(len(fits)), key=lambda i: fits[i][0]) if fits else -1)
+        )
+        out = Analysis(scores, peaks, bool(sg_fit[top] >= 0), low_symmetry_log_likelihood=low_ll)
+        if k >= 0:
+            ll, fit, allowed, sgs = fits[k]
+            out.fit, out.groups, out.log_likelihood = fit, tuple(sgs), float(ll)
+            out.merit = figures_of_merit(allowed, fit.peaks, lam)
+            out.allowed_q = allowed
+            q, tol = fit.peaks.q, fit.peaks.tol
+            hit = (np.abs(allowed[None, :] - q[:, None]) <= tol[:, None]).any(1)
+            out.unexplained = [float(t) for t in peaks.two_theta[~hit]]
+        return out
+
+    def _fit(self, system, params, peaks, trial, zero, lam) -> CellFit:
+        pr = self.params
+        if pr.max_zero <= 0:
+            return CellFit(system, params, 0.0, 0.0, trial, len(trial.q), 0.0)
+        fit = refine_cell(system, params, peaks, lam, pr.max_zero, pr.displacement, zero=zero)
+        if fit.n_indexed == 0:
+            return CellFit(system, params, zero, 0.0, trial, len(trial.q), 0.0)
+        return fit
+
+    def lines(self, two_theta: np.ndarray, intensity: np.ndarray) -> Peaks:
+        """Lines of a noise-free pattern (linear intensity) on this model's settings."""
+        pr = self.params
+        return find_peaks(
+            two_theta, intensity, self.wavelength, pr.threshold, pr.tol_two_theta, pr.max_peaks
+        )
+
+    def log_scores(self, two_theta: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+        """Unnormalised log-probabilities of space groups 1..230, shape (230,)."""
+        return self.analyse(self.lines(two_theta, intensity)).log_scores
+
+    def predict_proba(self, two_theta: np.ndarray, intensity: np.ndarray) -> np.ndarray:
+        """Space-group probabilities (230,) of one pattern (linear intensity)."""
+        return probabilities(self.log_scores(two_theta, intensity))
+
+    def predict_proba_many(self, two_theta: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+        """Probabilities (n, 230) of patterns (n, n_points) sharing one 2-theta grid."""
+        return np.array([self.predict_proba(two_theta, p) for p in np.atleast_2d(patterns)])
+
+
+def probabilities(log_scores: np.ndarray) -> np.ndarray:
+    """Normalised probabilities of unnormalised log-scores."""
+    s = np.exp(log_scores - log_scores.max())
+    return s / s.sum()
