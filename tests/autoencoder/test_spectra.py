@@ -21,7 +21,7 @@ from xtec.autoencoder.spectra import (
 from xtec.errors import InputError
 from xtec.io.curves import load_curves
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "tests" / "data" / "xas_larch_reference.json"
 
 

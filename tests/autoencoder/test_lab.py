@@ -13,7 +13,7 @@ from xtec.autoencoder.feature_space.patterns import fit_instrument, instrument_b
 from xtec.autoencoder.synthetic import LabEffects, synthetic_alloy_series
 from xtec.errors import ParameterError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(lattice=(2.866, 2.884), z=(26.0, 27.0))  # 0.63 %, Fe/Co-like contrast
 
 
