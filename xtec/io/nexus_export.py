@@ -28,13 +28,13 @@ import numpy as np
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
+from xtec.io.curves import NEXUS_SUFFIXES
 from xtec.io.output import check_target
 from xtec.io.result import Q_DIMS  # the spatial dimensions of every volume, slowest first
 
 log = logging.getLogger(__name__)
 
 #: file name endings accepted for the export
-NEXUS_SUFFIXES = (".nxs", ".nx5", ".h5", ".hdf5")
 #: store variables the export needs
 REQUIRED = ("labels", "color", "mask", "palette", "cluster_mean", "cluster_std")
 
@@ -53,7 +53,7 @@ def check_nexus_output(path: str | os.PathLike, overwrite: bool = False) -> Path
     path = Path(path)
     if path.suffix.lower() not in NEXUS_SUFFIXES:
         raise ParameterError(
-            f"the NeXus output must end in one of {', '.join(NEXUS_SUFFIXES)} (got {path})"
+            f"the NeXus output must end in one of {', '.join(sorted(NEXUS_SUFFIXES))} (got {path})"
         )
     if path.is_dir():
         raise ParameterError(f"the NeXus output {path} is a directory")
