@@ -1,6 +1,8 @@
 """``python -m xtec``: the command line."""
 
+import sys
+
 from xtec.cli.main import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

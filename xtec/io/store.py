@@ -8,6 +8,7 @@ attribute are written, so an interrupted run never leaves something at
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,16 @@ from pathlib import Path
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
-from xtec.io.output import check_target, claim_output, manifest, replace_store, verify_store
+from xtec.io.output import (
+    CHUNK_INVENTORY,
+    check_target,
+    chunk_inventory,
+    claim_output,
+    manifest,
+    replace_store,
+    verify_chunks,
+    verify_store,
+)
 from xtec.io.result import check_result, decode_attrs, encode_attrs
 
 log = logging.getLogger(__name__)
@@ -45,9 +55,11 @@ def _encoding(ds: xr.Dataset) -> dict:
     # Zstandard level 1, not Zarr's default 3: the mean intensity (the one
     # volume that compresses poorly) 146 -> 243 MB/s per core for 2.83x
     # instead of 3.11x; labels, colours and mask compress as well or better.
-    from zarr.codecs import ZstdCodec
+    # crc32c after the compressor: every chunk carries a checksum of its bytes, checked
+    # by every Zarr reader on decoding and by open_result on opening (verify_chunks).
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    return {name: {"compressors": (ZstdCodec(level=1),)} for name in ds.variables}
+    return {name: {"compressors": (ZstdCodec(level=1), Crc32cCodec())} for name in ds.variables}
 
 
 def _consolidate(path: Path) -> None:
@@ -81,24 +93,30 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
         try:
             # write_empty_chunks: Zarr's test of every chunk against the fill
             # value cost more than compressing it (colour: 0.22 -> 0.05 s for
-            # 16 chunks of 1.9 MB); a result's chunks are rarely empty.
-            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
-                       encoding=_encoding(ds), write_empty_chunks=True)
+            # 16 chunks of 1.9 MB); a result's chunks are rarely empty.  It also
+            # makes every chunk of the grid a file, which verify_chunks relies on.
+            write = ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
+                               encoding=_encoding(ds), write_empty_chunks=True, compute=False)
+            compute_and_wait(write)
             import zarr
 
             group = zarr.open_group(tmp, mode="r+")
+            group.attrs[CHUNK_INVENTORY] = json.dumps(chunk_inventory(tmp, ds.variables))
             group.attrs["complete"] = True
             _consolidate(tmp)
             replace_store(claim, tmp)
         except BaseException:
+            # Nothing of ours writes into tmp any more (compute_and_wait): removing
+            # it now leaves nothing behind.
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("wrote %s", path)
     return path
 
 
-def open_result(path: str | os.PathLike) -> xr.Dataset:
-    """Open a result store lazily; refuse one whose run did not finish."""
+def open_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
+    """Open a result store lazily; refuse one whose run did not finish, or whose
+    chunks are missing or damaged (``verify=False``: variables and shapes only)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such result store: {path}")
@@ -111,12 +129,75 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     # Nested provenance (dicts, lists) is stored as JSON text.
     ds.attrs = decode_attrs(ds.attrs)
     verify_store(ds, path)
+    if verify and CHUNK_INVENTORY in ds.attrs:  # stores written before it: shapes only
+        verify_chunks(path, ds.attrs[CHUNK_INVENTORY])
     return ds
 
 
-def load_result(path: str | os.PathLike) -> xr.Dataset:
+def load_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
     """Open a finished result store lazily (attributes decoded) and check it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} is not a result store (a .zarr directory)")
-    return check_result(open_result(path), str(path))
+    return check_result(open_result(path, verify=verify), str(path))
+
+
+def compute_and_wait(write) -> None:
+    """Compute ``write`` (Dask), and on any error return only once none of its tasks
+    runs any more, so that the caller may remove what they were writing.
+
+    Dask raises the first task's error at once while other tasks still run (in
+    the threaded scheduler's pool, or on distributed workers): those would go on
+    creating chunk directories in a store already removed.
+    """
+    import dask
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler(collections=[write])
+    client = getattr(scheduler, "__self__", None)
+    if client is not None and type(client).__name__ == "Client":
+        _compute_on_client(client, write)
+    elif scheduler is dask.threaded.get:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dask.system import CPU_COUNT
+
+        pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT,
+                                  thread_name_prefix="xtec-write")
+        try:
+            dask.compute(write, scheduler="threads", pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:  # synchronous, or processes (each write finishes before the call returns)
+        dask.compute(write)
+
+
+def _compute_on_client(client, write, timeout: float = 120.0) -> None:
+    import time
+
+    future = client.compute(write)
+    try:
+        future.result()
+    except BaseException:
+        names = {k[0] if isinstance(k, tuple) else k for k in write.__dask_graph__()}
+        client.cancel(future)
+        end = time.monotonic() + timeout
+        try:
+            while any(client.run(_running, names).values()):
+                if time.monotonic() > end:
+                    log.warning("tasks writing the result still run after %.0f s", timeout)
+                    break
+                time.sleep(0.05)
+        except Exception as exc:  # workers gone: nothing of theirs writes any more
+            log.debug("waiting for the write's tasks: %s", exc)
+        raise
+
+
+def _running(names, dask_worker=None) -> bool:
+    """On a worker: whether one of the tasks named ``names`` is still executing
+    (a cancelled task runs to its end)."""
+    for ts in dask_worker.state.tasks.values():
+        key = ts.key[0] if isinstance(ts.key, tuple) else ts.key
+        if key in names and ts.state in ("executing", "cancelled", "resumed", "long-running"):
+            return True
+    return False
