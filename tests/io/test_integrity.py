@@ -183,7 +183,7 @@ def result_ds(small_series, tmp_path_factory):
     return ds
 
 
-def _slow_writes(monkeypatch, fail_after: int | None):
+def _slow_writes(monkeypatch, fail_after: int | None, delay: float = 0.004):
     """Every chunk write takes a little longer (so that many are in flight when one
     fails); with ``fail_after``, every write after that many fails with ENOSPC (the
     disk is full).  Returns a function that empties the disk again."""
@@ -197,7 +197,7 @@ def _slow_writes(monkeypatch, fail_after: int | None):
             n = count[0]
         if fail_after is not None and n > fail_after:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        time.sleep(0.004)
+        time.sleep(delay)
         return real(path, value, *args, **kwargs)
 
     monkeypatch.setattr(local, "_put", put)
@@ -263,3 +263,23 @@ def test_cluster_onto_a_full_file_system_is_one_line(small_series, tiny_fs, tmp_
                        "--no-progress")
     assert_one_line_error(code, err, "No space left on device", "free space")
     assert sorted(p.name for p in tiny_fs.iterdir()) == []
+
+
+def test_full_disk_on_a_dask_cluster_leaves_nothing(result_ds, tmp_path, monkeypatch):
+    """The same with the writes on a distributed worker (threads of this process, so
+    that the injected ENOSPC reaches them): the failed write's cancelled tasks are
+    waited for on the worker before the partial store is removed."""
+    from distributed import Client, LocalCluster
+
+    empty_the_disk = _slow_writes(monkeypatch, fail_after=30, delay=0.2)
+    left = []
+    with LocalCluster(n_workers=1, threads_per_worker=8, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster):
+        for i in range(5):
+            empty_the_disk()
+            out = tmp_path / f"r{i}.zarr"
+            with pytest.raises(OSError, match="No space left"):
+                write_result(result_ds, out)
+            time.sleep(0.5)  # longer than a write takes: anything still writing shows
+            left += leftovers(out) + ([out.name] if out.exists() else [])
+    assert left == []

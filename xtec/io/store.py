@@ -131,7 +131,44 @@ def open_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
     verify_store(ds, path)
     if verify and CHUNK_INVENTORY in ds.attrs:  # stores written before it: shapes only
         verify_chunks(path, ds.attrs[CHUNK_INVENTORY])
+        _verified.add(_verified_key(path))
+    ds.encoding["xtec_verify"] = verify
     return ds
+
+
+_verified: set[tuple[str, int]] = set()
+
+
+def _verified_key(path: Path) -> tuple[str, int]:
+    return str(path.resolve()), (path / "zarr.json").stat().st_mtime_ns
+
+
+def verify_source(ds: xr.Dataset) -> None:
+    """Check the chunks of the store ``ds`` was read from (``xr.open_zarr`` or
+    :func:`open_result`), once per store and process; nothing for a Dataset built
+    in memory, a store without a chunk inventory, or one opened with ``verify=False``."""
+    source = ds.encoding.get("source")
+    if not source or ds.encoding.get("xtec_verify") is False:
+        return
+    path = Path(source)
+    inventory = decode_attrs({"i": ds.attrs.get(CHUNK_INVENTORY)})["i"]
+    if inventory is None or not (path / "zarr.json").is_file():
+        return
+    key = _verified_key(path)
+    if key not in _verified:
+        verify_chunks(path, inventory)
+        _verified.add(key)
+
+
+def undecodable(ds: xr.Dataset) -> str | None:
+    """The first variable of ``ds`` that cannot be read (to name it when a read
+    failed in a store without checksums), or None."""
+    for name in ds.variables:
+        try:
+            ds[name].load()
+        except Exception:  # noqa: BLE001 - any codec error: this variable is damaged
+            return str(name)
+    return None
 
 
 def load_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
