@@ -165,3 +165,20 @@ def test_store_without_checksums_still_names_the_array_it_cannot_read(finished, 
     code, _, err = run(capsys, "report", store)
     assert_one_line_error(code, err, "'labels'", "cannot be read", "damaged")
     assert not store.with_name("old_report").exists()
+
+
+def test_python_m_xtec_exits_with_the_status(finished, tmp_path):
+    """``python -m xtec`` returned 0 after printing an error; the status now reaches
+    the shell (as with the ``xtec`` script)."""
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "d.zarr"
+    shutil.copytree(finished, store)
+    _deleted(_chunk(store, "labels"))
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "xtec", "report", str(store)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(done.returncode, done.stderr, "'labels'", "lacks its chunk")
