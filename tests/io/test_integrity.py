@@ -184,9 +184,10 @@ def result_ds(small_series, tmp_path_factory):
 
 
 def _slow_writes(monkeypatch, fail_after: int | None, delay: float = 0.004):
-    """Every chunk write takes a little longer (so that many are in flight when one
-    fails); with ``fail_after``, every write after that many fails with ENOSPC (the
-    disk is full).  Returns a function that empties the disk again."""
+    """Every write takes a little longer (so that others are still in flight when one
+    fails); with ``fail_after``, every write after that many makes its directories
+    and fails at once with ENOSPC (the disk is full).  Returns a function that
+    empties the disk again."""
     import zarr.storage._local as local
 
     real, count, lock = local._put, [0], threading.Lock()
@@ -196,19 +197,29 @@ def _slow_writes(monkeypatch, fail_after: int | None, delay: float = 0.004):
             count[0] += 1
             n = count[0]
         if fail_after is not None and n > fail_after:
+            # As on a full tmpfs: the directories are made, the file is not.
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        time.sleep(delay)
+        time.sleep(delay)  # the writes that still fit take their time
         return real(path, value, *args, **kwargs)
 
     monkeypatch.setattr(local, "_put", put)
     return lambda: count.__setitem__(0, 0)
 
 
-def test_full_disk_during_the_write_leaves_nothing_20_of_20(result_ds, tmp_path, monkeypatch):
-    """ENOSPC from one chunk write while 8 threads write others: 20 of 20 tries leave
+# The store's metadata and small arrays take about 31 writes (concurrent coroutines
+# of Zarr), then the chunks of labels, color, mask and mean (Dask tasks): the disk
+# fills in one phase or the other.
+PHASES = {"metadata": 10, "chunks": 100}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_full_disk_during_the_write_leaves_nothing_20_of_20(result_ds, tmp_path, monkeypatch,
+                                                            phase):
+    """ENOSPC from one write while 8 threads write others: 20 of 20 tries leave
     nothing beside the output (before the fix, the other writers recreated the
     partial store's directories after it was removed)."""
-    empty_the_disk = _slow_writes(monkeypatch, fail_after=30)
+    empty_the_disk = _slow_writes(monkeypatch, fail_after=PHASES[phase], delay=0.03)
     left = []
     with dask.config.set(num_workers=8):
         for i in range(20):
@@ -216,7 +227,7 @@ def test_full_disk_during_the_write_leaves_nothing_20_of_20(result_ds, tmp_path,
             out = tmp_path / f"r{i}.zarr"
             with pytest.raises(OSError, match="No space left"):
                 write_result(result_ds, out)
-            time.sleep(0.05)  # anything still writing would show now
+            time.sleep(0.1)  # longer than a write: anything still writing shows now
             left += leftovers(out) + ([out.name] if out.exists() else [])
     assert left == []
 
@@ -265,13 +276,14 @@ def test_cluster_onto_a_full_file_system_is_one_line(small_series, tiny_fs, tmp_
     assert sorted(p.name for p in tiny_fs.iterdir()) == []
 
 
-def test_full_disk_on_a_dask_cluster_leaves_nothing(result_ds, tmp_path, monkeypatch):
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_full_disk_on_a_dask_cluster_leaves_nothing(result_ds, tmp_path, monkeypatch, phase):
     """The same with the writes on a distributed worker (threads of this process, so
     that the injected ENOSPC reaches them): the failed write's cancelled tasks are
     waited for on the worker before the partial store is removed."""
     from distributed import Client, LocalCluster
 
-    empty_the_disk = _slow_writes(monkeypatch, fail_after=30, delay=0.2)
+    empty_the_disk = _slow_writes(monkeypatch, fail_after=PHASES[phase], delay=0.2)
     left = []
     with LocalCluster(n_workers=1, threads_per_worker=8, processes=False,
                       dashboard_address=None) as cluster, Client(cluster):

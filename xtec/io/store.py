@@ -106,8 +106,11 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
             _consolidate(tmp)
             replace_store(claim, tmp)
         except BaseException:
-            # Nothing of ours writes into tmp any more (compute_and_wait): removing
-            # it now leaves nothing behind.
+            # Nothing of ours may write into tmp any more when it is removed: the
+            # Dask tasks were waited for (compute_and_wait), and so are the writes
+            # Zarr still has in flight (its metadata and small arrays are written
+            # by concurrent coroutines, which go on after the first one fails).
+            _wait_for_zarr_io()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("wrote %s", path)
@@ -191,8 +194,9 @@ def compute_and_wait(write) -> None:
     from dask.base import get_scheduler
 
     scheduler = get_scheduler(collections=[write])
-    client = getattr(scheduler, "__self__", None)
-    if client is not None and type(client).__name__ == "Client":
+    # A distributed Client comes as itself (dask's default client) or as its get.
+    client = scheduler if hasattr(scheduler, "compute") else getattr(scheduler, "__self__", None)
+    if client is not None and "Client" in type(client).__name__:
         _compute_on_client(client, write)
     elif scheduler is dask.threaded.get:
         from concurrent.futures import ThreadPoolExecutor
@@ -207,6 +211,30 @@ def compute_and_wait(write) -> None:
             pool.shutdown(wait=True, cancel_futures=True)
     else:  # synchronous, or processes (each write finishes before the call returns)
         dask.compute(write)
+
+
+def _wait_for_zarr_io(timeout: float = 60.0) -> None:
+    """Return once every coroutine on Zarr's IO loop in this process has ended
+    (``asyncio.gather`` raises the first error while the others still run)."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import loop, sync
+    except ImportError:  # another Zarr: nothing known to wait for
+        return
+    if loop[0] is None or not loop[0].is_running():
+        return
+
+    async def others_done() -> None:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    try:
+        sync(others_done())
+    except Exception as exc:  # noqa: BLE001 - the clean-up goes on regardless
+        log.debug("waiting for Zarr's writes: %s", exc)
 
 
 def _compute_on_client(client, write, timeout: float = 120.0) -> None:
