@@ -35,7 +35,7 @@ import xarray as xr
 
 from xtec.backend import get_device_module
 from xtec.config import METHODS, PERSIST_MODES, ClusterConfig  # noqa: F401  (re-exported)
-from xtec.errors import ParameterError
+from xtec.errors import InputError, ParameterError
 from xtec.io.nexus import open_nexus
 from xtec.io.result import (
     Q_DIMS,
@@ -63,6 +63,7 @@ from xtec.preprocess.candidates import (
     plan_candidates,
     trajectories_from_candidates,
 )
+from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 
@@ -142,6 +143,14 @@ def _open_parent(config: ClusterConfig):
         if getattr(config, ax) is None and ranges.get(dim) is not None:
             setattr(config, ax, tuple(ranges[dim]))
     return parent
+
+
+def _check_not_all_nan(summary, n_voxels: int) -> None:
+    """One line that says what is true when no voxel is left: NaN is not zero."""
+    n_nan = summary.n_nan_voxels
+    if n_nan and n_nan >= n_voxels:
+        raise InputError(f"every voxel ({n_voxels:,}) has NaN or infinite intensities: "
+                         "nothing to cluster")
 
 
 def _input_notes(summary) -> list[str]:
@@ -234,13 +243,20 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     timings["pilot"] = time.perf_counter() - tick
     summary = summarize(data, capture=plan)
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
-    notes = _input_notes(summary)
+    _check_not_all_nan(summary, math.prod(arr.shape[1:]))
 
     tick = time.perf_counter()
     if parent is not None:
         threshold, mask = _parent_mask(config, parent, arr, summary.mean)
     else:
-        threshold = compute_threshold(summary.mean, config.threshold, summary.log_means)
+        try:
+            threshold = compute_threshold(summary.mean, config.threshold, summary.log_means)
+        except NoPositiveVoxels:
+            if not summary.n_nan_voxels:
+                raise
+            raise InputError(f"no voxel is left to cluster: {summary.n_nan_voxels:,} have NaN "
+                             "or infinite intensities, the others are zero at every "
+                             "temperature") from None
         mask = keep_mask(summary.mean, threshold).persist()
     source = "input"
     if plan is not None and threshold.cutoff >= plan.bound:
@@ -254,6 +270,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
         summary.captured = None
         traj = extract_trajectories(data, mask, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
+    notes = _input_notes(summary)  # after the threshold: its refusal is the one line
     return Prepared(arr, data, summary, threshold, mask, traj, notes, timings, warming, source)
 
 

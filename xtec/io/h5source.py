@@ -8,6 +8,7 @@ place that opens a file to read a volume.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -104,7 +105,12 @@ class H5Source:
         return len(self.shape)
 
     def __getitem__(self, key):
-        with open_files.acquire(self.filename) as f:
+        try:
+            opened = open_files.acquire(self.filename)
+            f = opened.__enter__()
+        except OSError as exc:
+            raise InputError(_vanished(self.filename, exc)) from None
+        try:
             dset = f[self.path]
             # Deflate/shuffle chunks are decompressed here, outside h5py's lock,
             # so threads read in parallel; anything else goes through h5py.
@@ -117,7 +123,107 @@ class H5Source:
                         f"{self.filename}: dataset {self.path}, region {_region(key)}: "
                         f"HDF5 cannot read it ({exc}); the file is damaged or a source "
                         "file is missing: copy or export it again") from None
+            sources = virtual_map(dset) if dset.is_virtual else ()
+        finally:
+            opened.__exit__(None, None, None)
+        # Checked after the read: what was there then was read (an open file stays
+        # readable on POSIX), what is missing now may have been read as fill values.
+        check_still_there(self.filename, self.path, sources, key, self.shape)
         return _infinite_to_nan(out)
+
+
+# -- sources checked where they are read.  HDF5 reads the slices of a virtual dataset
+# whose source file or dataset is missing as the fill value (zeros, for NXRefine), and
+# a file deleted after it was opened is still read through its open handle: a scan
+# lost mid-run would silently become a temperature without intensity.  So every read
+# checks, after reading, that its file and the sources its region maps to are there.
+
+@dataclass(frozen=True)
+class _Mapped:
+    """One source of a virtual dataset: the region it fills and where it reads from."""
+
+    lo: tuple[int, ...]
+    hi: tuple[int, ...]  # inclusive
+    file: str
+    dataset: str
+
+
+_virtual_maps: dict[tuple[str, str], tuple[_Mapped, ...]] = {}
+_checked_sources: set[tuple] = set()
+_maps_lock = threading.Lock()
+
+
+def virtual_map(dset) -> tuple[_Mapped, ...]:
+    """The sources of a virtual dataset with the region each fills (once per process)."""
+    filename = dset.file.filename
+    key = (filename, dset.name)
+    with _maps_lock:
+        known = _virtual_maps.get(key)
+    if known is not None:
+        return known
+    base = os.path.dirname(filename)
+    mapped = []
+    for src in dset.virtual_sources():
+        if "%" in src.file_name:
+            continue  # a printf-style pattern of many files: HDF5 expands it, not us
+        name = filename if src.file_name == "." else src.file_name
+        lo, hi = src.vspace.get_select_bounds()
+        mapped.append(_Mapped(tuple(lo), tuple(hi), os.path.join(base, name), src.dset_name))
+    with _maps_lock:
+        _virtual_maps[key] = tuple(mapped)
+    return tuple(mapped)
+
+
+def _bounds(key, shape) -> list[tuple[int, int]] | None:
+    if not isinstance(key, tuple):
+        key = (key,)
+    if len(key) != len(shape) or not all(isinstance(k, slice) for k in key):
+        return None  # not a box: check every source
+    out = []
+    for k, n in zip(key, shape):
+        start, stop, _ = k.indices(n)
+        out.append((start, stop))
+    return out
+
+
+def check_still_there(filename: str, path: str, sources, key, shape) -> None:
+    """Raise :class:`InputError` naming the file if ``filename``, or a virtual source
+    whose region meets ``key``, is gone (or lost its dataset) since the run began."""
+    try:
+        os.stat(filename)
+    except OSError as exc:
+        raise InputError(_vanished(filename, exc)) from None
+    box = _bounds(key, shape)
+    for src in sources:
+        if box is not None and not all(a < h + 1 and b > lo for (a, b), lo, h
+                                       in zip(box, src.lo, src.hi)):
+            continue
+        where = f"{src.file}:{src.dataset}"
+        try:
+            st = os.stat(src.file)
+        except OSError as exc:
+            raise InputError(f"{filename}: the virtual dataset {path} reads from {where}, "
+                             f"which no longer exists ({exc.strerror}): it was there when "
+                             "the run started; restore it and run again") from None
+        signature = (src.file, src.dataset, st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature in _checked_sources:
+            continue
+        import h5py
+
+        try:
+            with h5py.File(src.file, "r") as f:
+                if src.dataset not in f:
+                    raise KeyError(src.dataset)
+        except (OSError, KeyError) as exc:
+            raise InputError(f"{filename}: the virtual dataset {path} reads from {where}, "
+                             f"which can no longer be read ({exc}); restore it and run "
+                             "again") from None
+        _checked_sources.add(signature)
+
+
+def _vanished(filename: str, exc: OSError) -> str:
+    return (f"{filename} can no longer be read ({exc.strerror or exc}): it was there when "
+            "the run started; restore it and run again")
 
 
 def _region(key) -> str:

@@ -8,6 +8,7 @@ attribute are written, so an interrupted run never leaves something at
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,7 +17,16 @@ from pathlib import Path
 import xarray as xr
 
 from xtec.errors import InputError, ParameterError
-from xtec.io.output import check_target, claim_output, manifest, replace_store, verify_store
+from xtec.io.output import (
+    CHUNK_INVENTORY,
+    check_target,
+    chunk_inventory,
+    claim_output,
+    manifest,
+    replace_store,
+    verify_chunks,
+    verify_store,
+)
 from xtec.io.result import check_result, decode_attrs, encode_attrs
 
 log = logging.getLogger(__name__)
@@ -45,9 +55,11 @@ def _encoding(ds: xr.Dataset) -> dict:
     # Zstandard level 1, not Zarr's default 3: the mean intensity (the one
     # volume that compresses poorly) 146 -> 243 MB/s per core for 2.83x
     # instead of 3.11x; labels, colours and mask compress as well or better.
-    from zarr.codecs import ZstdCodec
+    # crc32c after the compressor: every chunk carries a checksum of its bytes, checked
+    # by every Zarr reader on decoding and by open_result on opening (verify_chunks).
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    return {name: {"compressors": (ZstdCodec(level=1),)} for name in ds.variables}
+    return {name: {"compressors": (ZstdCodec(level=1), Crc32cCodec())} for name in ds.variables}
 
 
 def _consolidate(path: Path) -> None:
@@ -81,24 +93,33 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
         try:
             # write_empty_chunks: Zarr's test of every chunk against the fill
             # value cost more than compressing it (colour: 0.22 -> 0.05 s for
-            # 16 chunks of 1.9 MB); a result's chunks are rarely empty.
-            ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
-                       encoding=_encoding(ds), write_empty_chunks=True)
+            # 16 chunks of 1.9 MB); a result's chunks are rarely empty.  It also
+            # makes every chunk of the grid a file, which verify_chunks relies on.
+            write = ds.to_zarr(tmp, mode="w", consolidated=False, zarr_format=3,
+                               encoding=_encoding(ds), write_empty_chunks=True, compute=False)
+            compute_and_wait(write)
             import zarr
 
             group = zarr.open_group(tmp, mode="r+")
+            group.attrs[CHUNK_INVENTORY] = json.dumps(chunk_inventory(tmp, ds.variables))
             group.attrs["complete"] = True
             _consolidate(tmp)
             replace_store(claim, tmp)
         except BaseException:
+            # Nothing of ours may write into tmp any more when it is removed: the
+            # Dask tasks were waited for (compute_and_wait), and so are the writes
+            # Zarr still has in flight (its metadata and small arrays are written
+            # by concurrent coroutines, which go on after the first one fails).
+            _wait_for_zarr_io()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("wrote %s", path)
     return path
 
 
-def open_result(path: str | os.PathLike) -> xr.Dataset:
-    """Open a result store lazily; refuse one whose run did not finish."""
+def open_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
+    """Open a result store lazily; refuse one whose run did not finish, or whose
+    chunks are missing or damaged (``verify=False``: variables and shapes only)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"no such result store: {path}")
@@ -111,12 +132,137 @@ def open_result(path: str | os.PathLike) -> xr.Dataset:
     # Nested provenance (dicts, lists) is stored as JSON text.
     ds.attrs = decode_attrs(ds.attrs)
     verify_store(ds, path)
+    if verify and CHUNK_INVENTORY in ds.attrs:  # stores written before it: shapes only
+        verify_chunks(path, ds.attrs[CHUNK_INVENTORY])
+        _verified.add(_verified_key(path))
+    ds.encoding["xtec_verify"] = verify
     return ds
 
 
-def load_result(path: str | os.PathLike) -> xr.Dataset:
+_verified: set[tuple[str, int]] = set()
+
+
+def _verified_key(path: Path) -> tuple[str, int]:
+    return str(path.resolve()), (path / "zarr.json").stat().st_mtime_ns
+
+
+def verify_source(ds: xr.Dataset) -> None:
+    """Check the chunks of the store ``ds`` was read from (``xr.open_zarr`` or
+    :func:`open_result`), once per store and process; nothing for a Dataset built
+    in memory, a store without a chunk inventory, or one opened with ``verify=False``."""
+    source = ds.encoding.get("source")
+    if not source or ds.encoding.get("xtec_verify") is False:
+        return
+    path = Path(source)
+    inventory = decode_attrs({"i": ds.attrs.get(CHUNK_INVENTORY)})["i"]
+    if inventory is None or not (path / "zarr.json").is_file():
+        return
+    key = _verified_key(path)
+    if key not in _verified:
+        verify_chunks(path, inventory)
+        _verified.add(key)
+
+
+def undecodable(ds: xr.Dataset) -> str | None:
+    """The first variable of ``ds`` that cannot be read (to name it when a read
+    failed in a store without checksums), or None."""
+    for name in ds.variables:
+        try:
+            ds[name].load()
+        except Exception:  # noqa: BLE001 - any codec error: this variable is damaged
+            return str(name)
+    return None
+
+
+def load_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
     """Open a finished result store lazily (attributes decoded) and check it."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path} is not a result store (a .zarr directory)")
-    return check_result(open_result(path), str(path))
+    return check_result(open_result(path, verify=verify), str(path))
+
+
+def compute_and_wait(write) -> None:
+    """Compute ``write`` (Dask), and on any error return only once none of its tasks
+    runs any more, so that the caller may remove what they were writing.
+
+    Dask raises the first task's error at once while other tasks still run (in
+    the threaded scheduler's pool, or on distributed workers): those would go on
+    creating chunk directories in a store already removed.
+    """
+    import dask
+    from dask.base import get_scheduler
+
+    scheduler = get_scheduler(collections=[write])
+    # A distributed Client comes as itself (dask's default client) or as its get.
+    client = scheduler if hasattr(scheduler, "compute") else getattr(scheduler, "__self__", None)
+    if client is not None and "Client" in type(client).__name__:
+        _compute_on_client(client, write)
+    elif scheduler is dask.threaded.get:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dask.system import CPU_COUNT
+
+        pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT,
+                                  thread_name_prefix="xtec-write")
+        try:
+            dask.compute(write, scheduler="threads", pool=pool)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    else:  # synchronous, or processes (each write finishes before the call returns)
+        dask.compute(write)
+
+
+def _wait_for_zarr_io(timeout: float = 60.0) -> None:
+    """Return once every coroutine on Zarr's IO loop in this process has ended
+    (``asyncio.gather`` raises the first error while the others still run)."""
+    import asyncio
+
+    try:
+        from zarr.core.sync import loop, sync
+    except ImportError:  # another Zarr: nothing known to wait for
+        return
+    if loop[0] is None or not loop[0].is_running():
+        return
+
+    async def others_done() -> None:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    try:
+        sync(others_done())
+    except Exception as exc:  # noqa: BLE001 - the clean-up goes on regardless
+        log.debug("waiting for Zarr's writes: %s", exc)
+
+
+def _compute_on_client(client, write, timeout: float = 120.0) -> None:
+    import time
+
+    future = client.compute(write)
+    try:
+        future.result()
+    except BaseException:
+        names = {k[0] if isinstance(k, tuple) else k for k in write.__dask_graph__()}
+        client.cancel(future)
+        end = time.monotonic() + timeout
+        try:
+            while any(client.run(_running, names).values()):
+                if time.monotonic() > end:
+                    log.warning("tasks writing the result still run after %.0f s", timeout)
+                    break
+                time.sleep(0.05)
+        except Exception as exc:  # workers gone: nothing of theirs writes any more
+            log.debug("waiting for the write's tasks: %s", exc)
+        raise
+
+
+def _running(names, dask_worker=None) -> bool:
+    """On a worker: whether one of the tasks named ``names`` is still executing
+    (a cancelled task runs to its end)."""
+    for ts in dask_worker.state.tasks.values():
+        key = ts.key[0] if isinstance(ts.key, tuple) else ts.key
+        if key in names and ts.state in ("executing", "cancelled", "resumed", "long-running"):
+            return True
+    return False

@@ -108,6 +108,10 @@ def _weighted_hist(m, edges):
     return _kernels.weighted_hist(_flat_numpy(m), np.asarray(edges, np.float64))
 
 
+class NoPositiveVoxels(ParameterError):
+    """No voxel has a positive mean intensity: nothing to threshold."""
+
+
 @dataclass
 class LogIntensityStats:
     """Streaming summary of x = log(mean_T I) over the voxels with mean > 0."""
@@ -129,7 +133,7 @@ def _combined_moments(parts) -> LogIntensityStats:
     mom = np.concatenate([parts[:, :3].sum(axis=0), [parts[:, 3].min(), parts[:, 4].max()]])
     n = int(mom[0])
     if n == 0:
-        raise ParameterError("every voxel is zero at every temperature: nothing to cluster")
+        raise NoPositiveVoxels("every voxel is zero at every temperature: nothing to cluster")
     mu = mom[1] / n
     std = math.sqrt(max(mom[2] / n - mu * mu, 0.0))
     return LogIntensityStats(n, float(mu), std, float(mom[3]), float(mom[4]))

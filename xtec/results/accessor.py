@@ -50,6 +50,11 @@ class XtecDatasetAccessor:
     """Follow-up analysis of an xtec result store (see the module docstring)."""
 
     def __init__(self, ds: xr.Dataset):
+        # A store read with xr.open_zarr proves it is whole before it is used: Zarr
+        # would read a missing chunk as fill values (cluster 0).
+        from xtec.io.store import verify_source
+
+        verify_source(ds)
         self._ds = ds
 
     # -- basics

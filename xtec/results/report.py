@@ -25,15 +25,16 @@ import base64
 import html
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from xtec.errors import ParameterError
+from xtec.errors import InputError, ParameterError, XtecError
 from xtec.io.result import Q_DIMS, decode_attrs
-from xtec.io.store import load_result
+from xtec.io.store import load_result, undecodable
 from xtec.results.figures import (
     cluster_ids,
     default_planes,
@@ -147,6 +148,21 @@ def write_report(
     result_path = Path(result_path)
     ds = load_result(result_path)
     out = _report_dir(result_path, out_dir)
+    created = not out.exists()
+    try:
+        return _write_report(ds, result_path, out, planes, title, dpi)
+    except Exception as exc:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        name = None if isinstance(exc, XtecError) else undecodable(ds)
+        if name is None:
+            raise
+        # A store without checksums (written before them) whose chunk fails to decode.
+        raise InputError(f"{result_path}: {name!r} cannot be read ({exc}); the store is "
+                         "damaged, run it again") from None
+
+
+def _write_report(ds, result_path: Path, out: Path, planes, title, dpi) -> Path:
     chosen = [parse_plane(p) for p in planes] if planes else default_planes(ds)
     for dim, value in chosen:
         nearest_plane(ds, dim, value)  # fail before writing anything
