@@ -63,6 +63,15 @@ from xtec.preprocess.candidates import (
     plan_candidates,
     trajectories_from_candidates,
 )
+from xtec.preprocess.frames import (
+    ROW_NORMALIZABLE,
+    check_frames,
+    drop_frames,
+    frame_variables,
+    normalize_rows,
+    scale_frames,
+    wants_normalize,
+)
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 
@@ -83,7 +92,10 @@ class Prepared:
     (L, K, H) bool; traj : the kept :class:`~xtec.preprocess.Trajectories` (lazy);
     source : where they come from, "input" (read again) or the captured
     candidates in "memory" or on "disk"; warming : futures loading the EM
-    kernels on the workers (held until the EM starts).
+    kernels on the workers (held until the EM starts); frames : the verdict on
+    each temperature (:class:`~xtec.preprocess.frames.FrameCheck`, with the
+    factors ``--normalize`` divided out in ``frames.applied``); correction : the
+    factors rows rebuilt from captured candidates still need (None: none).
     """
 
     arr: xr.DataArray
@@ -96,6 +108,8 @@ class Prepared:
     timings: dict
     warming: list
     source: str = "input"
+    frames: object = None  # xtec.preprocess.frames.FrameCheck
+    correction: np.ndarray | None = None  # for rows rebuilt from the candidates
 
 
 # --------------------------------------------------------------------------- preparing
@@ -107,8 +121,7 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
     fchunks = arr.attrs.get("file_chunks") or tuple(min(s, 32) for s in arr.shape[1:])
 
     def pilot_data():
-        return open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                          chunks=tuple(fchunks)).data
+        return _open_input(config, chunks=tuple(fchunks)).data
 
     plan = plan_candidates(arr.data, config.threshold, config.rescale, rt.memory_budget(),
                            pilot_data)
@@ -126,6 +139,29 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
     log.info("first pass keeps candidate trajectories (%.2f GB) in %s", nbytes / 1e9,
              "worker memory" if mode == "memory" else scratch)
     return plan
+
+
+def _open_input(config: ClusterConfig, **kw) -> xr.DataArray:
+    """The input series, less the frames of ``drop_temperatures``."""
+    arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh, **kw)
+    if config.drop_temperatures:
+        arr = drop_frames(arr, config.drop_temperatures)
+    return arr
+
+
+def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: list):
+    """The verdict on each frame, logged (a warning naming the flagged ones)."""
+    check = check_frames(summary.frames, prep_arr.temperature.values,
+                         None if threshold.method == "parent" else threshold.cutoff)
+    if check.flagged.any():
+        msg = (check.describe() + ("; " if config.normalize is False else
+               "; --normalize divides out a scale, ") + "--drop-temperatures "
+               + ",".join(f"{t:g}" for t in check.flagged_temperatures) + " leaves them out")
+        log.warning(msg)
+        notes.append(msg)
+    else:
+        log.info("frames checked: no temperature flagged")
+    return check
 
 
 def _open_parent(config: ClusterConfig):
@@ -217,9 +253,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
                                       getattr(runtime, "threads_per_worker", 1))
     rt = runtime if runtime is not None else Runtime("threads")
     _warm_in_background(config.covariance if rt.client is None and xp is np else None)
-    arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                     chunks=config.chunks, target_chunk_bytes=target,
-                     min_blocks=2 * rt.n_workers * rt.threads_per_worker)
+    arr = _open_input(config, chunks=config.chunks, target_chunk_bytes=target,
+                      min_blocks=2 * rt.n_workers * rt.threads_per_worker)
     data = arr.data
     if xp is not np:
         data = data.map_blocks(xp.asarray, dtype=data.dtype, meta=xp.empty((0,) * 4, data.dtype))
@@ -242,8 +277,17 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     else:
         threshold = compute_threshold(summary.mean, config.threshold, summary.log_means)
         mask = keep_mask(summary.mean, threshold).persist()
+    frames = _check_frames(config, arr, summary, threshold, notes)
+    correction = frames.correction if wants_normalize(config.normalize, frames) else None
+    frames.applied = correction
+    # Rows of the mean / none rescalings are corrected after they are made, the
+    # same arithmetic whichever way they come (picked or read again); others,
+    # and peak averaging, read the scaled frames.
+    in_rows = correction is not None and config.rescale in ROW_NORMALIZABLE
+    scaled = data if correction is None else scale_frames(data, correction)
     source = "input"
-    if plan is not None and threshold.cutoff >= plan.bound:
+    if plan is not None and threshold.cutoff >= plan.bound and (
+            correction is None or in_rows):
         traj = trajectories_from_candidates(summary.captured, mask,
                                             arr.sizes["temperature"], data._meta)
         source = "memory" if plan.scratch is None else "disk"
@@ -252,9 +296,13 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
             log.info("the cutoff %.4g lies below the first pass's bound %.4g: the kept "
                      "trajectories are read again", threshold.cutoff, plan.bound)
         summary.captured = None
-        traj = extract_trajectories(data, mask, config.rescale)
+        traj = extract_trajectories(data if correction is None or in_rows else scaled, mask,
+                                    config.rescale)
+    if in_rows:
+        traj.X = traj.X.map_blocks(normalize_rows, correction, config.rescale, dtype=np.float32)
     timings["threshold"] = time.perf_counter() - tick
-    return Prepared(arr, data, summary, threshold, mask, traj, notes, timings, warming, source)
+    return Prepared(arr, scaled, summary, threshold, mask, traj, notes, timings, warming,
+                    source, frames, correction if in_rows else None)
 
 
 # --------------------------------------------------------------------------- K and methods
@@ -296,6 +344,9 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
                      "(%.2f GB, held on disk)", prep.traj.n * n_t * 4 / 1e9)
             prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask, n_t,
                                                      prep.data._meta)
+            if prep.correction is not None:
+                X = X.map_blocks(normalize_rows, prep.correction, config.rescale,
+                                 dtype=np.float32)
             held = "disk"
     else:
         held = (prep.source if prep.source != "input"
@@ -439,6 +490,9 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         timings["gmm"] = time.perf_counter() - tick - timings["trajectories"]
         if parent is not None:
             clustering.attrs.update(_parent_attrs(config, parent))
+        fv, fa = frame_variables(prep.frames, prep.frames.applied, config.drop_temperatures)
+        clustering.variables.update(fv)
+        clustering.attrs.update(fa)
         tick = time.perf_counter()
         log.info("writing %s", out)
         parts = ResultParts(config, prep.arr, prep.mask, prep.summary.mean, prep.threshold,
