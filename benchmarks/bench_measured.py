@@ -73,6 +73,7 @@ def _fmt(r: dict) -> str:
 
 def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -> dict:
     from xtec.datasets import make_measured_series, write_nxrefine, write_xtec
+    from xtec.errors import XtecError
     from xtec.io.store import open_result
     from xtec.pipeline import ClusterConfig, run_cluster
     from xtec.results.evaluate import evaluate_result
@@ -96,10 +97,14 @@ def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -
             secs = time.perf_counter() - t0
             ds = open_result(out)
             ev = evaluate_result(ds, s)
+            try:  # the fit as before frames were checked: flagged frames fitted too
+                tc_all = float(ds.xtec.fit_order_parameter(exclude_flagged=False).tc)
+            except XtecError:
+                tc_all = float("nan")
             row = dict(grid=grid, effect=effect, method=method, layout=layout, seed=seed,
                        cdw_f1=ev.families["cdw"].f1, bragg_f1=ev.families["bragg"].f1,
                        tds_f1=ev.families["tds"].f1, tc_fit=ev.tc_fit,
-                       tc_rel_error=ev.tc_rel_error, flagged=ds.xtec.flagged_temperatures(),
+                       tc_rel_error=ev.tc_rel_error, tc_flagged_fitted=tc_all, flagged=ds.xtec.flagged_temperatures(),
                        bad_planted=[float(s.temperature[i]) for i in s.bad_frames],
                        normalized=bool(ds.attrs.get("normalize")), seconds=round(secs, 1))
             result["rows"].append(row)
@@ -108,6 +113,23 @@ def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -
             shutil.rmtree(out, ignore_errors=True)
     result["complete"] = True
     return result
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: per grid, effect and method the CDW F1 range and the largest Tc
+    error over seeds and layouts, and the flagged frames against the planted ones."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["grid"], r["effect"], r["method"]), []).append(r)
+    lines = ["| grid | effect | method | runs | CDW F1 | max Tc error | frames flagged right |",
+             "|---|---|---|---|---|---|---|"]
+    for (grid, effect, method), rs in groups.items():
+        f1 = [r["cdw_f1"] for r in rs]
+        tc = [r["tc_rel_error"] for r in rs]
+        right = sum(sorted(r["flagged"]) == sorted(r["bad_planted"]) for r in rs)
+        lines.append(f"| {grid} | {effect} | {method} | {len(rs)} | {min(f1):.3f}-{max(f1):.3f} "
+                     f"| {100 * max(tc):.2f}% | {right}/{len(rs)} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -119,7 +141,11 @@ def main() -> None:
                     choices=list(METHODS), help="methods also run on the NXRefine layout")
     ap.add_argument("--grids", nargs="+", default=["small"], choices=list(GRIDS))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "measured.json"))
+    ap.add_argument("--table", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args()
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())["rows"]))
+        return
     t0 = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -132,8 +158,10 @@ def main() -> None:
         out.write_text(json.dumps(result, indent=2, default=str))
 
     with tempfile.TemporaryDirectory(prefix="xtec-measured-") as tmp:
-        save(run(args.seeds, args.effects, args.methods, args.nxrefine_methods, args.grids, Path(tmp),
-                      save))
+        result = run(args.seeds, args.effects, args.methods, args.nxrefine_methods, args.grids,
+                     Path(tmp), save)
+        save(result)
+    print(table(result["rows"]))
     print(f"wrote {out}")
 
 

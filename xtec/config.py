@@ -58,7 +58,8 @@ class ClusterConfig:
     each temperature by its scale against the smooth trend of the kept
     intensity (:mod:`xtec.preprocess.frames`); None (default) does it when the
     frames scatter or one was flagged for its scale; ``drop_temperatures``:
-    leave the frames nearest these temperatures (K) out.
+    leave the frames nearest these temperatures (K) out; ``drop_lost_frames``:
+    leave out frames flagged for a lost part (voxels zero in that frame only).
     """
 
     inputs: list[str]
@@ -94,6 +95,7 @@ class ClusterConfig:
     # see xtec.preprocess.frames.wants_normalize); leave frames out by temperature.
     normalize: bool | None = None
     drop_temperatures: list[float] | None = None
+    drop_lost_frames: bool = True
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

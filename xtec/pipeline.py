@@ -95,7 +95,8 @@ class Prepared:
     kernels on the workers (held until the EM starts); frames : the verdict on
     each temperature (:class:`~xtec.preprocess.frames.FrameCheck`, with the
     factors ``--normalize`` divided out in ``frames.applied``); correction : the
-    factors rows rebuilt from captured candidates still need (None: none).
+    fix rows rebuilt from captured candidates still need (None: none), as
+    (correction, kept frames); n_captured : temperatures of the captured rows.
     """
 
     arr: xr.DataArray
@@ -109,7 +110,8 @@ class Prepared:
     warming: list
     source: str = "input"
     frames: object = None  # xtec.preprocess.frames.FrameCheck
-    correction: np.ndarray | None = None  # for rows rebuilt from the candidates
+    correction: tuple | None = None  # (correction, kept frames) for rows rebuilt from candidates
+    n_captured: int = 0  # temperatures of the captured candidate rows
 
 
 # --------------------------------------------------------------------------- preparing
@@ -154,9 +156,9 @@ def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: li
     check = check_frames(summary.frames, prep_arr.temperature.values,
                          None if threshold.method == "parent" else threshold.cutoff)
     if check.flagged.any():
-        msg = (check.describe() + ("; " if config.normalize is False else
-               "; --normalize divides out a scale, ") + "--drop-temperatures "
-               + ",".join(f"{t:g}" for t in check.flagged_temperatures) + " leaves them out")
+        msg = (check.describe() + "; they are left out of the order-parameter fit; "
+               "--drop-temperatures " + ",".join(f"{t:g}" for t in check.flagged_temperatures)
+               + " leaves them out of the clustering")
         log.warning(msg)
         notes.append(msg)
     else:
@@ -280,29 +282,52 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     frames = _check_frames(config, arr, summary, threshold, notes)
     correction = frames.correction if wants_normalize(config.normalize, frames) else None
     frames.applied = correction
+    n_t = arr.sizes["temperature"]
+    keep = None
+    if config.drop_lost_frames and frames.lost.any():
+        keep = np.flatnonzero(~frames.lost)
+        msg = ("left out the frame(s) with a lost part: "
+               + ", ".join(f"{t:g} K" for t in frames.temperature[frames.lost]))
+        log.warning(msg)
+        notes.append(msg)
+        arr, data = arr.isel(temperature=keep), data[keep]
+        lost = [float(t) for t in frames.temperature[frames.lost]]
+        frames = frames.subset(keep)
+        frames.left_out = lost
     # Rows of the mean / none rescalings are corrected after they are made, the
     # same arithmetic whichever way they come (picked or read again); others,
     # and peak averaging, read the scaled frames.
-    in_rows = correction is not None and config.rescale in ROW_NORMALIZABLE
-    scaled = data if correction is None else scale_frames(data, correction)
+    fix = (correction, keep) if correction is not None or keep is not None else None
+    in_rows = fix is not None and config.rescale in ROW_NORMALIZABLE
+    scaled = data if correction is None else scale_frames(data, frames.applied)
     source = "input"
-    if plan is not None and threshold.cutoff >= plan.bound and (
-            correction is None or in_rows):
-        traj = trajectories_from_candidates(summary.captured, mask,
-                                            arr.sizes["temperature"], data._meta)
+    if plan is not None and threshold.cutoff >= plan.bound and (fix is None or in_rows):
+        traj = trajectories_from_candidates(summary.captured, mask, n_t, data._meta)
         source = "memory" if plan.scratch is None else "disk"
     else:
         if plan is not None:
             log.info("the cutoff %.4g lies below the first pass's bound %.4g: the kept "
                      "trajectories are read again", threshold.cutoff, plan.bound)
         summary.captured = None
-        traj = extract_trajectories(data if correction is None or in_rows else scaled, mask,
+        traj = extract_trajectories(data if fix is None or in_rows else scaled, mask,
                                     config.rescale)
+        # read without the left-out frames: only the correction is left to do
+        fix = None if frames.applied is None else (frames.applied, None)
+        in_rows = in_rows and fix is not None
     if in_rows:
-        traj.X = traj.X.map_blocks(normalize_rows, correction, config.rescale, dtype=np.float32)
+        traj.X = _fix_rows(traj.X, fix, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
     return Prepared(arr, scaled, summary, threshold, mask, traj, notes, timings, warming,
-                    source, frames, correction if in_rows else None)
+                    source, frames, fix if in_rows and source != "input" else None, n_t)
+
+
+def _fix_rows(X: da.Array, fix, rescale: str) -> da.Array:
+    """Rows corrected for normalised frames and left out ones (``fix`` =
+    (correction or None, kept frame indices or None))."""
+    correction, keep = fix
+    t = X.shape[1] if keep is None else len(keep)
+    return X.map_blocks(normalize_rows, correction, rescale, keep, dtype=np.float32,
+                        chunks=(X.chunks[0], (t,)))
 
 
 # --------------------------------------------------------------------------- K and methods
@@ -342,11 +367,10 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
         else:
             log.info("kept trajectories rewritten from the first pass's candidates "
                      "(%.2f GB, held on disk)", prep.traj.n * n_t * 4 / 1e9)
-            prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask, n_t,
-                                                     prep.data._meta)
+            prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask,
+                                                     prep.n_captured, prep.data._meta)
             if prep.correction is not None:
-                X = X.map_blocks(normalize_rows, prep.correction, config.rescale,
-                                 dtype=np.float32)
+                X = _fix_rows(X, prep.correction, config.rescale)
             held = "disk"
     else:
         held = (prep.source if prep.source != "input"

@@ -148,3 +148,30 @@ def test_normalize_removes_most_of_the_frame_scatter(tmp_path, capsys):
     ds = open_result(tmp_path / "n.zarr")
     left = np.log(s.frame_scale) - np.log(ds.frame_correction.values)
     assert np.std(left) < 0.6 * np.std(np.log(s.frame_scale))
+
+
+def test_lost_frame_left_out_alike_on_every_path(tmp_path):
+    """A frame with a lost part is left out (default): picked rows, rows read
+    again and the NXRefine layout give the same labels; the frame is gone."""
+    from xtec.pipeline import ClusterConfig, run_cluster
+
+    s = make_measured_series(seed=1, norm_error=0.02, bad_frames={147.0: 0.5},
+                             bad_kind="partial", **GRID)
+    lost_t = float(s.temperature[s.bad_frames[0]])
+    x = str(write_xtec(s, tmp_path / "p.nxs"))
+    nxr = [str(p) for p in write_nxrefine(s, tmp_path / "nxr", parent=False)]
+    labels = []
+    for name, inputs, kw in (("a", [x], {}), ("b", [x], dict(persist="none")),
+                             ("c", nxr, {}), ("d", [x], dict(drop_lost_frames=False))):
+        out = tmp_path / f"{name}.zarr"
+        run_cluster(ClusterConfig(inputs=inputs, out=str(out), k=3, **kw))
+        ds = open_result(out)
+        labels.append(ds.labels.values)
+        if name != "d":
+            assert ds.sizes["temperature"] == 23 and lost_t not in ds.temperature.values
+            assert ds.attrs["lost_frames_left_out"] == [lost_t]
+            assert ds.attrs["normalize"] is True  # the 2% errors
+        else:
+            assert ds.sizes["temperature"] == 24 and ds.xtec.flagged_temperatures() == [lost_t]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    np.testing.assert_array_equal(labels[0], labels[2])

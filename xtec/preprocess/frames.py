@@ -209,6 +209,25 @@ class FrameCheck:
     correction: np.ndarray | None = None
     applied: np.ndarray | None = None  # the correction the run divided out, if any
     noise: float = 0.0  # the per-frame scale's own noise (log), from the levels' spread
+    left_out: list = field(default_factory=list)  # temperatures of lost frames left out
+
+    @property
+    def lost(self) -> np.ndarray:
+        """(T,) bool: frames flagged for voxels that went to zero (a lost part)."""
+        return np.array([i in self.reasons and "zero voxels" in self.reasons[i]
+                         for i in range(self.temperature.size)], bool)
+
+    def subset(self, keep) -> FrameCheck:
+        """The check of the frames ``keep`` (indices) only."""
+        keep = np.asarray(keep, np.int64)
+        pos = {int(i): j for j, i in enumerate(keep)}
+        return FrameCheck(*(np.asarray(getattr(self, n))[keep] for n in
+                            ("temperature", "scale", "total", "background", "kept",
+                             "zero_fraction", "flagged")),
+                          reasons={pos[i]: r for i, r in self.reasons.items() if i in pos},
+                          correction=None if self.correction is None else self.correction[keep],
+                          applied=None if self.applied is None else self.applied[keep],
+                          noise=self.noise)
 
     @property
     def flagged_temperatures(self) -> list[float]:
@@ -370,14 +389,20 @@ def scale_frames(data, correction: np.ndarray):
     return data.map_blocks(divide, dtype=data.dtype)
 
 
-def normalize_rows(x, correction: np.ndarray, rescale: str):
+def normalize_rows(x, correction, rescale: str, keep=None):
     """Rescaled trajectories x (n, T) of a series, as if its frames had been divided
-    by ``correction`` before rescaling: exact for the ``mean`` (x + 1 = I / mean_T I)
-    and ``none`` rescalings, which are all :func:`xtec.pipeline` corrects in place."""
+    by ``correction`` (None: by 1) and only the frames ``keep`` (indices; None:
+    all) kept before rescaling: exact for the ``mean`` (x + 1 = I / mean_T I) and
+    ``none`` rescalings, which are all :mod:`xtec.pipeline` corrects in place."""
     from xtec.backend import namespace
 
     xp = namespace(x)
-    inv = xp.asarray((1.0 / np.asarray(correction, np.float64)).astype(np.float32)[None, :])
+    t = x.shape[1]
+    c = np.ones(t) if correction is None else np.asarray(correction, np.float64)
+    cols = np.arange(t) if keep is None else np.asarray(keep, np.int64)
+    if keep is not None:
+        x = xp.take(x, xp.asarray(cols), axis=1)
+    inv = xp.asarray((1.0 / c[cols]).astype(np.float32)[None, :])
     if rescale == "none":
         return x * inv
     if rescale != "mean":
@@ -443,5 +468,6 @@ def frame_variables(check: FrameCheck | None, correction, dropped) -> tuple[dict
         "frame_reasons": {f"{check.temperature[i]:g}": r for i, r in check.reasons.items()},
         "normalize": correction is not None,
         "dropped_temperatures": list(dropped or []),
+        "lost_frames_left_out": [float(t) for t in check.left_out],
     }
     return variables, attrs
