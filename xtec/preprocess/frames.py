@@ -33,8 +33,10 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# log(I / mean) in 1% bins over [-3, 3] (ends clipped), column 0 the zeros.
+# log(I / mean) in 1% bins over [-3, 3] (ends clipped), column 0 the zeros,
+# of one voxel in RATIO_SAMPLE.
 RATIO_LO, RATIO_WIDTH, RATIO_BINS = -3.0, 0.01, 600
+RATIO_SAMPLE = 16
 # log(mean) bins for the split of each frame's total by intensity.
 MEAN_LO, MEAN_WIDTH, MEAN_BINS = -12.0, 0.25, 128
 
@@ -73,16 +75,20 @@ def frame_block(flat, m):
         flat = flat.astype(np.float32)
     from xtec.preprocess import _kernels
 
-    return _kernels.frame_stats(np.ascontiguousarray(flat), np.ascontiguousarray(m),
-                                RATIO_LO, RATIO_WIDTH, RATIO_BINS, MEAN_LO, MEAN_WIDTH,
-                                MEAN_BINS)
+    m = np.ascontiguousarray(m, dtype=np.float32)
+    # The log ratios of one voxel in RATIO_SAMPLE, picked by the bits of its
+    # mean: the same voxels whatever the chunking, and the pass 5x shorter.
+    sample = (m.view(np.uint32) % RATIO_SAMPLE) == 0
+    return _kernels.frame_stats(np.ascontiguousarray(flat), m, sample, RATIO_LO, RATIO_WIDTH,
+                                RATIO_BINS, MEAN_LO, MEAN_WIDTH, MEAN_BINS)
 
 
 @dataclass
 class FrameStats:
     """Per-temperature statistics of a series, from the first pass.
 
-    hist : (T, RATIO_BINS + 1) counts of log(I / mean_T I), column 0 the zeros;
+    hist : (T, RATIO_BINS + 1) counts of log(I / mean_T I) of one voxel in
+    RATIO_SAMPLE (picked by the bits of its mean), column 0 the zeros;
     total : (T,) sum of the intensities; region : (T, MEAN_BINS) the same split
     by the voxel's log(mean_T I); count : (MEAN_BINS,) the voxels of each split.
     """
@@ -115,7 +121,8 @@ class FrameStats:
         return int(self.hist[0].sum())
 
     def zero_fraction(self) -> np.ndarray:
-        """Share of the voxels (non-zero mean) that are zero in each frame."""
+        """Share of the (sampled) voxels with a non-zero mean that are zero in
+        each frame."""
         return self.hist[:, 0] / max(self.n_voxels, 1)
 
     def median_ratio(self) -> np.ndarray:

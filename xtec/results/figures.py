@@ -213,7 +213,12 @@ def plot_frames(ds: xr.Dataset, ax=None):
     ax.set_xlabel(f"temperature ({ds['temperature'].attrs.get('units', 'K')})")
     ax.set_ylabel("relative to the median over T")
     n = int(flagged.sum())
-    ax.set_title("frames: " + (f"{n} flagged (shaded)" if n else "none flagged"))
+    title = "frames: " + (f"{n} flagged (shaded)" if n else "none flagged")
+    gone = [float(v) for k in ("lost_frames_left_out", "dropped_temperatures")
+            for v in (decode_value(ds.attrs.get(k)) or [])]
+    if gone:
+        title += "; left out: " + ", ".join(f"{v:g} K" for v in sorted(gone))
+    ax.set_title(title)
     ax.legend(fontsize="small", frameon=False)
     return ax
 
