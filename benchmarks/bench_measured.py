@@ -1,10 +1,12 @@
 """CDW F1 and Tc on measured-like series: expansion, normalisation errors, bad frames (issue 27).
 
-For each seed and effect a measured-like series
+For each volume, seed and effect a measured-like series
 (:func:`xtec.datasets.make_measured_series`: the realistic series of
-``bench_realistic.py``, 11 x 81 x 81 voxels x 24 temperatures, with thermal
-expansion, per-temperature normalisation errors or a bad frame) is written in
-both NeXus layouts and clustered through the real pipeline by each method;
+``bench_realistic.py``, 11 x 81 x 81 voxels x 24 temperatures, |H|, |K| <= 2
+("small"), or as many voxels at H = 4..8 ("farther", where expansion moves the
+peaks more), with thermal expansion, per-temperature normalisation errors or
+a bad frame) is written in both NeXus layouts and clustered through the real
+pipeline by each method (NXRefine layout: ``--nxrefine-methods``);
 each result is scored with :func:`xtec.results.evaluate.evaluate_result`
 (best-cluster CDW F1, Tc through ``ds.xtec.fit_order_parameter``) and with the
 frames the run flagged against the planted bad frames.
@@ -97,6 +99,7 @@ def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -
             secs = time.perf_counter() - t0
             ds = open_result(out)
             ev = evaluate_result(ds, s)
+            left_out = [float(t) for t in ds.xtec.attrs.get("lost_frames_left_out") or []]
             try:  # the fit as before frames were checked: flagged frames fitted too
                 tc_all = float(ds.xtec.fit_order_parameter(exclude_flagged=False).tc)
             except XtecError:
@@ -104,7 +107,9 @@ def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -
             row = dict(grid=grid, effect=effect, method=method, layout=layout, seed=seed,
                        cdw_f1=ev.families["cdw"].f1, bragg_f1=ev.families["bragg"].f1,
                        tds_f1=ev.families["tds"].f1, tc_fit=ev.tc_fit,
-                       tc_rel_error=ev.tc_rel_error, tc_flagged_fitted=tc_all, flagged=ds.xtec.flagged_temperatures(),
+                       tc_rel_error=ev.tc_rel_error, tc_flagged_fitted=tc_all,
+                       flagged=sorted(ds.xtec.flagged_temperatures() + left_out),
+                       left_out=left_out,
                        bad_planted=[float(s.temperature[i]) for i in s.bad_frames],
                        normalized=bool(ds.attrs.get("normalize")), seconds=round(secs, 1))
             result["rows"].append(row)
@@ -117,7 +122,8 @@ def run(seeds, effects, methods, nxrefine_methods, grids, workdir: Path, save) -
 
 def table(rows: list[dict]) -> str:
     """Markdown: per grid, effect and method the CDW F1 range and the largest Tc
-    error over seeds and layouts, and the flagged frames against the planted ones."""
+    error over seeds and layouts, and the frames flagged (or left out, for a
+    lost part) against the planted ones."""
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["grid"], r["effect"], r["method"]), []).append(r)
@@ -137,9 +143,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--effects", nargs="+", default=list(DEFAULT_EFFECTS), choices=list(EFFECTS))
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS))
-    ap.add_argument("--nxrefine-methods", nargs="*", default=["peaks -k 4"],
+    ap.add_argument("--nxrefine-methods", nargs="*", default=["xtec-d -k 4", "peaks -k 4"],
                     choices=list(METHODS), help="methods also run on the NXRefine layout")
-    ap.add_argument("--grids", nargs="+", default=["small"], choices=list(GRIDS))
+    ap.add_argument("--grids", nargs="+", default=["small", "farther"], choices=list(GRIDS))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "measured.json"))
     ap.add_argument("--table", metavar="JSON", help="only print the table of a saved run")
     args = ap.parse_args()
