@@ -175,3 +175,20 @@ def test_lost_frame_left_out_alike_on_every_path(tmp_path):
             assert ds.sizes["temperature"] == 24 and ds.xtec.flagged_temperatures() == [lost_t]
     np.testing.assert_array_equal(labels[0], labels[1])
     np.testing.assert_array_equal(labels[0], labels[2])
+
+
+def test_normalised_run_does_not_depend_on_the_chunking(tmp_path):
+    from xtec.pipeline import ClusterConfig, run_cluster
+
+    s = make_measured_series(seed=0, norm_error=0.02, bad_frames={147.0: 0.5}, **GRID)
+    f = str(write_xtec(s, tmp_path / "c.nxs"))
+    got = []
+    for i, chunks in enumerate(((2, 20, 20), (5, 61, 61))):
+        out = tmp_path / f"c{i}.zarr"
+        run_cluster(ClusterConfig(inputs=[f], out=str(out), k=3, chunks=chunks))
+        ds = open_result(out)
+        assert ds.attrs["normalize"] is True
+        got.append((ds.labels.values, ds.frame_correction.values, ds.cluster_mean.values))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    np.testing.assert_allclose(got[0][2], got[1][2], rtol=1e-5, atol=1e-6)

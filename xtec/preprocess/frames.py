@@ -343,6 +343,9 @@ def check_frames(stats: FrameStats, temperature, cutoff_log: float | None = None
         level, agree = stats.level_residuals(t, flagged)
     # A frame whose levels disagree holds physics, not a scale error: left alone,
     # as is a frame with a lost part (not a scaled one: drop it instead).
+    # Rounded to 1e-7 in log: the level sums' last bits follow the order the
+    # blocks are summed in, and what the run divides by must not.
+    level = np.round(level, 7)
     corr = np.exp(np.where(np.isfinite(level) & (agree >= LEVEL_AGREEMENT), level, 0.0))
     corr[partial] = 1.0
     return FrameCheck(t, scale, stats.total, background, kept, zeros, flagged, reasons, corr,
