@@ -54,7 +54,12 @@ class ClusterConfig:
     connected component of the threshold mask), ``smooth`` (label smoothing
     with ``kernel``/``length_scale``/``unit_cell``/``smooth_iterations``).
     ``parent``/``parent_cluster``: re-cluster the voxels of one cluster of an
-    earlier result (its mask replaces the threshold).
+    earlier result (its mask replaces the threshold).  ``normalize``: divide
+    each temperature by its scale against the smooth trend of the kept
+    intensity (:mod:`xtec.preprocess.frames`); None (default) does it when the
+    frames scatter or one was flagged for its scale; ``drop_temperatures``:
+    leave the frames nearest these temperatures (K) out; ``drop_lost_frames``:
+    leave out frames flagged for a lost part (voxels zero in that frame only).
     """
 
     inputs: list[str]
@@ -85,6 +90,12 @@ class ClusterConfig:
     bic_seeds: int = _opt(3, range=(1, None))
     parent: str | None = None
     parent_cluster: int | None = _opt(None, range=(0, None))
+    # Frames (issue 27): divide out each temperature's scale against the smooth
+    # trend of the kept (Bragg-region) intensity (None: when the frames need it,
+    # see xtec.preprocess.frames.wants_normalize); leave frames out by temperature.
+    normalize: bool | None = None
+    drop_temperatures: list[float] | None = None
+    drop_lost_frames: bool = True
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
@@ -297,6 +308,27 @@ def _parse_str_list(name, value):
     return [_as_path(name, v) for v in value]
 
 
+def _parse_temperatures(value):
+    what = "temperatures in K (a list, or T1,T2,... on the command line)"
+    parts = value.split(",") if isinstance(value, str) else value
+    if isinstance(parts, (int, float)) and not isinstance(parts, bool):
+        parts = [parts]
+    if not isinstance(parts, (list, tuple)) or not parts:
+        _fail("drop_temperatures", what, value)
+    out = []
+    for p in parts:
+        try:
+            if isinstance(p, bool):
+                raise ValueError
+            v = float(p)
+        except (TypeError, ValueError):
+            _fail("drop_temperatures", what, value)
+        if not math.isfinite(v):
+            _fail("drop_temperatures", what, value)
+        out.append(v)
+    return out
+
+
 def _parse_memory_limit(value):
     return parse_memory_limit(value, "memory_limit")
 
@@ -312,6 +344,7 @@ _SPECIAL = {
     "inputs": lambda v: _parse_str_list("inputs", v),
     "job_extra": lambda v: _parse_str_list("job_extra", v),
     "memory_limit": _parse_memory_limit,
+    "drop_temperatures": _parse_temperatures,
     "out": lambda v: _as_path("out", v), "parent": lambda v: _as_path("parent", v),
     "scheduler_file": lambda v: _as_path("scheduler_file", v),
     "jobqueue_config": lambda v: _as_path("jobqueue_config", v),

@@ -63,6 +63,15 @@ from xtec.preprocess.candidates import (
     plan_candidates,
     trajectories_from_candidates,
 )
+from xtec.preprocess.frames import (
+    ROW_NORMALIZABLE,
+    check_frames,
+    drop_frames,
+    frame_variables,
+    normalize_rows,
+    scale_frames,
+    wants_normalize,
+)
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
@@ -84,7 +93,11 @@ class Prepared:
     (L, K, H) bool; traj : the kept :class:`~xtec.preprocess.Trajectories` (lazy);
     source : where they come from, "input" (read again) or the captured
     candidates in "memory" or on "disk"; warming : futures loading the EM
-    kernels on the workers (held until the EM starts).
+    kernels on the workers (held until the EM starts); frames : the verdict on
+    each temperature (:class:`~xtec.preprocess.frames.FrameCheck`, with the
+    factors ``--normalize`` divided out in ``frames.applied``); correction : the
+    fix rows rebuilt from captured candidates still need (None: none), as
+    (correction, kept frames); n_captured : temperatures of the captured rows.
     """
 
     arr: xr.DataArray
@@ -97,6 +110,9 @@ class Prepared:
     timings: dict
     warming: list
     source: str = "input"
+    frames: object = None  # xtec.preprocess.frames.FrameCheck
+    correction: tuple | None = None  # (correction, kept frames) for rows rebuilt from candidates
+    n_captured: int = 0  # temperatures of the captured candidate rows
 
 
 # --------------------------------------------------------------------------- preparing
@@ -108,8 +124,7 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
     fchunks = arr.attrs.get("file_chunks") or tuple(min(s, 32) for s in arr.shape[1:])
 
     def pilot_data():
-        return open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                          chunks=tuple(fchunks)).data
+        return _open_input(config, chunks=tuple(fchunks)).data
 
     plan = plan_candidates(arr.data, config.threshold, config.rescale, rt.memory_budget(),
                            pilot_data)
@@ -127,6 +142,29 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
     log.info("first pass keeps candidate trajectories (%.2f GB) in %s", nbytes / 1e9,
              "worker memory" if mode == "memory" else scratch)
     return plan
+
+
+def _open_input(config: ClusterConfig, **kw) -> xr.DataArray:
+    """The input series, less the frames of ``drop_temperatures``."""
+    arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh, **kw)
+    if config.drop_temperatures:
+        arr = drop_frames(arr, config.drop_temperatures)
+    return arr
+
+
+def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: list):
+    """The verdict on each frame, logged (a warning naming the flagged ones)."""
+    check = check_frames(summary.frames, prep_arr.temperature.values,
+                         None if threshold.method == "parent" else threshold.cutoff)
+    if check.flagged.any():
+        msg = (check.describe() + "; they are left out of the order-parameter fit; "
+               "--drop-temperatures " + ",".join(f"{t:g}" for t in check.flagged_temperatures)
+               + " leaves them out of the clustering")
+        log.warning(msg)
+        notes.append(msg)
+    else:
+        log.info("frames checked: no temperature flagged")
+    return check
 
 
 def _open_parent(config: ClusterConfig):
@@ -226,9 +264,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
                                       getattr(runtime, "threads_per_worker", 1))
     rt = runtime if runtime is not None else Runtime("threads")
     _warm_in_background(config.covariance if rt.client is None and xp is np else None)
-    arr = open_nexus(config.inputs, ql=config.ql, qk=config.qk, qh=config.qh,
-                     chunks=config.chunks, target_chunk_bytes=target,
-                     min_blocks=2 * rt.n_workers * rt.threads_per_worker)
+    arr = _open_input(config, chunks=config.chunks, target_chunk_bytes=target,
+                      min_blocks=2 * rt.n_workers * rt.threads_per_worker)
     data = arr.data
     if xp is not np:
         data = data.map_blocks(xp.asarray, dtype=data.dtype, meta=xp.empty((0,) * 4, data.dtype))
@@ -258,20 +295,56 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
                              "or infinite intensities, the others are zero at every "
                              "temperature") from None
         mask = keep_mask(summary.mean, threshold).persist()
+    notes = _input_notes(summary)  # after the threshold: its refusal is the one line
+    frames = _check_frames(config, arr, summary, threshold, notes)
+    correction = frames.correction if wants_normalize(config.normalize, frames) else None
+    frames.applied = correction
+    n_t = arr.sizes["temperature"]
+    keep = None
+    if config.drop_lost_frames and frames.lost.any():
+        keep = np.flatnonzero(~frames.lost)
+        msg = ("left out the frame(s) with a lost part: "
+               + ", ".join(f"{t:g} K" for t in frames.temperature[frames.lost]))
+        log.warning(msg)
+        notes.append(msg)
+        arr, data = arr.isel(temperature=keep), data[keep]
+        lost = [float(t) for t in frames.temperature[frames.lost]]
+        frames = frames.subset(keep)
+        frames.left_out = lost
+    # Rows of the mean / none rescalings are corrected after they are made, the
+    # same arithmetic whichever way they come (picked or read again); others,
+    # and peak averaging, read the scaled frames.
+    fix = (correction, keep) if correction is not None or keep is not None else None
+    in_rows = fix is not None and config.rescale in ROW_NORMALIZABLE
+    scaled = data if correction is None else scale_frames(data, frames.applied)
     source = "input"
-    if plan is not None and threshold.cutoff >= plan.bound:
-        traj = trajectories_from_candidates(summary.captured, mask,
-                                            arr.sizes["temperature"], data._meta)
+    if plan is not None and threshold.cutoff >= plan.bound and (fix is None or in_rows):
+        traj = trajectories_from_candidates(summary.captured, mask, n_t, data._meta)
         source = "memory" if plan.scratch is None else "disk"
     else:
         if plan is not None:
             log.info("the cutoff %.4g lies below the first pass's bound %.4g: the kept "
                      "trajectories are read again", threshold.cutoff, plan.bound)
         summary.captured = None
-        traj = extract_trajectories(data, mask, config.rescale)
+        traj = extract_trajectories(data if fix is None or in_rows else scaled, mask,
+                                    config.rescale)
+        # read without the left-out frames: only the correction is left to do
+        fix = None if frames.applied is None else (frames.applied, None)
+        in_rows = in_rows and fix is not None
+    if in_rows:
+        traj.X = _fix_rows(traj.X, fix, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
-    notes = _input_notes(summary)  # after the threshold: its refusal is the one line
-    return Prepared(arr, data, summary, threshold, mask, traj, notes, timings, warming, source)
+    return Prepared(arr, scaled, summary, threshold, mask, traj, notes, timings, warming,
+                    source, frames, fix if in_rows and source != "input" else None, n_t)
+
+
+def _fix_rows(X: da.Array, fix, rescale: str) -> da.Array:
+    """Rows corrected for normalised frames and left out ones (``fix`` =
+    (correction or None, kept frame indices or None))."""
+    correction, keep = fix
+    t = X.shape[1] if keep is None else len(keep)
+    return X.map_blocks(normalize_rows, correction, rescale, keep, dtype=np.float32,
+                        chunks=(X.chunks[0], (t,)))
 
 
 # --------------------------------------------------------------------------- K and methods
@@ -311,8 +384,10 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
         else:
             log.info("kept trajectories rewritten from the first pass's candidates "
                      "(%.2f GB, held on disk)", prep.traj.n * n_t * 4 / 1e9)
-            prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask, n_t,
-                                                     prep.data._meta)
+            prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask,
+                                                     prep.n_captured, prep.data._meta)
+            if prep.correction is not None:
+                X = _fix_rows(X, prep.correction, config.rescale)
             held = "disk"
     else:
         held = (prep.source if prep.source != "input"
@@ -456,6 +531,9 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         timings["gmm"] = time.perf_counter() - tick - timings["trajectories"]
         if parent is not None:
             clustering.attrs.update(_parent_attrs(config, parent))
+        fv, fa = frame_variables(prep.frames, prep.frames.applied, config.drop_temperatures)
+        clustering.variables.update(fv)
+        clustering.attrs.update(fa)
         tick = time.perf_counter()
         log.info("writing %s", out)
         parts = ResultParts(config, prep.arr, prep.mask, prep.summary.mean, prep.threshold,

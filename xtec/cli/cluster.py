@@ -87,6 +87,15 @@ def add_cluster_options(p) -> None:
     x.add_argument("--bic-ks", default=None, metavar="MIN:MAX",
                    help="K range for -k auto (default 2:14)")
     x.add_argument("--bic-seeds", type=int, default=None, help="seeds per K (default 3)")
+    x.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="divide each temperature by its scale against the smooth trend of "
+                        "the kept (Bragg-region) intensity (default on)")
+    x.add_argument("--drop-temperatures", default=None, metavar="T1,T2,...",
+                   help="leave out the frames nearest these temperatures (K), e.g. the ones "
+                        "a run flagged")
+    x.add_argument("--drop-lost-frames", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave out frames flagged for a lost part (voxels zero in that frame "
+                        "only; default on)")
     x.add_argument("--parent", default=None, metavar="RESULT.zarr",
                    help="second round: re-cluster voxels of a cluster of this result")
     x.add_argument("--parent-cluster", type=int, default=None, metavar="C",

@@ -12,6 +12,10 @@ Two kinds of series (``make_series(kind=...)``):
   counts per unit intensity, monitor-normalised transforms and detector gaps.
   Its truth is the *dominant* family per voxel plus per-family contribution
   maps; see the function's docstring.
+* ``"measured"`` (:func:`make_measured_series`): the realistic series with what
+  measured series add: thermal expansion (peaks move through the voxels),
+  orientation drift, per-temperature normalisation errors and bad frames,
+  each with its truth (``frame_scale``, ``bad_frames``).
 
 The separated generator plants the features XTEC is meant to separate, each with
 the temperature dependence of its physics:
@@ -39,6 +43,7 @@ kind), :mod:`~xtec.datasets.nexus_files` (writing the series and reading its
 truth back).
 """
 
+from xtec.datasets.measured import make_measured_series
 from xtec.datasets.nexus_files import read_truth, write_nxrefine, write_xtec, write_xtec_large
 from xtec.datasets.realistic import REALISTIC_FAMILIES, make_realistic_series
 from xtec.datasets.separated import make_series
@@ -56,6 +61,6 @@ from xtec.datasets.series import (
 
 __all__ = [
     "BACKGROUND", "BRAGG", "CDW", "CLASS_NAMES", "CRITICAL", "GAP", "REALISTIC_FAMILIES", "TDS",
-    "Grid", "SyntheticSeries", "make_realistic_series", "make_series", "read_truth",
+    "Grid", "SyntheticSeries", "make_measured_series", "make_realistic_series", "make_series", "read_truth",
     "write_nxrefine", "write_xtec", "write_xtec_large",
 ]

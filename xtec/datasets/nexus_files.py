@@ -189,6 +189,9 @@ def _write_truth(entry, series: SyntheticSeries) -> None:
     g["signal"] = series.signal
     g.attrs["tc"] = series.tc
     g.attrs["class_names"] = ",".join(CLASS_NAMES[c] for c in sorted(CLASS_NAMES))
+    if series.frame_scale is not None:  # the measured kind's frame truth
+        g["frame_scale"] = np.asarray(series.frame_scale, np.float64)
+        g["bad_frames"] = np.asarray(series.bad_frames, np.int64)
 
 
 def read_truth(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, float]:

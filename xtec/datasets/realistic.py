@@ -110,12 +110,18 @@ def _monitor_normalised_counts(rng, lam, counts_per_unit: float, monitor_spread:
     return (rng.poisson(expected) / monitor[:, None, None, None]).astype(np.float32)
 
 
-def _realistic_terms(ql, qk, qh, t, f2_bragg, f2_cdw, span, *, tc, beta, nu):
-    """Expected intensity (T, L, K, H) of each family of the realistic model."""
+def _realistic_terms(ql, qk, qh, t, f2_bragg, f2_cdw, span, *, tc, beta, nu, coords=None):
+    """Expected intensity (T, L, K, H) of each family of the realistic model.
+
+    ``coords``: (L, K, H) arrays broadcast to the grid where the lattice's
+    features are evaluated instead of the grid's own (peaks that moved, as in
+    :mod:`xtec.datasets.measured`); the background always stays on the grid.
+    """
     L, K, H = np.meshgrid(ql, qk, qh, indexing="ij", sparse=True)
+    if coords is not None:
+        L, K, H = coords
     T = t[:, None, None, None]
     q2 = H**2 + K**2 + L**2
-    q = np.sqrt(q2)
 
     # Debye-Waller: 2W = c |Q|^2 coth(theta_D / 2T) (Debye, high-T limit ~ T),
     # about 0.6 at the largest |Q| at 300 K.
@@ -160,18 +166,26 @@ def _realistic_terms(ql, qk, qh, t, f2_bragg, f2_cdw, span, *, tc, beta, nu):
     xi = np.minimum(xi0 * np.maximum(tt, 1e-9) ** (-nu), 30.0)[:, None, None, None]
     crit = 1e-3 * f2c * xi**2 / (1.0 + xi**2 * d2c) * dw
 
-    # Background: Compton rising with |Q|, air scatter near the beam, an
-    # amorphous ring (glue, sample mount) at |Q| = 2.2 r.l.u.; nearly T-independent.
-    qmax = float(np.sqrt(ql.__abs__().max() ** 2 + qk.__abs__().max() ** 2
-                         + qh.__abs__().max() ** 2)) or 1.0
-    bkg_space = (0.04 * (1.0 + 0.8 * q2 / qmax**2) + 0.3 * np.exp(-q2 / 0.3)
-                 + 0.06 * np.exp(-0.5 * ((q - 2.2) / 0.12) ** 2))
-    bkg = bkg_space * (1.0 + 0.03 * (T - t.min()) / max(np.ptp(t), 1.0))
+    bkg = _background(ql, qk, qh, t)  # on the grid, whatever the lattice does
 
     shape = (t.size, ql.size, qk.size, qh.size)
     return {BACKGROUND: np.broadcast_to(bkg, shape), BRAGG: np.broadcast_to(bragg, shape),
             TDS: np.broadcast_to(tds, shape), CDW: np.broadcast_to(cdw, shape),
             CRITICAL: np.broadcast_to(crit, shape)}
+
+
+def _background(ql, qk, qh, t):
+    """Background (T, L, K, H) broadcastable: Compton rising with |Q|, air scatter
+    near the beam, an amorphous ring (glue, sample mount) at |Q| = 2.2 r.l.u.;
+    nearly T-independent (3% drift over the series)."""
+    L, K, H = np.meshgrid(ql, qk, qh, indexing="ij", sparse=True)
+    T = t[:, None, None, None]
+    q2 = H**2 + K**2 + L**2
+    qmax = float(np.sqrt(ql.__abs__().max() ** 2 + qk.__abs__().max() ** 2
+                         + qh.__abs__().max() ** 2)) or 1.0
+    bkg_space = (0.04 * (1.0 + 0.8 * q2 / qmax**2) + 0.3 * np.exp(-q2 / 0.3)
+                 + 0.06 * np.exp(-0.5 * ((np.sqrt(q2) - 2.2) / 0.12) ** 2))
+    return bkg_space * (1.0 + 0.03 * (T - t.min()) / max(np.ptp(t), 1.0))
 
 
 def _slanted_gaps(ql, qk, qh, hk_step: float) -> np.ndarray:

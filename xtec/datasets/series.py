@@ -27,9 +27,10 @@ class SyntheticSeries:
         Voxels whose dominant feature is at least ``signal_ratio`` x background.
     tc : float
         Planted transition temperature (K).
-    kind : "separated" or "realistic"
+    kind : "separated", "realistic" or "measured"
     contributions : dict of class code -> ndarray of shape (n_l, n_k, n_h), optional
         Mean over temperature of each family's expected intensity (realistic kind).
+    frame_scale, bad_frames : truth of the measured kind (see :mod:`xtec.datasets.measured`).
     """
 
     intensity: np.ndarray
@@ -45,6 +46,10 @@ class SyntheticSeries:
     # Mean over temperature of each family's expected intensity, (n_l, n_k, n_h)
     # float32 per class code; None for the separated kind.
     contributions: dict | None = None
+    # Measured-like kind (xtec.datasets.measured): the scale each stored frame
+    # carries (T,), and the indices of the bad frames; None / () otherwise.
+    frame_scale: np.ndarray | None = None
+    bad_frames: tuple = ()
 
     @property
     def n_classes(self) -> int:

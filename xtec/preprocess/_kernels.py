@@ -201,3 +201,48 @@ def flat_indices_3d(mask, o0, o1, o2, n1, n2):
                 out[j] = row + c
                 j += np.int64(mask[a, b, c])
     return out[:j].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
+    """Per-temperature statistics of a block x (T, n) with per-voxel means m (n,).
+
+    Over the voxels with m > 0 (negatives count as 0): ``total`` (T,) the sums;
+    ``region`` (T, nb_m) the sums split by the voxel's log(m) in ``nb_m`` bins
+    of ``w_m`` from ``lo_m`` (ends clipped) and ``count`` (nb_m,) the voxels in
+    each of those bins; ``hist`` (T, nb_r + 1) over the voxels with ``sample``
+    set, column 0 their zero values and columns 1.. their log ratios log(x / m)
+    in ``nb_r`` bins of ``w_r`` from ``lo_r`` (ends clipped).
+    Serial, in voxel order."""
+    t, n = x.shape
+    hist = np.zeros((t, nb_r + 1), np.int32)
+    total = np.zeros(t)
+    region = np.zeros((t, nb_m))
+    count = np.zeros(nb_m, np.int64)
+    logm = np.empty(n)
+    bm = np.empty(n, np.int64)
+    for i in range(n):
+        if m[i] > 0:
+            logm[i] = np.log(np.float64(m[i]))
+            bm[i] = _fine_bin(logm[i], lo_m, w_m, nb_m)
+            count[bm[i]] += 1
+        else:
+            bm[i] = -1
+    picked = np.flatnonzero(sample & (bm >= 0))
+    for j in range(t):
+        row = x[j]
+        reg = region[j]
+        for i in range(n):
+            b = bm[i]
+            v = row[i]
+            if b >= 0 and v > 0:  # (negatives and NaN count as 0)
+                reg[b] += v
+        h = hist[j]
+        for i in picked:
+            v = np.float64(row[i])
+            if v > 0:
+                h[1 + _fine_bin(np.log(v) - logm[i], lo_r, w_r, nb_r)] += 1
+            else:
+                h[0] += 1
+        total[j] = reg.sum()
+    return hist, total, region, count

@@ -116,12 +116,17 @@ class VoxelSummary:
     # Moments and histogram of log(mean) for the threshold
     # (:class:`xtec.preprocess.threshold.LogMeanSummary`); None if not persisted.
     log_means: object = None
+    # Per-temperature statistics (:class:`xtec.preprocess.frames.FrameStats`).
+    frames: object = None
 
 
 def summary_block(x, capture=None, pos=()):
     """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
     block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
-    or None); NumPy chunks take one fused pass for the first two."""
+    or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`));
+    NumPy chunks take one fused pass for the first two."""
+    from xtec.preprocess.frames import frame_block
+
     if isinstance(x, np.ndarray):
         import numba
 
@@ -139,13 +144,15 @@ def summary_block(x, capture=None, pos=()):
         xp = namespace(x)
         flat = xp.reshape(x, (x.shape[0], -1))
         m, bad = xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
+    frames = frame_block(flat, m)
     got = capture(flat, m, pos) if capture is not None else None
     xp = namespace(m)
-    return xp.reshape(m, tuple(x.shape[1:])), bad, got
+    return xp.reshape(m, tuple(x.shape[1:])), bad, got, frames
 
 
 def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummary:
-    """Mean over temperature per voxel, and counts of NaN / negative values.
+    """Mean over temperature per voxel, counts of NaN / negative values, and the
+    per-temperature statistics of :mod:`xtec.preprocess.frames`.
 
     data : dask array (T, L, K, H) with the temperature axis in one chunk.
     All come from one read of the data, in one task per chunk.  ``capture``,
@@ -155,7 +162,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    f = dask.delayed(summary_block, pure=True, nout=3)
+    f = dask.delayed(summary_block, pure=True, nout=4)
     blocks = data.to_delayed()[0]
     positions = list(np.ndindex(*blocks.shape))
     parts = [f(blocks[pos], capture, pos) for pos in positions]
@@ -163,8 +170,8 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
         # The tuples are persisted first, so each chunk is read once; then
         # their items, so the means and the captures can be released apart.
         parts = dask.persist(*parts)
-        items = dask.persist(*[p[i] for p in parts for i in range(3)])
-        parts = [items[3 * j:3 * j + 3] for j in range(len(parts))]
+        items = dask.persist(*[p[i] for p in parts for i in range(4)])
+        parts = [items[4 * j:4 * j + 4] for j in range(len(parts))]
     meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
         if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
     grid = np.empty(blocks.shape, dtype=object)
@@ -190,10 +197,16 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     # is cancelled (a lost worker job) with unwanted tasks depending on
     # persisted ones, so there is no reduction tree here.
     f = dask.delayed(log_mean_block, pure=True)
-    bad, logs = dask.compute([p[1] for p in parts], [f(p[0]) for p in parts] if persist else [])
+    from xtec.preprocess.frames import FrameStats
+
+    bad, logs, frames = dask.compute([p[1] for p in parts],
+                                     [f(p[0]) for p in parts] if persist else [],
+                                     [p[3] for p in parts])
     log_means = combine_log_mean_blocks(logs) if persist else None
     totals = np.sum(bad, axis=0)
-    return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured, log_means)
+    # Combined in block order: the same statistics whatever the chunking.
+    return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured, log_means,
+                        FrameStats.combine(frames))
 
 
 def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:

@@ -116,7 +116,9 @@ class XtecDatasetAccessor:
 
     # -- trajectories from the source files
     def source(self, chunks=None) -> xr.DataArray:
-        """The input series (temperature, Ql, Qk, Qh), re-opened lazily from the provenance."""
+        """The input series (temperature, Ql, Qk, Qh), re-opened lazily from the
+        provenance, as it was clustered: frames left out by ``drop_temperatures``
+        left out, frames the run normalised divided by ``frame_correction``."""
         from xtec.io.nexus import open_nexus
 
         files = _decoded(self._ds.attrs, "source_files")
@@ -136,6 +138,14 @@ class XtecDatasetAccessor:
             raise InputError(
                 f"cannot re-open the source files recorded in the result: {exc}"
             ) from None
+        if arr.sizes["temperature"] != self._ds.sizes.get("temperature", arr.sizes["temperature"]):
+            # frames left out by drop_temperatures
+            arr = arr.sel(temperature=np.asarray(self._ds["temperature"].values), method="nearest")
+        if "frame_correction" in self._ds and not np.allclose(self._ds["frame_correction"], 1.0):
+            # frames the run normalised (--normalize): the input as it was clustered
+            corr = xr.DataArray(np.asarray(self._ds["frame_correction"].values, np.float32),
+                                dims="temperature")
+            arr = (arr / corr).astype(np.float32).assign_attrs(arr.attrs)
         for d in result_format.Q_DIMS:
             if d in self._ds.coords and (
                 arr.sizes[d] != self._ds.sizes[d]
@@ -266,6 +276,28 @@ class XtecDatasetAccessor:
             )
         return write_report(path, out_dir=out_dir, planes=planes)
 
+    # -- frames
+    def flagged_temperatures(self) -> list[float]:
+        """Temperatures the run flagged as bad frames (empty for results made
+        before frames were checked)."""
+        if "frame_flagged" not in self._ds:
+            return []
+        t = np.asarray(self._ds["temperature"].values, np.float64)
+        return [float(v) for v in t[np.asarray(self._ds["frame_flagged"].values, bool)]]
+
+    def plot_frames(self, ax=None):
+        """Per-temperature statistics of the input, flagged frames marked (None if
+        the store has none)."""
+        from xtec.results import figures
+
+        if "frame_flagged" not in self._ds:
+            return None
+        if ax is None:
+            import matplotlib.pyplot as plt
+
+            _, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        return figures.plot_frames(self._ds, ax=ax)
+
     # -- order parameter
     def order_parameter_cluster(self) -> int:
         """The cluster whose mean trajectory looks like an order parameter.
@@ -294,7 +326,8 @@ class XtecDatasetAccessor:
         return int(self.clusters[best])
 
     def fit_order_parameter(
-        self, cluster: int | None = None, source: str = "mean", **kwargs
+        self, cluster: int | None = None, source: str = "mean", exclude_flagged: bool = True,
+        **kwargs
     ) -> OrderParameterFit:
         """Fit ``A (1 - T/Tc)^(2 beta) + B`` to a cluster's mean trajectory.
 
@@ -306,6 +339,9 @@ class XtecDatasetAccessor:
             "mean": the stored rescaled mean (no file read), weighted by its
             standard error; "raw": the mean raw intensity of the cluster's
             voxels, read from the source files.
+        exclude_flagged : bool
+            Leave the temperatures the run flagged as bad frames out of the fit
+            (default; they show as "not fitted" in the plot).
         **kwargs : passed to :func:`fit_order_parameter` (``critical``, ``t_range``,
             ``slope``, ``tc``, ``beta``, ``loss``).
         """
@@ -326,6 +362,9 @@ class XtecDatasetAccessor:
             )
         else:
             raise ParameterError(f"source must be 'mean' or 'raw' (got {source!r})")
+        if exclude_flagged and "frame_flagged" in self._ds:
+            bad = np.isin(t, self.flagged_temperatures())
+            y = np.where(bad, np.nan, y)
         fit = fit_order_parameter(t, y, sigma, **kwargs)
         fit.cluster = int(cluster)
         fit.source = source

@@ -188,6 +188,41 @@ def plot_trajectories(
     return ax
 
 
+def plot_frames(ds: xr.Dataset, ax=None):
+    """Per-temperature statistics of the input (each relative to its median):
+    the frame's scale (median voxel against its own mean), total, kept
+    (Bragg-region) and background intensity; flagged frames marked."""
+    ax = _new_axes(ax)
+    t = np.asarray(ds["temperature"].values, np.float64)
+    order = np.argsort(t)
+    for name, label, style in (("frame_scale", "scale (median voxel)", "o-"),
+                               ("frame_total", "total", "s-"),
+                               ("frame_kept", "kept (Bragg region)", "^-"),
+                               ("frame_background", "background", "v-"),
+                               ("frame_correction", "--normalize divided by", "k:")):
+        if name not in ds:
+            continue
+        y = np.asarray(ds[name].values, np.float64)
+        med = np.median(y[np.isfinite(y) & (y > 0)]) if (y > 0).any() else 1.0
+        if name == "frame_correction" and np.allclose(y, 1.0):
+            continue
+        ax.plot(t[order], (y / med)[order], style, ms=3.5, lw=1.2, label=label)
+    flagged = np.asarray(ds["frame_flagged"].values, bool)
+    for i in np.flatnonzero(flagged):
+        ax.axvline(t[i], color="#D55E00", lw=6, alpha=0.25)
+    ax.set_xlabel(f"temperature ({ds['temperature'].attrs.get('units', 'K')})")
+    ax.set_ylabel("relative to the median over T")
+    n = int(flagged.sum())
+    title = "frames: " + (f"{n} flagged (shaded)" if n else "none flagged")
+    gone = [float(v) for k in ("lost_frames_left_out", "dropped_temperatures")
+            for v in (decode_value(ds.attrs.get(k)) or [])]
+    if gone:
+        title += "; left out: " + ", ".join(f"{v:g} K" for v in sorted(gone))
+    ax.set_title(title)
+    ax.legend(fontsize="small", frameon=False)
+    return ax
+
+
 def plot_counts(ds: xr.Dataset, ax=None):
     """Voxels per cluster, bars in the palette colours."""
     ax = _new_axes(ax, figsize=(5.0, 3.6))

@@ -43,6 +43,7 @@ from xtec.results.figures import (
     parse_plane,
     plot_bic,
     plot_counts,
+    plot_frames,
     plot_slice,
     plot_threshold,
     plot_trajectories,
@@ -216,6 +217,13 @@ def _draw_figures(ds: xr.Dataset, out: Path, chosen, dpi: int) -> list[tuple[str
     figs.append(("Threshold", _save(plot_threshold(ds), out / "threshold.png", dpi),
                  "Histogram of log mean intensity with the Gaussian fitted to the "
                  "background and the cutoff."))
+    if "frame_flagged" in ds:
+        flagged = [f"{t:g} K" for t, f in zip(ds["temperature"].values, ds["frame_flagged"].values)
+                   if f]
+        figs.append(("Frames", _save(plot_frames(ds), out / "frames.png", dpi),
+                     "Per-temperature statistics of the input, each relative to its median; "
+                     + (f"flagged as bad frames: {', '.join(flagged)}." if flagged
+                        else "no frame flagged.")))
     ax = plot_bic(ds)
     if ax is not None:
         figs.append(("Model selection", _save(ax, out / "bic.png", dpi),
