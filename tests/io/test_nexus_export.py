@@ -193,7 +193,7 @@ def test_damaged_store_fails_midway_and_leaves_nothing(exported, tmp_path, capsy
         p.write_bytes(b"not a compressed chunk")
     out = tmp_path / "damaged.nxs"
     code, _, err = run(capsys, "export", store, out)
-    assert_one_line_error(code, err, "cannot read 'color'")
+    assert_one_line_error(code, err, "'color'", "damaged")  # refused when opened: its chunks fail their checksum
     assert leftovers(tmp_path, "damaged.nxs") == []
 
 
