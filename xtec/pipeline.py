@@ -46,7 +46,6 @@ from xtec.io.result import (
     summarize_result,
 )
 from xtec.io.store import check_output, open_result, write_result
-from xtec.mixture.engines import warm_kernels
 from xtec.mixture.gaussian_mixture import GaussianMixture
 from xtec.mixture.profiles import cluster_profiles, predict_with_profiles
 from xtec.preprocess import (
@@ -172,19 +171,9 @@ def _warm_stage_kernels(covariance_type: str) -> bool:
     """Load the numba kernels of every stage (first pass, threshold, EM start and
     EM, profiles) in this process now: 1.8 s of a fresh in-process run on
     1.5 GB went to loading them in the stages that first call them."""
-    from xtec.mixture.profiles import warm_kernels as warm_profiles
-    from xtec.mixture.start import init_sample, kmeans_plusplus
-    from xtec.preprocess.threshold import warm_kernels as warm_threshold
-    from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
+    from xtec.mixture.warm import warm_stage_kernels
 
-    x = np.ones((2, 1, 1, 2), np.float32)
-    summary_block(x)
-    trajectories_block(x, np.ones((1, 1, 2), bool), "mean")
-    flat_indices_block(np.ones((1, 1, 2), bool), (0, 0, 0), (1, 1, 2))
-    rows = np.arange(4, dtype=np.float64).reshape(2, 2)
-    kmeans_plusplus(init_sample(rows.astype(np.float32), np.arange(2), 2, 0), 1,
-                    np.random.default_rng(0))
-    return warm_threshold() and warm_kernels(covariance_type) and warm_profiles()
+    return warm_stage_kernels(covariance_type)
 
 
 def _warm_in_background(covariance_type: str | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,9 +180,12 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
     # worker processes inherit the job's environment, so the allocator setting of
     # xtec.runtime.workers.worker_environ goes there too (a user's own export comes later).
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
+    from xtec.runtime.kernel_cache import worker_environ as kernel_cache_environ
+
     kw["job_script_prologue"] = [
         "export DASK_LOGGING__DISTRIBUTED=info",
-        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}", *prologue]
+        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}",
+        *(f"export {k}={shlex.quote(v)}" for k, v in kernel_cache_environ().items()), *prologue]
     # Any free dashboard port, as for a local cluster (8787 may be another run's on a
     # shared login node; the CLI prints the link).
     configured = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
