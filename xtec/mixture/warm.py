@@ -33,11 +33,16 @@ def warm_first_pass() -> bool:
     return warm_threshold()
 
 
+def warm_sample() -> np.ndarray:
+    """The hashed subsample's kernels (run per chunk, on the workers of a cluster)."""
+    rows = np.arange(4, dtype=np.float32).reshape(2, 2)
+    return init_sample(rows, np.arange(2), 2, 0)
+
+
 def warm_start(covariance_type: str) -> bool:
-    """The EM start: hashed sample, k-means++ and Lloyd steps, parameters from
-    labels, and the restarts' float32 E-step."""
-    rows = np.arange(4, dtype=np.float64).reshape(2, 2)
-    sample = init_sample(rows.astype(np.float32), np.arange(2), 2, 0)
+    """The EM start: k-means++ and Lloyd steps, parameters from labels, and the
+    restarts' float32 E-step (on a cluster they run in the client)."""
+    sample = warm_sample()
     labels = kmeans_plusplus(sample, 1, np.random.default_rng(0))
     params_from_labels(sample, labels, 1, covariance_type, 1e-6)
     identity = {"diag": np.ones((1, 2)), "full": np.eye(2)[None]}[covariance_type]
@@ -46,11 +51,18 @@ def warm_start(covariance_type: str) -> bool:
     return True
 
 
+def warm_worker_kernels(covariance_type: str) -> bool:
+    """The kernels a Dask worker calls: first pass, threshold, the sample's
+    hash, the EM's passes and labels, profiles (not the start's: the client
+    runs it, and on an empty cache each of them compiles for seconds)."""
+    return (warm_first_pass() and warm_sample() is not None and warm_kernels(covariance_type)
+            and warm_profiles())
+
+
 def warm_stage_kernels(covariance_type: str) -> bool:
     """Every kernel of a run with ``covariance_type``: first pass, threshold, EM
     start and EM, profiles."""
-    return (warm_first_pass() and warm_start(covariance_type) and warm_kernels(covariance_type)
-            and warm_profiles())
+    return warm_worker_kernels(covariance_type) and warm_start(covariance_type)
 
 
 def prepare_kernels(covariance_types=("diag", "full")) -> dict[str, float]:
