@@ -131,16 +131,17 @@ def run_in_process(path: Path, out: Path, memory: str | None = None) -> dict:
     peak = [base]
     stop = threading.Event()
 
-    scratch, spilled, ticks = out.parent / (out.name + ".scratch"), [0], [0]
+    spilled, ticks = [0], [0]
 
-    def scratch_bytes() -> int:
-        return sum(p.stat().st_size for p in scratch.rglob("*") if p.is_file())
+    def scratch_bytes() -> int:  # the run's scratch directory, OUT.zarr.scratch-<run>
+        return sum(p.stat().st_size for d in out.parent.glob(out.name + ".scratch-*")
+                   for p in d.rglob("*") if p.is_file())
 
     def sample():
         while not stop.is_set():
             peak[0] = max(peak[0], proc.memory_info().rss)
             ticks[0] += 1
-            if ticks[0] % 10 == 0 and scratch.exists():  # every second
+            if ticks[0] % 10 == 0:  # every second
                 try:
                     spilled[0] = max(spilled[0], scratch_bytes())
                 except OSError:  # a file removed while summed
