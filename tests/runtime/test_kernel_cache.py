@@ -107,3 +107,17 @@ def test_local_workers_get_the_cache_dir(monkeypatch, tmp_path):
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert worker_environ()["NUMBA_CACHE_DIR"] == str(tmp_path)
+
+
+def test_batch_jobs_export_the_cache_dir(monkeypatch, tmp_path):
+    pytest.importorskip("dask_jobqueue")
+    from xtec.config import JobqueueOptions
+    from xtec.runtime.clusters import make_jobqueue_cluster
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "kernels dir"))
+    cluster = make_jobqueue_cluster("slurm", JobqueueOptions(cores=1, memory="2GB"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert f"export NUMBA_CACHE_DIR='{tmp_path / 'kernels dir'}'" in script
