@@ -103,31 +103,49 @@ def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:
             wall = time.perf_counter() - t0
         limit = rt.memory_per_worker
     peaks, restarted = watch.peak_rss, watch.restarted
+    import xarray as xr
+
     return {"wall_s": wall, "peak_rss_per_worker": sorted(peaks.values()),
+            "trajectories_held": xr.open_zarr(out).attrs.get("trajectories_held"),
             "spilled_bytes_per_worker": sorted(watch.spilled.values()),
             "worker_limit": limit, "restarted": restarted, "n_kept": res.summary["n_kept"],
             "timings": res.summary["timings"]}
 
 
-def run_in_process(path: Path, out: Path) -> dict:
+def run_in_process(path: Path, out: Path, memory: str | None = None) -> dict:
     """xtec with no cluster (Dask's threaded scheduler, every core): what
-    ``xtec cluster IN -o OUT`` does on a laptop.  Peak RSS of this process is
-    sampled while it runs."""
+    ``xtec cluster IN -o OUT [--memory-limit MEMORY]`` does on a laptop.  Peak RSS
+    of this process is sampled while it runs; with ``memory`` the run's budget
+    (where candidate and kept trajectories live)."""
     import threading
 
     import dask
     import psutil
 
     from xtec.pipeline import ClusterConfig, run_cluster
+    from xtec.runtime.clusters import Runtime
+    from xtec.runtime.workers import parse_memory_limit
 
     proc = psutil.Process()
     base = proc.memory_info().rss
     peak = [base]
     stop = threading.Event()
 
+    spilled, ticks = [0], [0]
+
+    def scratch_bytes() -> int:  # the run's scratch directory, OUT.zarr.scratch-<run>
+        return sum(p.stat().st_size for d in out.parent.glob(out.name + ".scratch-*")
+                   for p in d.rglob("*") if p.is_file())
+
     def sample():
         while not stop.is_set():
             peak[0] = max(peak[0], proc.memory_info().rss)
+            ticks[0] += 1
+            if ticks[0] % 10 == 0:  # every second
+                try:
+                    spilled[0] = max(spilled[0], scratch_bytes())
+                except OSError:  # a file removed while summed
+                    pass
             stop.wait(0.1)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -135,12 +153,18 @@ def run_in_process(path: Path, out: Path) -> dict:
     try:
         with dask.config.set(scheduler="threads"):
             t0 = time.perf_counter()
-            res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True))
+            budget = parse_memory_limit(memory) if memory else None
+            res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True),
+                              runtime=Runtime("threads", memory_limit=budget or None))
             wall = time.perf_counter() - t0
     finally:
         stop.set()
         thread.join()
-    return {"wall_s": wall, "peak_rss": peak[0], "rss_before": base,
+    import xarray as xr
+
+    held = xr.open_zarr(out).attrs.get("trajectories_held")
+    return {"wall_s": wall, "peak_rss": peak[0], "rss_before": base, "memory_budget": budget,
+            "trajectories_held": held, "scratch_peak_bytes": spilled[0],
             "timings": res.summary["timings"]}
 
 
@@ -243,7 +267,8 @@ def _one_repeat(path: Path, work: Path, gb: float, args) -> tuple[bool, float, d
     if args.in_process:
         if cold:
             drop_page_cache()
-        res["in_process"] = run_in_process(path, work / f"result_{gb:g}_inproc.zarr")
+        res["in_process"] = run_in_process(path, work / f"result_{gb:g}_inproc.zarr",
+                                           args.in_process_memory)
         res["in_process"]["ratio_to_floor"] = res["in_process"]["wall_s"] / floor
     print(f"  repeat: floor {floor:.2f} s, cluster {res['wall_s']:.2f} s "
           f"({res['ratio_to_floor']:.2f}x)" + (
@@ -295,6 +320,8 @@ def main(argv=None) -> dict:
                     help="drop the page cache before each timed read (root only)")
     ap.add_argument("--in-process", action="store_true",
                     help="also run xtec without a cluster (threads, every core)")
+    ap.add_argument("--in-process-memory", default=None,
+                    help="the in-process run's memory budget (e.g. 3GB; default: available)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per size (cold cache each); medians are reported")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
@@ -365,7 +392,9 @@ def main(argv=None) -> dict:
         for r in rows:
             ip = r["in_process"]
             print(f"{r['size_gb']:8.2f} {ip['wall_s']:13.2f} {ip['ratio_to_floor']:8.2f} "
-                  f"{ip['peak_rss'] / 2**20:12.0f}")
+                  f"{ip['peak_rss'] / 2**20:12.0f}   trajectories held in "
+                  f"{ip.get('trajectories_held')}, budget {ip.get('memory_budget')}, "
+                  f"scratch peak {ip.get('scratch_peak_bytes', 0) / 2**20:.0f} MB")
     print(f"{'size GB':>8} " + " ".join(f"{s:>12}" for s in stages) + "   (seconds per stage)")
     for r in rows:
         print(f"{r['size_gb']:8.2f} " + " ".join(f"{r['timings'].get(s, 0.0):12.2f}"

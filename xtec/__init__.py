@@ -75,6 +75,19 @@ def _register_accessor() -> None:
 _register_accessor()
 
 
+def _configure_kernel_cache() -> None:
+    """Point numba at a writable kernel cache before anything imports it (a
+    read-only install would otherwise compile in every process; see
+    :mod:`xtec.runtime.kernel_cache`)."""
+    from xtec.runtime.kernel_cache import configure
+
+    with contextlib.suppress(OSError):
+        configure()
+
+
+_configure_kernel_cache()
+
+
 def __getattr__(name: str):
     if name in _API:
         return getattr(importlib.import_module(_API[name]), name)

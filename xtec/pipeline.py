@@ -46,9 +46,9 @@ from xtec.io.result import (
     summarize_result,
 )
 from xtec.io.store import check_output, open_result, write_result
-from xtec.mixture.engines import warm_kernels
 from xtec.mixture.gaussian_mixture import GaussianMixture
 from xtec.mixture.profiles import cluster_profiles, predict_with_profiles
+from xtec.mixture.warm import warm_worker_kernels
 from xtec.preprocess import (
     Threshold,
     compute_threshold,
@@ -219,26 +219,19 @@ def _warm_stage_kernels(covariance_type: str) -> bool:
     """Load the numba kernels of every stage (first pass, threshold, EM start and
     EM, profiles) in this process now: 1.8 s of a fresh in-process run on
     1.5 GB went to loading them in the stages that first call them."""
-    from xtec.mixture.profiles import warm_kernels as warm_profiles
-    from xtec.mixture.start import init_sample, kmeans_plusplus
-    from xtec.preprocess.threshold import warm_kernels as warm_threshold
-    from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
+    from xtec.mixture.warm import warm_stage_kernels
 
-    x = np.ones((2, 1, 1, 2), np.float32)
-    summary_block(x)
-    trajectories_block(x, np.ones((1, 1, 2), bool), "mean")
-    flat_indices_block(np.ones((1, 1, 2), bool), (0, 0, 0), (1, 1, 2))
-    rows = np.arange(4, dtype=np.float64).reshape(2, 2)
-    kmeans_plusplus(init_sample(rows.astype(np.float32), np.arange(2), 2, 0), 1,
-                    np.random.default_rng(0))
-    return warm_threshold() and warm_kernels(covariance_type) and warm_profiles()
+    return warm_stage_kernels(covariance_type)
 
 
-def _warm_in_background(covariance_type: str | None) -> None:
-    """Load the writer's modules (Zarr and its codecs: 0.2 s), and for in-process
-    runs (``covariance_type`` given) the kernels, in a thread while the file is
-    read; a cluster's workers are warmed by :meth:`Runtime.on_every_worker`."""
+def _warm_in_background(covariance_type: str | None, in_process: bool = True) -> None:
+    """Load the writer's modules (Zarr and its codecs: 0.2 s), and the kernels
+    this process calls (``covariance_type`` given: every stage's in-process, the
+    EM start's on a cluster), in a thread while the file is read; a cluster's
+    workers are warmed by :meth:`Runtime.on_every_worker`."""
     import threading
+
+    from xtec.mixture.warm import warm_start
 
     def warm():
         try:
@@ -246,7 +239,7 @@ def _warm_in_background(covariance_type: str | None) -> None:
 
             versions()  # imports zarr
             if covariance_type is not None:
-                _warm_stage_kernels(covariance_type)
+                (_warm_stage_kernels if in_process else warm_start)(covariance_type)
         except Exception as exc:  # the stage itself will report it
             log.debug("warming the kernels failed: %s", exc)
 
@@ -263,7 +256,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
     rt = runtime if runtime is not None else Runtime("threads")
-    _warm_in_background(config.covariance if rt.client is None and xp is np else None)
+    _warm_in_background(config.covariance if xp is np else None, rt.client is None)
     arr = _open_input(config, chunks=config.chunks, target_chunk_bytes=target,
                       min_blocks=2 * rt.n_workers * rt.threads_per_worker)
     data = arr.data
@@ -275,7 +268,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     # Loading the kernels overlaps the first pass.
-    warming = rt.on_every_worker(functools.partial(_warm_stage_kernels, config.covariance))
+    warming = rt.on_every_worker(functools.partial(warm_worker_kernels, config.covariance))
     plan = _candidate_plan(config, arr, rt, scratch)
     timings["pilot"] = time.perf_counter() - tick
     summary = summarize(data, capture=plan)

@@ -104,7 +104,9 @@ def add_cluster_options(p) -> None:
     g.add_argument("--workers", type=int, default=None,
                    help="start a local Dask cluster with N worker processes")
     g.add_argument("--threads-per-worker", type=int, default=None)
-    g.add_argument("--memory-limit", default=None, help="per worker, e.g. 2GB (default auto)")
+    g.add_argument("--memory-limit", default=None,
+                   help="per worker, e.g. 2GB (default auto); in-process (no --workers) "
+                   "the run's memory budget")
     g.add_argument("--scheduler", default=None, help="address of a running Dask scheduler")
     g.add_argument("--scheduler-file", default=None,
                    help="scheduler file of a Dask cluster started inside an existing allocation")

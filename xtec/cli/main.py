@@ -27,6 +27,7 @@ _PLUGINS = [
     ("xtec.cli.series", "register"),
     ("xtec.cli.report", "register"),
     ("xtec.cli.export", "register"),
+    ("xtec.cli.prepare", "register"),
 ]
 
 

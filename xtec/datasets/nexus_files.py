@@ -44,11 +44,16 @@ def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
                      temperatures: np.ndarray | None = None, seed: int = 0,
                      hk_step: float = 0.05, l_step: float = 0.1, tc: float = 130.0,
                      exposure: float = 0.2, chunks: tuple[int, int, int] | None = None,
-                     compression: str | None = None) -> Path:
+                     compression: str | None = None, max_plane_bytes: int = 2**30) -> Path:
     """Write a synthetic series larger than memory, one L slab at a time.
 
     Same planted model as :func:`make_series` (grid centred on the origin),
     without detector gaps; the noise of each slab is seeded by (seed, slab).
+    A slab whose float32 counts exceed ``max_plane_bytes`` (1 GiB: series above
+    16 GB at 16 planes) is made in blocks of one chunk row of K, each seeded by
+    (seed, slab, block): its float64 temporaries are then tens of MB where a
+    whole 3 GB slab took several GB and was killed (issue 29).  Series with
+    smaller slabs are unchanged.
     """
     import h5py
 
@@ -72,12 +77,17 @@ def write_xtec_large(path: str | os.PathLike, shape: tuple[int, int, int], *,
         cls = tr.create_dataset("classes", shape=shape, dtype="int8")
         sig = tr.create_dataset("signal", shape=shape, dtype=bool)
         tr.attrs["tc"] = tc
+        blocked = t.size * nk * nh * 4 > max_plane_bytes
+        rows = chunks[1] if blocked else nk
         for i in range(nl):
-            lam, c, s_ = _planted(ql[i:i + 1], qk, qh, **model)
-            noise = np.random.default_rng([seed, i])
-            d[:, i:i + 1] = noise.poisson(lam * exposure).astype(np.float32)
-            cls[i:i + 1] = c
-            sig[i:i + 1] = s_
+            for j, k0 in enumerate(range(0, nk, rows)):
+                k1 = min(nk, k0 + rows)
+                lam, c, s_ = _planted(ql[i:i + 1], qk[k0:k1], qh, **model)
+                noise = np.random.default_rng([seed, i, j] if blocked else [seed, i])
+                d[:, i:i + 1, k0:k1] = noise.poisson(lam * exposure).astype(np.float32)
+                cls[i:i + 1, k0:k1] = c
+                sig[i:i + 1, k0:k1] = s_
+                del lam, c, s_
     return path
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ class Runtime:
     kind: str  # "threads", "local", "address", or a jobqueue kind
     client: object | None = None
     dashboard_link: str | None = None
+    # In-process only: the memory (bytes) the run may use, as a worker's limit
+    # bounds a worker's; None takes the memory available when the run starts.
+    memory_limit: int | None = None
 
     def _memory_limits(self) -> list[int]:
         """Memory limit of each worker in bytes (0 where unlimited; none in-process)."""
@@ -65,8 +69,11 @@ class Runtime:
 
     # -- where data lives
     def memory_budget(self) -> float:
-        """Bytes the kept trajectories may take in worker memory (30% of it)."""
+        """Bytes the kept trajectories may take in worker memory (30% of it; in-process
+        30% of ``memory_limit``, else of the memory available now)."""
         total = self.worker_memory
+        if total is None and self.client is None and self.memory_limit:
+            total = self.memory_limit
         if total is None:
             import psutil
 
@@ -179,9 +186,12 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
     # worker processes inherit the job's environment, so the allocator setting of
     # xtec.runtime.workers.worker_environ goes there too (a user's own export comes later).
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
+    from xtec.runtime.kernel_cache import worker_environ as kernel_cache_environ
+
     kw["job_script_prologue"] = [
         "export DASK_LOGGING__DISTRIBUTED=info",
-        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}", *prologue]
+        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}",
+        *(f"export {k}={shlex.quote(v)}" for k, v in kernel_cache_environ().items()), *prologue]
     # Any free dashboard port, as for a local cluster (8787 may be another run's on a
     # shared login node; the CLI prints the link).
     configured = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
@@ -216,6 +226,10 @@ def dask_runtime(
         existing allocation (workers started with ``srun dask worker ...``).
     workers : int
         If > 0 (and no address), a LocalCluster of that many worker processes.
+    memory_limit : bytes or str
+        Per worker; in-process (no workers, scheduler or cluster) the run's own
+        budget (bytes): candidate and kept trajectories that do not fit 30% of it
+        go to scratch files, as on workers.
     cluster : 'slurm' or 'pbs', optional
         Submit ``jobqueue.jobs`` batch jobs with dask-jobqueue.
     Without any of these the job runs in-process on the threaded scheduler.
@@ -226,8 +240,11 @@ def dask_runtime(
     if workers < 0:
         raise ParameterError(f"workers must be >= 0 (got {workers})")
     if not chosen:
+        # In-process a memory limit is the run's budget (where the kept
+        # trajectories live): "auto" or 0 leaves it to the memory available.
+        budget = memory_limit if isinstance(memory_limit, int) and memory_limit > 0 else None
         with dask.config.set(scheduler="threads"):
-            yield Runtime("threads")
+            yield Runtime("threads", memory_limit=budget)
         return
     from distributed.deploy.spec import SpecCluster
 

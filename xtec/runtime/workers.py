@@ -50,12 +50,16 @@ MALLOC_MMAP_THRESHOLD = 32 * 2**20
 def worker_environ() -> dict:
     """Environment variables set in each worker process before it starts:
     Dask's ``distributed.nanny.pre-spawn-environ`` plus ``MALLOC_MMAP_THRESHOLD_``
-    (a value the user configured wins)."""
+    and this process's ``NUMBA_CACHE_DIR`` if set (a value the user configured wins)."""
     import dask
     import distributed  # noqa: F401  (loads Dask's distributed config)
 
+    from xtec.runtime.kernel_cache import worker_environ as kernel_cache_environ
+
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
     env.setdefault("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)
+    for name, value in kernel_cache_environ().items():  # one kernel cache for every process
+        env.setdefault(name, value)
     return env
 
 
