@@ -211,18 +211,21 @@ def _slow_writes(monkeypatch, fail_after: int | None, delay: float = 0.004):
 # of Zarr), then the chunks of labels, color, mask and mean (Dask tasks): the disk
 # fills in one phase or the other.
 PHASES = {"metadata": 10, "chunks": 100}
+# Tries per race test: 8 in the suite (a few minutes less); XTEC_STRESS_TRIES=20 for
+# the issue's 20-of-20 check (docs/reliability.md: run before a release).
+TRIES = int(os.environ.get("XTEC_STRESS_TRIES", "8"))
 
 
 @pytest.mark.parametrize("phase", list(PHASES))
-def test_full_disk_during_the_write_leaves_nothing_20_of_20(result_ds, tmp_path, monkeypatch,
-                                                            phase):
-    """ENOSPC from one write while 8 threads write others: 20 of 20 tries leave
+def test_full_disk_during_the_write_leaves_nothing(result_ds, tmp_path, monkeypatch, phase):
+    """ENOSPC from one write while 8 threads write others: every try (20 of 20 with
+    XTEC_STRESS_TRIES=20) leaves
     nothing beside the output (before the fix, the other writers recreated the
     partial store's directories after it was removed)."""
     empty_the_disk = _slow_writes(monkeypatch, fail_after=PHASES[phase], delay=0.03)
     left = []
     with dask.config.set(num_workers=8):
-        for i in range(20):
+        for i in range(TRIES):
             empty_the_disk()
             out = tmp_path / f"r{i}.zarr"
             with pytest.raises(OSError, match="No space left"):
@@ -252,12 +255,12 @@ def tiny_fs(tmp_path, request):
     subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=20)
 
 
-def test_really_full_file_system_leaves_nothing_20_of_20(result_ds, tiny_fs, monkeypatch):
+def test_really_full_file_system_leaves_nothing(result_ds, tiny_fs, monkeypatch):
     """The same on a 600 KiB tmpfs (the store needs about 1 MB): the real ENOSPC."""
     _slow_writes(monkeypatch, fail_after=None)
     left = []
     with dask.config.set(num_workers=8):
-        for i in range(20):
+        for i in range(TRIES):
             out = tiny_fs / f"r{i}.zarr"
             with pytest.raises(OSError, match="No space left"):
                 write_result(result_ds, out)
@@ -287,7 +290,7 @@ def test_full_disk_on_a_dask_cluster_leaves_nothing(result_ds, tmp_path, monkeyp
     left = []
     with LocalCluster(n_workers=1, threads_per_worker=8, processes=False,
                       dashboard_address=None) as cluster, Client(cluster):
-        for i in range(5):
+        for i in range(max(2, TRIES // 4)):
             empty_the_disk()
             out = tmp_path / f"r{i}.zarr"
             with pytest.raises(OSError, match="No space left"):
