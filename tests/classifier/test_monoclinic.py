@@ -102,5 +102,25 @@ def test_classifier_answers_a_monoclinic_group_for_p21c_lines():
 def test_random_lines_stay_not_indexed_with_the_monoclinic_search():
     rng = np.random.default_rng(0)
     tt = np.sort(rng.uniform(15, 80, 20))
-    an = ExtinctionClassifier(np.ones(230), _params(10)).analyse(peaks_at(tt, np.ones(20), LAM, 0.03))
+    an = ExtinctionClassifier(np.ones(230), _params(10)).analyse(
+        peaks_at(tt, np.ones(20), LAM, 0.03)
+    )
     assert not an.indexed
+
+
+def test_a_pattern_no_cell_indexes_gives_no_space_group(tmp_path, capsys):
+    from xtec.cli.main import main
+
+    rng = np.random.default_rng(1)
+    x = np.arange(10, 80, 0.02)
+    y = np.full_like(x, 50.0)
+    for t, h in zip(rng.uniform(15, 75, 18), rng.uniform(500, 5000, 18), strict=True):
+        y += h * np.exp(-0.5 * ((x - t) / 0.05) ** 2)
+    f = tmp_path / "random.xy"
+    np.savetxt(f, np.column_stack([x, rng.poisson(y)]))
+    from xtec.classifier.predictor import predict_files
+
+    (r,) = predict_files([f])
+    assert r["status"] == "not indexed" and r["answer"] is None
+    assert main(["classify", "predict", str(f)]) == 0
+    assert "not indexed, no space group given" in capsys.readouterr().out
