@@ -219,20 +219,27 @@ class ExtinctionClassifier:
         main = self._main_phase(peaks, wavelength) if self.params.retry_without_first else None
         if main is not None:
             return main
+        alt = self._stray_line(peaks, wavelength, out) if self.params.retry_without_first else None
+        if alt is not None:
+            return alt
+        # Higher symmetry first: a monoclinic cell only when none of the above indexes.
         if self.params.monoclinic_min_m20 > 0:
             mono = self._monoclinic(peaks, wavelength, out)
             if mono is not None:
                 return mono
-        if self.params.retry_without_first <= 0:
-            return out
+        return out
+
+    def _stray_line(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
+        """The lines without the lowest one, when a cell indexes them and wins even with
+        that line unexplained."""
         rest = Peaks(peaks.two_theta[1:], peaks.q[1:], peaks.tol[1:], peaks.intensity[1:])
         alt = self._analyse(rest, wavelength, first_trial_only=True)
         if not alt.indexed:
-            return out
+            return None
         # Every group's score with the first line unexplained, against the full set's.
         alt.log_scores = alt.log_scores + np.log(self.params.p_unexplained)
         if alt.log_scores.max() <= out.log_scores.max():
-            return out
+            return None
         alt.log_scores = np.maximum(alt.log_scores, out.log_scores)
         alt.peaks = peaks
         alt.unexplained = [float(peaks.two_theta[0]), *alt.unexplained]
