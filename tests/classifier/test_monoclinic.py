@@ -124,3 +124,27 @@ def test_a_pattern_no_cell_indexes_gives_no_space_group(tmp_path, capsys):
     assert r["status"] == "not indexed" and r["answer"] is None
     assert main(["classify", "predict", str(f)]) == 0
     assert "not indexed, no space group given" in capsys.readouterr().out
+
+
+def test_a_rhombic_monoclinic_net_is_c_centred_orthorhombic():
+    from xtec.classifier.monoclinic import orthorhombic_of
+
+    a, b, c = 5.26, 13.16, 21.58  # C-centred orthorhombic (h + k even)
+    # Primitive cell with c unique: a' = (a + b) / 2, c' = (a - b) / 2 (equal lengths);
+    # its reciprocal net (a*' = a* + b*, c*' = a* - b*) is rhombic.
+    A, C = 1 / a**2 + 1 / b**2, 1 / a**2 + 1 / b**2
+    D = 2 * (1 / a**2 - 1 / b**2)
+    mono = reduce_cells(np.array([[A, 1 / c**2, C, D]]))[0]
+    ortho = orthorhombic_of(mono)
+    assert ortho is not None
+    assert np.allclose(np.sort(1 / np.sqrt(ortho)), [a, b, c], rtol=1e-9)
+    assert orthorhombic_of(_reciprocal(5.6, 7.9, 9.3, 103.0)) is None
+    assert np.allclose(
+        orthorhombic_of(_reciprocal(5.6, 7.9, 9.3, 90.0)), 1 / np.array([5.6, 7.9, 9.3]) ** 2
+    )
+    # The other reduced form: a rhombic net with an obtuse angle (A = C).
+    a, b = 5.26, 6.0
+    mono = reduce_cells(
+        np.array([[1 / a**2 + 1 / b**2, 1 / c**2, 1 / a**2 + 1 / b**2, 2 * (1 / a**2 - 1 / b**2)]])
+    )[0]
+    assert np.allclose(np.sort(1 / np.sqrt(orthorhombic_of(mono))), [a, b, c], rtol=1e-9)

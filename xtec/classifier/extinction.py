@@ -43,7 +43,7 @@ from xtec.classifier.indexing import (
     peaks_at,
     refine_cell,
 )
-from xtec.classifier.monoclinic import index_monoclinic
+from xtec.classifier.monoclinic import index_monoclinic, orthorhombic_of
 from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
 from xtec.errors import ParameterError
 
@@ -367,10 +367,11 @@ class ExtinctionClassifier:
         fit, merit = found[0]
         if fit.n_indexed < len(peaks.q) - 1 or merit["M"] < pr.monoclinic_min_m20:
             return None
-        if abs(fit.lengths()[3] - 90) < 0.05:
+        ortho_params = orthorhombic_of(fit.params)
+        if ortho_params is not None:
             ortho = refine_cell(
                 "orthorhombic",
-                fit.params[:3],
+                ortho_params,
                 peaks,
                 lam,
                 pr.max_zero,

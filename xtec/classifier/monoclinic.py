@@ -142,6 +142,23 @@ def _screen(cells: np.ndarray, peaks: Peaks, n_screen: int, chunk: int = 20000) 
     return cells[np.concatenate(keep)] if keep else cells[:0]
 
 
+def orthorhombic_of(params, beta_tol: float = 0.05, rel_tol: float = 3e-3):
+    """Orthorhombic (A, B, C) of a reduced monoclinic cell whose lattice is orthorhombic,
+    else None: beta within ``beta_tol`` degrees of 90 (primitive), or a centred
+    rectangular a*-c* net, the lattice then C-centred orthorhombic: A = C (conventional
+    reciprocal axes (a* +- c*) / 2) or |D| = A (a* / 2 and c* -+ a* / 2)."""
+    a_, b_, c_, d_ = (float(v) for v in params)
+    cos_bs = d_ / (2 * np.sqrt(a_ * c_))
+    if abs(np.degrees(np.arcsin(np.clip(cos_bs, -1, 1)))) < beta_tol:
+        return np.array([a_, b_, c_])
+    if abs(a_ - c_) <= rel_tol * a_:
+        return np.array([(a_ + c_ + d_) / 4, b_, (a_ + c_ - d_) / 4])
+    if abs(abs(d_) - a_) <= rel_tol * a_:
+        # 2 a*.c* = a*^2: a*/2 and c* - a*/2 (sign of D) are perpendicular.
+        return np.array([a_ / 4, b_, c_ - abs(d_) / 2 + a_ / 4])
+    return None
+
+
 def index_monoclinic(
     peaks: Peaks,
     wavelength: float,
