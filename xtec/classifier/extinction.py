@@ -14,9 +14,12 @@ real crystals (:mod:`xtec.classifier.statistics`).
   overlapped lines go missing), each observed line that no allowed reflection explains
   costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
   a lower-symmetry cell that fits only as well as a higher one loses.
-* Monoclinic and triclinic cells are not indexed; those groups get a fixed "no cell
-  needed" likelihood.  When it beats every indexed cell the pattern is reported as
-  **not indexed** (monoclinic or triclinic by elimination, or more than one phase).
+* Monoclinic and triclinic groups first get a fixed "no cell needed" likelihood.  When
+  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase), the
+  lines without the lowest one, and monoclinic cells (:mod:`.monoclinic`, taken at
+  M20 >= ``monoclinic_min_m20``) are tried; when none indexes, the pattern is reported
+  as **not indexed** (no space group given; triclinic, a cell the search missed, or
+  more than one phase).
 
 Space groups that share a lattice and an extinction symbol (e.g. P2/m, P2 and Pm, or
 Pnma and Pna2_1) cannot be told apart by line positions; the frequency prior orders
