@@ -441,13 +441,17 @@ def lab(args) -> int:
     strict_sys = np.where(bad, -1, sys_pred)
     rep["model"] = mt.summarise(true, strict_ranked, types, strict_sys)
     rep["model"]["seconds_per_pattern"] = model_s * args.workers / len(ev)
+    # A "not indexed" answer gives no space group (predict's ``answer`` is None): the
+    # share of the most frequent answer counts the groups actually given, over all
+    # patterns; the top of the ranking (what the answer was before) is reported beside.
     answers, counts = np.unique(ranked[~bad, 0], return_counts=True)
     share_all = np.unique(ranked[:, 0], return_counts=True)
     rep["model"]["status"] = {k: int(status.count(k)) for k in sorted(set(status))}
     rep["model"]["most_frequent_answer"] = {
-        "space_group": int(share_all[0][share_all[1].argmax()]),
-        "share_of_all_patterns": float(share_all[1].max() / len(ev)),
-        "share_among_indexed_answers": float(counts.max() / len(ev)) if len(counts) else 0.0,
+        "space_group": int(answers[counts.argmax()]) if len(counts) else None,
+        "share_of_all_patterns": float(counts.max() / len(ev)) if len(counts) else 0.0,
+        "top_of_ranking_space_group": int(share_all[0][share_all[1].argmax()]),
+        "top_of_ranking_share": float(share_all[1].max() / len(ev)),
     }
     rep["majority_class_evaluation_set"] = mt.majority_baseline(true, types)
     # Nearest neighbour among the statistics half, simulated in lab mode too.
@@ -487,7 +491,8 @@ def lab(args) -> int:
                 "file": str(s.path.name),
                 "space_group": int(s.space_group),
                 "status": r[2],
-                "answer": int(a),
+                "answer": None if r[2] == "not indexed" else int(a),
+                "top_of_ranking": int(a),
                 **{k: v for k, v in r[3].items() if k != "texture"},
             }
             for s, r, a in zip(ev, res, ranked[:, 0], strict=True)

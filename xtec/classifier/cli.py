@@ -245,10 +245,13 @@ def _predict(args) -> int:
     for r in results:
         cands = ", ".join(f"{c['number']} ({c['probability']:.2f})" for c in r["space_groups"])
         status = f" [{r['status']}]" if "status" in r else ""
-        print(
-            f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); "
-            f"space groups {cands}{status}"
-        )
+        if r.get("status") == "not indexed":
+            print(f"{r['file']}: not indexed, no space group given (prior's guesses: {cands})")
+        else:
+            print(
+                f"{r['file']}: {r['crystal_system']} ({r['crystal_system_probability']:.2f}); "
+                f"space groups {cands}{status}"
+            )
         if "reason" in r:
             print(f"  {r['reason']}")
         if "plot" in r:

@@ -38,7 +38,9 @@ def describe(analysis, found, rad) -> dict:
     }
     fit = analysis.fit
     if fit is not None:
-        names = {1: ["a"], 2: ["a", "c"], 3: ["a", "b", "c"]}[len(fit.params)]
+        names = {1: ["a"], 2: ["a", "c"], 3: ["a", "b", "c"], 4: ["a", "b", "c", "beta"]}[
+            len(fit.params)
+        ]
         out["cell"] = {
             "system": fit.system,
             **{k: round(v, 5) for k, v in zip(names, fit.lengths(), strict=True)},
@@ -72,8 +74,8 @@ def _reason(a) -> str:
     fit = a.fit
     if fit is None:
         return (
-            f"no cubic, hexagonal, tetragonal or orthorhombic cell indexes the first {n} "
-            "lines: monoclinic or triclinic by elimination (not indexed), or more than one phase"
+            f"no cell indexes the first {n} lines (cubic to monoclinic tried): not indexed, no "
+            "space group given; triclinic, more than one phase, or lines the search missed"
         )
     cell = ", ".join(f"{v:.4f}" for v in fit.lengths())
     k = n - len(a.unexplained)
@@ -92,8 +94,8 @@ def _reason(a) -> str:
     )
     if not a.indexed:
         return (
-            text + "; not enough to beat a monoclinic/triclinic cell: not indexed "
-            "(low symmetry or more than one phase)"
+            text + "; not enough to beat a low-symmetry cell: not indexed, no space group "
+            "given (triclinic, monoclinic the search missed, or more than one phase)"
         )
     sgs = ", ".join(str(g) for g in groups[:6])
     more = " ..." if len(groups) > 6 else ""

@@ -14,9 +14,12 @@ real crystals (:mod:`xtec.classifier.statistics`).
   overlapped lines go missing), each observed line that no allowed reflection explains
   costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
   a lower-symmetry cell that fits only as well as a higher one loses.
-* Monoclinic and triclinic cells are not indexed; those groups get a fixed "no cell
-  needed" likelihood.  When it beats every indexed cell the pattern is reported as
-  **not indexed** (monoclinic or triclinic by elimination, or more than one phase).
+* Monoclinic and triclinic groups first get a fixed "no cell needed" likelihood.  When
+  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase), the
+  lines without the lowest one, and monoclinic cells (:mod:`.monoclinic`, taken at
+  M20 >= ``monoclinic_min_m20``) are tried; when none indexes, the pattern is reported
+  as **not indexed** (no space group given; triclinic, a cell the search missed, or
+  more than one phase).
 
 Space groups that share a lattice and an extinction symbol (e.g. P2/m, P2 and Pm, or
 Pnma and Pna2_1) cannot be told apart by line positions; the frequency prior orders
@@ -43,6 +46,7 @@ from xtec.classifier.indexing import (
     peaks_at,
     refine_cell,
 )
+from xtec.classifier.monoclinic import index_monoclinic, orthorhombic_of
 from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
 from xtec.errors import ParameterError
 
@@ -64,6 +68,8 @@ def _settings(system: str) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
         t = spglib.get_spacegroup_type(hall)
         if CRYSTAL_SYSTEMS[crystal_system_index(t.number)] not in systems or t.choice == "R":
             continue
+        if system == "monoclinic" and not t.choice.lstrip("-").startswith("b"):
+            continue  # cells are indexed with b unique
         sym = spglib.get_symmetry_from_database(hall)
         out.append((int(t.number), np.asarray(sym["rotations"]), np.asarray(sym["translations"])))
     return tuple(out)
@@ -157,6 +163,10 @@ class ExtinctionParams:
     # without the lowest one.
     retry_without_first: int = 0
     strong_fraction: float = 0.1
+    # > 0: when nothing of higher symmetry indexes, search monoclinic cells
+    # (:mod:`.monoclinic`) and take the best if it indexes all but at most one line with
+    # de Wolff M20 of at least this.
+    monoclinic_min_m20: float = 0.0
 
 
 @dataclass
@@ -207,19 +217,32 @@ class ExtinctionClassifier:
         """
         out = self._analyse(peaks, wavelength)
         n = len(peaks.q)
-        if out.indexed or n < 6 or self.params.retry_without_first <= 0:
+        if out.indexed or n < 6:
             return out
-        main = self._main_phase(peaks, wavelength)
+        main = self._main_phase(peaks, wavelength) if self.params.retry_without_first else None
         if main is not None:
             return main
+        alt = self._stray_line(peaks, wavelength, out) if self.params.retry_without_first else None
+        if alt is not None:
+            return alt
+        # Higher symmetry first: a monoclinic cell only when none of the above indexes.
+        if self.params.monoclinic_min_m20 > 0:
+            mono = self._monoclinic(peaks, wavelength, out)
+            if mono is not None:
+                return mono
+        return out
+
+    def _stray_line(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
+        """The lines without the lowest one, when a cell indexes them and wins even with
+        that line unexplained."""
         rest = Peaks(peaks.two_theta[1:], peaks.q[1:], peaks.tol[1:], peaks.intensity[1:])
         alt = self._analyse(rest, wavelength, first_trial_only=True)
         if not alt.indexed:
-            return out
+            return None
         # Every group's score with the first line unexplained, against the full set's.
         alt.log_scores = alt.log_scores + np.log(self.params.p_unexplained)
         if alt.log_scores.max() <= out.log_scores.max():
-            return out
+            return None
         alt.log_scores = np.maximum(alt.log_scores, out.log_scores)
         alt.peaks = peaks
         alt.unexplained = [float(peaks.two_theta[0]), *alt.unexplained]
@@ -283,33 +306,14 @@ class ExtinctionClassifier:
                 )
                 if zero != 0:
                     trial.tol = peaks.tol
-                for system, n_par in INDEXED_SYSTEMS.items():
+                for system in INDEXED_SYSTEMS:
                     if best > full_fit:
                         # A higher-symmetry cell already explains every line: a lower one
                         # could only match it, and it pays for its extra parameters.
                         break
-                    hkl, masks, groups = _extinction_classes(system, 10 if n_par > 1 else 14)
-                    basis = _basis(system, hkl)
                     for params in index_cells(system, trial):
                         fit = self._fit(system, params, peaks, trial, zero, lam)
-                        calc = basis @ fit.params
-                        for m, sgs in zip(masks, groups, strict=True):
-                            ll = _line_likelihood(
-                                calc[m],
-                                fit.peaks,
-                                pr.p_miss,
-                                pr.p_unexplained,
-                                weak,
-                                pr.p_unexplained_weak,
-                            )
-                            ll -= pr.occam * n_par
-                            idx = np.asarray(sgs) - 1
-                            better = idx[ll > sg_ll[idx]]
-                            if len(better):
-                                sg_ll[better] = ll
-                                sg_fit[better] = len(fits)
-                                fits.append((ll, fit, calc[m], sgs))
-                            best = max(best, ll)
+                        best = max(best, self._score_fit(fit, weak, sg_ll, sg_fit, fits))
         if not np.isfinite(sg_ll).any():
             sg_ll[:] = 0.0
         scores = np.where(np.isfinite(sg_ll), sg_ll, -1e6) + self.log_prior
@@ -330,6 +334,73 @@ class ExtinctionClassifier:
             hit = (np.abs(allowed[None, :] - q[:, None]) <= tol[:, None]).any(1)
             out.unexplained = [float(t) for t in peaks.two_theta[~hit]]
         return out
+
+    def _score_fit(self, fit: CellFit, weak, sg_ll, sg_fit, fits) -> float:
+        """Score every absence class of ``fit``'s system; update the best likelihood of
+        each space group (``sg_ll``, in place), the fit behind it (``sg_fit``, an index
+        into ``fits``, appended to).  Returns the best likelihood."""
+        pr = self.params
+        n_par = len(fit.params)
+        hkl, masks, groups = _extinction_classes(fit.system, 10 if n_par > 1 else 14)
+        calc = _basis(fit.system, hkl) @ fit.params
+        best = -np.inf
+        for m, sgs in zip(masks, groups, strict=True):
+            ll = _line_likelihood(
+                calc[m], fit.peaks, pr.p_miss, pr.p_unexplained, weak, pr.p_unexplained_weak
+            )
+            ll -= pr.occam * n_par
+            idx = np.asarray(sgs) - 1
+            better = idx[ll > sg_ll[idx]]
+            if len(better):
+                sg_ll[better] = ll
+                sg_fit[better] = len(fits)
+                fits.append((ll, fit, calc[m], sgs))
+            best = max(best, ll)
+        return best
+
+    def _monoclinic(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
+        """The best monoclinic cell (orthorhombic when beta is 90) when it indexes all but
+        at most one line with M20 >= ``monoclinic_min_m20``: its system's groups go on top
+        of the ranking (ordered by absences x prior), the rest keep their order below."""
+        pr = self.params
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        found = index_monoclinic(peaks, lam, pr.zero_trials, pr.max_zero, pr.displacement)
+        if not found:
+            return None
+        fit, merit = found[0]
+        if fit.n_indexed < len(peaks.q) - 1 or merit["M"] < pr.monoclinic_min_m20:
+            return None
+        ortho_params = orthorhombic_of(fit.params)
+        if ortho_params is not None:
+            ortho = refine_cell(
+                "orthorhombic",
+                ortho_params,
+                peaks,
+                lam,
+                pr.max_zero,
+                pr.displacement,
+                zero=fit.zero,
+            )
+            if ortho.n_indexed >= fit.n_indexed:
+                fit = ortho
+        rel = peaks.intensity / max(peaks.intensity.max(), 1e-300)
+        weak = rel < pr.weak_fraction if pr.weak_fraction > 0 else None
+        sg_ll, sg_fit, fits = np.full(230, -np.inf), np.full(230, -1), []
+        self._score_fit(fit, weak, sg_ll, sg_fit, fits)
+        mine = np.isfinite(sg_ll)
+        cand = sg_ll[mine] + self.log_prior[mine]
+        scores = out.log_scores.copy()
+        scores[mine] = cand - cand.max() + out.log_scores.max() + 1.0
+        top = int(np.argmax(scores))
+        ll, fit, allowed, sgs = fits[sg_fit[top]]
+        res = Analysis(
+            scores, peaks, True, fit, tuple(sgs), float(ll), out.low_symmetry_log_likelihood
+        )
+        res.merit = figures_of_merit(allowed, fit.peaks, lam)
+        res.allowed_q = allowed
+        hit = (np.abs(allowed[None, :] - fit.peaks.q[:, None]) <= fit.peaks.tol[:, None]).any(1)
+        res.unexplained = [float(t) for t in peaks.two_theta[~hit]]
+        return res
 
     def _fit(self, system, params, peaks, trial, zero, lam) -> CellFit:
         pr = self.params

@@ -42,6 +42,8 @@ def _basis(system: str, hkl: np.ndarray) -> np.ndarray:
         return np.stack([h * h + h * k + k * k, ell * ell], 1)
     if system == "orthorhombic":
         return np.stack([h * h, k * k, ell * ell], 1)
+    if system == "monoclinic":  # unique axis b: h^2 A + k^2 B + l^2 C + h l D
+        return np.stack([h * h, k * k, ell * ell, h * ell], 1)
     raise ParameterError(f"no indexing basis for {system}")
 
 
@@ -222,7 +224,12 @@ def half_grid(system: str, n: int, n_l: int | None = None) -> np.ndarray:
     distinct Q of the system's metric occurs."""
     hkl = _hkl_grid(max(n, n_l or n))
     hkl = hkl[np.all(np.abs(hkl[:, :2]) <= n, axis=1) & (np.abs(hkl[:, 2]) <= (n_l or n))]
-    hkl = hkl[np.all(hkl >= 0, axis=1)] if system != "hexagonal" else hkl[hkl[:, 2] >= 0]
+    if system == "hexagonal":
+        hkl = hkl[hkl[:, 2] >= 0]
+    elif system == "monoclinic":  # the sign of h matters (h l term)
+        hkl = hkl[(hkl[:, 1] >= 0) & (hkl[:, 2] >= 0)]
+    else:
+        hkl = hkl[np.all(hkl >= 0, axis=1)]
     hkl.flags.writeable = False
     return hkl
 
@@ -255,6 +262,16 @@ class CellFit:
         p = np.asarray(self.params, float)
         if self.system == "hexagonal":
             return [float(np.sqrt(4 / (3 * p[0]))), float(1 / np.sqrt(p[1]))]
+        if self.system == "monoclinic":  # a, b, c and beta (degrees)
+            cos_bs = p[3] / (2 * np.sqrt(p[0] * p[2]))
+            sin_bs = float(np.sqrt(max(1 - cos_bs**2, 1e-12)))
+            beta = 180 - np.degrees(np.arccos(np.clip(cos_bs, -1, 1)))
+            return [
+                float(1 / (np.sqrt(p[0]) * sin_bs)),
+                float(1 / np.sqrt(p[1])),
+                float(1 / (np.sqrt(p[2]) * sin_bs)),
+                float(beta),
+            ]
         return [float(1 / np.sqrt(v)) for v in p]
 
 
@@ -309,13 +326,19 @@ def refine_cell(
         if best is None or ok.sum() > best[-2] or (ok.sum() == best[-2] and rms < best[-1]):
             best = (p.copy(), zero, disp, int(ok.sum()), rms)
         # Scale the columns for a well-conditioned solve.
-        scale = np.maximum(np.abs(a).max(0), 1e-30)
-        step, *_ = np.linalg.lstsq(a / scale, resid, rcond=None)
-        step = step / scale
-        new_p = p + step[:n_par]
-        new_zero = zero + step[n_par]
-        new_disp = disp + (step[n_par + 1] if use_disp else 0.0)
-        if np.any(new_p <= 0) or abs(new_zero) > max_zero or abs(new_disp) > max_zero:
+        for with_disp in (use_disp, False) if use_disp else (False,):
+            cols_used = a if with_disp else a[:, : n_par + 1]
+            scale = np.maximum(np.abs(cols_used).max(0), 1e-30)
+            step, *_ = np.linalg.lstsq(cols_used / scale, resid, rcond=None)
+            step = step / scale
+            new_p = p + step[:n_par]
+            new_zero = zero + step[n_par]
+            new_disp = disp + (step[n_par + 1] if with_disp else 0.0)
+            # Zero shift and displacement are nearly collinear when the lines span a
+            # narrow range of cos(theta): a step that runs off is retried without it.
+            if abs(new_zero) <= max_zero and abs(new_disp) <= max_zero:
+                break
+        if np.any(new_p[:3] <= 0) or abs(new_zero) > max_zero or abs(new_disp) > max_zero:
             break
         p, zero, disp = new_p, new_zero, new_disp
     if best is None:
@@ -338,7 +361,8 @@ def figures_of_merit(calc_q: np.ndarray, peaks: Peaks, wavelength: float, n: int
     if len(q_obs) == 0:
         return {"n_lines": 0, "M": 0.0, "F": 0.0, "n_calc": 0}
     qn = q_obs[-1]
-    c = np.unique(np.round(np.sort(calc_q[calc_q <= qn * (1 + 1e-6)]), 10))
+    # Up to the N-th line within its tolerance (its own reflection may lie just above it).
+    c = np.unique(np.round(np.sort(calc_q[calc_q <= qn + peaks.tol[len(q_obs) - 1]]), 10))
     if len(c) == 0:
         return {"n_lines": int(len(q_obs)), "M": 0.0, "F": 0.0, "n_calc": 0}
     near = c[np.abs(c[None, :] - q_obs[:, None]).argmin(1)]

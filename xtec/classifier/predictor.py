@@ -164,8 +164,9 @@ def predict_files(
     wavelength the file records, else Cu.  ``ka2``: ``"auto"``, ``"strip"`` or ``"none"``
     (default: the model's setting).  ``axis``: the files' first column, ``"2theta"``
     (degrees), ``"q"``, ``"d"`` or ``"energy"`` (keV, at ``energy_angle``), see
-    :func:`.intake.to_two_theta`.  Each dict holds ``file``, ``space_groups`` (``top``
-    of them, with probabilities), ``crystal_system`` and its summed probability, and for
+    :func:`.intake.to_two_theta`.  Each dict holds ``file``, ``answer`` (the top space
+    group, ``None`` when no cell indexes the lines), ``space_groups`` (``top`` of them,
+    with probabilities; for a pattern not indexed, the prior's order, tempered), ``crystal_system`` and its summed probability, and for
     the extinction model ``status`` (indexed or not), ``reason``, the ``peaks`` found
     and the ``cell`` with its figures of merit and refined zero shift.  ``keep``, a
     list, receives ``(two_theta, counts, analysis, found, radiation)`` per file (for
@@ -195,7 +196,8 @@ def predict_files(
             msg = str(exc)
             raise InputError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
         sgs = np.asarray(model.space_groups)
-        if analysis is not None and not analysis.indexed and analysis.phases == 1:
+        unindexed = analysis is not None and not analysis.indexed and analysis.phases == 1
+        if unindexed:
             probs = temper_unindexed(probs)
         sp = system_scores(probs[None], sgs)[0]
         order = np.argsort(-probs)[:top]
@@ -204,6 +206,9 @@ def predict_files(
             "space_groups": [
                 {"number": int(sgs[i]), "probability": round(float(probs[i]), 4)} for i in order
             ],
+            # The answer: none for a pattern no cell indexes (its ranking is the prior's
+            # order of the low-symmetry groups, not evidence).
+            "answer": None if unindexed else int(sgs[order[0]]),
             "crystal_system": CRYSTAL_SYSTEMS[int(sp.argmax())],
             "crystal_system_probability": round(float(sp.max()), 4),
             "wavelength": rad.wavelength,
