@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from xtec.backend import namespace, to_numpy
+from xtec.errors import ParameterError
+
 log = logging.getLogger(__name__)
 
 # log(I / mean) in 1% bins over [-3, 3] (ends clipped), column 0 the zeros,
@@ -68,8 +71,6 @@ TREND_DEGREE = 4
 def frame_block(flat, m):
     """Frame statistics of one block: flat (T, n) values, m (n,) their means
     over T (as the first pass computes them) -> (hist, total, region), NumPy."""
-    from xtec.backend import to_numpy
-
     flat, m = to_numpy(flat), to_numpy(m)
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
@@ -391,8 +392,6 @@ def scale_frames(data, correction: np.ndarray):
     inv = (1.0 / np.asarray(correction, np.float64)).astype(np.float32)
 
     def divide(x, block_info=None):
-        from xtec.backend import namespace
-
         lo, hi = block_info[0]["array-location"][0]
         return x * namespace(x).asarray(inv[lo:hi, None, None, None])
 
@@ -404,8 +403,6 @@ def normalize_rows(x, correction, rescale: str, keep=None):
     by ``correction`` (None: by 1) and only the frames ``keep`` (indices; None:
     all) kept before rescaling: exact for the ``mean`` (x + 1 = I / mean_T I) and
     ``none`` rescalings, which are all :mod:`xtec.pipeline` corrects in place."""
-    from xtec.backend import namespace
-
     xp = namespace(x)
     t = x.shape[1]
     c = np.ones(t) if correction is None else np.asarray(correction, np.float64)
@@ -432,8 +429,6 @@ def drop_frames(arr, temperatures):
 
     Each temperature must be closer to one frame than half the smallest step
     between frames; at least two frames must remain."""
-    from xtec.errors import ParameterError
-
     t = np.asarray(arr.temperature.values, np.float64)
     steps = np.diff(np.sort(t))
     tol = 0.5 * float(steps[steps > 0].min()) if (steps > 0).any() else 0.5

@@ -19,6 +19,8 @@ import numpy as np
 
 from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
+from xtec.preprocess.frames import FrameStats, frame_block
+from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +127,6 @@ def summary_block(x, capture=None, pos=()):
     block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
     or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`));
     NumPy chunks take one fused pass for the first two."""
-    from xtec.preprocess.frames import frame_block
-
     if isinstance(x, np.ndarray):
         import numba
 
@@ -188,8 +188,6 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
         # assembly of pieces (on two workers 0.45 s against 0.22 s per pass
         # at 1.5 GB).
         mean = mean.persist()
-    from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
-
     # With persisted blocks, each block's log-mean summary is computed where
     # its mean lies, as the block is read: the threshold's first two passes (a
     # round of tasks each) ride on this one.  Each task's whole result is
@@ -197,8 +195,6 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     # is cancelled (a lost worker job) with unwanted tasks depending on
     # persisted ones, so there is no reduction tree here.
     f = dask.delayed(log_mean_block, pure=True)
-    from xtec.preprocess.frames import FrameStats
-
     bad, logs, frames = dask.compute([p[1] for p in parts],
                                      [f(p[0]) for p in parts] if persist else [],
                                      [p[3] for p in parts])
