@@ -18,8 +18,14 @@ from xtec.mixture.engines import (
     stats_numba,
     warm_kernels,
 )
-from xtec.mixture.gaussian_mixture import GaussianMixture, bic_score, n_parameters
-from xtec.mixture.parameters import COVARIANCE_TYPES, MixtureParams, SufficientStats, m_step
+from xtec.mixture.gaussian_mixture import GaussianMixture, bic_score
+from xtec.mixture.parameters import (
+    COVARIANCE_TYPES,
+    MixtureParams,
+    SufficientStats,
+    m_step,
+    n_parameters,
+)
 from xtec.mixture.passes import data_stats
 from xtec.mixture.start import (
     best_start,

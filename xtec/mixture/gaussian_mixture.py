@@ -20,8 +20,7 @@ from xtec.backend import namespace
 from xtec.errors import ParameterError, check_choice
 from xtec.mixture.em import run_em
 from xtec.mixture.engines import ENGINES, chunk_predict, log_prob, logsumexp
-from xtec.mixture.parameters import COVARIANCE_TYPES, MixtureParams, SufficientStats
-from xtec.mixture.parameters import n_parameters as _n_parameters
+from xtec.mixture.parameters import COVARIANCE_TYPES, MixtureParams, SufficientStats, n_parameters
 from xtec.mixture.passes import data_stats
 from xtec.mixture.start import (
     best_start,
@@ -30,11 +29,6 @@ from xtec.mixture.start import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
-    """Free parameters of a mixture: weights, means and covariances."""
-    return int(_n_parameters(n_components, n_features, covariance_type))
 
 
 def bic_score(mean_loglik: float, n_points: int, n_params: int) -> float:

@@ -177,8 +177,10 @@ def m_step(stats: SufficientStats, reg_covar: float) -> MixtureParams:
     return MixtureParams(nk / nk.sum(), means, cov)
 
 
-def n_parameters(k: int, t: int, covariance_type: str) -> int:
-    """Free parameters of a K-component mixture over T features (for the BIC)."""
+def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+    """Free parameters of a mixture over T features: weights, means and covariances
+    (for the BIC)."""
+    k, t = int(n_components), int(n_features)
     return N_COVARIANCE_PARAMETERS[covariance_type](k, t) + k * t + k - 1
 
 
