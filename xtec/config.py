@@ -14,6 +14,7 @@ be ...``), which reads right both as ``--seed`` and ``seed=``.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import types
@@ -188,6 +189,7 @@ def runtime_keys() -> tuple[str, ...]:
     return tuple(f.name for part in _RUN_PARTS for f in fields(part))
 
 
+@functools.cache  # the classes do not change: read their hints once
 def _hints() -> dict[str, object]:
     hints = dict(typing.get_type_hints(ClusterConfig))
     for part in _RUN_PARTS:
@@ -401,6 +403,7 @@ def coerce(name: str, value, strict: bool = True):
     return out
 
 
+@functools.cache
 def _metadata() -> dict[str, typing.Mapping]:
     return {f.name: f.metadata for cls in (ClusterConfig, *_RUN_PARTS) for f in fields(cls)}
 
