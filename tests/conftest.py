@@ -11,8 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xtec.cli.main import main
-from xtec.datasets import make_series, write_nxrefine, write_xtec
+# The suite runs the compiled kernels, as before the NumPy twins existed (a run on
+# a cold cache would otherwise take the twins and start a background compile);
+# tests/runtime/test_engine.py unsets it where it tests that choice.
+os.environ.setdefault("XTEC_ENGINE", "numba")
+
+from xtec.cli.main import main  # noqa: E402
+from xtec.datasets import make_series, write_nxrefine, write_xtec  # noqa: E402
 
 
 def run(capsys, *argv):

@@ -5,6 +5,8 @@ Nothing here imports CuPy at module load; ``device="gpu"`` imports it on demand.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from xtec.errors import ParameterError
@@ -54,3 +56,21 @@ def get_device_module(device: str):
             raise ParameterError("device='gpu': no CUDA device is available here") from None
         return cupy
     raise ParameterError(f"device must be 'cpu' or 'gpu' (got {device!r})")
+
+
+# ---------------------------------------------------------------- compiled or not
+#: What runs NumPy blocks on the CPU: the numba kernels ("numba", compiled once
+#: per node into numba's cache) or their NumPy twins ("numpy", nothing to
+#: compile; what a run on a node with an empty cache uses, see
+#: :mod:`xtec.runtime.kernel_cache`).  "auto" is resolved per run.
+CPU_ENGINES = ("auto", "numba", "numpy")
+CPU_ENGINE_ENV = "XTEC_ENGINE"
+
+
+def compiled_kernels() -> bool:
+    """Do NumPy blocks go through the numba kernels (the default) or their NumPy twins?
+
+    Read from the environment, where a run puts its choice before it starts its
+    Dask workers, so every task of the run, in any process, computes alike.
+    """
+    return os.environ.get(CPU_ENGINE_ENV, "numba") != "numpy"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from xtec.backend import CPU_ENGINES
 from xtec.errors import ParameterError, check_choice
 from xtec.mixture.parameters import COVARIANCE_TYPES
 from xtec.preprocess import RESCALE_METHODS, THRESHOLD_METHODS
@@ -79,6 +80,9 @@ class ClusterConfig:
     qh: tuple[float, float] | None = None
     chunks: tuple[int, int, int] | None = None
     device: str = "cpu"
+    # numba kernels or their NumPy twins on the CPU (auto: the kernels where this
+    # node's cache holds them, see xtec.runtime.kernel_cache.resolve_engine)
+    engine: str = _opt("auto", choices=CPU_ENGINES)
     persist: str = _opt("auto", choices=PERSIST_MODES)
     overwrite: bool = False
     kernel: str = _opt("local", choices=KERNELS)

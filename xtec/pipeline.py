@@ -75,6 +75,7 @@ from xtec.preprocess.frames import (
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
+from xtec.runtime.kernel_cache import kernel_env_set, mark_compiled, resolve_engine, use_engine
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,14 @@ def _warm_in_background(covariance_type: str | None, in_process: bool = True) ->
             from xtec.io.result import versions
 
             versions()  # imports zarr
-            if covariance_type is not None:
-                (_warm_stage_kernels if in_process else warm_start)(covariance_type)
+            if covariance_type is None:
+                return
+            if in_process:
+                # every kernel of the run is now in the cache: later runs need not wait
+                if _warm_stage_kernels(covariance_type):
+                    mark_compiled(covariance_type)
+            else:
+                warm_start(covariance_type)
         except Exception as exc:  # the stage itself will report it
             log.debug("warming the kernels failed: %s", exc)
 
@@ -256,7 +263,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     target = target_bytes_for_workers(getattr(runtime, "memory_per_worker", None),
                                       getattr(runtime, "threads_per_worker", 1))
     rt = runtime if runtime is not None else Runtime("threads")
-    _warm_in_background(config.covariance if xp is np else None, rt.client is None)
+    compiled = xp is np and config.engine != "numpy"
+    _warm_in_background(config.covariance if compiled else None, rt.client is None)
     arr = _open_input(config, chunks=config.chunks, target_chunk_bytes=target,
                       min_blocks=2 * rt.n_workers * rt.threads_per_worker)
     data = arr.data
@@ -268,7 +276,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     # Loading the kernels overlaps the first pass.
-    warming = rt.on_every_worker(functools.partial(warm_worker_kernels, config.covariance))
+    warming = rt.on_every_worker(functools.partial(warm_worker_kernels, config.covariance)) \
+        if compiled else []
     plan = _candidate_plan(config, arr, rt, scratch)
     timings["pilot"] = time.perf_counter() - tick
     summary = summarize(data, capture=plan)
@@ -498,9 +507,16 @@ def run_cluster(config: ClusterConfig, runtime: Runtime | None = None) -> Cluste
 
     config.validate()
     out = check_output(config.out, config.overwrite)
+    # numba kernels or their NumPy twins, for every task of the run (workers this
+    # process did not start cannot be told: they run the kernels).
+    local = runtime is None or runtime.client is None
+    config = replace(config, engine=resolve_engine(config.engine, config.covariance, local))
+    if config.engine == "numpy" and not kernel_env_set():
+        log.info("this node's compiled kernels are not ready: running their NumPy twins "
+                 "(`xtec prepare` compiles the kernels)")
     # The output is this run's alone until it ends (a second run fails at once);
     # lost Dask workers end the run with one XtecError line.
-    with claim_output(out) as claim, cluster_failures():
+    with use_engine(config.engine), claim_output(out) as claim, cluster_failures():
         check_output(out, config.overwrite)
         return _run_cluster(config, runtime, out, claim.scratch)
 

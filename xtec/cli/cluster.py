@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def add_cluster_options(p) -> None:
     p.add_argument("--tol", type=float, default=None, help="relative log-likelihood change")
     add_range_options(p)
     p.add_argument("--device", default=None, help="cpu (default) or gpu (CuPy)")
+    p.add_argument("--engine", default=None,
+                   help="auto (default: the compiled numba kernels where this node's cache "
+                        "holds them, else their NumPy twins while the kernels compile in the "
+                        "background for later runs), numba, numpy")
     p.add_argument("--persist", default=None,
                    help="where the first pass's candidate trajectories and the kept ones live "
                         "during EM: auto (default: memory if they fit, else scratch files), "
@@ -191,15 +196,21 @@ def _progress(enabled: bool, runtime):
 def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.pipeline import run_cluster
     from xtec.runtime.clusters import dask_runtime
+    from xtec.runtime.kernel_cache import kernel_env_set, resolve_engine, use_engine
     from xtec.runtime.workers import check_memory_limit
 
     run = RunOptions.from_options(opts)
     where = run.dask
     progress = sys.stderr.isatty() if where.progress is None else where.progress
     memory_limit = check_memory_limit(where.memory_limit or "auto", where.threads_per_worker)
+    # Chosen before the workers start: they inherit it, so every task computes alike.
+    local = not (where.scheduler or where.scheduler_file or where.cluster)
+    requested = config.engine
+    config = dataclasses.replace(
+        config, engine=resolve_engine(requested, config.covariance, local))
     if progress:
         _show_stages()
-    with dask_runtime(
+    with use_engine(config.engine), dask_runtime(
         scheduler=where.scheduler, scheduler_file=where.scheduler_file, workers=where.workers,
         threads_per_worker=where.threads_per_worker, memory_limit=memory_limit,
         cluster=where.cluster, jobqueue=run.jobqueue,
@@ -207,7 +218,23 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
         if rt.dashboard_link and not quiet:
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)
         with _progress(progress, rt):
-            return run_cluster(config, runtime=rt)
+            result = run_cluster(config, runtime=rt)
+    if (requested == "auto" and config.engine == "numpy" and config.device == "cpu"
+            and not kernel_env_set()):
+        result.summary["notes"].append(_compile_for_later(config.covariance))
+    return result
+
+
+def _compile_for_later(covariance: str) -> str:
+    """After a run on the NumPy twins: compile the kernels for the runs after it;
+    says so."""
+    from xtec.runtime.kernel_cache import compile_in_background
+
+    log_path = compile_in_background(covariance)
+    where = f" (log: {log_path})" if log_path else " (already under way)"
+    return ("this node's compiled kernels were not ready: this run used their NumPy twins; "
+            f"they are compiling in the background for later runs{where}; `xtec prepare` "
+            "compiles them ahead")
 
 
 def cmd_cluster(args) -> int:

@@ -9,6 +9,8 @@ then load the kernels from the same cache instead of compiling them.
 
 from __future__ import annotations
 
+import argparse
+
 COVARIANCES = {"all": ("diag", "full"), "diag": ("diag",), "full": ("full",)}
 
 
@@ -16,6 +18,9 @@ def register(sub) -> None:
     p = sub.add_parser("prepare", help="compile the numba kernels into their cache (once per node)")
     p.add_argument("--covariance", choices=tuple(COVARIANCES), default="all",
                    help="kernels of these covariance types (default all)")
+    # A background compile started by a run (kernel_cache.compile_in_background)
+    # removes its lock when done.
+    p.add_argument("--lock", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_prepare)
 
 
@@ -23,10 +28,16 @@ def cmd_prepare(args) -> int:
     import time
 
     from xtec.mixture.warm import prepare_kernels
-    from xtec.runtime.kernel_cache import describe
+    from xtec.runtime.kernel_cache import describe, mark_compiled, release_lock
 
     tick = time.perf_counter()
-    seconds = prepare_kernels(COVARIANCES[args.covariance])
+    try:
+        seconds = prepare_kernels(COVARIANCES[args.covariance])
+        for cov in COVARIANCES[args.covariance]:
+            mark_compiled(cov)
+    finally:
+        if args.lock:
+            release_lock(args.lock)
     for stage, s in seconds.items():
         print(f"{stage}: {s:.1f} s")
     print(f"kernels ready in {time.perf_counter() - tick:.1f} s; cache: {describe()}")

@@ -7,7 +7,11 @@ in-memory chunk, with one private function per covariance type.
   of the precision, the Mahalanobis terms and the outer-product sums);
 * ``array-api``: matrix products against the array API (NumPy, CuPy,
   array-api-strict), float64, batched over components;
-* ``auto`` picks ``numba`` where it applies.
+* ``numpy`` (NumPy input): the same sums with NumPy alone over fixed row
+  blocks, nothing to compile (what a run uses until the numba kernels are in
+  the cache, :func:`xtec.backend.compiled_kernels`);
+* ``auto`` picks ``numba`` for NumPy input (``numpy`` where the run uses no
+  compiled kernels), the array API for anything else.
 
 All statistics accumulate in float64 over fixed row blocks, so the result does
 not depend on the chunking or the number of workers.
@@ -19,16 +23,17 @@ import functools
 
 import numpy as np
 
-from xtec.backend import is_numpy, namespace, to_numpy
+from xtec.backend import compiled_kernels, is_numpy, namespace, to_numpy
 from xtec.errors import ParameterError
 from xtec.mixture.parameters import MixtureParams, SufficientStats, empty_stats
 
-ENGINES = ("auto", "numba", "array-api")
+ENGINES = ("auto", "numba", "numpy", "array-api")
 _ROW_BLOCK = 128  # rows per kernel block: its scratch stays in L1/L2 (measured best)
 _FULL_BLOCK = 64  # rows per block of the full-covariance kernel (T x 64 scratch rows in L1)
 _FULL_GROUP = 32  # blocks per parallel task there: per-task K x T x T sums stay few
 PARALLEL_MIN_ROWS = 20_000  # smaller chunks run on one thread
 _ARRAY_API_ROWS = 65_536  # rows per batched product of the array-API full path
+_NUMPY_BLOCK = 2048  # rows per block of the NumPy engine
 
 
 # ------------------------------------------------------------------ array-API engine
@@ -99,6 +104,77 @@ def stats_array_api(X, params: MixtureParams) -> SufficientStats:
     sxx = _SXX_ARRAY_API[params.covariance_type](X, rt, xp)
     return SufficientStats(to_numpy(nk), to_numpy(sx), to_numpy(sxx),
                            float(to_numpy(xp.sum(ll))), int(X.shape[0]))
+
+
+# ---------------------------------------------------------------------- NumPy engine
+def _quad_numpy_diag(xb, means, pc):
+    # (x - mu)^2 directly, not x^2 - 2 x mu + mu^2: no cancellation in float32
+    d = xb[:, None, :] - means[None, :, :]
+    return np.einsum("nkt,kt->nk", d * d, pc * pc)
+
+
+def _quad_numpy_full(xb, means, pc):
+    out = np.empty((xb.shape[0], means.shape[0]), xb.dtype)
+    for k in range(means.shape[0]):
+        y = (xb - means[k]) @ pc[k]
+        out[:, k] = np.einsum("ij,ij->i", y, y)
+    return out
+
+
+def _sxx_numpy_diag(xb, rt):
+    return rt @ (xb * xb)
+
+
+def _sxx_numpy_full(xb, rt):
+    return np.stack([(xb * r[:, None]).T @ xb for r in rt])
+
+
+def _log_prob_numpy(xb, params, means, pc, norm) -> np.ndarray:
+    quad = _QUAD_NUMPY[params.covariance_type](xb, means, pc)
+    return norm - 0.5 * quad.astype(np.float64)
+
+
+def _numpy_blocks(X, params: MixtureParams, work_dtype):
+    """(block of rows in ``work_dtype``, its weighted log densities (rows, K) float64)
+    over fixed blocks of ``_NUMPY_BLOCK`` rows."""
+    pc = params.precisions_cholesky()
+    norm = params.log_norm(pc)
+    means, pc = params.means.astype(work_dtype), pc.astype(work_dtype)
+    for lo in range(0, X.shape[0], _NUMPY_BLOCK):
+        xb = X[lo:lo + _NUMPY_BLOCK].astype(work_dtype, copy=False)
+        yield xb, _log_prob_numpy(xb, params, means, pc, norm)
+
+
+def stats_numpy(X: np.ndarray, params: MixtureParams,
+                work_dtype: type = np.float64) -> SufficientStats:
+    """Sufficient statistics of a NumPy chunk (N, T) with NumPy alone, nothing to
+    compile: what a run uses until the numba kernels are in the cache.  Fixed
+    blocks of rows (their temporaries stay in cache), matrix products within a
+    block, float64 responsibilities and sums.  Expects single-threaded BLAS
+    (the run's parallel level is its Dask tasks and restarts; threaded BLAS on
+    these small products was 50-100x slower on a shared 2-core host)."""
+    k, t = params.means.shape
+    full = params.covariance_type == "full"
+    nk, sx = np.zeros(k), np.zeros((k, t))
+    sxx = np.zeros((k, t, t) if full else (k, t))
+    ll = 0.0
+    for xb, lp in _numpy_blocks(X, params, work_dtype):
+        m = lp.max(axis=1, keepdims=True)
+        e = np.exp(lp - m)
+        s = e.sum(axis=1, keepdims=True)
+        ll += float((m[:, 0] + np.log(s[:, 0])).sum())
+        r = e / s
+        nk += r.sum(axis=0)
+        rt = r.T.astype(work_dtype)
+        sx += rt @ xb
+        sxx += _SXX_NUMPY[params.covariance_type](xb, rt)
+    return SufficientStats(nk, sx, sxx, ll, X.shape[0])
+
+
+def predict_numpy(X: np.ndarray, params: MixtureParams) -> np.ndarray:
+    """Hard labels (N,) int16 of a NumPy chunk, with NumPy alone (see :func:`stats_numpy`)."""
+    out = [np.argmax(lp, axis=1) for _, lp in _numpy_blocks(X, params, np.float64)]
+    return (np.concatenate(out) if out else np.zeros(0)).astype(np.int16)
 
 
 # ---------------------------------------------------------------------- numba engine
@@ -206,24 +282,30 @@ def stats_numba(X: np.ndarray, params: MixtureParams, threads: int | None = None
     return _STATS_NUMBA[params.covariance_type](kern, X, params, pc, norm, work_dtype)
 
 
-def _use_numba(X, params: MixtureParams, engine: str) -> bool:
-    if engine == "array-api":
-        return False
-    ok = is_numpy(X)
-    if engine == "numba" and not ok:
-        raise ParameterError("engine 'numba' needs NumPy input")
-    return ok
+def _pick_engine(X, engine: str) -> str:
+    """The engine that computes this chunk: ``auto`` is numba on NumPy input where
+    the run uses the compiled kernels, NumPy where it does not, else the array API."""
+    if engine == "auto":
+        if not is_numpy(X):
+            return "array-api"
+        return "numba" if compiled_kernels() else "numpy"
+    if engine in ("numba", "numpy") and not is_numpy(X):
+        raise ParameterError(f"engine {engine!r} needs NumPy input")
+    return engine
 
 
 def chunk_stats(X, params: MixtureParams, engine: str = "auto",
                 threads: int | None = None, work_dtype: type = np.float64) -> SufficientStats:
     """Sufficient statistics of one in-memory chunk with the chosen engine
     (``threads`` and ``work_dtype``: see :func:`stats_numba`; the array-API
-    engine computes in the data's own precision)."""
+    engine computes in float64)."""
     if X.shape[0] == 0:
         return empty_stats(*params.means.shape, params.covariance_type)
-    if _use_numba(X, params, engine):
+    chosen = _pick_engine(X, engine)
+    if chosen == "numba":
         return stats_numba(X, params, threads, work_dtype)
+    if chosen == "numpy":
+        return stats_numpy(_float_rows(X), params, work_dtype)
     return stats_array_api(X, params)
 
 
@@ -231,12 +313,15 @@ def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
     """Hard labels (N,) int16 of one in-memory chunk (host NumPy)."""
     if X.shape[0] == 0:
         return np.zeros(0, np.int16)
-    if _use_numba(X, params, engine):
+    chosen = _pick_engine(X, engine)
+    if chosen == "numba":
         pc = params.precisions_cholesky()
         X, norm = _float_rows(X), params.log_norm(pc)
         set_numba_threads(None, X.shape[0])
         predict = _numba_kernels(params.covariance_type)["predict"]
         return _PREDICT_NUMBA[params.covariance_type](predict, X, params.means, pc, norm)
+    if chosen == "numpy":
+        return predict_numpy(_float_rows(X), params)
     xp = namespace(X)
     return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
 
@@ -249,6 +334,8 @@ def warm_kernels(covariance_type: str = "diag") -> bool:
 
 
 _QUADRATIC = {"diag": _quadratic_diag, "full": _quadratic_full}
+_QUAD_NUMPY = {"diag": _quad_numpy_diag, "full": _quad_numpy_full}
+_SXX_NUMPY = {"diag": _sxx_numpy_diag, "full": _sxx_numpy_full}
 _SXX_ARRAY_API = {"diag": _sxx_array_api_diag, "full": _sxx_array_api_full}
 _KERNELS = {"diag": _kernels_diag, "full": _kernels_full}
 _STATS_NUMBA = {"diag": _stats_numba_diag, "full": _stats_numba_full}

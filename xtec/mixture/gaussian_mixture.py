@@ -117,7 +117,7 @@ class GaussianMixture(ParamsMixin):
     init_sample : int
         Size of the subsample k-means++ runs on.
     random_state : int
-    engine : {'auto', 'numba', 'array-api'}
+    engine : {'auto', 'numba', 'numpy', 'array-api'}
 
     Attributes
     ----------

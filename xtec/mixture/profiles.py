@@ -13,16 +13,15 @@ import numpy as np
 
 from xtec.backend import to_numpy
 from xtec.mixture.engines import chunk_predict
+from xtec.mixture.kernels import profile_kernels
 
 
 def _cluster_block_stats(x, labels, k):
     """Per cluster: count, sum and sum of squares of one block's trajectories, (3, k, T)."""
-    from xtec.mixture import _kernels
-
     x = np.ascontiguousarray(to_numpy(x))
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
-    return _kernels.label_stats(x, np.ascontiguousarray(to_numpy(labels)), k)
+    return profile_kernels().label_stats(x, np.ascontiguousarray(to_numpy(labels)), k)
 
 
 def warm_kernels() -> bool:

@@ -19,6 +19,7 @@ import numpy as np
 from xtec.backend import to_numpy
 from xtec.mixture.em import run_em
 from xtec.mixture.engines import PARALLEL_MIN_ROWS, chunk_stats, set_numba_threads
+from xtec.mixture.kernels import start_kernels
 from xtec.mixture.parameters import MixtureParams, SufficientStats, m_step
 
 log = logging.getLogger(__name__)
@@ -31,18 +32,14 @@ def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
     Depends only on the id, so a subsample drawn with it is the same whatever
     order or chunking the ids come in.
     """
-    from xtec.mixture import _start_kernels
-
     ids = np.ascontiguousarray(index).astype(np.uint64, copy=False).ravel()
-    return _start_kernels.splitmix_uniform(ids, seed & 0xFFFFFFFF).reshape(np.shape(index))
+    return start_kernels().splitmix_uniform(ids, seed & 0xFFFFFFFF).reshape(np.shape(index))
 
 
 def _sample_chunk(X, index, rate, seed):
-    from xtec.mixture import _start_kernels
-
     idx = to_numpy(index)
     keep = np.flatnonzero(hash_uniform(idx, seed) < rate)
-    return idx[keep], _start_kernels.take_rows(np.ascontiguousarray(to_numpy(X)), keep)
+    return idx[keep], start_kernels().take_rows(np.ascontiguousarray(to_numpy(X)), keep)
 
 
 def init_sample(X, index, size: int, seed: int) -> np.ndarray:
@@ -84,23 +81,21 @@ def kmeans_plusplus(X: np.ndarray, k: int, rng: np.random.Generator,
     overlapping clusters 30-100% of the rows still need every distance, and
     the steps were no faster.)
     """
-    from xtec.mixture import _start_kernels
-
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = X.shape[0]
     first = rng.integers(n)
     centers = [X[first]]
     d2 = np.full(n, np.inf)
-    _start_kernels.lower_sq_dist(X, X[first], d2)
+    start_kernels().lower_sq_dist(X, X[first], d2)
     for _ in range(1, k):
         total = d2.sum()
         i = rng.choice(n, p=d2 / total) if total > 0 else rng.integers(n)
         centers.append(X[i])
-        _start_kernels.lower_sq_dist(X, X[i], d2)
+        start_kernels().lower_sq_dist(X, X[i], d2)
     c = np.array(centers)
     labels = np.zeros(n, np.int64)
     for it in range(n_lloyd):
-        new, counts, sums = _start_kernels.lloyd_step(X, c, 1024)
+        new, counts, sums = start_kernels().lloyd_step(X, c, 1024)
         if it > 0 and np.array_equal(new, labels):
             break
         labels = new
@@ -118,12 +113,10 @@ def params_from_labels(X: np.ndarray, labels: np.ndarray, k: int, covariance_typ
     sums come from one serial pass (no N x K x T x T temporaries, no threaded
     BLAS on small matrices, which is slow on a busy machine).
     """
-    from xtec.mixture import _start_kernels
-
     X = np.ascontiguousarray(X, dtype=np.float64)
     eps = 1e-6
     full = covariance_type != "diag"
-    counts, sums, outer = _start_kernels.label_sums(X, np.ascontiguousarray(labels, np.int64), k,
+    counts, sums, outer = start_kernels().label_sums(X, np.ascontiguousarray(labels, np.int64), k,
                                               full)
     if full:
         outer = outer + np.swapaxes(np.tril(outer, -1), 1, 2)

@@ -33,6 +33,7 @@ import numpy as np
 
 from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
+from xtec.preprocess.kernels import kernels
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,11 @@ def frame_block(flat, m):
     flat, m = to_numpy(flat), to_numpy(m)
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
-    from xtec.preprocess import _kernels
-
     m = np.ascontiguousarray(m, dtype=np.float32)
     # The log ratios of one voxel in RATIO_SAMPLE, picked by the bits of its
     # mean: the same voxels whatever the chunking, and the pass 5x shorter.
     sample = (m.view(np.uint32) % RATIO_SAMPLE) == 0
-    return _kernels.frame_stats(np.ascontiguousarray(flat), m, sample, RATIO_LO, RATIO_WIDTH,
+    return kernels().frame_stats(np.ascontiguousarray(flat), m, sample, RATIO_LO, RATIO_WIDTH,
                                 RATIO_BINS, MEAN_LO, MEAN_WIDTH, MEAN_BINS)
 
 

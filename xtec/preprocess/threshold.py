@@ -35,6 +35,7 @@ import numpy as np
 
 from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
+from xtec.preprocess.kernels import kernels
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +67,7 @@ def _flat_numpy(m) -> np.ndarray:
 
 
 def _moments(m):
-    from xtec.preprocess import _kernels
-
-    return _kernels.moments(_flat_numpy(m))
+    return kernels().moments(_flat_numpy(m))
 
 
 def _edge_index(x, edges):
@@ -89,23 +88,17 @@ def _edge_index(x, edges):
 
 
 def _fine_hist(m, lo, width, nbins):
-    from xtec.preprocess import _kernels
-
-    return _kernels.fine_hist(_flat_numpy(m), lo, width, nbins)
+    return kernels().fine_hist(_flat_numpy(m), lo, width, nbins)
 
 
 def _values_in_bins(m, lo, width, nbins, bins):
-    from xtec.preprocess import _kernels
-
     hit = np.zeros(nbins, np.bool_)
     hit[bins] = True
-    return _kernels.values_in_bins(_flat_numpy(m), lo, width, nbins, hit)
+    return kernels().values_in_bins(_flat_numpy(m), lo, width, nbins, hit)
 
 
 def _weighted_hist(m, edges):
-    from xtec.preprocess import _kernels
-
-    return _kernels.weighted_hist(_flat_numpy(m), np.asarray(edges, np.float64))
+    return kernels().weighted_hist(_flat_numpy(m), np.asarray(edges, np.float64))
 
 
 class NoPositiveVoxels(ParameterError):
@@ -195,9 +188,7 @@ def log_mean_block(m):
     """Moments (5,) of x = log(m), m > 0, and their fixed-range histogram as its
     non-empty bins (int32) and counts (int32): a block's means span a few log
     units, so a few thousand of the 2^15 bins (tens of KB, not 128 KB)."""
-    from xtec.preprocess import _kernels
-
-    moments, hist = _kernels.moments_and_hist(
+    moments, hist = kernels().moments_and_hist(
         _flat_numpy(m), _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS, _FIXED_BINS)
     bins = np.flatnonzero(hist).astype(np.int32)
     return moments, bins, hist[bins]

@@ -20,6 +20,7 @@ import numpy as np
 from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
+from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,10 @@ def trajectories_block(x, mask, method: str):
     x : (T, l, k, h); mask : (l, k, h) bool -> (n_kept, T) float32, in C order.
     """
     if isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64):
-        import numba
-
-        from xtec.preprocess import _kernels
-
-        numba.set_num_threads(1)  # one Dask task per core already
+        one_thread()
         flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
         cols = np.flatnonzero(np.asarray(mask).reshape(-1))
-        return _kernels.gather_rescale(flat, cols, RESCALE_METHODS.index(method), 256)
+        return kernels().gather_rescale(flat, cols, RESCALE_METHODS.index(method), 256)
     xp = namespace(x)
     t = x.shape[0]
     # Gather the kept columns first: only they are rescaled and transposed.
@@ -128,17 +125,11 @@ def summary_block(x, capture=None, pos=()):
     or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`));
     NumPy chunks take one fused pass for the first two."""
     if isinstance(x, np.ndarray):
-        import numba
-
-        from xtec.preprocess import _kernels
-
-        # Dask runs one task per core already; nested numba threads would
-        # oversubscribe the cores (and spin-wait).
-        numba.set_num_threads(1)
+        one_thread()
         flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
         if flat.dtype not in (np.float32, np.float64):
             flat = flat.astype(np.float32)
-        m, n_nan, n_neg = _kernels.mean_over_t(flat, 4096)
+        m, n_nan, n_neg = kernels().mean_over_t(flat, 4096)
         bad = np.array([n_nan, n_neg], np.int64)
     else:
         xp = namespace(x)
@@ -212,11 +203,9 @@ def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) ->
     """
     mask = to_numpy(mask)
     if mask.ndim == 3:
-        from xtec.preprocess import _kernels
-
         # One pass over the block (np.nonzero's per-axis arrays and
         # ravel_multi_index: 3-5x longer on a 256 x 1976 block).
-        return _kernels.flat_indices_3d(np.ascontiguousarray(mask, dtype=bool), *offset,
+        return kernels().flat_indices_3d(np.ascontiguousarray(mask, dtype=bool), *offset,
                                         shape[1], shape[2])
     ijk = np.nonzero(mask)
     return np.ravel_multi_index(tuple(a + o for a, o in zip(ijk, offset)), shape)

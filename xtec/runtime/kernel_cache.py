@@ -17,14 +17,28 @@ processes inherit the variable (local clusters) or get it exported in their job
 script (:func:`worker_environ`), so every process of a run shares one cache.
 ``xtec prepare`` fills it ahead of the first run.
 
+A run does not wait for the compiler: :func:`resolve_engine` picks the NumPy
+twins of the kernels (:func:`xtec.backend.compiled_kernels`) where the cache
+holds no kernels of this node for the run's covariance type yet (no stamp
+written by :func:`mark_compiled` after they were compiled), and the command
+line then compiles them in a background process (:func:`compile_in_background`)
+for the runs after it.
+
 Imports nothing from xtec: it runs first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ENV = "NUMBA_CACHE_DIR"
@@ -105,3 +119,161 @@ def describe() -> str:
 def worker_environ() -> dict:
     """What a worker process must inherit to share this process's cache."""
     return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}
+
+
+# ------------------------------------------------------------ compiled or not, per run
+ENGINE_ENV = "XTEC_ENGINE"  # xtec.backend.CPU_ENGINE_ENV (this module imports nothing from xtec)
+# The kernel modules whose source numba keys its cache entries on.
+KERNEL_SOURCES = ("mixture/_kernels.py", "mixture/_start_kernels.py", "preprocess/_kernels.py")
+# A background compile older than this is taken for dead (its lock is stale).
+LOCK_STALE_S = 1800
+
+
+def cache_root() -> Path:
+    """Where numba writes xtec's kernels (the stamps go there too, so clearing
+    the cache clears them)."""
+    chosen = os.environ.get(ENV)
+    return Path(chosen) if chosen else package_dir() / "mixture" / "__pycache__"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fingerprint(covariance_type: str) -> dict:
+    """What numba's cache entries of one run depend on: the kernels' sources (path,
+    modification time and size, as numba checks them), numba and Python, the CPU."""
+    sources = {}
+    for rel in KERNEL_SOURCES:
+        path = package_dir() / rel
+        try:
+            st = path.stat()
+            sources[str(path)] = [st.st_mtime_ns, st.st_size]
+        except OSError:
+            sources[str(path)] = None
+    try:
+        numba_version = importlib.metadata.version("numba")
+    except importlib.metadata.PackageNotFoundError:
+        numba_version = None
+    return {"covariance": covariance_type, "numba": numba_version,
+            "python": list(sys.version_info[:2]), "cpu": _cpu_model(), "sources": sources}
+
+
+def _stamp(covariance_type: str) -> Path:
+    return cache_root() / f"xtec-kernels-{covariance_type}.json"
+
+
+def kernels_compiled(covariance_type: str) -> bool:
+    """Are a run's kernels for ``covariance_type`` in this node's cache?"""
+    try:
+        return json.loads(_stamp(covariance_type).read_text()) == fingerprint(covariance_type)
+    except (OSError, ValueError):
+        return False
+
+
+def mark_compiled(covariance_type: str) -> None:
+    """Record that the kernels of ``covariance_type`` were compiled into the cache
+    (after they were: a stamp never precedes its kernels)."""
+    path = _stamp(covariance_type)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(fingerprint(covariance_type)))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache: every run compiles or runs the twins anyway
+
+
+def resolve_engine(requested: str, covariance_type: str, local: bool) -> str:
+    """``numba`` or ``numpy`` for one run.
+
+    ``requested``: ``auto`` (the default), ``numba`` or ``numpy``; ``auto``
+    follows ``XTEC_ENGINE`` where it is set, else is ``numba`` where the kernels
+    are in this node's cache, or where the run's workers are not this node's
+    processes (their caches are not this one), and ``numpy`` otherwise.
+    """
+    if requested != "auto":
+        return requested
+    if os.environ.get(ENGINE_ENV) in ("numba", "numpy"):
+        return os.environ[ENGINE_ENV]
+    if not local or kernels_compiled(covariance_type):
+        return "numba"
+    return "numpy"
+
+
+@contextlib.contextmanager
+def use_engine(engine: str):
+    """Run the block with ``engine`` (``numba`` or ``numpy``): in the environment,
+    so the Dask workers started inside it compute alike; with the NumPy
+    engine, BLAS on one thread in this process (Dask's workers set that
+    themselves): the run's parallel level is its tasks, and threaded BLAS on
+    their small products oversubscribes the cores."""
+    before = os.environ.get(ENGINE_ENV)
+    os.environ[ENGINE_ENV] = engine
+    try:
+        if engine == "numpy":
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1, user_api="blas"):
+                yield
+        else:
+            yield
+    finally:
+        if before is None:
+            os.environ.pop(ENGINE_ENV, None)
+        else:
+            os.environ[ENGINE_ENV] = before
+
+
+def kernel_env_set() -> bool:
+    """Has the environment chosen the engine (``XTEC_ENGINE``)?"""
+    return os.environ.get(ENGINE_ENV) in ("numba", "numpy")
+
+
+def _lock(covariance_type: str) -> Path:
+    return cache_root() / f"xtec-kernels-{covariance_type}.lock"
+
+
+def compile_in_background(covariance_type: str) -> Path | None:
+    """Start ``xtec prepare --covariance COV`` in a detached, low-priority process
+    (one per node and covariance type at a time); returns its log file, or None
+    where one is already running or the cache cannot be written."""
+    lock, log_path = _lock(covariance_type), cache_root() / f"xtec-kernels-{covariance_type}.log"
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - lock.stat().st_mtime > LOCK_STALE_S:
+                lock.unlink()
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except OSError:
+        return None
+    command = [sys.executable, "-m", "xtec", "prepare", "--covariance", covariance_type,
+               "--lock", str(lock)]
+    nice = shutil.which("nice")
+    if nice:
+        command = [nice, "-n", "10", *command]
+    env = {k: v for k, v in os.environ.items() if k != ENGINE_ENV}
+    try:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env, start_new_session=True, close_fds=True)
+        os.write(fd, str(proc.pid).encode())
+    except OSError:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+        return None
+    os.close(fd)
+    return log_path
+
+
+def release_lock(path: str | os.PathLike) -> None:
+    """Remove a background compile's lock (``xtec prepare --lock``), done or failed."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)

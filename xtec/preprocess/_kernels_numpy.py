@@ -1,0 +1,130 @@
+"""NumPy twins of :mod:`xtec.preprocess._kernels`: the same functions, names,
+arguments and results, with nothing to compile.
+
+A run uses them where the numba kernels are not in the cache yet (a first run on
+a node, see :mod:`xtec.runtime.kernel_cache`): compiling the kernels takes tens
+of seconds, these run at once.  Counts, histograms and indices equal the
+kernels'; float sums agree to rounding (NumPy sums pairwise, the kernels in
+voxel order).  Each is a few vectorised passes with temporaries the size of
+the block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def fine_bins(x: np.ndarray, lo: float, width: float, nbins: int) -> np.ndarray:
+    """Bin of each x among ``nbins`` of ``width`` from ``lo``, ends clipped (int64)."""
+    return np.clip(np.floor((x - lo) / width).astype(np.int64), 0, nbins - 1)
+
+
+def _positive_logs(m: np.ndarray) -> np.ndarray:
+    v = m[m > 0]
+    return np.log(v.astype(np.float64))
+
+
+def moments(m):
+    """(count, sum x, sum x^2, min x, max x) of x = log(m), m > 0 (flat)."""
+    return moments_and_hist(m, 0.0, 1.0, 1)[0]
+
+
+def fine_hist(m, lo, width, nbins):
+    x = _positive_logs(m)
+    return np.bincount(fine_bins(x, lo, width, nbins), minlength=nbins).astype(np.int64)
+
+
+def values_in_bins(m, lo, width, nbins, hit):
+    x = _positive_logs(m)
+    b = fine_bins(x, lo, width, nbins)
+    keep = hit[b]
+    return x[keep], b[keep]
+
+
+def weighted_hist(m, edges):
+    x = _positive_logs(m)
+    nb = edges.size - 1
+    lo, hi = float(edges[0]), float(edges[-1])
+    i = np.floor((x - lo) * (nb / (hi - lo))).astype(np.int64)
+    np.clip(i, 0, nb - 1, out=i)
+    i -= (x < edges[i]) & (i > 0)
+    i += (i < nb - 1) & (x >= edges[np.minimum(i + 1, nb)])
+    out = np.zeros((3, nb))
+    out[0] = np.bincount(i, minlength=nb)
+    out[1] = np.bincount(i, weights=x, minlength=nb)
+    out[2] = np.bincount(i, weights=x * x, minlength=nb)
+    return out
+
+
+def moments_and_hist(m, lo, width, nbins):
+    x = _positive_logs(m)
+    if x.size:
+        mom = np.array([x.size, x.sum(), np.dot(x, x), x.min(), x.max()], np.float64)
+    else:
+        mom = np.array([0.0, 0.0, 0.0, np.inf, -np.inf])
+    hist = np.bincount(fine_bins(x, lo, width, nbins), minlength=nbins).astype(np.int32)
+    return mom, hist
+
+
+def mean_over_t(x, block):
+    """Per column of x (T, n): mean over T of max(x, 0), 0 where any value is NaN
+    (float32); the NaN columns and negative values counted."""
+    t = x.shape[0]
+    nan = np.isnan(x).any(axis=0)
+    n_neg = int(np.count_nonzero(x < 0))
+    acc = np.where(x > 0, x, 0).sum(axis=0, dtype=np.float64)
+    out = (acc / t).astype(np.float32)
+    out[nan] = 0.0
+    return out, int(nan.sum()), n_neg
+
+
+def gather_rescale(x, cols, method, block):
+    """Rescaled trajectories (len(cols), T) float32 of the columns ``cols`` of x
+    (T, n), negatives clipped to 0; method 0 mean, 1 zscore, 2 log-mean, 3 none."""
+    v = np.maximum(x[:, cols].astype(np.float64), 0.0).T
+    if method == 3:
+        return v.astype(np.float32)
+    if method == 2:
+        v = np.log1p(v)
+    mu = v.mean(axis=1, keepdims=True)
+    if method == 1:
+        sd = np.sqrt(((v - mu) ** 2).mean(axis=1, keepdims=True))
+        out = np.where(sd > 0, (v - mu) / np.where(sd > 0, sd, 1.0), 0.0)
+    elif method == 2:
+        out = v - mu
+    else:
+        out = np.where(mu > 0, v / np.where(mu > 0, mu, 1.0) - 1.0, 0.0)
+    return out.astype(np.float32)
+
+
+def flat_indices_3d(mask, o0, o1, o2, n1, n2):
+    a, b, c = np.nonzero(mask)
+    return ((a.astype(np.int64) + o0) * n1 + b + o1) * n2 + o2 + c
+
+
+def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
+    """Per-temperature statistics of a block x (T, n) with per-voxel means m (n,);
+    see :func:`xtec.preprocess._kernels.frame_stats`."""
+    t = x.shape[0]
+    pos = np.flatnonzero(m > 0)
+    logm = np.log(m[pos].astype(np.float64))
+    bm = fine_bins(logm, lo_m, w_m, nb_m)
+    count = np.bincount(bm, minlength=nb_m).astype(np.int64)
+    region = np.zeros((t, nb_m))
+    values = x[:, pos]
+    for j in range(t):
+        row = values[j]
+        # negatives and NaN count as 0
+        region[j] = np.bincount(bm, weights=np.where(row > 0, row, 0).astype(np.float64),
+                                minlength=nb_m)
+    total = region.sum(axis=1)
+    hist = np.zeros((t, nb_r + 1), np.int32)
+    picked = np.flatnonzero(sample[pos])
+    r = values[:, picked].astype(np.float64)
+    above = r > 0
+    hist[:, 0] = (~above).sum(axis=1)
+    rows, cols = np.nonzero(above)
+    b = 1 + fine_bins(np.log(r[rows, cols]) - logm[picked][cols], lo_r, w_r, nb_r)
+    hist[:, 1:] += np.bincount(rows * (nb_r + 1) + b, minlength=t * (nb_r + 1)) \
+        .reshape(t, nb_r + 1)[:, 1:].astype(np.int32)
+    return hist, total, region, count
