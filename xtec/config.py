@@ -65,7 +65,7 @@ class ClusterConfig:
     ``register``: resample every frame onto the coldest frame's lattice, its
     expansion measured from the Bragg peaks (:mod:`xtec.preprocess.registration`);
     ``auto`` (default) does it when the expansion moves the farthest peak by more
-    than a quarter of a voxel.
+    than half a voxel.
     """
 
     inputs: list[str]

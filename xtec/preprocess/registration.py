@@ -52,14 +52,23 @@ N_PEAKS = 48
 PEAK_CONTRAST = 20.0
 #: ``auto`` registers when the estimated expansion moves the farthest peak
 #: measured by more than this (voxels) and by ``REGISTER_SIGMAS`` times the
-#: estimate's noise.  Measured in docs/measured.md.
-REGISTER_AUTO = 0.25
+#: estimate's noise.  Measured (docs/measured.md): clean series 0.002-0.014
+#: voxel; 3e-5/K at |Q| <= 2 0.17-0.25 voxel, where the peaks stay in their
+#: voxels, expansion costs no CDW F1 and resampling cost XTEC-d 0.03 (its
+#: interpolation changes the noise frame by frame); at H = 4..8 1.18 voxel,
+#: where resampling wins (XTEC-d 0.58 -> 0.82).
+REGISTER_AUTO = 0.5
 REGISTER_SIGMAS = 5.0
 #: an axis needs peaks this far (rms, r.l.u.) from the origin for its scale
 MIN_LEVER = 0.5
+#: and this many peaks measured in a frame
+MIN_PEAKS = 2
 #: the box around each peak reaches the shift of this expansion (1/K) over the
 #: series' temperature span, plus two voxels (at least 3, at most 8 voxels)
 MAX_EXPANSION = 1e-4
+#: the parabola needs both neighbours of the maximum at least this share of its
+#: height above the box's median (a Gaussian of one voxel's width: 0.6)
+NEIGHBOUR_MIN = 0.02
 
 
 @dataclass
@@ -134,24 +143,22 @@ def _block_maxima(block, offset, n: int):
     return vals[top], idx[top] + np.asarray(offset, np.int64)
 
 
-def reference_peaks(frame: da.Array, n: int = N_PEAKS) -> np.ndarray:
+def reference_peaks(frame: da.Array, n: int = N_PEAKS, separation: int = 3) -> np.ndarray:
     """Indices (m, 3) of the ``n`` brightest local maxima of one frame (L, K, H),
-    searched block by block (a maximum on a block's face may be found twice or
-    not at all: enough for a lattice's many peaks)."""
+    no two closer than ``separation`` voxels on every axis (the brighter kept:
+    noise and gaps make several maxima of one peak), searched block by block
+    (a maximum on a block's face may be missed: enough for a lattice's many peaks)."""
     blocks = frame.to_delayed()
     starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in frame.chunks]
     f = dask.delayed(_block_maxima, pure=True)
-    parts = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], n)
+    parts = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], 4 * n)
                            for p in np.ndindex(*blocks.shape)])
     vals = np.concatenate([p[0] for p in parts])
     idx = np.concatenate([p[1] for p in parts])
-    order = np.argsort(-vals, kind="stable")
-    keep, seen = [], set()
-    for i in order:
-        key = tuple(idx[i])
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
+    keep: list[int] = []
+    for i in np.argsort(-vals, kind="stable"):
+        if all(np.abs(idx[i] - idx[k]).max() > separation for k in keep):
+            keep.append(int(i))
         if len(keep) == n:
             break
     return idx[keep]
@@ -179,16 +186,23 @@ def _subvoxel(box: np.ndarray, contrast: float) -> np.ndarray:
     if not b[c] > contrast * max(base, 1e-12) or b[c] <= 0:
         return np.full(3, np.nan)
     out = np.empty(3)
+    top = b[c] - base
     for ax in range(3):
         i = c[ax]
         if i == 0 or i == b.shape[ax] - 1:
             return np.full(3, np.nan)
         lo, hi = list(c), list(c)
         lo[ax], hi[ax] = i - 1, i + 1
+        side = (b[tuple(lo)] - base, b[tuple(hi)] - base)
+        # A neighbour in a gap (or nothing but background): no parabola there.
+        if min(side) < NEIGHBOUR_MIN * top:
+            out[ax] = np.nan
+            continue
         # log of the background-subtracted intensities: a Gaussian's parabola
-        y0, y1, y2 = (math.log(max(b[tuple(p)] - base, 1e-12 * b[c])) for p in (lo, c, hi))
+        y0, y1, y2 = math.log(side[0]), math.log(top), math.log(side[1])
         den = y0 - 2.0 * y1 + y2
-        out[ax] = i + (0.5 * (y0 - y2) / den if den < 0 else 0.0)
+        off = 0.5 * (y0 - y2) / den if den < 0 else np.nan
+        out[ax] = i + off if abs(off) <= 0.6 else np.nan
     return out
 
 
@@ -212,16 +226,20 @@ def peak_positions(data: da.Array, peaks: np.ndarray, radius: int,
     return out
 
 
-def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray,
+                      temperature=None) -> tuple[np.ndarray, np.ndarray]:
     """Per frame and axis the scale s with pos ~ s * ref through the origin.
 
     ref (m, 3) and pos (T, m, 3) in r.l.u. (NaN: not measured).  Least squares,
     then again without residuals beyond 4 robust sigmas.  Returns (scale (T, 3),
-    noise (3,)): 1 and inf on an axis without peaks ``MIN_LEVER`` from the
-    origin; the noise is the median over frames of the fit's standard error.
+    noise (3,)): a frame with fewer than ``MIN_PEAKS`` peaks ``MIN_LEVER`` from
+    the origin (rms) on an axis gets the scale of its neighbours in T (linear
+    between them: the superlattice peaks fade above Tc), an axis without any
+    1 and noise inf; the noise is the median over frames of the fit's
+    standard error.
     """
     n_t = pos.shape[0]
-    scale = np.ones((n_t, 3))
+    scale = np.full((n_t, 3), np.nan)
     noise = np.full(3, np.inf)
     for ax in range(3):
         r = ref[:, ax]
@@ -229,25 +247,28 @@ def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.
         for t in range(n_t):
             x = pos[t, :, ax]
             use = np.isfinite(x) & np.isfinite(r)
-            for _ in range(2):
-                if use.sum() < 3 or math.sqrt(np.mean(r[use] ** 2)) < MIN_LEVER:
+            for _ in range(3):
+                if use.sum() < MIN_PEAKS or math.sqrt(np.mean(r[use] ** 2)) < MIN_LEVER:
                     break
                 s = float((r[use] * x[use]).sum() / (r[use] ** 2).sum())
                 res = x - s * r
                 sigma = 1.4826 * float(np.median(np.abs(res[use]))) + 1e-9
-                keep = use & (np.abs(res) <= 4.0 * sigma)
                 scale[t, ax] = s
-                se = sigma / math.sqrt(float((r[use] ** 2).sum()))
+                keep = use & (np.abs(res) <= 4.0 * sigma)
                 if keep.sum() == use.sum():
+                    if use.sum() > 2:  # two points fit exactly: no error estimate
+                        err.append(sigma / math.sqrt(float((r[use] ** 2).sum())))
                     break
                 use = keep
-            else:
-                se = None
-            if use.sum() >= 3 and math.sqrt(np.mean(r[use] ** 2)) >= MIN_LEVER:
-                err.append(se if se is not None else np.nan)
-        good = [e for e in err if e is not None and np.isfinite(e)]
-        if good:
-            noise[ax] = float(np.median(good))
+        done = np.isfinite(scale[:, ax])
+        if done.any():
+            t = np.arange(n_t, dtype=np.float64) if temperature is None else \
+                np.asarray(temperature, np.float64)
+            order = np.argsort(t[done], kind="stable")
+            scale[:, ax] = np.interp(t, t[done][order], scale[done, ax][order])
+            noise[ax] = float(np.median(err)) if err else np.inf
+        else:
+            scale[:, ax] = 1.0
     return scale, noise
 
 
@@ -259,15 +280,15 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
     t = np.asarray(temperature, np.float64)
     ref = int(np.argmin(t)) if reference is None else int(reference)
     axes = [np.asarray(q, np.float64) for q in axes]
-    peaks = reference_peaks(data[ref], n_peaks)
     radius = box_radius(axes, t)
+    peaks = reference_peaks(data[ref], n_peaks, radius)
     idx = peak_positions(data, peaks, radius)
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
     pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
                    axis=-1)
     pos[np.isnan(idx)] = np.nan
     ref_pos = pos[ref]
-    scale, noise = fit_lattice_scale(ref_pos, pos)
+    scale, noise = fit_lattice_scale(ref_pos, pos, t)
     scale[ref] = 1.0
     used = np.isfinite(ref_pos).all(axis=1)
     reach = np.array([float(np.abs(ref_pos[used, a]).max()) if used.any() else 0.0
@@ -355,6 +376,18 @@ def _resample_block(x, scale: np.ndarray, axes, halo, grid_chunks, kernel=KERNEL
     return out
 
 
+def _merge_small(chunks, width: int) -> tuple[int, ...]:
+    """``chunks`` with every chunk narrower than ``width`` merged into its
+    neighbour (the previous one, or the next for the first)."""
+    out: list[int] = []
+    for c in chunks:
+        if out and (c < width or out[-1] < width):
+            out[-1] += c
+        else:
+            out.append(c)
+    return tuple(out)
+
+
 def register_frames(data: da.Array, reg: Registration, axes, kernel: str = KERNEL) -> da.Array:
     """The series (T, L, K, H) with frame j resampled onto the reference lattice:
     its value at q is the frame's at q * s_j (lazy; chunk-wise with a halo as
@@ -365,7 +398,7 @@ def register_frames(data: da.Array, reg: Registration, axes, kernel: str = KERNE
     halo = tuple(min(int(math.ceil(v)) + 2, n) if v > 0 else 0
                  for v, n in zip(shift, data.shape[1:]))
     # map_overlap needs every chunk at least as wide as the halo
-    small = {a + 1: max(h, max(data.chunks[a + 1])) for a, h in enumerate(halo)
+    small = {a + 1: _merge_small(data.chunks[a + 1], h) for a, h in enumerate(halo)
              if h > min(data.chunks[a + 1])}
     if small:
         data = data.rechunk(small)
