@@ -27,6 +27,7 @@ from xtec.backend import CPU_ENGINES
 from xtec.errors import ParameterError, check_choice
 from xtec.mixture.parameters import COVARIANCE_TYPES
 from xtec.preprocess import RESCALE_METHODS, THRESHOLD_METHODS
+from xtec.preprocess.registration import REGISTER_MODES
 from xtec.runtime.chunks import parse_chunks
 from xtec.runtime.workers import parse_memory_limit
 from xtec.spatial.smoothing import KERNELS, WEIGHTS
@@ -62,6 +63,10 @@ class ClusterConfig:
     frames scatter or one was flagged for its scale; ``drop_temperatures``:
     leave the frames nearest these temperatures (K) out; ``drop_lost_frames``:
     leave out frames flagged for a lost part (voxels zero in that frame only).
+    ``register``: resample every frame onto the coldest frame's lattice, its
+    expansion measured from the Bragg peaks (:mod:`xtec.preprocess.registration`);
+    ``auto`` (default) does it when the expansion moves the farthest peak by more
+    than half a voxel.
     """
 
     inputs: list[str]
@@ -101,6 +106,9 @@ class ClusterConfig:
     normalize: bool | None = None
     drop_temperatures: list[float] | None = None
     drop_lost_frames: bool = True
+    # Thermal expansion: resample each frame onto the coldest frame's lattice
+    # (xtec.preprocess.registration); auto: when the lattice measurably moves.
+    register: str = _opt("auto", choices=REGISTER_MODES)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

@@ -72,6 +72,12 @@ from xtec.preprocess.frames import (
     scale_frames,
     wants_normalize,
 )
+from xtec.preprocess.registration import (
+    estimate_registration,
+    register_frames,
+    registration_variables,
+    wants_register,
+)
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
@@ -114,6 +120,7 @@ class Prepared:
     frames: object = None  # xtec.preprocess.frames.FrameCheck
     correction: tuple | None = None  # (correction, kept frames) for rows rebuilt from candidates
     n_captured: int = 0  # temperatures of the captured candidate rows
+    registration: object = None  # xtec.preprocess.registration.Registration
 
 
 # --------------------------------------------------------------------------- preparing
@@ -166,6 +173,25 @@ def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: li
     else:
         log.info("frames checked: no temperature flagged")
     return check
+
+
+def _register(config: ClusterConfig, arr: xr.DataArray, data: da.Array):
+    """The frames' lattice scale (None with ``register="off"``) and the series
+    resampled onto the reference frame's lattice where the option asks for it."""
+    if config.register == "off":
+        return None, data
+    axes = [arr[d].values for d in Q_DIMS]
+    reg = estimate_registration(data, arr.temperature.values, axes)
+    log.info(reg.describe())
+    if not wants_register(config.register, reg):
+        log.info("frames not registered (--register %s)", config.register)
+        return reg, data
+    if not np.isfinite(reg.noise).any():
+        log.warning("--register on: no peaks to measure the lattice by; frames not registered")
+        return reg, data
+    reg.applied = True
+    log.info("frames registered onto the lattice at %g K", reg.temperature[reg.reference])
+    return reg, register_frames(data, reg, axes)
 
 
 def _open_parent(config: ClusterConfig):
@@ -273,6 +299,9 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
 
     timings = {}
     tick = time.perf_counter()
+    registration, data = _register(config, arr, data)
+    timings["register"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     # Loading the kernels overlaps the first pass.
@@ -337,7 +366,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
         traj.X = _fix_rows(traj.X, fix, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
     return Prepared(arr, scaled, summary, threshold, mask, traj, notes, timings, warming,
-                    source, frames, fix if in_rows and source != "input" else None, n_t)
+                    source, frames, fix if in_rows and source != "input" else None, n_t,
+                    registration)
 
 
 def _fix_rows(X: da.Array, fix, rescale: str) -> da.Array:
@@ -543,6 +573,9 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         fv, fa = frame_variables(prep.frames, prep.frames.applied, config.drop_temperatures)
         clustering.variables.update(fv)
         clustering.attrs.update(fa)
+        rv, ra = registration_variables(prep.registration)
+        clustering.variables.update(rv)
+        clustering.attrs.update(ra)
         tick = time.perf_counter()
         log.info("writing %s", out)
         parts = ResultParts(config, prep.arr, prep.mask, prep.summary.mean, prep.threshold,

@@ -101,6 +101,10 @@ def add_cluster_options(p) -> None:
     x.add_argument("--drop-lost-frames", action=argparse.BooleanOptionalAction, default=None,
                    help="leave out frames flagged for a lost part (voxels zero in that frame "
                         "only; default on)")
+    x.add_argument("--register", default=None, metavar="auto|on|off",
+                   help="resample every temperature onto the coldest one's lattice, the "
+                        "thermal expansion measured from the Bragg peaks (default auto: when "
+                        "the farthest peak moves by more than half a voxel)")
     x.add_argument("--parent", default=None, metavar="RESULT.zarr",
                    help="second round: re-cluster voxels of a cluster of this result")
     x.add_argument("--parent-cluster", type=int, default=None, metavar="C",

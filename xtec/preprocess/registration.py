@@ -1,0 +1,431 @@
+"""Frame registration: the lattice's thermal expansion, estimated and undone.
+
+A series is transformed with one orientation matrix, so as the lattice expands
+with temperature every reflection moves towards the origin of reciprocal space:
+(h, k, l) appears at (h, k, l) * s(T) with s = a(T_ref) / a(T) per axis.  A peak
+at H = 6 moves by 0.05 r.l.u. over 20-300 K at 3e-5/K, a voxel at 0.05 r.l.u.
+steps: its flank voxels then see the peak leave (their intensity falls with T,
+which looks like an order parameter) and the clustering follows the motion,
+not the physics.
+
+This module measures s per frame and per axis from the data itself and
+resamples every frame onto the reference frame's lattice (the coldest):
+
+1. :func:`reference_peaks`: the brightest local maxima of the reference frame
+   (one frame read; Bragg peaks, a hundred times brighter than anything else),
+   per block so that a volume of any size is searched in chunks;
+2. :func:`peak_positions`: in a small box around each, per frame, the position
+   of the maximum to a fraction of a voxel (a parabola through the log
+   intensities of the maximum and its two neighbours on each axis: exact for
+   a Gaussian resolution function);
+3. :func:`fit_lattice_scale`: per frame and axis the scale s that maps the
+   reference positions onto the frame's (least squares through the origin,
+   outliers dropped), and its noise;
+4. :func:`register_frames`: frame j resampled at q * s_j (linear interpolation
+   along each axis with a cubic kernel, chunk-wise with a halo as wide as
+   the largest shift).
+
+``--register auto`` (the default) resamples only when the expansion moves the
+farthest peak measured by more than ``REGISTER_AUTO`` voxels *and* many times
+the estimate's own noise; a series without expansion is therefore left exactly
+as read (labels bit-identical).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+
+from xtec.backend import namespace, to_numpy
+
+log = logging.getLogger(__name__)
+
+REGISTER_MODES = ("auto", "on", "off")
+#: peaks of the reference frame used (the brightest local maxima)
+N_PEAKS = 48
+#: a peak must stand this many times above its box's median in the reference
+PEAK_CONTRAST = 20.0
+#: ``auto`` registers when the estimated expansion moves the farthest peak
+#: measured by more than this (voxels) and by ``REGISTER_SIGMAS`` times the
+#: estimate's noise.  Measured (docs/measured.md): clean series 0.002-0.014
+#: voxel; 3e-5/K at |Q| <= 2 0.17-0.25 voxel, where the peaks stay in their
+#: voxels, expansion costs no CDW F1 and resampling cost XTEC-d 0.03 (its
+#: interpolation changes the noise frame by frame); at H = 4..8 1.18 voxel,
+#: where resampling wins (XTEC-d 0.58 -> 0.82).
+REGISTER_AUTO = 0.5
+REGISTER_SIGMAS = 5.0
+#: an axis needs peaks this far (rms, r.l.u.) from the origin for its scale
+MIN_LEVER = 0.5
+#: and this many peaks measured in a frame
+MIN_PEAKS = 2
+#: the box around each peak reaches the shift of this expansion (1/K) over the
+#: series' temperature span, plus two voxels (at least 3, at most 8 voxels)
+MAX_EXPANSION = 1e-4
+#: the parabola needs both neighbours of the maximum at least this share of its
+#: height above the box's median (a Gaussian of one voxel's width: 0.6)
+NEIGHBOUR_MIN = 0.02
+
+
+@dataclass
+class Registration:
+    """The lattice scale of each frame against the reference frame.
+
+    temperature (T,); scale (T, 3): per frame and axis (L, K, H) the factor s by
+    which a reflection's reference position q appears at q * s (1 where not
+    measured); noise (3,): the per-frame scale's standard error per axis;
+    reference: the index of the reference frame; reach (3,): the largest |q|
+    of the peaks used per axis (r.l.u.); step (3,): the grid's steps;
+    n_peaks: peaks used; applied: whether the run resampled the frames.
+    """
+
+    temperature: np.ndarray
+    scale: np.ndarray
+    noise: np.ndarray
+    reference: int
+    reach: np.ndarray
+    step: np.ndarray
+    n_peaks: int
+    applied: bool = False
+
+    @property
+    def strain(self) -> np.ndarray:
+        """(T, 3) a(T) / a(T_ref) - 1 per axis (0 where not measured)."""
+        return 1.0 / self.scale - 1.0
+
+    def expansion(self) -> np.ndarray:
+        """(3,) linear expansion coefficient per axis (1/K): the slope of the
+        strain over T - T_ref, through zero (least squares)."""
+        dt = self.temperature - self.temperature[self.reference]
+        den = float((dt**2).sum())
+        return (self.strain * dt[:, None]).sum(0) / den if den > 0 else np.zeros(3)
+
+    def displacement(self) -> np.ndarray:
+        """(3,) the largest shift (voxels) of the farthest peak measured, per axis."""
+        return np.abs(self.scale - 1.0).max(0) * self.reach / self.step
+
+    def significance(self) -> np.ndarray:
+        """(3,) the largest |s - 1| per axis over its noise."""
+        return np.abs(self.scale - 1.0).max(0) / np.maximum(self.noise, 1e-12)
+
+    def describe(self) -> str:
+        a = self.expansion()
+        d = self.displacement()
+        return (f"lattice expansion from {self.n_peaks} peaks: "
+                + ", ".join(f"{ax} {v:.3g}/K ({s:.2f} voxel)" for ax, v, s in
+                            zip(("L", "K", "H"), a, d)))
+
+
+def _axis_index(q: np.ndarray, x) -> np.ndarray:
+    """Fractional index of the coordinates x on the monotonic axis q."""
+    q = np.asarray(q, np.float64)
+    if q[-1] < q[0]:
+        return (q.size - 1) - np.interp(x, q[::-1], np.arange(q.size, dtype=np.float64))
+    return np.interp(x, q, np.arange(q.size, dtype=np.float64))
+
+
+def _block_maxima(block, offset, n: int):
+    """The ``n`` brightest local maxima (3x3x3, strictly above the median of
+    the block) of one block: (values (m,), global indices (m, 3))."""
+    from scipy.ndimage import maximum_filter
+
+    b = np.nan_to_num(np.asarray(to_numpy(block), np.float32), nan=0.0)
+    if b.size == 0:
+        return np.zeros(0, np.float32), np.zeros((0, 3), np.int64)
+    peak = (b == maximum_filter(b, size=3, mode="nearest")) & (b > np.median(b))
+    idx = np.argwhere(peak)
+    vals = b[peak]
+    top = np.argsort(-vals, kind="stable")[:n]
+    return vals[top], idx[top] + np.asarray(offset, np.int64)
+
+
+def reference_peaks(frame: da.Array, n: int = N_PEAKS, separation: int = 3) -> np.ndarray:
+    """Indices (m, 3) of the ``n`` brightest local maxima of one frame (L, K, H),
+    no two closer than ``separation`` voxels on every axis (the brighter kept:
+    noise and gaps make several maxima of one peak), searched block by block
+    (a maximum on a block's face may be missed: enough for a lattice's many peaks)."""
+    blocks = frame.to_delayed()
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in frame.chunks]
+    f = dask.delayed(_block_maxima, pure=True)
+    parts = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], 4 * n)
+                           for p in np.ndindex(*blocks.shape)])
+    vals = np.concatenate([p[0] for p in parts])
+    idx = np.concatenate([p[1] for p in parts])
+    keep: list[int] = []
+    for i in np.argsort(-vals, kind="stable"):
+        if all(np.abs(idx[i] - idx[k]).max() > separation for k in keep):
+            keep.append(int(i))
+        if len(keep) == n:
+            break
+    return idx[keep]
+
+
+def box_radius(axes, temperature) -> int:
+    """Half-width (voxels) of the box that follows a peak: the shift of
+    ``MAX_EXPANSION`` at the grid's largest |q| over the temperature span, plus 2."""
+    span = float(np.ptp(temperature))
+    shift = max(float(np.abs(q).max()) * MAX_EXPANSION * span / _step(q) for q in axes)
+    return int(np.clip(math.ceil(shift) + 2, 3, 8))
+
+
+def _step(q) -> float:
+    q = np.asarray(q, np.float64)
+    return float(np.abs(np.diff(q)).mean()) if q.size > 1 else 1.0
+
+
+def _subvoxel(box: np.ndarray, contrast: float) -> np.ndarray:
+    """Fractional index (3,) of the maximum of one frame's box, NaN where the
+    peak does not stand out by ``contrast`` or its maximum lies on the box's face."""
+    b = np.asarray(box, np.float64)
+    base = float(np.median(b))
+    c = np.unravel_index(int(np.argmax(b)), b.shape)
+    if not b[c] > contrast * max(base, 1e-12) or b[c] <= 0:
+        return np.full(3, np.nan)
+    out = np.empty(3)
+    top = b[c] - base
+    for ax in range(3):
+        i = c[ax]
+        if i == 0 or i == b.shape[ax] - 1:
+            return np.full(3, np.nan)
+        lo, hi = list(c), list(c)
+        lo[ax], hi[ax] = i - 1, i + 1
+        side = (b[tuple(lo)] - base, b[tuple(hi)] - base)
+        # A neighbour in a gap (or nothing but background): no parabola there.
+        if min(side) < NEIGHBOUR_MIN * top:
+            out[ax] = np.nan
+            continue
+        # log of the background-subtracted intensities: a Gaussian's parabola
+        y0, y1, y2 = math.log(side[0]), math.log(top), math.log(side[1])
+        den = y0 - 2.0 * y1 + y2
+        off = 0.5 * (y0 - y2) / den if den < 0 else np.nan
+        out[ax] = i + off if abs(off) <= 0.6 else np.nan
+    return out
+
+
+def peak_positions(data: da.Array, peaks: np.ndarray, radius: int,
+                   contrast: float = PEAK_CONTRAST / 4) -> np.ndarray:
+    """Fractional voxel index (T, m, 3) of each peak's maximum in each frame, NaN
+    where not found (the peak faded, or left its box)."""
+    shape = data.shape[1:]
+    boxes, origins = [], []
+    for p in peaks:
+        lo = [max(int(i) - radius, 0) for i in p]
+        hi = [min(int(i) + radius + 1, n) for i, n in zip(p, shape)]
+        boxes.append(data[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+        origins.append(lo)
+    values = dask.compute(*boxes)
+    out = np.full((data.shape[0], len(peaks), 3), np.nan)
+    for j, (v, o) in enumerate(zip(values, origins)):
+        v = to_numpy(v)
+        for t in range(v.shape[0]):
+            out[t, j] = _subvoxel(v[t], contrast) + np.asarray(o)
+    return out
+
+
+def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray,
+                      temperature=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame and axis the scale s with pos ~ s * ref through the origin.
+
+    ref (m, 3) and pos (T, m, 3) in r.l.u. (NaN: not measured).  Least squares,
+    then again without residuals beyond 4 robust sigmas.  Returns (scale (T, 3),
+    noise (3,)): a frame with fewer than ``MIN_PEAKS`` peaks ``MIN_LEVER`` from
+    the origin (rms) on an axis gets the scale of its neighbours in T (linear
+    between them: the superlattice peaks fade above Tc), an axis without any
+    1 and noise inf; the noise is the median over frames of the fit's
+    standard error.
+    """
+    n_t = pos.shape[0]
+    scale = np.full((n_t, 3), np.nan)
+    noise = np.full(3, np.inf)
+    for ax in range(3):
+        r = ref[:, ax]
+        err = []
+        for t in range(n_t):
+            x = pos[t, :, ax]
+            use = np.isfinite(x) & np.isfinite(r)
+            for _ in range(3):
+                if use.sum() < MIN_PEAKS or math.sqrt(np.mean(r[use] ** 2)) < MIN_LEVER:
+                    break
+                s = float((r[use] * x[use]).sum() / (r[use] ** 2).sum())
+                res = x - s * r
+                sigma = 1.4826 * float(np.median(np.abs(res[use]))) + 1e-9
+                scale[t, ax] = s
+                keep = use & (np.abs(res) <= 4.0 * sigma)
+                if keep.sum() == use.sum():
+                    if use.sum() > 2:  # two points fit exactly: no error estimate
+                        err.append(sigma / math.sqrt(float((r[use] ** 2).sum())))
+                    break
+                use = keep
+        done = np.isfinite(scale[:, ax])
+        if done.any():
+            t = np.arange(n_t, dtype=np.float64) if temperature is None else \
+                np.asarray(temperature, np.float64)
+            order = np.argsort(t[done], kind="stable")
+            scale[:, ax] = np.interp(t, t[done][order], scale[done, ax][order])
+            noise[ax] = float(np.median(err)) if err else np.inf
+        else:
+            scale[:, ax] = 1.0
+    return scale, noise
+
+
+def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PEAKS,
+                          reference: int | None = None) -> Registration:
+    """Measure each frame's lattice scale against the ``reference`` frame (default
+    the coldest) from the data (module docstring): one frame read, then a box of
+    a few voxels around each of ``n_peaks`` peaks in every frame."""
+    t = np.asarray(temperature, np.float64)
+    ref = int(np.argmin(t)) if reference is None else int(reference)
+    axes = [np.asarray(q, np.float64) for q in axes]
+    radius = box_radius(axes, t)
+    peaks = reference_peaks(data[ref], n_peaks, radius)
+    idx = peak_positions(data, peaks, radius)
+    # Fractional indices -> r.l.u. on each axis (linear between grid points).
+    pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
+                   axis=-1)
+    pos[np.isnan(idx)] = np.nan
+    ref_pos = pos[ref]
+    scale, noise = fit_lattice_scale(ref_pos, pos, t)
+    scale[ref] = 1.0
+    used = np.isfinite(ref_pos).all(axis=1)
+    reach = np.array([float(np.abs(ref_pos[used, a]).max()) if used.any() else 0.0
+                      for a in range(3)])
+    reach[~np.isfinite(noise)] = 0.0
+    return Registration(t, scale, noise, ref, reach, np.array([_step(q) for q in axes]),
+                        int(used.sum()))
+
+
+def wants_register(mode: str, reg: Registration | None) -> bool:
+    """Whether a run resamples its frames: ``on``/``off`` as asked; ``auto`` when
+    the expansion moves the farthest measured peak by more than
+    ``REGISTER_AUTO`` voxels and ``REGISTER_SIGMAS`` times the noise on some axis."""
+    if mode == "off" or reg is None:
+        return False
+    if mode == "on":
+        return True
+    shift = reg.displacement()
+    hit = (shift > REGISTER_AUTO) & (reg.significance() > REGISTER_SIGMAS)
+    return bool(hit.any())
+
+
+#: resampling kernel: "cubic" (Keys, a = -0.5, bounded by its four samples) or
+#: "linear"; measured in docs/measured.md
+KERNEL = "cubic"
+
+
+def _taps(src: np.ndarray, n: int, kernel: str):
+    """Sample indices (k, n) and weights (k, n) of the 1-D resampling at the
+    fractional positions ``src`` on an axis of ``n`` samples (ends clamped)."""
+    i0 = np.floor(src).astype(np.int64)
+    t = src - i0
+    if kernel == "linear":
+        idx = np.stack([i0, i0 + 1])
+        w = np.stack([1.0 - t, t])
+    else:
+        a = -0.5
+        idx = np.stack([i0 - 1, i0, i0 + 1, i0 + 2])
+        w = np.stack([a * (t**3 - 2 * t**2 + t), (a + 2) * t**3 - (a + 3) * t**2 + 1,
+                      -(a + 2) * t**3 + (2 * a + 3) * t**2 - a * t, -a * (t**3 - t**2)])
+    return np.clip(idx, 0, n - 1), w.astype(np.float32)
+
+
+def _resample_axis(x, ax: int, idx: np.ndarray, w: np.ndarray):
+    """x (L, K, H) resampled along ``ax`` with the taps ``idx``/``w`` (k, n): the
+    weighted sum, bounded by the samples it uses (a cubic kernel's overshoot
+    would make negative intensities next to a gap)."""
+    xp = namespace(x)
+    shape = [1, 1, 1]
+    shape[ax] = idx.shape[1]
+    parts = [xp.take(x, xp.asarray(i), axis=ax) for i in idx]
+    out = sum(p * xp.asarray(wi.reshape(shape)) for p, wi in zip(parts, w))
+    if len(parts) > 2:
+        lo, hi = parts[0], parts[0]
+        for p in parts[1:]:
+            lo, hi = xp.minimum(lo, p), xp.maximum(hi, p)
+        out = xp.clip(out, lo, hi)
+    return out
+
+
+def _resample_block(x, scale: np.ndarray, axes, halo, grid_chunks, kernel=KERNEL,
+                    block_id=None):
+    """One overlapped block (T, L, K, H) of the series resampled at q * s_j
+    (frame j of the block, separably along each axis; sources beyond the
+    block's halo clamped, which only reaches the halo that map_overlap trims)."""
+    xp = namespace(x)
+    t0 = int(sum(grid_chunks[0][:block_id[0]]))
+    out = x.astype(xp.float32, copy=True)
+    for j in range(x.shape[0]):
+        s = scale[t0 + j]
+        frame = out[j]
+        for ax in range(3):
+            if s[ax] == 1.0:
+                continue
+            q = axes[ax]
+            start = int(sum(grid_chunks[ax + 1][:block_id[ax + 1]])) - halo[ax]
+            n = x.shape[ax + 1]
+            glob = np.arange(start, start + n)
+            src = _axis_index(q, q[np.clip(glob, 0, q.size - 1)] * s[ax])
+            # the halo's own positions where they fall off the grid
+            src = np.where((glob < 0) | (glob >= q.size), glob, src) - start
+            idx, w = _taps(np.clip(src, 0.0, n - 1.0), n, kernel)
+            frame = _resample_axis(frame, ax, idx, w)
+        out[j] = frame
+    return out
+
+
+def _merge_small(chunks, width: int) -> tuple[int, ...]:
+    """``chunks`` with every chunk narrower than ``width`` merged into its
+    neighbour (the previous one, or the next for the first)."""
+    out: list[int] = []
+    for c in chunks:
+        if out and (c < width or out[-1] < width):
+            out[-1] += c
+        else:
+            out.append(c)
+    return tuple(out)
+
+
+def register_frames(data: da.Array, reg: Registration, axes, kernel: str = KERNEL) -> da.Array:
+    """The series (T, L, K, H) with frame j resampled onto the reference lattice:
+    its value at q is the frame's at q * s_j (lazy; chunk-wise with a halo as
+    wide as the largest shift, edges clamped)."""
+    axes = [np.asarray(q, np.float64) for q in axes]
+    shift = [float((np.abs(q).max() * np.abs(reg.scale[:, a] - 1.0).max()) / _step(q))
+             for a, q in enumerate(axes)]
+    halo = tuple(min(int(math.ceil(v)) + 2, n) if v > 0 else 0
+                 for v, n in zip(shift, data.shape[1:]))
+    # map_overlap needs every chunk at least as wide as the halo
+    small = {a + 1: _merge_small(data.chunks[a + 1], h) for a, h in enumerate(halo)
+             if h > min(data.chunks[a + 1])}
+    if small:
+        data = data.rechunk(small)
+    return da.map_overlap(_resample_block, data, depth={0: 0, 1: halo[0], 2: halo[1],
+                                                          3: halo[2]},
+                          boundary="nearest", trim=True, dtype=np.float32,
+                          meta=data._meta.astype(np.float32) if hasattr(data._meta, "astype")
+                          else None, scale=np.asarray(reg.scale, np.float64), axes=axes,
+                          halo=halo, grid_chunks=data.chunks, kernel=kernel)
+
+
+def registration_variables(reg: Registration | None) -> tuple[dict, dict]:
+    """Result variables along ``temperature`` (``lattice_strain_Ql``, ``_Qk``,
+    ``_Qh``: a(T) / a(T_ref) - 1 as measured) and attributes (``register``:
+    whether the frames were resampled; ``expansion`` per axis in 1/K;
+    ``register_reference_temperature``, ``register_shift_voxels``,
+    ``register_peaks``)."""
+    if reg is None:
+        return {}, {"register": False}
+    dim = ("temperature",)
+    strain = reg.strain
+    names = ("Ql", "Qk", "Qh")
+    variables = {f"lattice_strain_{n}": (dim, strain[:, a].astype(np.float64))
+                 for a, n in enumerate(names)}
+    attrs = {"register": bool(reg.applied),
+             "expansion": {n: float(v) for n, v in zip(names, reg.expansion())},
+             "register_reference_temperature": float(reg.temperature[reg.reference]),
+             "register_shift_voxels": {n: float(v) for n, v in zip(names, reg.displacement())},
+             "register_peaks": int(reg.n_peaks)}
+    return variables, attrs
