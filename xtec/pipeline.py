@@ -72,12 +72,7 @@ from xtec.preprocess.frames import (
     scale_frames,
     wants_normalize,
 )
-from xtec.preprocess.registration import (
-    estimate_registration,
-    register_frames,
-    registration_variables,
-    wants_register,
-)
+from xtec.preprocess.registration import register_series, registration_variables
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
@@ -173,25 +168,6 @@ def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: li
     else:
         log.info("frames checked: no temperature flagged")
     return check
-
-
-def _register(config: ClusterConfig, arr: xr.DataArray, data: da.Array):
-    """The frames' lattice scale (None with ``register="off"``) and the series
-    resampled onto the reference frame's lattice where the option asks for it."""
-    if config.register == "off":
-        return None, data
-    axes = [arr[d].values for d in Q_DIMS]
-    reg = estimate_registration(data, arr.temperature.values, axes)
-    log.info(reg.describe())
-    if not wants_register(config.register, reg):
-        log.info("frames not registered (--register %s)", config.register)
-        return reg, data
-    if not np.isfinite(reg.noise).any():
-        log.warning("--register on: no peaks to measure the lattice by; frames not registered")
-        return reg, data
-    reg.applied = True
-    log.info("frames registered onto the lattice at %g K", reg.temperature[reg.reference])
-    return reg, register_frames(data, reg, axes)
 
 
 def _open_parent(config: ClusterConfig):
@@ -299,9 +275,6 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
 
     timings = {}
     tick = time.perf_counter()
-    registration, data = _register(config, arr, data)
-    timings["register"] = time.perf_counter() - tick
-    tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
     # Loading the kernels overlaps the first pass.
@@ -312,6 +285,18 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     summary = summarize(data, capture=plan)
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
     _check_not_all_nan(summary, math.prod(arr.shape[1:]))
+    tick = time.perf_counter()
+    # The peaks are found in the mean volume (in memory), so measuring the lattice
+    # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
+    registration, registered = register_series(
+        config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
+        summary.mean)
+    if registered is not data:  # the first pass again, over the registered frames
+        data = registered
+        if plan is not None and plan.scratch:
+            plan = replace(plan, scratch=str(Path(plan.scratch) / "registered"))
+        summary = summarize(data, capture=plan)
+    timings["register"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     if parent is not None:

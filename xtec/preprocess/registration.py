@@ -273,15 +273,18 @@ def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray,
 
 
 def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PEAKS,
-                          reference: int | None = None) -> Registration:
+                          reference: int | None = None,
+                          peaks_in: da.Array | None = None) -> Registration:
     """Measure each frame's lattice scale against the ``reference`` frame (default
-    the coldest) from the data (module docstring): one frame read, then a box of
-    a few voxels around each of ``n_peaks`` peaks in every frame."""
+    the coldest) from the data (module docstring): the ``n_peaks`` brightest
+    peaks of ``peaks_in`` (a volume (L, K, H) in memory, such as the mean over
+    T; default the reference frame, one frame read), then a box of a few voxels
+    around each in every frame."""
     t = np.asarray(temperature, np.float64)
     ref = int(np.argmin(t)) if reference is None else int(reference)
     axes = [np.asarray(q, np.float64) for q in axes]
     radius = box_radius(axes, t)
-    peaks = reference_peaks(data[ref], n_peaks, radius)
+    peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius)
     idx = peak_positions(data, peaks, radius)
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
     pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
@@ -296,6 +299,26 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
     reach[~np.isfinite(noise)] = 0.0
     return Registration(t, scale, noise, ref, reach, np.array([_step(q) for q in axes]),
                         int(used.sum()))
+
+
+def register_series(mode: str, temperature, axes, data: da.Array,
+                    mean: da.Array) -> tuple[Registration | None, da.Array]:
+    """The frames' lattice scale (None with ``mode="off"``) and the series
+    resampled onto the reference frame's lattice where ``mode`` asks for it
+    (peaks searched in ``mean``, the first pass's mean volume)."""
+    if mode == "off":
+        return None, data
+    reg = estimate_registration(data, temperature, axes, peaks_in=mean)
+    log.info(reg.describe())
+    if not wants_register(mode, reg):
+        log.info("frames not registered (--register %s)", mode)
+        return reg, data
+    if not np.isfinite(reg.noise).any():
+        log.warning("--register on: no peaks to measure the lattice by; frames not registered")
+        return reg, data
+    reg.applied = True
+    log.info("frames registered onto the lattice at %g K", reg.temperature[reg.reference])
+    return reg, register_frames(data, reg, axes)
 
 
 def wants_register(mode: str, reg: Registration | None) -> bool:
