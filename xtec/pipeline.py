@@ -558,7 +558,7 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         fv, fa = frame_variables(prep.frames, prep.frames.applied, config.drop_temperatures)
         clustering.variables.update(fv)
         clustering.attrs.update(fa)
-        rv, ra = registration_variables(prep.registration)
+        rv, ra = registration_variables(prep.registration, prep.arr.temperature.values)
         clustering.variables.update(rv)
         clustering.attrs.update(ra)
         tick = time.perf_counter()

@@ -433,9 +433,11 @@ def register_frames(data: da.Array, reg: Registration, axes, kernel: str = KERNE
                           halo=halo, grid_chunks=data.chunks, kernel=kernel)
 
 
-def registration_variables(reg: Registration | None) -> tuple[dict, dict]:
+def registration_variables(reg: Registration | None,
+                           temperature=None) -> tuple[dict, dict]:
     """Result variables along ``temperature`` (``lattice_strain_Ql``, ``_Qk``,
-    ``_Qh``: a(T) / a(T_ref) - 1 as measured) and attributes (``register``:
+    ``_Qh``: a(T) / a(T_ref) - 1 as measured, at the frames of ``temperature``
+    where given: those the result keeps) and attributes (``register``:
     whether the frames were resampled; ``expansion`` per axis in 1/K;
     ``register_reference_temperature``, ``register_shift_voxels``,
     ``register_peaks``)."""
@@ -443,6 +445,8 @@ def registration_variables(reg: Registration | None) -> tuple[dict, dict]:
         return {}, {"register": False}
     dim = ("temperature",)
     strain = reg.strain
+    if temperature is not None:  # frames left out after the estimate (lost parts)
+        strain = strain[np.isin(reg.temperature, np.asarray(temperature, np.float64))]
     names = ("Ql", "Qk", "Qh")
     variables = {f"lattice_strain_{n}": (dim, strain[:, a].astype(np.float64))
                  for a, n in enumerate(names)}
