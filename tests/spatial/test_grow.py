@@ -73,7 +73,7 @@ def _series_file(tmp_path):
 def test_cli_peak_grow_labels_do_not_depend_on_the_chunking(tmp_path, capsys):
     f = _series_file(tmp_path)
     out = {}
-    for name, extra in (("off", []), ("a", ["--peak-grow", "1", "--chunks", "50,50,50"]),
+    for name, extra in (("off", ["--peak-grow", "off"]), ("a", ["--chunks", "50,50,50"]),
                         ("b", ["--peak-grow", "1", "--chunks", "3,7,11"])):
         code, _, err = run(capsys, "cluster", f, "-o", tmp_path / f"{name}.zarr",
                            "--method", "peaks", "-k", "4", *extra)

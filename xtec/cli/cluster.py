@@ -92,7 +92,7 @@ def add_cluster_options(p) -> None:
     x.add_argument("--peak-grow", default=None, metavar="off|SIGMAS",
                    help="peaks: paint voxels below the cutoff but above the background "
                         "Gaussian's mean + SIGMAS sigmas that are face-connected to one "
-                        "peak and whose own trajectory falls in its cluster (default off)")
+                        "peak and whose own trajectory falls in its cluster (default 1)")
     x.add_argument("--bic-ks", default=None, metavar="MIN:MAX",
                    help="K range for -k auto (default 2:14)")
     x.add_argument("--bic-seeds", type=int, default=None, help="seeds per K (default 3)")

@@ -146,14 +146,14 @@ def grown_labels(data: da.Array, mean: da.Array, threshold: Threshold, peaks, si
 
     peaks : the :class:`~xtec.spatial.peaks.PeakResult` of the threshold mask;
     sigmas : the lower level (:func:`lower_level`).  Returns the (L, K, H) int16
-    labels and the result's attributes (the level as an intensity; NaN where
-    nothing could be grown, then the labels are the core's).
+    labels and the result's attributes (the level as an intensity, left out where
+    nothing could be grown: then the labels are the core's).
     """
     level = lower_level(threshold, sigmas)
-    attrs = {"peak_grow": float(sigmas),
-             "peak_grow_level": math.exp(level) if level is not None else math.nan}
+    attrs = {"peak_grow": float(sigmas)}
     if level is None:
         return peaks.paint(), attrs
+    attrs["peak_grow_level"] = math.exp(level)
     region = grow_components(peaks.labels, mean, level)
     return paint_grown(data, region, peaks.labels, peaks.component_cluster, peaks.gmm,
                        rescale), attrs
