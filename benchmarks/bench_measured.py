@@ -67,6 +67,11 @@ METHODS = {
     "peaks -k 4 --register off": dict(method="peaks", k=4, register="off"),
     "xtec-d -k 4 --register on": dict(method="xtec-d", k=4, register="on"),
     "peaks -k 4 --register on": dict(method="peaks", k=4, register="on"),
+    # hysteresis (xtec.spatial.grow, default --peak-grow 1): sub-cutoff voxels
+    # joined to one peak; "peaks -k 4" ran with it off before it became the default
+    "peaks -k 4 --peak-grow 1": dict(method="peaks", k=4, peak_grow=1.0),
+    "peaks -k 4 --peak-grow 2": dict(method="peaks", k=4, peak_grow=2.0),
+    "peaks -k 4 --peak-grow off": dict(method="peaks", k=4, peak_grow="off"),
 }
 DEFAULT_METHODS = ("xtec-d -k 4", "smooth -k 4", "peaks -k 4", "xtec-d -k 4 --no-normalize")
 

@@ -488,7 +488,14 @@ def cluster_peaks(config: ClusterConfig, prep: Prepared, rt: Runtime,
     variables = bic_variables(bic)
     variables["component"] = (Q_DIMS, pr.labels.astype(np.int32))
     attrs = {"n_components": int(pr.n_components), "peak_stat": config.peak_stat}
-    return Clustering(k, pr.gmm, pr.paint(), counts, cmean, cstd, "none", variables, attrs)
+    labels = pr.paint()
+    if config.peak_grow != "off":  # hysteresis: paint sub-cutoff voxels joined to a peak
+        from xtec.spatial.grow import grown_labels
+
+        labels, grow_attrs = grown_labels(prep.data, prep.summary.mean, prep.threshold, pr,
+                                          config.peak_grow, config.rescale)
+        attrs.update(grow_attrs)
+    return Clustering(k, pr.gmm, labels, counts, cmean, cstd, "none", variables, attrs)
 
 
 _METHODS = {"xtec-d": cluster_xtec_d, "peaks": cluster_peaks, "smooth": cluster_smooth}

@@ -89,6 +89,10 @@ def add_cluster_options(p) -> None:
                    help="times the neighbour average is applied per EM step (default 1)")
     x.add_argument("--neighbour-weights", default=None, help="uniform (default) or kernel")
     x.add_argument("--peak-stat", default=None, help="peaks: mean (default) or max trajectory")
+    x.add_argument("--peak-grow", default=None, metavar="off|SIGMAS",
+                   help="peaks: paint voxels below the cutoff but above the background "
+                        "Gaussian's mean + SIGMAS sigmas that are face-connected to one "
+                        "peak and whose own trajectory falls in its cluster (default 1)")
     x.add_argument("--bic-ks", default=None, metavar="MIN:MAX",
                    help="K range for -k auto (default 2:14)")
     x.add_argument("--bic-seeds", type=int, default=None, help="seeds per K (default 3)")

@@ -69,32 +69,38 @@ def _block_offsets(chunks):
 
 
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
+#: connectivity -> scipy.ndimage structure: 26 (faces, edges, corners) or 6 (faces)
+_STRUCTURES = {26: _STRUCTURE, 6: np.array([[[0, 0, 0], [0, 1, 0], [0, 0, 0]],
+                                            [[0, 1, 0], [1, 1, 1], [0, 1, 0]],
+                                            [[0, 0, 0], [0, 1, 0], [0, 0, 0]]], dtype=bool)}
 
 
-def _label_block(m, bases, block_id=None):
+def _label_block(m, bases, connectivity=26, block_id=None):
     """Labels of one block, made globally unique by adding the number of voxels in
     all earlier blocks (a block has fewer labels than voxels)."""
     import scipy.ndimage as ndi
 
-    lab, _ = ndi.label(np.asarray(to_numpy(m)), structure=_STRUCTURE)
+    lab, _ = ndi.label(np.asarray(to_numpy(m)), structure=_STRUCTURES[connectivity])
     lab = lab.astype(np.int64)
     lab[lab > 0] += bases[block_id]
     return lab
 
 
-def _face_pairs(slab, axis):
+def _face_pairs(slab, axis, connectivity=26):
     """(raw label a, raw label b) pairs touching across a block boundary.
 
     slab : the two voxel planes either side of the boundary (size 2 along axis),
     spanning the whole grid across; 26-connectivity means a voxel touches the 3x3
-    voxels facing it, which covers faces, edges and corners at once.
+    voxels facing it, which covers faces, edges and corners at once; 6-connectivity
+    only the voxel facing it.
     """
     a = np.take(slab, 0, axis=axis)
     b = np.take(slab, 1, axis=axis)
     out = []
     n0, n1 = a.shape
-    for d0 in (-1, 0, 1):
-        for d1 in (-1, 0, 1):
+    steps = (-1, 0, 1) if connectivity == 26 else (0,)
+    for d0 in steps:
+        for d1 in steps:
             sa = a[max(0, -d0) : n0 - max(0, d0), max(0, -d1) : n1 - max(0, d1)]
             sb = b[max(0, d0) : n0 - max(0, -d0), max(0, d1) : n1 - max(0, -d1)]
             hit = (sa > 0) & (sb > 0)
@@ -103,10 +109,11 @@ def _face_pairs(slab, axis):
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
 
 
-def label_components(mask: da.Array) -> tuple[da.Array, int]:
+def label_components(mask: da.Array, connectivity: int = 26) -> tuple[da.Array, int]:
     """Connected components (26-connectivity) of a boolean mask, across chunks.
 
-    mask : dask (or NumPy) array (L, K, H) bool.
+    mask : dask (or NumPy) array (L, K, H) bool; connectivity : 26 (voxels
+    sharing a face, an edge or a corner touch) or 6 (a face only).
 
     Returns ``(labels, n)``: labels, dask array (L, K, H) int32 (int64 beyond
     2^31 - 1 components) with 0 = background and components numbered 1..n in
@@ -124,6 +131,8 @@ def label_components(mask: da.Array) -> tuple[da.Array, int]:
     from scipy.sparse.csgraph import connected_components
 
     mask = da.asarray(mask).astype(bool)
+    if connectivity not in _STRUCTURES:
+        raise ParameterError(f"connectivity must be one of {tuple(_STRUCTURES)} (got {connectivity!r})")
     if mask.ndim != 3:
         raise ParameterError(f"the mask must be 3-D (L, K, H), got shape {mask.shape}")
     sizes = np.array(
@@ -131,7 +140,7 @@ def label_components(mask: da.Array) -> tuple[da.Array, int]:
         dtype=np.int64,
     )
     bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).reshape(mask.numblocks)
-    raw = mask.map_blocks(_label_block, bases, dtype=np.int64)
+    raw = mask.map_blocks(_label_block, bases, connectivity, dtype=np.int64)
     f = dask.delayed(_block_min_index, pure=True)
     offsets = _block_offsets(raw.chunks)
     blocks = raw.to_delayed()
@@ -142,7 +151,7 @@ def label_components(mask: da.Array) -> tuple[da.Array, int]:
         for p in np.cumsum(ch)[:-1]:
             sl = [slice(None)] * 3
             sl[axis] = slice(int(p) - 1, int(p) + 1)
-            pair_parts.append(g(raw[tuple(sl)], axis))
+            pair_parts.append(g(raw[tuple(sl)], axis, connectivity))
     mins_parts, pair_parts = dask.compute(mins_parts, pair_parts)
     ids = np.concatenate([p[0] for p in mins_parts])
     mins = np.concatenate([p[1] for p in mins_parts])
