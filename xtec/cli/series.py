@@ -96,4 +96,6 @@ def cmd_demo(args) -> int:
     print(format_clusters(s))
     print(evaluate_result(result.path, series).format())
     print(f"result: {result.path}  (xarray.open_zarr to explore it)")
+    for note in s["notes"]:
+        print(f"note: {note}")
     return 0
