@@ -172,6 +172,22 @@ def box_radius(axes, temperature) -> int:
     return int(np.clip(math.ceil(shift) + 2, 3, 8))
 
 
+def box_radii(peaks: np.ndarray, axes, temperature) -> np.ndarray:
+    """Half-widths (m, 3) of the box that follows each peak, per axis: the shift of
+    ``MAX_EXPANSION`` at the peak's own |q| on that axis over the temperature
+    span, plus 2 (at most 8).  A peak near q = 0 on an axis hardly moves along it:
+    where a file chunk is one plane of that axis, each plane of a box is a chunk
+    read (on the benchmark's series the boxes of one radius for all, 8, cost a
+    third of a pass)."""
+    span = float(np.ptp(temperature))
+    out = np.empty((len(peaks), 3), np.int64)
+    for a, q in enumerate(axes):
+        q = np.asarray(q, np.float64)
+        reach = np.abs(q[np.asarray(peaks, np.int64)[:, a]]) if len(peaks) else np.zeros(0)
+        out[:, a] = np.clip(np.ceil(reach * MAX_EXPANSION * span / _step(q)) + 2, 2, 8)
+    return out
+
+
 def _step(q) -> float:
     q = np.asarray(q, np.float64)
     return float(np.abs(np.diff(q)).mean()) if q.size > 1 else 1.0
@@ -206,15 +222,17 @@ def _subvoxel(box: np.ndarray, contrast: float) -> np.ndarray:
     return out
 
 
-def peak_positions(data: da.Array, peaks: np.ndarray, radius: int,
+def peak_positions(data: da.Array, peaks: np.ndarray, radius,
                    contrast: float = PEAK_CONTRAST / 4) -> np.ndarray:
     """Fractional voxel index (T, m, 3) of each peak's maximum in each frame, NaN
-    where not found (the peak faded, or left its box)."""
+    where not found (the peak faded, or left its box); ``radius``: the boxes'
+    half-width, one for all or (m, 3) per peak and axis (:func:`box_radii`)."""
     shape = data.shape[1:]
     boxes, origins = [], []
-    for p in peaks:
-        lo = [max(int(i) - radius, 0) for i in p]
-        hi = [min(int(i) + radius + 1, n) for i, n in zip(p, shape)]
+    radii = np.broadcast_to(np.asarray(radius, np.int64), (len(peaks), 3))
+    for p, r in zip(peaks, radii):
+        lo = [max(int(i) - int(w), 0) for i, w in zip(p, r)]
+        hi = [min(int(i) + int(w) + 1, n) for i, w, n in zip(p, r, shape)]
         boxes.append(data[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
         origins.append(lo)
     values = dask.compute(*boxes)
@@ -285,7 +303,7 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
     axes = [np.asarray(q, np.float64) for q in axes]
     radius = box_radius(axes, t)
     peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius)
-    idx = peak_positions(data, peaks, radius)
+    idx = peak_positions(data, peaks, box_radii(peaks, axes, t))
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
     pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
                    axis=-1)
