@@ -108,3 +108,29 @@ def test_bad_register_values_exit_2_with_one_line(tmp_path, capsys):
     code, _, err = run(capsys, "cluster", "--config", job)
     assert_one_line_error(code, err, "register must be")
     assert not (tmp_path / "r.zarr").exists() and not (tmp_path / "j.zarr").exists()
+
+
+def test_block_maxima_equal_the_full_maximum_filter():
+    """The bright-voxel shortcut finds exactly the maxima of a full 3x3x3 filter."""
+    from scipy.ndimage import maximum_filter
+
+    from xtec.preprocess.registration import _block_maxima
+
+    def reference(b, n):
+        peak = (b == maximum_filter(b, size=3, mode="nearest")) & (b > np.median(b))
+        idx, vals = np.argwhere(peak), b[peak]
+        top = np.argsort(-vals, kind="stable")[:n]
+        return vals[top], idx[top]
+
+    rng = np.random.default_rng(3)
+    peaks = rng.gamma(2, 1, (6, 90, 120)).astype(np.float32)
+    peaks[tuple(rng.integers(0, s, 200) for s in peaks.shape)] += 500 * rng.random(200)
+    flat = np.zeros((10, 20, 30), np.float32)
+    flat[3:6, 4:8, 10:12] = 5
+    ties = rng.integers(0, 3, (8, 40, 40)).astype(np.float32)
+    for b in (peaks, flat, ties, rng.random((5, 7, 9)).astype(np.float32)):
+        for n in (1, 12, 192):
+            vals, idx = _block_maxima(b, (0, 0, 0), n)
+            ref_vals, ref_idx = reference(b, n)
+            np.testing.assert_array_equal(vals, ref_vals)
+            np.testing.assert_array_equal(idx, ref_idx)
