@@ -15,9 +15,11 @@ real crystals (:mod:`xtec.classifier.statistics`).
   costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
   a lower-symmetry cell that fits only as well as a higher one loses.
 * Monoclinic and triclinic groups first get a fixed "no cell needed" likelihood.  When
-  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase), the
-  lines without the lowest one, and monoclinic cells (:mod:`.monoclinic`, taken at
-  M20 >= ``monoclinic_min_m20``) are tried; when none indexes, the pattern is reported
+  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase,
+  taken by likelihood or at M20 >= ``main_phase_min_m20``), the lines without the
+  lowest one, monoclinic cells (:mod:`.monoclinic`, taken at M20 >=
+  ``monoclinic_min_m20``) and monoclinic cells of the strong lines (M20 >=
+  ``main_phase_monoclinic_m20``) are tried; when none indexes, the pattern is reported
   as **not indexed** (no space group given; triclinic, a cell the search missed, or
   more than one phase).
 

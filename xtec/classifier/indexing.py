@@ -161,20 +161,14 @@ def _refine(system: str, params: np.ndarray, peaks: Peaks, hkl: np.ndarray) -> n
     return params
 
 
-def index_cells(
-    system: str, peaks: Peaks, keep: int = 4, max_index: int | None = None
-) -> list[np.ndarray]:
-    """Best few cells (parameter vectors) of ``system`` for the observed lines.
-
-    ``max_index``: the highest Miller index assigned to the trial lines (default 4 for
-    cubic, 3 for tetragonal and hexagonal, 2 for orthorhombic).
-    """
+def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
+    """Best few cells (parameter vectors) of ``system`` for the observed lines."""
     n_obs = len(peaks.q)
     p = INDEXED_SYSTEMS[system]
     if n_obs < p + 1:
         return []
     n_lines = {1: 3, 2: 6, 3: 6}[p]
-    max_index = max_index or {1: 4, 2: 3, 3: 2}[p]
+    max_index = {1: 4, 2: 3, 3: 2}[p]
     cells = _trial_cells(system, peaks.q, min(n_lines, n_obs), max_index)
     if len(cells) == 0:
         return []
