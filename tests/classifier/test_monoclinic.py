@@ -148,3 +148,23 @@ def test_a_rhombic_monoclinic_net_is_c_centred_orthorhombic():
         np.array([[1 / a**2 + 1 / b**2, 1 / c**2, 1 / a**2 + 1 / b**2, 2 * (1 / a**2 - 1 / b**2)]])
     )[0]
     assert np.allclose(np.sort(1 / np.sqrt(orthorhombic_of(mono))), [a, b, c], rtol=1e-9)
+
+
+def test_a_monoclinic_main_phase_is_indexed_from_its_strong_lines():
+    """P2_1/c lines (10-100 % of the strongest) with three weak impurity lines (4 %): no
+    cell indexes every line but one; the strong lines alone give the cell (M20 >= 50) and
+    the answer "more than one phase", the impurity lines unexplained."""
+    main = _lines(*CELLS[0], n=16)
+    # Two below the main phase's first line, one between its lines.
+    extra = np.array([7.1, 8.3, main.two_theta[5] + 0.53])
+    tt = np.concatenate([main.two_theta, extra])
+    order = np.argsort(tt)
+    inten = np.concatenate([main.intensity, np.full(3, 0.04)])[order]
+    peaks = peaks_at(tt[order], inten, LAM, 0.03)
+    params = _params(10)
+    assert ExtinctionClassifier(np.ones(230), params).analyse(peaks).indexed is False
+    params.main_phase_monoclinic_m20 = 50.0
+    an = ExtinctionClassifier(np.ones(230), params).analyse(peaks)
+    assert an.indexed and an.phases == 2 and an.fit.system == "monoclinic"
+    assert int(np.argmax(an.log_scores)) + 1 == 14
+    assert sorted(an.unexplained) == pytest.approx(sorted(extra), abs=0.01)

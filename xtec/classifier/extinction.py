@@ -15,9 +15,11 @@ real crystals (:mod:`xtec.classifier.statistics`).
   costs ``log p_unexplained``, and each free cell parameter costs ``occam`` nats so that
   a lower-symmetry cell that fits only as well as a higher one loses.
 * Monoclinic and triclinic groups first get a fixed "no cell needed" likelihood.  When
-  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase), the
-  lines without the lowest one, and monoclinic cells (:mod:`.monoclinic`, taken at
-  M20 >= ``monoclinic_min_m20``) are tried; when none indexes, the pattern is reported
+  it beats every cubic to orthorhombic cell, the strong lines alone (a main phase,
+  taken by likelihood or at M20 >= ``main_phase_min_m20``), the lines without the
+  lowest one, monoclinic cells (:mod:`.monoclinic`, taken at M20 >=
+  ``monoclinic_min_m20``) and monoclinic cells of the strong lines (M20 >=
+  ``main_phase_monoclinic_m20``) are tried; when none indexes, the pattern is reported
   as **not indexed** (no space group given; triclinic, a cell the search missed, or
   more than one phase).
 
@@ -163,6 +165,16 @@ class ExtinctionParams:
     # without the lowest one.
     retry_without_first: int = 0
     strong_fraction: float = 0.1
+    # > 0: a main phase is also taken when its cell indexes every strong line with de
+    # Wolff M20 (on those lines) of at least this, though the likelihood of the strong
+    # lines alone prefers no cell (every weak line of the cell counts as missed there);
+    # the strong lines are then those above each of ``main_phase_fractions`` in turn.
+    main_phase_min_m20: float = 0.0
+    main_phase_fractions: tuple = ()
+    # > 0: last, a monoclinic cell of the strong lines (above ``strong_fraction``, at
+    # least eight) that indexes every one with M20 of at least this (high: a monoclinic
+    # cell has four parameters to fit a few lines with).
+    main_phase_monoclinic_m20: float = 0.0
     # > 0: when nothing of higher symmetry indexes, search monoclinic cells
     # (:mod:`.monoclinic`) and take the best if it indexes all but at most one line with
     # de Wolff M20 of at least this.
@@ -219,9 +231,11 @@ class ExtinctionClassifier:
         n = len(peaks.q)
         if out.indexed or n < 6:
             return out
-        main = self._main_phase(peaks, wavelength) if self.params.retry_without_first else None
-        if main is not None:
-            return main
+        if self.params.retry_without_first:
+            for fraction in (self.params.strong_fraction, *self.params.main_phase_fractions):
+                main = self._main_phase(peaks, wavelength, fraction)
+                if main is not None:
+                    return main
         alt = self._stray_line(peaks, wavelength, out) if self.params.retry_without_first else None
         if alt is not None:
             return alt
@@ -230,7 +244,40 @@ class ExtinctionClassifier:
             mono = self._monoclinic(peaks, wavelength, out)
             if mono is not None:
                 return mono
+        if self.params.main_phase_monoclinic_m20 > 0:
+            mono = self._monoclinic_main_phase(peaks, wavelength, out)
+            if mono is not None:
+                return mono
         return out
+
+    def _monoclinic_main_phase(self, peaks: Peaks, wavelength, out: Analysis):
+        """A monoclinic main phase: a cell of the strong lines alone (at least eight) that
+        indexes every one with M20 >= ``main_phase_monoclinic_m20``."""
+        pr = self.params
+        strong = peaks.intensity / max(peaks.intensity.max(), 1e-300) >= pr.strong_fraction
+        if strong.sum() < 8 or strong.all():
+            return None
+        sub = Peaks(*(v[strong] for v in (peaks.two_theta, peaks.q, peaks.tol, peaks.intensity)))
+        alt = self._monoclinic(sub, wavelength, out, pr.main_phase_monoclinic_m20, misses=0)
+        if alt is None:
+            return None
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        return self._with_all_lines(alt, peaks, lam)
+
+    def _main_phase_by_merit(self, sub: Peaks, wavelength) -> Analysis | None:
+        """The best cell of the strong lines ``sub`` (every zero trial) when it indexes
+        every one of them with M20 >= ``main_phase_min_m20``: its system's groups are put
+        on top of the ranking (a strong-line subset leaves most of a cell's weak lines
+        unobserved, so the likelihood alone would prefer "no cell")."""
+        if len(sub.q) < 5:
+            return None
+        alt = self._analyse(sub, wavelength)
+        if alt.indexed or alt.fit is None or alt.unexplained:
+            return alt if alt.indexed else None
+        if alt.merit.get("M", 0.0) < self.params.main_phase_min_m20:
+            return None
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        return self._promote(alt.fit, sub, lam, alt)
 
     def _stray_line(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
         """The lines without the lowest one, when a cell indexes them and wins even with
@@ -248,25 +295,36 @@ class ExtinctionClassifier:
         alt.unexplained = [float(peaks.two_theta[0]), *alt.unexplained]
         return alt
 
-    def _main_phase(self, peaks: Peaks, wavelength) -> Analysis | None:
-        """The strong lines alone (above ``strong_fraction`` of the strongest): if a cell
+    def _main_phase(self, peaks: Peaks, wavelength, fraction: float) -> Analysis | None:
+        """The strong lines alone (above ``fraction`` of the strongest): if a cell
         indexes every one of them while the full set indexes nothing, the pattern holds
         more than one phase and this is the main one."""
+        pr = self.params
         rel = peaks.intensity / max(peaks.intensity.max(), 1e-300)
-        strong = rel >= self.params.strong_fraction
+        strong = rel >= fraction
         if strong.sum() < 4 or strong.all():
             return None
         sub = Peaks(
             peaks.two_theta[strong], peaks.q[strong], peaks.tol[strong], peaks.intensity[strong]
         )
         alt = self._analyse(sub, wavelength, first_trial_only=True)
+        if not (alt.indexed and not alt.unexplained) and pr.main_phase_min_m20 > 0:
+            alt = self._main_phase_by_merit(sub, wavelength)
+            if alt is None:
+                return None
         if not alt.indexed or alt.unexplained:
             return None
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        return self._with_all_lines(alt, peaks, lam)
+
+    @staticmethod
+    def _with_all_lines(alt: Analysis, peaks: Peaks, lam: float) -> Analysis:
+        """The main phase ``alt`` of a strong-line subset reported on every line: the
+        lines its cell leaves unexplained belong to another phase."""
         fit = alt.fit
         calc = alt.allowed_q
         # Every line, corrected as the main phase's cell is, against its allowed lines.
         cos_t = np.cos(np.radians(peaks.two_theta / 2))
-        lam = self.wavelength if wavelength is None else float(wavelength)
         corr = peaks_at(
             peaks.two_theta - fit.zero - fit.displacement * cos_t, peaks.intensity, lam, 0.0
         )
@@ -358,7 +416,9 @@ class ExtinctionClassifier:
             best = max(best, ll)
         return best
 
-    def _monoclinic(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
+    def _monoclinic(
+        self, peaks: Peaks, wavelength, out: Analysis, min_m20: float = 0.0, misses: int = 1
+    ) -> Analysis | None:
         """The best monoclinic cell (orthorhombic when beta is 90) when it indexes all but
         at most one line with M20 >= ``monoclinic_min_m20``: its system's groups go on top
         of the ranking (ordered by absences x prior), the rest keep their order below."""
@@ -368,7 +428,7 @@ class ExtinctionClassifier:
         if not found:
             return None
         fit, merit = found[0]
-        if fit.n_indexed < len(peaks.q) - 1 or merit["M"] < pr.monoclinic_min_m20:
+        if fit.n_indexed < len(peaks.q) - misses or merit["M"] < (min_m20 or pr.monoclinic_min_m20):
             return None
         ortho_params = orthorhombic_of(fit.params)
         if ortho_params is not None:
@@ -383,6 +443,12 @@ class ExtinctionClassifier:
             )
             if ortho.n_indexed >= fit.n_indexed:
                 fit = ortho
+        return self._promote(fit, peaks, lam, out)
+
+    def _promote(self, fit: CellFit, peaks: Peaks, lam: float, out: Analysis) -> Analysis:
+        """``fit``'s system's groups (ordered by absences x prior) on top of ``out``'s
+        ranking, the rest kept in their order below."""
+        pr = self.params
         rel = peaks.intensity / max(peaks.intensity.max(), 1e-300)
         weak = rel < pr.weak_fraction if pr.weak_fraction > 0 else None
         sg_ll, sg_fit, fits = np.full(230, -np.inf), np.full(230, -1), []
@@ -390,7 +456,11 @@ class ExtinctionClassifier:
         mine = np.isfinite(sg_ll)
         cand = sg_ll[mine] + self.log_prior[mine]
         scores = out.log_scores.copy()
-        scores[mine] = cand - cand.max() + out.log_scores.max() + 1.0
+        # The top group alone outweighs every other system's groups together, so that the
+        # crystal system read from the summed probabilities is the cell's.
+        rest = scores[~mine]
+        rest_lse = rest.max() + np.log(np.exp(rest - rest.max()).sum()) if len(rest) else -np.inf
+        scores[mine] = cand - cand.max() + max(out.log_scores.max(), rest_lse) + 1.0
         top = int(np.argmax(scores))
         ll, fit, allowed, sgs = fits[sg_fit[top]]
         res = Analysis(
