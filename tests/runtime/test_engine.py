@@ -5,6 +5,7 @@ after it uses the kernels."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -230,3 +231,28 @@ def test_a_first_run_compiles_nothing_and_the_next_one_uses_the_kernels(tiny, tm
     assert json.loads(xr.open_zarr(tmp_path / "b.zarr").attrs["parameters"])["engine"] == "numba"
     assert (xr.open_zarr(tmp_path / "a.zarr").labels.values
             == xr.open_zarr(tmp_path / "b.zarr").labels.values).mean() >= 0.999
+
+
+_LIBRARY_RUN = """
+import json, sys
+from xtec import ClusterConfig, run_cluster
+r = run_cluster(ClusterConfig(inputs=[sys.argv[1]], out=sys.argv[2], k=3))
+print(json.dumps({"notes": r.summary["notes"]}))
+"""
+
+
+def test_a_library_run_on_an_empty_cache_also_starts_the_compile(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "XTEC_ENGINE"}
+    env.update(NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _LIBRARY_RUN, str(tiny),
+                           str(tmp_path / "o.zarr")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads(proc.stdout.splitlines()[-1])["notes"]
+    assert any("compiling in the background" in n for n in notes)
+    assert "compiling in the background" in proc.stderr  # a warning, where notebooks show it
+    assert json.loads(xr.open_zarr(tmp_path / "o.zarr").attrs["parameters"])["engine"] == "numpy"
+    lock = cache / "xtec-kernels-diag.lock"
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+        os.killpg(int(lock.read_text()), signal.SIGTERM)  # this test needs no compile

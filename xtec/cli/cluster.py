@@ -204,7 +204,12 @@ def _progress(enabled: bool, runtime):
 def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.pipeline import run_cluster
     from xtec.runtime.clusters import dask_runtime
-    from xtec.runtime.kernel_cache import kernel_env_set, resolve_engine, use_engine
+    from xtec.runtime.kernel_cache import (
+        compile_for_later,
+        kernel_env_set,
+        resolve_engine,
+        use_engine,
+    )
     from xtec.runtime.workers import check_memory_limit
 
     run = RunOptions.from_options(opts)
@@ -229,20 +234,8 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
             result = run_cluster(config, runtime=rt)
     if (requested == "auto" and config.engine == "numpy" and config.device == "cpu"
             and not kernel_env_set()):
-        result.summary["notes"].append(_compile_for_later(config.covariance))
+        result.summary["notes"].append(compile_for_later(config.covariance))
     return result
-
-
-def _compile_for_later(covariance: str) -> str:
-    """After a run on the NumPy twins: compile the kernels for the runs after it;
-    says so."""
-    from xtec.runtime.kernel_cache import compile_in_background
-
-    log_path = compile_in_background(covariance)
-    where = f" (log: {log_path})" if log_path else " (already under way)"
-    return ("this node's compiled kernels were not ready: this run used their NumPy twins; "
-            f"they are compiling in the background for later runs{where}; `xtec prepare` "
-            "compiles them ahead")
 
 
 def cmd_cluster(args) -> int:

@@ -273,6 +273,16 @@ def compile_in_background(covariance_type: str) -> Path | None:
     return log_path
 
 
+def compile_for_later(covariance_type: str) -> str:
+    """After a run on the NumPy twins: start the kernels' compile for the runs
+    after it (:func:`compile_in_background`); says so, in a line."""
+    log_path = compile_in_background(covariance_type)
+    where = f" (log: {log_path})" if log_path else " (already under way)"
+    return ("this node's compiled kernels were not ready: this run used their NumPy twins; "
+            f"they are compiling in the background for later runs{where}; `xtec prepare` "
+            "compiles them ahead")
+
+
 def release_lock(path: str | os.PathLike) -> None:
     """Remove a background compile's lock (``xtec prepare --lock``), done or failed."""
     with contextlib.suppress(OSError):
