@@ -41,14 +41,27 @@ def values_in_bins(m, lo, width, nbins, hit):
     return x[keep], b[keep]
 
 
-def weighted_hist(m, edges):
-    x = _positive_logs(m)
+def edge_index(x, edges):
+    """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed).
+
+    Equal to ``searchsorted(edges, x, 'right') - 1`` clipped, without the
+    binary search: the arithmetic guess is off by at most one bin (rounding),
+    and one comparison with the actual edges on each side corrects it.
+    """
     nb = edges.size - 1
     lo, hi = float(edges[0]), float(edges[-1])
     i = np.floor((x - lo) * (nb / (hi - lo))).astype(np.int64)
     np.clip(i, 0, nb - 1, out=i)
-    i -= (x < edges[i]) & (i > 0)
-    i += (i < nb - 1) & (x >= edges[np.minimum(i + 1, nb)])
+    i -= x < edges[i]
+    np.clip(i, 0, nb - 1, out=i)
+    i += (x >= edges[i + 1]) & (i < nb - 1)
+    return i
+
+
+def weighted_hist(m, edges):
+    x = _positive_logs(m)
+    nb = edges.size - 1
+    i = edge_index(x, edges)
     out = np.zeros((3, nb))
     out[0] = np.bincount(i, minlength=nb)
     out[1] = np.bincount(i, weights=x, minlength=nb)

@@ -35,6 +35,7 @@ import numpy as np
 
 from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
+from xtec.preprocess._kernels_numpy import edge_index
 from xtec.preprocess.kernels import kernels
 
 log = logging.getLogger(__name__)
@@ -68,23 +69,6 @@ def _flat_numpy(m) -> np.ndarray:
 
 def _moments(m):
     return kernels().moments(_flat_numpy(m))
-
-
-def _edge_index(x, edges):
-    """Bin of each value for ``numpy.histogram``'s equal bins (last bin closed).
-
-    Equal to ``searchsorted(edges, x, 'right') - 1`` clipped, without the
-    binary search: the arithmetic guess is off by at most one bin (rounding),
-    and one comparison with the actual edges on each side corrects it.
-    """
-    nb = edges.size - 1
-    lo, hi = float(edges[0]), float(edges[-1])
-    i = np.floor((x - lo) * (nb / (hi - lo))).astype(np.int64)
-    np.clip(i, 0, nb - 1, out=i)
-    i -= x < edges[i]
-    np.clip(i, 0, nb - 1, out=i)
-    i += (x >= edges[i + 1]) & (i < nb - 1)
-    return i
 
 
 def _fine_hist(m, lo, width, nbins):
@@ -362,7 +346,7 @@ def kl_threshold_values(x: np.ndarray, max_iter: int = 100) -> float:
     width = (srt[r75] - srt[r25]) / x.size ** (1 / 3)
     nb = int(math.ceil((x.max() - x.min()) / width))
     edges = np.linspace(x.min(), x.max(), nb + 1)
-    b = _edge_index(x, edges)
+    b = edge_index(x, edges)
     counts = np.bincount(b, minlength=nb).astype(np.float64)
     s1 = np.bincount(b, weights=x, minlength=nb)
     s2 = np.bincount(b, weights=x * x, minlength=nb)
