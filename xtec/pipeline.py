@@ -76,13 +76,7 @@ from xtec.preprocess.registration import register_series, registration_variables
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
-from xtec.runtime.kernel_cache import (
-    compile_for_later,
-    kernel_env_set,
-    mark_compiled,
-    resolve_engine,
-    use_engine,
-)
+from xtec.runtime.kernel_cache import choose_engine, compile_for_later, mark_compiled, use_engine
 
 log = logging.getLogger(__name__)
 
@@ -538,10 +532,9 @@ def run_cluster(config: ClusterConfig, runtime: Runtime | None = None) -> Cluste
     # numba kernels or their NumPy twins, for every task of the run (workers this
     # process did not start cannot be told: they run the kernels).
     local = runtime is None or runtime.client is None
-    requested = config.engine  # (the command line passes its choice made)
-    config = replace(config, engine=resolve_engine(config.engine, config.covariance, local))
-    twins = (requested == "auto" and config.engine == "numpy" and config.device == "cpu"
-             and not kernel_env_set())
+    engine, twins = choose_engine(config.engine, config.covariance, local,
+                                  config.device == "cpu")  # (the command line passes its choice)
+    config = replace(config, engine=engine)
     # The output is this run's alone until it ends (a second run fails at once);
     # lost Dask workers end the run with one XtecError line.
     with use_engine(config.engine), claim_output(out) as claim, cluster_failures():

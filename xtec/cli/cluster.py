@@ -204,12 +204,7 @@ def _progress(enabled: bool, runtime):
 def run_with_runtime(config, opts: dict, quiet: bool = False):
     from xtec.pipeline import run_cluster
     from xtec.runtime.clusters import dask_runtime
-    from xtec.runtime.kernel_cache import (
-        compile_for_later,
-        kernel_env_set,
-        resolve_engine,
-        use_engine,
-    )
+    from xtec.runtime.kernel_cache import choose_engine, compile_for_later, use_engine
     from xtec.runtime.workers import check_memory_limit
 
     run = RunOptions.from_options(opts)
@@ -218,9 +213,9 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
     memory_limit = check_memory_limit(where.memory_limit or "auto", where.threads_per_worker)
     # Chosen before the workers start: they inherit it, so every task computes alike.
     local = not (where.scheduler or where.scheduler_file or where.cluster)
-    requested = config.engine
-    config = dataclasses.replace(
-        config, engine=resolve_engine(requested, config.covariance, local))
+    engine, compile_later = choose_engine(config.engine, config.covariance, local,
+                                          config.device == "cpu")
+    config = dataclasses.replace(config, engine=engine)
     if progress:
         _show_stages()
     with use_engine(config.engine), dask_runtime(
@@ -232,8 +227,7 @@ def run_with_runtime(config, opts: dict, quiet: bool = False):
             print(f"Dask dashboard: {rt.dashboard_link}", flush=True)
         with _progress(progress, rt):
             result = run_cluster(config, runtime=rt)
-    if (requested == "auto" and config.engine == "numpy" and config.device == "cpu"
-            and not kernel_env_set()):
+    if compile_later:
         result.summary["notes"].append(compile_for_later(config.covariance))
     return result
 

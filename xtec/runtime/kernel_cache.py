@@ -201,11 +201,21 @@ def resolve_engine(requested: str, covariance_type: str, local: bool) -> str:
     """
     if requested != "auto":
         return requested
-    if os.environ.get(ENGINE_ENV) in ("numba", "numpy"):
+    if kernel_env_set():
         return os.environ[ENGINE_ENV]
     if not local or kernels_compiled(covariance_type):
         return "numba"
     return "numpy"
+
+
+def choose_engine(requested: str, covariance_type: str, local: bool,
+                  cpu: bool = True) -> tuple[str, bool]:
+    """:func:`resolve_engine`, and whether the run should start the kernels'
+    compile when it ends (:func:`compile_for_later`): where ``auto`` fell on the
+    twins by itself, on the CPU (not where ``XTEC_ENGINE`` or the caller chose)."""
+    engine = resolve_engine(requested, covariance_type, local)
+    later = requested == "auto" and engine == "numpy" and cpu and not kernel_env_set()
+    return engine, later
 
 
 @contextlib.contextmanager
