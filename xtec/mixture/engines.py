@@ -294,6 +294,18 @@ def _pick_engine(X, engine: str) -> str:
     return engine
 
 
+def _stats_numba_engine(X, params, threads, work_dtype) -> SufficientStats:
+    return stats_numba(X, params, threads, work_dtype)
+
+
+def _stats_numpy_engine(X, params, threads, work_dtype) -> SufficientStats:
+    return stats_numpy(_float_rows(X), params, work_dtype)
+
+
+def _stats_array_api_engine(X, params, threads, work_dtype) -> SufficientStats:
+    return stats_array_api(X, params)
+
+
 def chunk_stats(X, params: MixtureParams, engine: str = "auto",
                 threads: int | None = None, work_dtype: type = np.float64) -> SufficientStats:
     """Sufficient statistics of one in-memory chunk with the chosen engine
@@ -301,29 +313,31 @@ def chunk_stats(X, params: MixtureParams, engine: str = "auto",
     engine computes in float64)."""
     if X.shape[0] == 0:
         return empty_stats(*params.means.shape, params.covariance_type)
-    chosen = _pick_engine(X, engine)
-    if chosen == "numba":
-        return stats_numba(X, params, threads, work_dtype)
-    if chosen == "numpy":
-        return stats_numpy(_float_rows(X), params, work_dtype)
-    return stats_array_api(X, params)
+    return _STATS[_pick_engine(X, engine)](X, params, threads, work_dtype)
+
+
+def _predict_numba_engine(X, params) -> np.ndarray:
+    pc = params.precisions_cholesky()
+    X, norm = _float_rows(X), params.log_norm(pc)
+    set_numba_threads(None, X.shape[0])
+    predict = _numba_kernels(params.covariance_type)["predict"]
+    return _PREDICT_NUMBA[params.covariance_type](predict, X, params.means, pc, norm)
+
+
+def _predict_numpy_engine(X, params) -> np.ndarray:
+    return predict_numpy(_float_rows(X), params)
+
+
+def _predict_array_api_engine(X, params) -> np.ndarray:
+    xp = namespace(X)
+    return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
 
 
 def chunk_predict(X, params: MixtureParams, engine: str = "auto") -> np.ndarray:
     """Hard labels (N,) int16 of one in-memory chunk (host NumPy)."""
     if X.shape[0] == 0:
         return np.zeros(0, np.int16)
-    chosen = _pick_engine(X, engine)
-    if chosen == "numba":
-        pc = params.precisions_cholesky()
-        X, norm = _float_rows(X), params.log_norm(pc)
-        set_numba_threads(None, X.shape[0])
-        predict = _numba_kernels(params.covariance_type)["predict"]
-        return _PREDICT_NUMBA[params.covariance_type](predict, X, params.means, pc, norm)
-    if chosen == "numpy":
-        return predict_numpy(_float_rows(X), params)
-    xp = namespace(X)
-    return to_numpy(xp.argmax(log_prob(X, params), axis=1)).astype(np.int16)
+    return _PREDICT[_pick_engine(X, engine)](X, params)
 
 
 def warm_kernels(covariance_type: str = "diag") -> bool:
@@ -340,3 +354,7 @@ _SXX_ARRAY_API = {"diag": _sxx_array_api_diag, "full": _sxx_array_api_full}
 _KERNELS = {"diag": _kernels_diag, "full": _kernels_full}
 _STATS_NUMBA = {"diag": _stats_numba_diag, "full": _stats_numba_full}
 _PREDICT_NUMBA = {"diag": _predict_numba_diag, "full": _predict_numba_full}
+_STATS = {"numba": _stats_numba_engine, "numpy": _stats_numpy_engine,
+          "array-api": _stats_array_api_engine}
+_PREDICT = {"numba": _predict_numba_engine, "numpy": _predict_numpy_engine,
+            "array-api": _predict_array_api_engine}
