@@ -376,11 +376,39 @@ def _lab_chunk(job):
             out.append((i, None, None, info, grid_pattern))
             continue
         probs, an, _ = model.analyse_counts(x, y, radiation("Cu"))
-        status = (
-            "more than one phase" if an.phases > 1 else ("indexed" if an.indexed else "not indexed")
-        )
-        out.append((i, probs, status, info, grid_pattern))
+        out.append((i, probs, analysis_status(an), info, grid_pattern))
     return out
+
+
+def analysis_status(an) -> str:
+    """How a pattern's analysis ended: indexed, more than one phase, not indexed."""
+    return "more than one phase" if an.phases > 1 else ("indexed" if an.indexed else "not indexed")
+
+
+def strict(ranked, sys_pred, status):
+    """The rankings and crystal systems with every "not indexed" answer made wrong
+    (no group, no system), and which answers those were."""
+    bad = np.array([s_ == "not indexed" for s_ in status])
+    return np.where(bad[:, None], 0, ranked), np.where(bad, -1, sys_pred), bad
+
+
+def real_structures():
+    """Every installed real structure, deduplicated and simulated on the shipped
+    model's grid: (the model, the structures that simulate, the source files by
+    source, the sources missing)."""
+    from xtec.classifier import structures as st_mod
+    from xtec.classifier.predictor import DEFAULT_MODEL, load_classifier
+    from xtec.classifier.realdata import collect_files, deduplicate
+    from xtec.classifier.simulator import PowderSimulator
+
+    files, missing = collect_files()
+    structures = []
+    for fs in files.values():
+        structures += st_mod.load_structures(fs)[0]
+    model = load_classifier(DEFAULT_MODEL)
+    sim = PowderSimulator(model.grid, precision="double")
+    _, unique, _ = st_mod.structure_patterns(deduplicate(structures), sim, 50.0)
+    return model, unique, files, missing
 
 
 def _lab_patterns(directory, structures, others, seed, workers, analyse):
@@ -399,21 +427,13 @@ def lab(args) -> int:
     """Accuracy on laboratory-style patterns of the evaluation half (see the module doc)."""
     from xtec.classifier import baselines as bl
     from xtec.classifier import metrics as mt
-    from xtec.classifier import structures as st_mod
     from xtec.classifier.laboratory import LabSettings
-    from xtec.classifier.predictor import DEFAULT_MODEL, load_classifier
-    from xtec.classifier.realdata import collect_files, deduplicate, split_of
-    from xtec.classifier.simulator import PowderSimulator
+    from xtec.classifier.predictor import DEFAULT_MODEL
+    from xtec.classifier.realdata import split_of
     from xtec.classifier.symmetry import system_scores
 
     t0 = time.perf_counter()
-    files, missing = collect_files()
-    structures = []
-    for fs in files.values():
-        structures += st_mod.load_structures(fs)[0]
-    model = load_classifier(DEFAULT_MODEL)
-    sim = PowderSimulator(model.grid, precision="double")
-    _, unique, _ = st_mod.structure_patterns(deduplicate(structures), sim, 50.0)
+    model, unique, files, missing = real_structures()
     split = np.array([split_of(s.structure_type) for s in unique])
     ev_idx = np.flatnonzero(split == "evaluation")[: args.limit]
     st_idx = np.flatnonzero(split == "statistics")
@@ -436,9 +456,7 @@ def lab(args) -> int:
     sys_pred = system_scores(probs, sg).argmax(1)
     rep = {"model_as_ranked": mt.summarise(true, ranked, types, sys_pred)}
     # Strict: a pattern reported "not indexed" is wrong whatever its ranking says.
-    bad = np.array([s_ == "not indexed" for s_ in status])
-    strict_ranked = np.where(bad[:, None], 0, ranked)
-    strict_sys = np.where(bad, -1, sys_pred)
+    strict_ranked, strict_sys, bad = strict(ranked, sys_pred, status)
     rep["model"] = mt.summarise(true, strict_ranked, types, strict_sys)
     rep["model"]["seconds_per_pattern"] = model_s * args.workers / len(ev)
     # A "not indexed" answer gives no space group (predict's ``answer`` is None): the

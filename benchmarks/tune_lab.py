@@ -22,23 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_classifier import analysis_status, real_structures, strict  # (this folder)
 
 
 def build(n: int, seed: int) -> list[dict]:
     """``n`` lab patterns of the statistics half (first ``n`` structures, seeded)."""
-    from xtec.classifier import structures as st_mod
     from xtec.classifier.laboratory import LabSimulator
-    from xtec.classifier.predictor import DEFAULT_MODEL, load_classifier
-    from xtec.classifier.realdata import collect_files, deduplicate, split_of
-    from xtec.classifier.simulator import PowderSimulator
+    from xtec.classifier.realdata import split_of
 
-    files, _ = collect_files()
-    structures = []
-    for fs in files.values():
-        structures += st_mod.load_structures(fs)[0]
-    model = load_classifier(DEFAULT_MODEL)
-    sim = PowderSimulator(model.grid, precision="double")
-    _, unique, _ = st_mod.structure_patterns(deduplicate(structures), sim, 50.0)
+    unique = real_structures()[1]
     stat = [s for s in unique if split_of(s.structure_type) == "statistics"]
     rng = np.random.default_rng(seed)
     other = [stat[j] for j in rng.permutation(len(stat))]
@@ -72,11 +64,8 @@ def _analyse(job):
     for p in pats:
         t = time.process_time()
         probs, an, _ = model.analyse_counts(p["x"], p["y"], radiation("Cu"))
-        status = (
-            "more than one phase" if an.phases > 1 else ("indexed" if an.indexed else "not indexed")
-        )
         cell = None if an.fit is None else [an.fit.system, an.fit.lengths()]
-        out.append((probs, status, time.process_time() - t, cell))
+        out.append((probs, analysis_status(an), time.process_time() - t, cell))
     return out
 
 
@@ -124,9 +113,7 @@ def main(argv=None) -> int:
     sg = np.arange(1, 231)
     ranked = mt.ranked_space_groups(probs, sg)
     sys_pred = system_scores(probs, sg).argmax(1)
-    bad = np.array([s == "not indexed" for s in status])
-    ranked = np.where(bad[:, None], 0, ranked)
-    sys_pred = np.where(bad, -1, sys_pred)
+    ranked, sys_pred, bad = strict(ranked, sys_pred, status)
     top1 = float(np.mean(ranked[:, 0] == true))
     top5 = float(np.mean((ranked[:, :5] == true[:, None]).any(1)))
     sys_ok = sys_pred == np.asarray(crystal_system_index(true))
