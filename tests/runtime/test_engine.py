@@ -256,3 +256,11 @@ def test_a_library_run_on_an_empty_cache_also_starts_the_compile(tiny, tmp_path)
     lock = cache / "xtec-kernels-diag.lock"
     with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
         os.killpg(int(lock.read_text()), signal.SIGTERM)  # this test needs no compile
+
+
+def test_an_unwritable_cache_is_said_so(monkeypatch, tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a file where the cache directory should be
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocked / "cache"))
+    note = kernel_cache.compile_for_later("diag")
+    assert "cannot be written" in note and "NUMBA_CACHE_DIR" in note

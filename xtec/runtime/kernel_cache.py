@@ -287,10 +287,13 @@ def compile_for_later(covariance_type: str) -> str:
     """After a run on the NumPy twins: start the kernels' compile for the runs
     after it (:func:`compile_in_background`); says so, in a line."""
     log_path = compile_in_background(covariance_type)
+    head = "this node's compiled kernels were not ready: this run used their NumPy twins; "
+    if log_path is None and not _lock(covariance_type).exists():
+        return (head + f"their cache ({cache_root()}) cannot be written, so they were not "
+                "compiled; set NUMBA_CACHE_DIR to a writable directory and run `xtec prepare`")
     where = f" (log: {log_path})" if log_path else " (already under way)"
-    return ("this node's compiled kernels were not ready: this run used their NumPy twins; "
-            f"they are compiling in the background for later runs{where}; `xtec prepare` "
-            "compiles them ahead")
+    return (head + f"they are compiling in the background for later runs{where}; "
+            "`xtec prepare` compiles them ahead")
 
 
 def release_lock(path: str | os.PathLike) -> None:
