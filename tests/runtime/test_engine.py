@@ -124,6 +124,22 @@ def test_numpy_engine_equals_the_numba_engine(covariance, work_dtype):
                                   engines.chunk_predict(X32, params, "numba"))
 
 
+def test_full_restarts_take_the_same_path_on_both_engines():
+    # Trajectories far from zero with a small spread: a covariance is the
+    # outer-product sums less mu mu^T, so float32 sums (the NumPy engine's
+    # float32 products add 2048 rows at a time) would send the restarts down
+    # other paths than the kernels (5e-5 apart here) and a cold run could pick
+    # another start than a warm one.
+    rng = np.random.default_rng(3)
+    t = np.linspace(0, 1, 24)
+    protos = np.array([10 + np.sin(3 * t), 10 + t, 10 - t, 10 + 0.5 * np.cos(5 * t)])
+    X = protos[rng.integers(0, 4, 40_000)] \
+        + rng.normal(0, 0.3, (40_000, 24)) * rng.lognormal(0, 0.3, (40_000, 1))
+    a, b = (start.best_start(X, 4, "full", 1e-6, 3, 0, engine=e) for e in ("numba", "numpy"))
+    np.testing.assert_allclose(b.means, a.means, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(b.covariances, a.covariances, rtol=0, atol=1e-9)
+
+
 def test_auto_follows_the_run_choice(monkeypatch):
     X = np.zeros((4, 3), np.float32)
     monkeypatch.setenv("XTEC_ENGINE", "numpy")

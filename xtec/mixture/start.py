@@ -138,18 +138,30 @@ def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
     return sample[::step]
 
 
-def restart_e_step(engine: str, threads=lambda: 1):
-    """The E-step of one restart: ``threads()`` numba threads (one while the
-    restarts are the parallel level) and float32 arithmetic on the NumPy engine.
+# The arithmetic of a restart's E-step, per covariance type.  Diagonal: float32
+# gives each restart's mean log-likelihood within 1e-7 of float64's (optima
+# that differ are 1e-4 and more apart here) in the same number of passes, and
+# a pass is 1.45-1.6x faster (K = 3-6, 50,000 x 24).  Full: not float32.  A
+# covariance is the outer-product sums less mu mu^T, and float32 sums leave
+# it noisy enough that EM creeps: on the synthetic series (K = 4) the three
+# restarts took 47, 53 and 59 passes in float32 against 11, 16 and 51 in
+# float64 (the same optima), and the NumPy engine, whose float32 products sum
+# 2048 rows at a time, hit the 500-pass limit at a lower optimum.  In float64
+# both engines take the same passes to the same optima.
+_RESTART_DTYPE = {"diag": np.float32, "full": np.float64}
 
-    A restart only has to rank its optimum against the others: float32 gives
-    each restart's mean log-likelihood within 1e-7 of float64's (optima that
-    differ are 1e-4 and more apart here), 1.45-1.6x faster per pass (diagonal
-    and full, K = 3-6, 50,000 x 24), and the winner then converges in float64
-    on all the data.
+
+def restart_e_step(engine: str, covariance_type: str, threads=lambda: 1):
+    """The E-step of one restart: ``threads()`` numba threads (one while the
+    restarts are the parallel level) and the arithmetic of ``_RESTART_DTYPE``.
+
+    A restart only has to rank its optimum against the others; the winner
+    then converges in float64 on all the data.
     """
+    work_dtype = _RESTART_DTYPE[covariance_type]
+
     def e_step(X, params):
-        return chunk_stats(X, params, engine=engine, threads=threads(), work_dtype=np.float32)
+        return chunk_stats(X, params, engine=engine, threads=threads(), work_dtype=work_dtype)
 
     return e_step
 
@@ -194,7 +206,8 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     lock = threading.Lock()
     if small.shape[0] < PARALLEL_MIN_ROWS:
         cores = 1
-    e_step = restart_e_step(engine, lambda: max(1, cores // max(1, unfinished[0])))
+    e_step = restart_e_step(engine, covariance_type,
+                            lambda: max(1, cores // max(1, unfinished[0])))
 
     def restart(init: int):
         try:
