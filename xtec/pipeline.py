@@ -74,7 +74,7 @@ from xtec.preprocess.frames import (
 )
 from xtec.preprocess.registration import register_series, registration_variables
 from xtec.preprocess.threshold import NoPositiveVoxels
-from xtec.runtime.chunks import target_bytes_for_workers
+from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 from xtec.runtime.kernel_cache import choose_engine, compile_for_later, mark_compiled, use_engine
 
@@ -153,6 +153,16 @@ def _open_input(config: ClusterConfig, **kw) -> xr.DataArray:
     if config.drop_temperatures:
         arr = drop_frames(arr, config.drop_temperatures)
     return arr
+
+
+def _boxes_from(config: ClusterConfig, arr: xr.DataArray):
+    """The series again, chunked as its file is, for the registration's boxes
+    (None: no boxes to read, or the pass's chunks already are the file's)."""
+    fine = box_chunks(arr.attrs.get("file_chunks"), arr.shape[1:], arr.sizes["temperature"],
+                      arr.dtype.itemsize)
+    if config.register == "off" or fine is None or fine == arr.data.chunksize[1:]:
+        return None
+    return _open_input(config, chunks=fine).data
 
 
 def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: list):
@@ -290,7 +300,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
-        summary.mean)
+        summary.mean, _boxes_from(config, arr))
     if registered is not data:  # the first pass again, over the registered frames
         data = registered
         if plan is not None and plan.scratch:

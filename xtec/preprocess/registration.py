@@ -42,6 +42,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace, to_numpy
+from xtec.runtime.chunks import read_boxes
 
 log = logging.getLogger(__name__)
 
@@ -272,21 +273,19 @@ def peak_positions(data: da.Array, peaks: np.ndarray, radius,
                    contrast: float = PEAK_CONTRAST / 4) -> np.ndarray:
     """Fractional voxel index (T, m, 3) of each peak's maximum in each frame, NaN
     where not found (the peak faded, or left its box); ``radius``: the boxes'
-    half-width, one for all or (m, 3) per peak and axis (:func:`box_radii`)."""
+    half-width, one for all or (m, 3) per peak and axis (:func:`box_radii`).
+    Each chunk of ``data`` the boxes touch is read once (:func:`read_boxes`)."""
     shape = data.shape[1:]
-    boxes, origins = [], []
+    boxes = []
     radii = np.broadcast_to(np.asarray(radius, np.int64), (len(peaks), 3))
     for p, r in zip(peaks, radii):
-        lo = [max(int(i) - int(w), 0) for i, w in zip(p, r)]
-        hi = [min(int(i) + int(w) + 1, n) for i, w, n in zip(p, r, shape)]
-        boxes.append(data[:, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
-        origins.append(lo)
-    values = dask.compute(*boxes)
+        lo = tuple(max(int(i) - int(w), 0) for i, w in zip(p, r))
+        hi = tuple(min(int(i) + int(w) + 1, n) for i, w, n in zip(p, r, shape))
+        boxes.append((lo, hi))
     out = np.full((data.shape[0], len(peaks), 3), np.nan)
-    for j, (v, o) in enumerate(zip(values, origins)):
-        v = to_numpy(v)
+    for j, (v, (lo, _)) in enumerate(zip(read_boxes(data, boxes), boxes)):
         for t in range(v.shape[0]):
-            out[t, j] = _subvoxel(v[t], contrast) + np.asarray(o)
+            out[t, j] = _subvoxel(v[t], contrast) + np.asarray(lo)
     return out
 
 
@@ -338,18 +337,21 @@ def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray,
 
 def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PEAKS,
                           reference: int | None = None,
-                          peaks_in: da.Array | None = None) -> Registration:
+                          peaks_in: da.Array | None = None,
+                          boxes_from: da.Array | None = None) -> Registration:
     """Measure each frame's lattice scale against the ``reference`` frame (default
     the coldest) from the data (module docstring): the ``n_peaks`` brightest
     peaks of ``peaks_in`` (a volume (L, K, H) in memory, such as the mean over
     T; default the reference frame, one frame read), then a box of a few voxels
-    around each in every frame."""
+    around each in every frame, read from ``boxes_from`` (default ``data``: the
+    same series, chunked as the file is, reads far less, :func:`read_boxes`)."""
     t = np.asarray(temperature, np.float64)
     ref = int(np.argmin(t)) if reference is None else int(reference)
     axes = [np.asarray(q, np.float64) for q in axes]
     radius = box_radius(axes, t)
     peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius)
-    idx = peak_positions(data, peaks, box_radii(peaks, axes, t))
+    idx = peak_positions(data if boxes_from is None else boxes_from, peaks,
+                         box_radii(peaks, axes, t))
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
     pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
                    axis=-1)
@@ -365,14 +367,17 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
                         int(used.sum()))
 
 
-def register_series(mode: str, temperature, axes, data: da.Array,
-                    mean: da.Array) -> tuple[Registration | None, da.Array]:
+def register_series(mode: str, temperature, axes, data: da.Array, mean: da.Array,
+                    boxes_from: da.Array | None = None
+                    ) -> tuple[Registration | None, da.Array]:
     """The frames' lattice scale (None with ``mode="off"``) and the series
     resampled onto the reference frame's lattice where ``mode`` asks for it
-    (peaks searched in ``mean``, the first pass's mean volume)."""
+    (peaks searched in ``mean``, the first pass's mean volume; boxes around them
+    read from ``boxes_from``, :func:`estimate_registration`)."""
     if mode == "off":
         return None, data
-    reg = estimate_registration(data, temperature, axes, peaks_in=mean)
+    reg = estimate_registration(data, temperature, axes, peaks_in=mean,
+                              boxes_from=boxes_from)
     log.info(reg.describe())
     if not wants_register(mode, reg):
         log.info("frames not registered (--register %s)", mode)
