@@ -120,15 +120,11 @@ class Prepared:
 
 # --------------------------------------------------------------------------- preparing
 def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
-                    scratch: Path | None) -> CandidatePlan | None:
-    """How the first pass captures candidate trajectories (None: it does not)."""
+                    scratch: Path | None, pilot_data) -> CandidatePlan | None:
+    """How the first pass captures candidate trajectories (None: it does not);
+    ``pilot_data``: a callable giving the series chunked as its file is."""
     if config.method == "peaks" or config.parent or config.persist == "none":
         return None
-    fchunks = arr.attrs.get("file_chunks") or tuple(min(s, 32) for s in arr.shape[1:])
-
-    def pilot_data():
-        return _open_input(config, chunks=tuple(fchunks)).data
-
     plan = plan_candidates(arr.data, config.threshold, config.rescale, rt.memory_budget(),
                            pilot_data)
     if plan is None:
@@ -155,14 +151,15 @@ def _open_input(config: ClusterConfig, **kw) -> xr.DataArray:
     return arr
 
 
-def _boxes_from(config: ClusterConfig, arr: xr.DataArray):
-    """The series again, chunked as its file is, for the registration's boxes
-    (None: no boxes to read, or the pass's chunks already are the file's)."""
+def _file_chunked(config: ClusterConfig, arr: xr.DataArray):
+    """A callable giving the series chunked as its file is (opened on the first
+    call, once): for the reads that touch a few chunks, the pilot's sample and the
+    registration's boxes, where a pass's chunks would read many times more."""
     fine = box_chunks(arr.attrs.get("file_chunks"), arr.shape[1:], arr.sizes["temperature"],
                       arr.dtype.itemsize)
-    if config.register == "off" or fine is None or fine == arr.data.chunksize[1:]:
-        return None
-    return _open_input(config, chunks=fine).data
+    if fine == arr.data.chunksize[1:]:
+        return lambda: arr.data
+    return functools.cache(lambda: _open_input(config, chunks=fine).data)
 
 
 def _check_frames(config: ClusterConfig, prep_arr, summary, threshold, notes: list):
@@ -290,7 +287,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     # Loading the kernels overlaps the first pass.
     warming = rt.on_every_worker(functools.partial(warm_worker_kernels, config.covariance)) \
         if compiled else []
-    plan = _candidate_plan(config, arr, rt, scratch)
+    file_chunked = _file_chunked(config, arr)
+    plan = _candidate_plan(config, arr, rt, scratch, file_chunked)
     timings["pilot"] = time.perf_counter() - tick
     summary = summarize(data, capture=plan)
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
@@ -300,7 +298,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
-        summary.mean, _boxes_from(config, arr))
+        summary.mean, None if config.register == "off" else file_chunked())
     if registered is not data:  # the first pass again, over the registered frames
         data = registered
         if plan is not None and plan.scratch:

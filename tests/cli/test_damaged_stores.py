@@ -37,7 +37,7 @@ def finished(small_series, tmp_path_factory):
 
 def _chunk(store: Path, name: str) -> Path:
     """A chunk file of ``name`` in the middle of its grid."""
-    files = sorted(p for p in (store / name / "c").rglob("*") if p.is_file())
+    files = sorted(p for p in (store / name).glob("c.*") if p.is_file())
     assert len(files) > 1
     return files[len(files) // 2]
 

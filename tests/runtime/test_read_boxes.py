@@ -62,7 +62,7 @@ def test_boxes_equal_the_slices_each_chunk_read_once(tmp_path):
 
 
 def test_box_chunks_grow_only_where_they_would_be_too_many():
-    assert box_chunks(None, (10, 10, 10)) is None
+    assert box_chunks(None, (100, 100, 100), 24) == (32, 32, 32)  # not chunked: 32-cubes
     assert box_chunks((1, 128, 128), (16, 988, 988), 24) == (1, 128, 128)
     grown = box_chunks((1, 128, 128), (1000, 1000, 1000), 24)
     assert np.prod([-(-1000 // c) for c in grown]) <= 20_000

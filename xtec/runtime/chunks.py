@@ -123,12 +123,13 @@ def checked_chunks(chunks, shape, n_temperatures: int = 1, itemsize: int = 4
 
 
 def box_chunks(file_chunks, shape, n_temperatures: int = 1, itemsize: int = 4
-               ) -> tuple[int, ...] | None:
-    """Spatial chunks for reading small boxes (:func:`read_boxes`): the file's own
-    chunks, grown as :func:`checked_chunks` grows them only where they would be
-    too many; None where the file is not chunked."""
+               ) -> tuple[int, ...]:
+    """Spatial chunks for reads of a few chunks (the pilot's sample, the
+    registration's boxes, :func:`read_boxes`): the file's own chunks (32-voxel
+    cubes where it is not chunked), grown as :func:`checked_chunks` grows them,
+    without its warning, where they would be too many or too small."""
     if not file_chunks:
-        return None
+        file_chunks = tuple(min(s, 32) for s in shape)
     return _grown(tuple(int(c) for c in file_chunks), shape, n_temperatures, itemsize)
 
 
