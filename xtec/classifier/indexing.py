@@ -161,6 +161,19 @@ def _refine(system: str, params: np.ndarray, peaks: Peaks, hkl: np.ndarray) -> n
     return params
 
 
+def _screen_tolerance(peaks: Peaks, n: int) -> np.ndarray:
+    """Tolerance in Q of the first ``n`` lines against an unrefined trial cell.
+
+    A trial cell is solved from low lines (the lowest always among them), so its error
+    is a fraction of Q about that of the lowest line, the same at every angle, while a
+    line's own tolerance (fixed in 2-theta) shrinks relative to Q as the angle grows:
+    far lines get the trial's relative error (a zero shift of 0.05 degrees on the first
+    line of a cubic cell moves its line at 120 degrees by a quarter of a degree).
+    """
+    q, tol = peaks.q[:n], peaks.tol[:n]
+    return 3 * np.maximum(tol, q * tol[0] / q[0])
+
+
 def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     """Best few cells (parameter vectors) of ``system`` for the observed lines."""
     n_obs = len(peaks.q)
@@ -181,20 +194,32 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     # Screen on the first ten lines, widened tolerance (trial cells are not refined yet);
     # line by line, dropping a cell at its second unexplained line (most fail at once).
     n_screen = min(10, n_obs)
-    misses = np.zeros(len(cells), int)
+    strict_tol = 3 * peaks.tol[:n_screen]
+    wide_tol = _screen_tolerance(peaks, n_screen)
+    misses = np.zeros((len(cells), 2), int)  # at the strict and at the wide tolerance
     alive = np.arange(len(cells))
     calc = cells32 @ f.T
     for j in range(n_screen):
-        hit = (np.abs(calc - np.float32(peaks.q[j])) <= np.float32(3 * peaks.tol[j])).any(1)
-        misses[alive[~hit]] += 1
-        ok = misses[alive] <= 1
+        d = np.abs(calc - np.float32(peaks.q[j]))
+        misses[alive, 0] += ~(d <= np.float32(strict_tol[j])).any(1)
+        misses[alive, 1] += ~(d <= np.float32(wide_tol[j])).any(1)
+        ok = misses[alive, 1] <= 1
         alive, calc = alive[ok], calc[ok]
         if len(alive) == 0:
             return []
-    good = np.zeros(len(cells), bool)
-    good[alive] = True
-    cand = cells[good]
-    # Fewest calculated lines up to the last observed one: the smallest cell that indexes.
+    strict = alive[misses[alive, 0] <= 1]
+    # The smallest cells that pass at the strict tolerance and those that pass at the
+    # wide one: either list alone can lose the right cell to smaller wrong ones.
+    out = _refined(system, cells[strict], peaks, f, keep)
+    extra = _refined(system, cells[alive], peaks, f, keep)
+    return out + [r for r in extra if not any(np.allclose(r, o, rtol=1e-4) for o in out)]
+
+
+def _refined(system: str, cand: np.ndarray, peaks: Peaks, f: np.ndarray, keep: int) -> list:
+    """The ``keep`` refined cells with the fewest calculated lines up to the last observed
+    one (the smallest cells that index), duplicates dropped."""
+    if len(cand) == 0 or keep == 0:
+        return []
     n_calc = ((cand @ f.T) <= peaks.q[-1] + peaks.tol[-1]).sum(1)
     order = np.argsort(n_calc, kind="stable")[: 2 * keep]
     hkl = half_grid(system, int(min(12, np.ceil(np.sqrt(peaks.q[-1] / cand[order].min())) + 1)))
@@ -204,6 +229,26 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
         if not any(np.allclose(r, o, rtol=1e-4) for o in out):
             out.append(r)
     return out[:keep]
+
+
+def higher_metric(params: np.ndarray, rtol: float = 2e-3) -> list[tuple[str, np.ndarray]]:
+    """Tetragonal and hexagonal cells whose lattice an orthorhombic cell (reciprocal
+    metric ``params``: 1/a^2, 1/b^2, 1/c^2) describes within ``rtol``.
+
+    Two equal axes make it tetragonal; one axis sqrt(3) times another is the C-centred
+    orthohexagonal description of a hexagonal lattice, whose lines are the hexagonal
+    cell's.  Such a cell fits as well as the higher one with one more parameter, and an
+    impurity line it happens to explain can make it win.
+    """
+    out = []
+    for i, j in itertools.permutations(range(3), 2):
+        k = 3 - i - j
+        if i < j and abs(params[i] / params[j] - 1) <= rtol:
+            out.append(("tetragonal", np.array([(params[i] + params[j]) / 2, params[k]])))
+        if abs(params[j] / params[i] - 3) <= 3 * rtol:  # b = sqrt(3) a
+            a2 = (3 * params[i] + params[j]) / 2  # 1/a^2 of the short axis, from both
+            out.append(("hexagonal", np.array([4 / 3 * a2, params[k]])))
+    return out
 
 
 def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
