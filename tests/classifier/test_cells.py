@@ -30,14 +30,14 @@ def test_a_cubic_cell_of_shifted_lines_up_to_high_angles_is_found():
 
 def test_orthohexagonal_and_square_orthorhombic_cells_are_higher():
     a, c = 3.249, 5.206
-    hexa = higher_metric(np.array([1 / (np.sqrt(3) * a) ** 2, 1 / c**2, 1 / a**2]))
+    hexa = higher_metric("orthorhombic", np.array([1 / (np.sqrt(3) * a) ** 2, 1 / c**2, 1 / a**2]))
     assert [s for s, _ in hexa] == ["hexagonal"]
     p = hexa[0][1]
     assert np.sqrt(4 / (3 * p[0])) == pytest.approx(a, rel=1e-6)
     assert 1 / np.sqrt(p[1]) == pytest.approx(c, rel=1e-6)
-    tetra = higher_metric(np.array([1 / 5.674**2, 1 / 4.507**2, 1 / 5.672**2]))
+    tetra = higher_metric("orthorhombic", np.array([1 / 5.674**2, 1 / 4.507**2, 1 / 5.672**2]))
     assert [s for s, _ in tetra] == ["tetragonal"]
-    assert higher_metric(np.array([1 / 8.48**2, 1 / 6.96**2, 1 / 5.40**2])) == []
+    assert higher_metric("orthorhombic", np.array([1 / 8.48**2, 1 / 6.96**2, 1 / 5.40**2])) == []
 
 
 def test_an_orthohexagonal_fit_is_scored_as_hexagonal():
@@ -78,3 +78,16 @@ def test_a_main_phase_reads_its_absences_on_every_line():
     res = clf._with_all_lines(alt, all_lines, LAM)
     assert res.phases == 2 and 221 in res.groups
     assert int(np.argmax(res.log_scores)) + 1 == 221
+
+
+def test_rhombohedral_and_tetragonal_cells_of_a_cubic_lattice_are_cubic():
+    a = 4.027  # fcc: rhombohedral primitive cell, a_h = a / sqrt(2), c_h = a sqrt(3)
+    rhombo = higher_metric("hexagonal", np.array([4 / 3 / (a / np.sqrt(2)) ** 2, 1 / (3 * a**2)]))
+    assert len(rhombo) == 1 and rhombo[0][0] == "cubic"
+    assert 1 / np.sqrt(rhombo[0][1][0]) == pytest.approx(a, rel=1e-9)
+    # fcc as a body-centred tetragonal cell: a_t = a / sqrt(2), c_t = a.
+    tetra = higher_metric("tetragonal", np.array([2 / a**2, 1 / a**2]))
+    assert [s for s, _ in tetra] == ["cubic"]
+    assert 1 / np.sqrt(tetra[0][1][0]) == pytest.approx(a, rel=1e-9)
+    assert higher_metric("hexagonal", np.array([4 / 3 / 2.665**2, 1 / 4.947**2])) == []
+    assert higher_metric("cubic", np.array([1 / a**2])) == []

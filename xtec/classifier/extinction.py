@@ -406,9 +406,9 @@ class ExtinctionClassifier:
 
     @staticmethod
     def _higher_metric(fit: CellFit) -> list:
-        """The tetragonal or hexagonal cells an orthorhombic fit's metric is (scored
-        beside it: they fit as well with fewer parameters)."""
-        return higher_metric(fit.params) if fit.system == "orthorhombic" else []
+        """The cells of higher symmetry a fit's metric is (scored beside it: they fit
+        as well with fewer parameters)."""
+        return higher_metric(fit.system, fit.params)
 
     def _score_fit(self, fit: CellFit, weak, sg_ll, sg_fit, fits) -> float:
         """Score every absence class of ``fit``'s system; update the best likelihood of

@@ -231,24 +231,69 @@ def _refined(system: str, cand: np.ndarray, peaks: Peaks, f: np.ndarray, keep: i
     return out[:keep]
 
 
-def higher_metric(params: np.ndarray, rtol: float = 2e-3) -> list[tuple[str, np.ndarray]]:
-    """Tetragonal and hexagonal cells whose lattice an orthorhombic cell (reciprocal
-    metric ``params``: 1/a^2, 1/b^2, 1/c^2) describes within ``rtol``.
+def _near(ratio: float, target: float, rtol: float) -> bool:
+    return abs(ratio / target - 1) <= rtol
 
-    Two equal axes make it tetragonal; one axis sqrt(3) times another is the C-centred
-    orthohexagonal description of a hexagonal lattice, whose lines are the hexagonal
-    cell's.  Such a cell fits as well as the higher one with one more parameter, and an
-    impurity line it happens to explain can make it win.
-    """
+
+def _from_orthorhombic(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """Two equal axes: tetragonal; one axis sqrt(3) times another: the C-centred
+    orthohexagonal description of a hexagonal lattice (its lines are the hexagonal's)."""
     out = []
     for i, j in itertools.permutations(range(3), 2):
         k = 3 - i - j
-        if i < j and abs(params[i] / params[j] - 1) <= rtol:
-            out.append(("tetragonal", np.array([(params[i] + params[j]) / 2, params[k]])))
-        if abs(params[j] / params[i] - 3) <= 3 * rtol:  # b = sqrt(3) a
-            a2 = (3 * params[i] + params[j]) / 2  # 1/a^2 of the short axis, from both
-            out.append(("hexagonal", np.array([4 / 3 * a2, params[k]])))
+        if i < j and _near(p[i] / p[j], 1.0, rtol):
+            out.append(("tetragonal", np.array([(p[i] + p[j]) / 2, p[k]])))
+        if _near(p[j] / p[i], 3.0, rtol):  # b = sqrt(3) a
+            a2 = (3 * p[i] + p[j]) / 2  # 1/a^2 of the short axis, from both
+            out.append(("hexagonal", np.array([4 / 3 * a2, p[k]])))
     return out
+
+
+def _from_hexagonal(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """A rhombohedral cell of a cubic lattice on hexagonal axes: c/a = sqrt(6) (face
+    centred, cubic a = sqrt(2) a_h), sqrt(3/2) (primitive) or sqrt(6)/4 (body centred;
+    both cubic a = a_h / sqrt(2))."""
+    inv_a2 = 3 * p[0] / 4  # 1/a_h^2
+    r2 = inv_a2 / p[1]  # (c/a)^2
+    if _near(r2, 6.0, rtol):
+        return [("cubic", np.array([inv_a2 / 2]))]
+    if _near(r2, 1.5, rtol) or _near(r2, 6 / 16, rtol):
+        return [("cubic", np.array([2 * inv_a2]))]
+    return []
+
+
+def _from_tetragonal(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """c = a: cubic; a body-centred tetragonal cell of a cubic lattice has c/a = sqrt(2)
+    (face centred, cubic a = c) or 1/sqrt(2) (body centred, cubic a = a)."""
+    r2 = p[0] / p[1]  # (c/a)^2
+    if _near(r2, 1.0, rtol):
+        return [("cubic", np.array([(p[0] + p[1]) / 2]))]
+    if _near(r2, 2.0, rtol):
+        return [("cubic", np.array([p[1]]))]
+    if _near(r2, 0.5, rtol):
+        return [("cubic", np.array([p[0]]))]
+    return []
+
+
+_HIGHER = {
+    "orthorhombic": _from_orthorhombic,
+    "hexagonal": _from_hexagonal,
+    "tetragonal": _from_tetragonal,
+}
+
+
+def higher_metric(
+    system: str, params: np.ndarray, rtol: float = 2e-3
+) -> list[tuple[str, np.ndarray]]:
+    """Cells of higher symmetry whose lattice a cell of ``system`` (reciprocal metric
+    ``params``) describes within ``rtol`` (on ratios of the parameters).
+
+    Such a cell explains every line the higher one does, with more parameters, and an
+    impurity line it happens to explain can make it win; the higher cell is scored
+    beside it and the likelihood (with its Occam term) decides.
+    """
+    variant = _HIGHER.get(system)
+    return [] if variant is None else variant(np.asarray(params, float), rtol)
 
 
 def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
