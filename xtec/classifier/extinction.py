@@ -44,6 +44,7 @@ from xtec.classifier.indexing import (
     _hkl_grid,
     figures_of_merit,
     find_peaks,
+    higher_metric,
     index_cells,
     peaks_at,
     refine_cell,
@@ -317,22 +318,29 @@ class ExtinctionClassifier:
         lam = self.wavelength if wavelength is None else float(wavelength)
         return self._with_all_lines(alt, peaks, lam)
 
-    @staticmethod
-    def _with_all_lines(alt: Analysis, peaks: Peaks, lam: float) -> Analysis:
+    def _with_all_lines(self, alt: Analysis, peaks: Peaks, lam: float) -> Analysis:
         """The main phase ``alt`` of a strong-line subset reported on every line: the
-        lines its cell leaves unexplained belong to another phase."""
+        lines its cell leaves unexplained belong to another phase.
+
+        Its cell's absence classes are scored again on every line: the weak lines of
+        the main phase are what tells a class with fewer absences from one with more
+        (on the strong lines alone, Pnma and Pmn2_1 fit alike); a line of the other
+        phase costs every class the same unless one of them happens to explain it.
+        """
         fit = alt.fit
-        calc = alt.allowed_q
-        # Every line, corrected as the main phase's cell is, against its allowed lines.
+        # Every line, corrected as the main phase's cell is.
         cos_t = np.cos(np.radians(peaks.two_theta / 2))
         corr = peaks_at(
             peaks.two_theta - fit.zero - fit.displacement * cos_t, peaks.intensity, lam, 0.0
         )
-        hit = (np.abs(calc[None, :] - corr.q[:, None]) <= peaks.tol[:, None]).any(1)
-        alt.peaks = peaks
-        alt.unexplained = [float(t) for t in peaks.two_theta[~hit]]
-        alt.phases = 2
-        return alt
+        corr.tol = peaks.tol
+        whole = CellFit(
+            fit.system, fit.params, fit.zero, fit.displacement, corr, fit.n_indexed, fit.rms
+        )
+        res = self._promote(whole, peaks, lam, alt)
+        res.merit = alt.merit  # the figures of merit of the lines the cell was found on
+        res.phases = 2
+        return res
 
     def _analyse(
         self, peaks: Peaks, wavelength: float | None = None, first_trial_only: bool = False
@@ -372,6 +380,9 @@ class ExtinctionClassifier:
                     for params in index_cells(system, trial):
                         fit = self._fit(system, params, peaks, trial, zero, lam)
                         best = max(best, self._score_fit(fit, weak, sg_ll, sg_fit, fits))
+                        for higher, hp in self._higher_metric(fit):
+                            fit = self._fit(higher, hp, peaks, trial, zero, lam)
+                            best = max(best, self._score_fit(fit, weak, sg_ll, sg_fit, fits))
         if not np.isfinite(sg_ll).any():
             sg_ll[:] = 0.0
         scores = np.where(np.isfinite(sg_ll), sg_ll, -1e6) + self.log_prior
@@ -392,6 +403,12 @@ class ExtinctionClassifier:
             hit = (np.abs(allowed[None, :] - q[:, None]) <= tol[:, None]).any(1)
             out.unexplained = [float(t) for t in peaks.two_theta[~hit]]
         return out
+
+    @staticmethod
+    def _higher_metric(fit: CellFit) -> list:
+        """The cells of higher symmetry a fit's metric is (scored beside it: they fit
+        as well with fewer parameters)."""
+        return higher_metric(fit.system, fit.params)
 
     def _score_fit(self, fit: CellFit, weak, sg_ll, sg_fit, fits) -> float:
         """Score every absence class of ``fit``'s system; update the best likelihood of

@@ -161,6 +161,19 @@ def _refine(system: str, params: np.ndarray, peaks: Peaks, hkl: np.ndarray) -> n
     return params
 
 
+def _screen_tolerance(peaks: Peaks, n: int) -> np.ndarray:
+    """Tolerance in Q of the first ``n`` lines against an unrefined trial cell.
+
+    A trial cell is solved from low lines (the lowest always among them), so its error
+    is a fraction of Q about that of the lowest line, the same at every angle, while a
+    line's own tolerance (fixed in 2-theta) shrinks relative to Q as the angle grows:
+    far lines get the trial's relative error (a zero shift of 0.05 degrees on the first
+    line of a cubic cell moves its line at 120 degrees by a quarter of a degree).
+    """
+    q, tol = peaks.q[:n], peaks.tol[:n]
+    return 3 * np.maximum(tol, q * tol[0] / q[0])
+
+
 def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     """Best few cells (parameter vectors) of ``system`` for the observed lines."""
     n_obs = len(peaks.q)
@@ -181,20 +194,32 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
     # Screen on the first ten lines, widened tolerance (trial cells are not refined yet);
     # line by line, dropping a cell at its second unexplained line (most fail at once).
     n_screen = min(10, n_obs)
-    misses = np.zeros(len(cells), int)
+    strict_tol = 3 * peaks.tol[:n_screen]
+    wide_tol = _screen_tolerance(peaks, n_screen)
+    misses = np.zeros((len(cells), 2), int)  # at the strict and at the wide tolerance
     alive = np.arange(len(cells))
     calc = cells32 @ f.T
     for j in range(n_screen):
-        hit = (np.abs(calc - np.float32(peaks.q[j])) <= np.float32(3 * peaks.tol[j])).any(1)
-        misses[alive[~hit]] += 1
-        ok = misses[alive] <= 1
+        d = np.abs(calc - np.float32(peaks.q[j]))
+        misses[alive, 0] += ~(d <= np.float32(strict_tol[j])).any(1)
+        misses[alive, 1] += ~(d <= np.float32(wide_tol[j])).any(1)
+        ok = misses[alive, 1] <= 1
         alive, calc = alive[ok], calc[ok]
         if len(alive) == 0:
             return []
-    good = np.zeros(len(cells), bool)
-    good[alive] = True
-    cand = cells[good]
-    # Fewest calculated lines up to the last observed one: the smallest cell that indexes.
+    strict = alive[misses[alive, 0] <= 1]
+    # The smallest cells that pass at the strict tolerance and those that pass at the
+    # wide one: either list alone can lose the right cell to smaller wrong ones.
+    out = _refined(system, cells[strict], peaks, f, keep)
+    extra = _refined(system, cells[alive], peaks, f, keep)
+    return out + [r for r in extra if not any(np.allclose(r, o, rtol=1e-4) for o in out)]
+
+
+def _refined(system: str, cand: np.ndarray, peaks: Peaks, f: np.ndarray, keep: int) -> list:
+    """The ``keep`` refined cells with the fewest calculated lines up to the last observed
+    one (the smallest cells that index), duplicates dropped."""
+    if len(cand) == 0 or keep == 0:
+        return []
     n_calc = ((cand @ f.T) <= peaks.q[-1] + peaks.tol[-1]).sum(1)
     order = np.argsort(n_calc, kind="stable")[: 2 * keep]
     hkl = half_grid(system, int(min(12, np.ceil(np.sqrt(peaks.q[-1] / cand[order].min())) + 1)))
@@ -204,6 +229,71 @@ def index_cells(system: str, peaks: Peaks, keep: int = 4) -> list[np.ndarray]:
         if not any(np.allclose(r, o, rtol=1e-4) for o in out):
             out.append(r)
     return out[:keep]
+
+
+def _near(ratio: float, target: float, rtol: float) -> bool:
+    return abs(ratio / target - 1) <= rtol
+
+
+def _from_orthorhombic(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """Two equal axes: tetragonal; one axis sqrt(3) times another: the C-centred
+    orthohexagonal description of a hexagonal lattice (its lines are the hexagonal's)."""
+    out = []
+    for i, j in itertools.permutations(range(3), 2):
+        k = 3 - i - j
+        if i < j and _near(p[i] / p[j], 1.0, rtol):
+            out.append(("tetragonal", np.array([(p[i] + p[j]) / 2, p[k]])))
+        if _near(p[j] / p[i], 3.0, rtol):  # b = sqrt(3) a
+            a2 = (3 * p[i] + p[j]) / 2  # 1/a^2 of the short axis, from both
+            out.append(("hexagonal", np.array([4 / 3 * a2, p[k]])))
+    return out
+
+
+def _from_hexagonal(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """A rhombohedral cell of a cubic lattice on hexagonal axes: c/a = sqrt(6) (face
+    centred, cubic a = sqrt(2) a_h), sqrt(3/2) (primitive) or sqrt(6)/4 (body centred;
+    both cubic a = a_h / sqrt(2))."""
+    inv_a2 = 3 * p[0] / 4  # 1/a_h^2
+    r2 = inv_a2 / p[1]  # (c/a)^2
+    if _near(r2, 6.0, rtol):
+        return [("cubic", np.array([inv_a2 / 2]))]
+    if _near(r2, 1.5, rtol) or _near(r2, 6 / 16, rtol):
+        return [("cubic", np.array([2 * inv_a2]))]
+    return []
+
+
+def _from_tetragonal(p: np.ndarray, rtol: float) -> list[tuple[str, np.ndarray]]:
+    """c = a: cubic; a body-centred tetragonal cell of a cubic lattice has c/a = sqrt(2)
+    (face centred, cubic a = c) or 1/sqrt(2) (body centred, cubic a = a)."""
+    r2 = p[0] / p[1]  # (c/a)^2
+    if _near(r2, 1.0, rtol):
+        return [("cubic", np.array([(p[0] + p[1]) / 2]))]
+    if _near(r2, 2.0, rtol):
+        return [("cubic", np.array([p[1]]))]
+    if _near(r2, 0.5, rtol):
+        return [("cubic", np.array([p[0]]))]
+    return []
+
+
+_HIGHER = {
+    "orthorhombic": _from_orthorhombic,
+    "hexagonal": _from_hexagonal,
+    "tetragonal": _from_tetragonal,
+}
+
+
+def higher_metric(
+    system: str, params: np.ndarray, rtol: float = 2e-3
+) -> list[tuple[str, np.ndarray]]:
+    """Cells of higher symmetry whose lattice a cell of ``system`` (reciprocal metric
+    ``params``) describes within ``rtol`` (on ratios of the parameters).
+
+    Such a cell explains every line the higher one does, with more parameters, and an
+    impurity line it happens to explain can make it win; the higher cell is scored
+    beside it and the likelihood (with its Occam term) decides.
+    """
+    variant = _HIGHER.get(system)
+    return [] if variant is None else variant(np.asarray(params, float), rtol)
 
 
 def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
