@@ -19,8 +19,9 @@ real crystals (:mod:`xtec.classifier.statistics`).
   taken by likelihood or at M20 >= ``main_phase_min_m20``), the lines without the
   lowest one, monoclinic cells (:mod:`.monoclinic`, taken at M20 >=
   ``monoclinic_min_m20``) and monoclinic cells of the strong lines (M20 >=
-  ``main_phase_monoclinic_m20``) are tried; when none indexes, the pattern is reported
-  as **not indexed** (no space group given; triclinic, a cell the search missed, or
+  ``main_phase_monoclinic_m20``) and last triclinic cells (:mod:`.triclinic`, taken
+  at M20 >= ``triclinic_min_m20``) are tried; when none indexes, the pattern is
+  reported as **not indexed** (no space group given; a cell the search missed, or
   more than one phase).
 
 Space groups that share a lattice and an extinction symbol (e.g. P2/m, P2 and Pm, or
@@ -51,6 +52,7 @@ from xtec.classifier.indexing import (
 )
 from xtec.classifier.monoclinic import index_monoclinic, orthorhombic_of
 from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
+from xtec.classifier.triclinic import index_triclinic
 from xtec.errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -180,6 +182,10 @@ class ExtinctionParams:
     # (:mod:`.monoclinic`) and take the best if it indexes all but at most one line with
     # de Wolff M20 of at least this.
     monoclinic_min_m20: float = 0.0
+    # > 0: last of all, a triclinic cell (:mod:`.triclinic`) that indexes all but at
+    # most one line with M20 of at least this (high: six parameters; cells found in
+    # random line lists reach M20 2-6, real triclinic cells 55-230).
+    triclinic_min_m20: float = 0.0
 
 
 @dataclass
@@ -249,7 +255,24 @@ class ExtinctionClassifier:
             mono = self._monoclinic_main_phase(peaks, wavelength, out)
             if mono is not None:
                 return mono
+        if self.params.triclinic_min_m20 > 0:
+            tri = self._triclinic(peaks, wavelength, out)
+            if tri is not None:
+                return tri
         return out
+
+    def _triclinic(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
+        """The best triclinic cell when it indexes all but at most one line with M20 >=
+        ``triclinic_min_m20``: P1 and P-1 go on top of the ranking."""
+        pr = self.params
+        lam = self.wavelength if wavelength is None else float(wavelength)
+        found = index_triclinic(peaks, lam, pr.zero_trials, pr.max_zero, pr.displacement)
+        if not found:
+            return None
+        fit, merit = found[0]
+        if fit.n_indexed < len(peaks.q) - 1 or merit["M"] < pr.triclinic_min_m20:
+            return None
+        return self._promote(fit, peaks, lam, out)
 
     def _monoclinic_main_phase(self, peaks: Peaks, wavelength, out: Analysis):
         """A monoclinic main phase: a cell of the strong lines alone (at least eight) that

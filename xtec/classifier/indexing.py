@@ -44,7 +44,15 @@ def _basis(system: str, hkl: np.ndarray) -> np.ndarray:
         return np.stack([h * h, k * k, ell * ell], 1)
     if system == "monoclinic":  # unique axis b: h^2 A + k^2 B + l^2 C + h l D
         return np.stack([h * h, k * k, ell * ell, h * ell], 1)
+    if system == "triclinic":
+        return triclinic_basis(hkl)
     raise ParameterError(f"no indexing basis for {system}")
+
+
+def triclinic_basis(hkl: np.ndarray) -> np.ndarray:
+    """(M, 6) rows ``(h^2, k^2, l^2, h k, h l, k l)``: ``Q = rows @ (A, B, C, D, E, F)``."""
+    h, k, ell = (hkl[:, i].astype(float) for i in range(3))
+    return np.stack([h * h, k * k, ell * ell, h * k, h * ell, k * ell], 1)
 
 
 @functools.cache
@@ -318,6 +326,9 @@ def half_grid(system: str, n: int, n_l: int | None = None) -> np.ndarray:
         hkl = hkl[hkl[:, 2] >= 0]
     elif system == "monoclinic":  # the sign of h matters (h l term)
         hkl = hkl[(hkl[:, 1] >= 0) & (hkl[:, 2] >= 0)]
+    elif system == "triclinic":  # every sign matters; -h gives the same Q as h
+        h, k, ell = hkl.T
+        hkl = hkl[(ell > 0) | ((ell == 0) & (k > 0)) | ((ell == 0) & (k == 0) & (h > 0))]
     else:
         hkl = hkl[np.all(hkl >= 0, axis=1)]
     hkl.flags.writeable = False
@@ -362,6 +373,14 @@ class CellFit:
                 float(1 / (np.sqrt(p[2]) * sin_bs)),
                 float(beta),
             ]
+        if self.system == "triclinic":  # a, b, c, alpha, beta, gamma (degrees)
+            a_, b_, c_, d_, e_, f_ = p
+            g = np.linalg.inv(np.array([[a_, d_ / 2, e_ / 2], [d_ / 2, b_, f_ / 2],
+                                        [e_ / 2, f_ / 2, c_]]))
+            edges = np.sqrt(np.diag(g))
+            angles = [np.degrees(np.arccos(np.clip(g[i, j] / (edges[i] * edges[j]), -1, 1)))
+                      for i, j in ((1, 2), (0, 2), (0, 1))]
+            return [float(v) for v in (*edges, *angles)]
         return [float(1 / np.sqrt(v)) for v in p]
 
 
