@@ -16,6 +16,7 @@ from pymatgen.analysis.diffraction.xrd import XRDCalculator  # noqa: E402
 from pymatgen.core import Lattice, Structure  # noqa: E402
 
 from xtec.classifier import triclinic  # noqa: E402
+from xtec.classifier.explain import describe  # noqa: E402
 from xtec.classifier.indexing import half_grid, peaks_at, triclinic_basis  # noqa: E402
 from xtec.classifier.predictor import DEFAULT_MODEL, load_classifier  # noqa: E402
 from xtec.classifier.triclinic import cell_volume, doubled_cells, index_triclinic  # noqa: E402
@@ -65,6 +66,15 @@ def test_the_classifier_answers_p1_or_p_1_for_a_triclinic_pattern():
     an = model.analyse(peaks, CU)
     assert an.indexed and an.fit.system == "triclinic"
     assert set(np.argsort(-an.log_scores)[:2] + 1) == {1, 2}
+    # what predict --json shows of it: six cell parameters and the figures of merit
+    found = type("F", (), {})()
+    found.two_theta, found.height = peaks.two_theta, peaks.intensity
+    found.fwhm, found.significance = np.full(len(peaks.q), 0.1), np.full(len(peaks.q), 10.0)
+    found.ka2_stripped, found.gain = False, 1.0
+    cell = describe(an, found, type("R", (), {"name": "Cu"})())["cell"]
+    assert cell["system"] == "triclinic" and cell["M20"] > 50
+    assert {"a", "b", "c", "alpha", "beta", "gamma"} <= set(cell)
+    assert cell["a"] * cell["b"] * cell["c"] > 0
     # Without the triclinic search the same lines index nothing.
     off = dataclasses.replace(model.params, triclinic_min_m20=0.0)
     saved, model.params = model.params, off

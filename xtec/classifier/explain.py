@@ -38,9 +38,8 @@ def describe(analysis, found, rad) -> dict:
     }
     fit = analysis.fit
     if fit is not None:
-        names = {1: ["a"], 2: ["a", "c"], 3: ["a", "b", "c"], 4: ["a", "b", "c", "beta"]}[
-            len(fit.params)
-        ]
+        names = {1: ["a"], 2: ["a", "c"], 3: ["a", "b", "c"], 4: ["a", "b", "c", "beta"],
+                 6: ["a", "b", "c", "alpha", "beta", "gamma"]}[len(fit.params)]
         out["cell"] = {
             "system": fit.system,
             **{k: round(v, 5) for k, v in zip(names, fit.lengths(), strict=True)},
