@@ -49,6 +49,7 @@ from xtec.classifier.indexing import (
     index_cells,
     peaks_at,
     refine_cell,
+    shifted,
 )
 from xtec.classifier.monoclinic import index_monoclinic, orthorhombic_of
 from xtec.classifier.symmetry import CRYSTAL_SYSTEMS, crystal_system_index
@@ -246,19 +247,16 @@ class ExtinctionClassifier:
         alt = self._stray_line(peaks, wavelength, out) if self.params.retry_without_first else None
         if alt is not None:
             return alt
-        # Higher symmetry first: a monoclinic cell only when none of the above indexes.
-        if self.params.monoclinic_min_m20 > 0:
-            mono = self._monoclinic(peaks, wavelength, out)
-            if mono is not None:
-                return mono
-        if self.params.main_phase_monoclinic_m20 > 0:
-            mono = self._monoclinic_main_phase(peaks, wavelength, out)
-            if mono is not None:
-                return mono
-        if self.params.triclinic_min_m20 > 0:
-            tri = self._triclinic(peaks, wavelength, out)
-            if tri is not None:
-                return tri
+        # Higher symmetry first: monoclinic, then triclinic cells only when none of the
+        # above indexes (each search switched on by its M20 threshold).
+        pr = self.params
+        for threshold, search in ((pr.monoclinic_min_m20, self._monoclinic),
+                                  (pr.main_phase_monoclinic_m20, self._monoclinic_main_phase),
+                                  (pr.triclinic_min_m20, self._triclinic)):
+            if threshold > 0:
+                alt = search(peaks, wavelength, out)
+                if alt is not None:
+                    return alt
         return out
 
     def _triclinic(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
@@ -388,13 +386,7 @@ class ExtinctionClassifier:
             for zero in pr.zero_trials[:1] if first_trial_only else pr.zero_trials:
                 if best > full_fit:
                     break
-                trial = (
-                    peaks
-                    if zero == 0
-                    else peaks_at(peaks.two_theta - zero, peaks.intensity, lam, 0.0)
-                )
-                if zero != 0:
-                    trial.tol = peaks.tol
+                trial = shifted(peaks, zero, lam)
                 for system in INDEXED_SYSTEMS:
                     if best > full_fit:
                         # A higher-symmetry cell already explains every line: a lower one

@@ -316,6 +316,23 @@ def peaks_at(two_theta, intensity, wavelength: float, tol_two_theta) -> Peaks:
     return Peaks(tt, q, tol, np.asarray(intensity, float))
 
 
+def shifted(peaks: Peaks, zero: float, wavelength: float) -> Peaks:
+    """The lines as a zero shift of ``zero`` degrees moves them, tolerances kept."""
+    if zero == 0:
+        return peaks
+    trial = peaks_at(peaks.two_theta - zero, peaks.intensity, wavelength, 0.0)
+    trial.tol = peaks.tol
+    return trial
+
+
+def triclinic_metric(params: np.ndarray) -> np.ndarray:
+    """Reciprocal metric tensors (..., 3, 3) of triclinic parameters (..., 6)
+    ``(A, B, C, D, E, F)``, ``Q = h G h^T``."""
+    a, b, c, d, e, f = np.moveaxis(np.asarray(params, float), -1, 0)
+    return np.stack([np.stack([a, d / 2, e / 2], -1), np.stack([d / 2, b, f / 2], -1),
+                     np.stack([e / 2, f / 2, c], -1)], -2)
+
+
 @functools.cache
 def half_grid(system: str, n: int, n_l: int | None = None) -> np.ndarray:
     """Miller indices up to ``n`` (``n_l`` for l) of one half of reciprocal space: every
@@ -374,9 +391,7 @@ class CellFit:
                 float(beta),
             ]
         if self.system == "triclinic":  # a, b, c, alpha, beta, gamma (degrees)
-            a_, b_, c_, d_, e_, f_ = p
-            g = np.linalg.inv(np.array([[a_, d_ / 2, e_ / 2], [d_ / 2, b_, f_ / 2],
-                                        [e_ / 2, f_ / 2, c_]]))
+            g = np.linalg.inv(triclinic_metric(p))
             edges = np.sqrt(np.diag(g))
             angles = [np.degrees(np.arccos(np.clip(g[i, j] / (edges[i] * edges[j]), -1, 1)))
                       for i, j in ((1, 2), (0, 2), (0, 1))]

@@ -27,8 +27,8 @@ from xtec.classifier.indexing import (
     Peaks,
     figures_of_merit,
     half_grid,
-    peaks_at,
     refine_cell,
+    shifted,
 )
 
 
@@ -184,10 +184,7 @@ def index_monoclinic(
             and any(fit.n_indexed == n_obs for fit, _ in out)
         ):
             break
-        trial = peaks
-        if zero != 0:
-            trial = peaks_at(peaks.two_theta - zero, peaks.intensity, wavelength, 0.0)
-            trial.tol = peaks.tol
+        trial = shifted(peaks, zero, wavelength)
         cells = _trial_cells(trial.q, min(n_lines, n_obs))
         cand = _screen(cells, trial, min(n_screen, n_obs))
         if len(cand) == 0:

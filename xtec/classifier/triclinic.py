@@ -34,9 +34,10 @@ from xtec.classifier.indexing import (
     Peaks,
     figures_of_merit,
     half_grid,
-    peaks_at,
     refine_cell,
+    shifted,
     triclinic_basis,
+    triclinic_metric,
 )
 
 _N_LINES = 14  # lines the zones and the third axis are drawn from
@@ -107,15 +108,8 @@ def _cells(zone: np.ndarray, q: np.ndarray, tol: np.ndarray) -> np.ndarray:
     return cells[_positive_definite(cells)]
 
 
-def _metric(p: np.ndarray) -> np.ndarray:
-    """(n, 3, 3) reciprocal metric tensors of parameters (n, 6)."""
-    a, b, c, d, e, f = p.T
-    return np.stack([np.stack([a, d / 2, e / 2], -1), np.stack([d / 2, b, f / 2], -1),
-                     np.stack([e / 2, f / 2, c], -1)], -2)
-
-
 def _positive_definite(p: np.ndarray) -> np.ndarray:
-    g = _metric(p)
+    g = triclinic_metric(p)
     minors = (g[:, 0, 0] * g[:, 1, 1] - g[:, 0, 1] ** 2, np.linalg.det(g))
     # Edges between 1.5 and 40 angstrom, a volume above 10 A^3.
     return (minors[0] > 0) & (minors[1] > 0) & (minors[1] < 1e-2) \
@@ -134,7 +128,7 @@ def doubled_cells(params) -> list[np.ndarray]:
     missing, the zones span a sub-lattice of the true one (on the statistics half's
     lab patterns of triclinic.cif: 164 A^3, 16 of 20 lines, against the true 329
     A^3); one of these then indexes every line."""
-    g = _metric(np.asarray(params, float)[None])[0]
+    g = triclinic_metric(params)
     out = []
     for v in itertools.product((0, 1), repeat=3):
         if any(v):
@@ -146,22 +140,21 @@ def doubled_cells(params) -> list[np.ndarray]:
 
 def cell_volume(params) -> float:
     """Volume (A^3) of the direct cell of triclinic parameters (6,)."""
-    return float(1 / np.sqrt(np.linalg.det(_metric(np.asarray(params, float)[None])[0])))
+    return float(1 / np.sqrt(np.linalg.det(triclinic_metric(params))))
 
 
 def _doubled_fits(fits, peaks, wavelength, max_zero, displacement, f_all):
-    """Refined :func:`doubled_cells` of ``fits`` that index more lines than their
-    parent, or as many at a higher M20."""
+    """Refined :func:`doubled_cells` of ``fits`` (fit, merit) that index more lines than
+    their parent, or as many at a higher M20."""
     new = []
-    for parent in fits:
-        m_parent = figures_of_merit(f_all @ parent.params, parent.peaks, wavelength)["M"]
+    for parent, parent_merit in fits:
         for params in doubled_cells(parent.params):
             fit = refine_cell("triclinic", params, peaks, wavelength, max_zero, displacement,
                               zero=parent.zero)
             if fit.n_indexed < parent.n_indexed or not _positive_definite(fit.params[None])[0]:
                 continue
             merit = figures_of_merit(f_all @ fit.params, fit.peaks, wavelength)
-            if fit.n_indexed == parent.n_indexed and merit["M"] <= m_parent:
+            if fit.n_indexed == parent.n_indexed and merit["M"] <= parent_merit["M"]:
                 continue
             new.append((fit, merit))
     return new
@@ -193,10 +186,7 @@ def index_triclinic(peaks: Peaks, wavelength: float, zero_trials=(0.0,),
     for zero in zero_trials:
         if out and any(fit.n_indexed == n_obs for fit, _ in out):
             break
-        trial = peaks
-        if zero != 0:
-            trial = peaks_at(peaks.two_theta - zero, peaks.intensity, wavelength, 0.0)
-            trial.tol = peaks.tol
+        trial = shifted(peaks, zero, wavelength)
         q, tol = trial.q[:_N_LINES], trial.tol[:_N_LINES]
         cells = [_cells(z, q, tol) for z in _zones(q, tol)]
         cells = np.concatenate(cells) if cells else np.zeros((0, 6))
@@ -217,6 +207,6 @@ def index_triclinic(peaks: Peaks, wavelength: float, zero_trials=(0.0,),
                 continue
             out.append((fit, figures_of_merit(f_all @ fit.params, fit.peaks, wavelength)))
             found += 1
-        out += _doubled_fits([f for f, _ in out[len(out) - found:]], peaks, wavelength,
+        out += _doubled_fits(out[len(out) - found:], peaks, wavelength,
                              max_zero, displacement, f_all)
     return _best_first(out)
