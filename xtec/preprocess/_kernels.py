@@ -216,40 +216,32 @@ def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
     Serial, in voxel order."""
     t, n = x.shape
     hist = np.zeros((t, nb_r + 1), np.int32)
-    total = np.zeros(t)
-    region = np.zeros((t, nb_m))
+    # Voxel by voxel, a voxel's T values go to one row of (nb_m, T) sums: the
+    # T additions are independent and vectorise, where a frame-by-frame loop
+    # made each addition to a bin wait for the one before (50 MB block: 25 ms
+    # against 65 ms; the T strided reads stay within a few cache lines).
+    region_t = np.zeros((nb_m, t))
     count = np.zeros(nb_m, np.int64)
-    logm = np.empty(n)
-    bm = np.empty(n, np.int64)
     for i in range(n):
-        if m[i] > 0:
-            logm[i] = np.log(np.float64(m[i]))
-            bm[i] = _fine_bin(logm[i], lo_m, w_m, nb_m)
-            count[bm[i]] += 1
-        else:
-            bm[i] = -1
-    picked = np.flatnonzero(sample & (bm >= 0))
-    # Four partial sums per bin, taken in turn: neighbouring voxels mostly share
-    # a bin, and one sum per bin made every addition wait for the one before
-    # (38 ms -> 10 ms per 50 MB block).
-    acc = np.empty((4, nb_m))
+        mi = m[i]
+        if not mi > 0:
+            continue
+        logm = np.log(np.float64(mi))
+        b = _fine_bin(logm, lo_m, w_m, nb_m)
+        count[b] += 1
+        reg = region_t[b]
+        for j in range(t):
+            v = np.float64(x[j, i])
+            reg[j] += v if v > 0 else 0.0  # (negatives and NaN count as 0)
+        if sample[i]:
+            for j in range(t):
+                v = np.float64(x[j, i])
+                if v > 0:
+                    hist[j, 1 + _fine_bin(np.log(v) - logm, lo_r, w_r, nb_r)] += 1
+                else:
+                    hist[j, 0] += 1
+    region = np.ascontiguousarray(region_t.T)
+    total = np.empty(t)
     for j in range(t):
-        row = x[j]
-        reg = region[j]
-        acc[:] = 0.0
-        for i in range(n):
-            b = bm[i]
-            v = row[i]
-            if b >= 0 and v > 0:  # (negatives and NaN count as 0)
-                acc[i & 3, b] += v
-        for b in range(nb_m):
-            reg[b] = (acc[0, b] + acc[1, b]) + (acc[2, b] + acc[3, b])
-        h = hist[j]
-        for i in picked:
-            v = np.float64(row[i])
-            if v > 0:
-                h[1 + _fine_bin(np.log(v) - logm[i], lo_r, w_r, nb_r)] += 1
-            else:
-                h[0] += 1
-        total[j] = reg.sum()
+        total[j] = region[j].sum()
     return hist, total, region, count

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # log(I / mean) in 1% bins over [-3, 3] (ends clipped), column 0 the zeros,
 # of one voxel in RATIO_SAMPLE.
 RATIO_LO, RATIO_WIDTH, RATIO_BINS = -3.0, 0.01, 600
-RATIO_SAMPLE = 16
+RATIO_SAMPLE = 16  # a power of two: the top bits of a hash pick the voxels
 # log(mean) bins for the split of each frame's total by intensity.
 MEAN_LO, MEAN_WIDTH, MEAN_BINS = -12.0, 0.25, 128
 
@@ -69,6 +69,18 @@ NORMALIZE_AUTO = 0.005
 TREND_DEGREE = 4
 
 
+def ratio_sample(m: np.ndarray) -> np.ndarray:
+    """The voxels whose log ratios are counted: one in RATIO_SAMPLE, picked by
+    the bits of its float32 mean, so the same voxels whatever the chunking.
+
+    The bits are mixed (Knuth's multiplicative hash, top bits) before picking:
+    means of integer counts end in zero bits, and picking by the low bits took
+    a third of the voxels of the benchmark series, not a sixteenth.
+    """
+    mixed = m.view(np.uint32) * np.uint32(2654435761)
+    return (mixed >> np.uint32(33 - RATIO_SAMPLE.bit_length())) == 0
+
+
 def frame_block(flat, m):
     """Frame statistics of one block: flat (T, n) values, m (n,) their means
     over T (as the first pass computes them) -> (hist, total, region), NumPy."""
@@ -76,9 +88,7 @@ def frame_block(flat, m):
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
     m = np.ascontiguousarray(m, dtype=np.float32)
-    # The log ratios of one voxel in RATIO_SAMPLE, picked by the bits of its
-    # mean: the same voxels whatever the chunking, and the pass 5x shorter.
-    sample = (m.view(np.uint32) % RATIO_SAMPLE) == 0
+    sample = ratio_sample(m)
     return kernels().frame_stats(np.ascontiguousarray(flat), m, sample, RATIO_LO, RATIO_WIDTH,
                                 RATIO_BINS, MEAN_LO, MEAN_WIDTH, MEAN_BINS)
 
