@@ -44,7 +44,7 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
         # Dask's allocator settings and xtec's (xtec.runtime.workers.worker_environ)
         env = rt.client.run(lambda: {k: os.environ.get(k) for k in
                                      ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
-        assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "65536"}
+        assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4194304"}
                    for e in env.values()), env
         with watch_workers(rt.client, interval=0.2) as watch:
             run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
@@ -53,6 +53,40 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
     assert watch.peak_rss and max(watch.peak_rss.values()) < limit
     assert set(watch.spilled) == set(watch.peak_rss) and sum(watch.spilled.values()) == 0
     np.testing.assert_array_equal(open_result(out).labels.values, reference_labels)
+
+
+def test_a_job_scripts_nanny_spawns_workers_with_the_allocator_settings(tmp_path):
+    """The job script's exports reach the worker processes a nanny spawns, over
+    Dask's own trim threshold; a user's own export in the prologue, after xtec's,
+    wins."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("dask_jobqueue")
+    cluster = make_jobqueue_cluster("slurm", JobqueueOptions(cores=1, memory="2GB"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    line = "\n".join(x for x in script.splitlines() if x.startswith("export MALLOC_"))
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os\n"
+        "from distributed import Client, LocalCluster\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,\n"
+        "                      dashboard_address=None) as c, Client(c) as cl:\n"
+        "        env = cl.run(lambda: [os.environ.get(k) for k in\n"
+        "                     ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')])\n"
+        "        print(*list(env.values())[0])\n")
+    for extra, want in (("", "33554432 4194304"),
+                        ("export MALLOC_TRIM_THRESHOLD_=123456", "33554432 123456")):
+        # (without the variables an earlier test's nanny left in this process)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        out = subprocess.run(["bash", "-c", f"{line}\n{extra}\nexec {sys.executable} {probe}"],
+                             capture_output=True, text=True, timeout=120, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == want.split(), (extra, out.stdout)
 
 
 def test_chunks_follow_worker_memory():
@@ -76,8 +110,7 @@ def test_slurm_job_script_from_cli_options(tmp_path):
     finally:
         cluster.close()
     for line in ("#SBATCH -p beamline", "#SBATCH -A proj42", "#SBATCH -t 01:30:00",
-                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8",
-                 "export MALLOC_MMAP_THRESHOLD_=33554432"):
+                 "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8"):
         assert line in script
     pbs = make_jobqueue_cluster("pbs", JobqueueOptions(cores=4, memory="8GB", queue="short"))
     try:

@@ -179,18 +179,22 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     kw = options.cluster_kwargs()
-    from xtec.runtime.workers import MALLOC_MMAP_THRESHOLD
+    from xtec.runtime.workers import allocator_environ
 
     # The worker job's output file (slurm-<id>.out) is where a user looks when a job
     # fails: Dask's INFO log goes there even when the submitting CLI is quiet.  The
-    # worker processes inherit the job's environment, so the allocator setting of
-    # xtec.runtime.workers.worker_environ goes there too (a user's own export comes later).
+    # job's nanny spawns the worker with its pre-spawn environment, where a variable
+    # the job exports wins over Dask's default: the allocator settings of
+    # xtec.runtime.workers go there (a user's own export comes later).
     prologue = dask.config.get(f"jobqueue.{kind}.job-script-prologue", None) or []
     from xtec.runtime.kernel_cache import worker_environ as kernel_cache_environ
 
+    spawn_env = allocator_environ(
+        dask.config.get("distributed.nanny.pre-spawn-environ", None))
     kw["job_script_prologue"] = [
         "export DASK_LOGGING__DISTRIBUTED=info",
-        f"export MALLOC_MMAP_THRESHOLD_={MALLOC_MMAP_THRESHOLD}",
+        *(f"export {k}={shlex.quote(str(v))}" for k, v in spawn_env.items()
+          if k.startswith("MALLOC_")),
         *(f"export {k}={shlex.quote(v)}" for k, v in kernel_cache_environ().items()), *prologue]
     # Any free dashboard port, as for a local cluster (8787 may be another run's on a
     # shared login node; the CLI prints the link).

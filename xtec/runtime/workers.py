@@ -42,22 +42,39 @@ class WorkerLostError(XtecError):
 # are freed, and reuses them): each decompressed HDF5 chunk then faults its
 # pages in anew.  Reading the 1.5 GB series took 3.6 s in two worker processes
 # against 2.0 s in two threads; with a 32 MiB threshold (glibc's own ceiling
-# for the moving one) 2.2 s.  Dask's trim threshold stays, so freed memory
-# still goes back to the system.
+# for the moving one) 2.2 s.  Dask's trim threshold of 64 KiB then still gave
+# the top of a thread's heap back after every chunk (a chunk's compressed,
+# inflated and unshuffled buffers are 0.3 + 2 x 1.5 MB), to be faulted in again
+# for the next: a 60 MB block read in 176-200 ms in a worker against 142-158 ms
+# in the client; with 4 MiB 150 ms (16 and 64 MiB: 159 and 155 ms, and at 64 MiB
+# a 1 GB worker of the benchmark spilled).  4 MiB still gives freed memory back.
 MALLOC_MMAP_THRESHOLD = 32 * 2**20
+MALLOC_TRIM_THRESHOLD = 4 * 2**20
+_DASK_TRIM_THRESHOLD = 65536  # distributed's default pre-spawn-environ value
+
+
+def allocator_environ(configured: dict | None = None) -> dict:
+    """glibc's allocator settings for a worker process: ``configured`` (Dask's
+    ``distributed.nanny.pre-spawn-environ``) with ``MALLOC_MMAP_THRESHOLD_``
+    added and Dask's default trim threshold raised (values a user set win)."""
+    env = dict(configured or {})
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)
+    if str(env.get("MALLOC_TRIM_THRESHOLD_", _DASK_TRIM_THRESHOLD)) == str(_DASK_TRIM_THRESHOLD):
+        env["MALLOC_TRIM_THRESHOLD_"] = MALLOC_TRIM_THRESHOLD
+    return env
 
 
 def worker_environ() -> dict:
     """Environment variables set in each worker process before it starts:
-    Dask's ``distributed.nanny.pre-spawn-environ`` plus ``MALLOC_MMAP_THRESHOLD_``
-    and this process's ``NUMBA_CACHE_DIR`` if set (a value the user configured wins)."""
+    Dask's ``distributed.nanny.pre-spawn-environ`` with :func:`allocator_environ`'s
+    settings and this process's ``NUMBA_CACHE_DIR`` if set (a value the user
+    configured wins)."""
     import dask
     import distributed  # noqa: F401  (loads Dask's distributed config)
 
     from xtec.runtime.kernel_cache import worker_environ as kernel_cache_environ
 
-    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {})
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", MALLOC_MMAP_THRESHOLD)
+    env = allocator_environ(dask.config.get("distributed.nanny.pre-spawn-environ", None))
     for name, value in kernel_cache_environ().items():  # one kernel cache for every process
         env.setdefault(name, value)
     return env
