@@ -62,6 +62,16 @@ def test_first_pass_twins_equal_the_kernels():
     np.testing.assert_allclose(b[2], a[2], rtol=1e-10, atol=1e-9)
 
 
+def test_peak_search_twin_equals_the_kernel():
+    b = RNG.poisson(3.0, size=(4, 9, 11)).astype(np.float32)  # ties and plateaus
+    b[0, 0, 0], b[3, 8, 10], b[2, 4, 5] = 50.0, 40.0, 30.0  # corners and inside
+    cand = np.arange(b.size, dtype=np.int64)
+    for base in (-np.inf, 2.0, 4.5):
+        keep = pk.local_maxima_among(b, cand, base)
+        np.testing.assert_array_equal(keep, pn.local_maxima_among(b, cand, base))
+        assert keep[[0, b.size - 1, np.ravel_multi_index((2, 4, 5), b.shape)]].all()
+
+
 def test_threshold_twins_equal_the_kernels():
     m = pk.mean_over_t(_block(), 4096)[0]
     np.testing.assert_allclose(pn.moments(m), pk.moments(m), rtol=1e-12)

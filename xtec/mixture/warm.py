@@ -20,16 +20,20 @@ from xtec.mixture.engines import chunk_stats, warm_kernels
 from xtec.mixture.parameters import MixtureParams
 from xtec.mixture.profiles import warm_kernels as warm_profiles
 from xtec.mixture.start import init_sample, kmeans_plusplus, params_from_labels
+from xtec.preprocess.kernels import kernels
 from xtec.preprocess.threshold import warm_kernels as warm_threshold
 from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
 
 
 def warm_first_pass() -> bool:
-    """The first pass, the kept trajectories' gather and the threshold's passes."""
+    """The first pass, the peak search, the kept trajectories' gather and the
+    threshold's passes."""
     x = np.ones((2, 1, 1, 2), np.float32)
     summary_block(x)
     trajectories_block(x, np.ones((1, 1, 2), bool), "mean")
     flat_indices_block(np.ones((1, 1, 2), bool), (0, 0, 0), (1, 1, 2))
+    # the lattice estimate's peak search (in the mean volume, float32)
+    kernels().local_maxima_among(np.ones((1, 1, 2), np.float32), np.zeros(1, np.int64), 0.0)
     return warm_threshold()
 
 

@@ -245,3 +245,33 @@ def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
     for j in range(t):
         total[j] = region[j].sum()
     return hist, total, region, count
+
+
+@numba.njit(cache=True, nogil=True)
+def local_maxima_among(b, cand, base):
+    """Which of the C-order flat indices ``cand`` of b (l, k, h) are local maxima
+    (>= each of their 26 neighbours, edges replicated) strictly above ``base``:
+    (len(cand),) bool."""
+    n0, n1, n2 = b.shape
+    flat = b.ravel()
+    out = np.zeros(cand.size, np.bool_)
+    for c in range(cand.size):
+        f = cand[c]
+        v = flat[f]
+        if not v > base:
+            continue
+        i, r = divmod(f, n1 * n2)
+        j, k = divmod(r, n2)
+        ok = True
+        for a in range(max(i - 1, 0), min(i + 2, n0)):
+            for bb in range(max(j - 1, 0), min(j + 2, n1)):
+                for cc in range(max(k - 1, 0), min(k + 2, n2)):
+                    if b[a, bb, cc] > v:
+                        ok = False
+                        break
+                if not ok:
+                    break
+            if not ok:
+                break
+        out[c] = ok
+    return out

@@ -141,3 +141,17 @@ def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
     hist[:, 1:] += np.bincount(rows * (nb_r + 1) + b, minlength=t * (nb_r + 1)) \
         .reshape(t, nb_r + 1)[:, 1:].astype(np.int32)
     return hist, total, region, count
+
+
+def local_maxima_among(b, cand, base):
+    """Which of the flat indices ``cand`` of b are local maxima above ``base``;
+    see :func:`xtec.preprocess._kernels.local_maxima_among`."""
+    idx = np.stack(np.unravel_index(cand, b.shape), axis=1)
+    vals = b.ravel()[cand]
+    keep = vals > base
+    top = np.asarray(b.shape) - 1
+    for d in np.ndindex(3, 3, 3):
+        if d != (1, 1, 1):
+            nb = np.clip(idx + (np.asarray(d) - 1), 0, top)
+            keep &= vals >= b[nb[:, 0], nb[:, 1], nb[:, 2]]
+    return keep

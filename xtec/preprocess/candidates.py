@@ -33,7 +33,7 @@ from xtec.preprocess.trajectories import (
     Trajectories,
     assemble_trajectories,
     block_counts,
-    summary_block,
+    block_means,
     trajectories_block,
 )
 
@@ -213,7 +213,7 @@ def compact_candidates(candidates: np.ndarray, mask: da.Array, t: int, meta=None
 
 # ---------------------------------------------------------------------------- pilot
 def _pilot_block(x):
-    m = to_numpy(summary_block(x)[0]).astype(np.float64).ravel()
+    m = to_numpy(block_means(x)[1]).astype(np.float64)
     return np.log(m[m > 0])
 
 

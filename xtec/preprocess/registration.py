@@ -42,6 +42,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace, to_numpy
+from xtec.preprocess.kernels import kernels
 from xtec.runtime.chunks import read_boxes
 
 log = logging.getLogger(__name__)
@@ -141,15 +142,9 @@ def _local_maxima_all(b: np.ndarray, base: float):
 
 def _local_maxima_among(b: np.ndarray, cand: np.ndarray, base: float):
     """Those of the flat indices ``cand`` that are local maxima of ``b`` above ``base``."""
-    idx = np.stack(np.unravel_index(cand, b.shape), axis=1)
-    vals = b.ravel()[cand]
-    keep = vals > base
-    top = np.asarray(b.shape) - 1
-    for d in np.ndindex(3, 3, 3):
-        if d != (1, 1, 1):
-            nb = np.clip(idx + (np.asarray(d) - 1), 0, top)
-            keep &= vals >= b[nb[:, 0], nb[:, 1], nb[:, 2]]
-    return vals[keep], cand[keep]
+    cand = np.ascontiguousarray(cand, np.int64)
+    keep = kernels().local_maxima_among(np.ascontiguousarray(b), cand, base)
+    return b.ravel()[cand[keep]], cand[keep]
 
 
 def _bright_voxels(flat: np.ndarray, want: int) -> np.ndarray:

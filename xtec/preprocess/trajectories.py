@@ -119,22 +119,27 @@ class VoxelSummary:
     frames: object = None
 
 
-def summary_block(x, capture=None, pos=()):
-    """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
-    block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
-    or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`));
-    NumPy chunks take one fused pass for the first two."""
+def block_means(x):
+    """(T, l, k, h) -> (flat values (T, n), means (n,) as :func:`mean_block` of the
+    cleaned block, [n_nan_voxels, n_negative_values]); NumPy chunks take one fused
+    pass."""
     if isinstance(x, np.ndarray):
         one_thread()
         flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
         if flat.dtype not in (np.float32, np.float64):
             flat = flat.astype(np.float32)
         m, n_nan, n_neg = kernels().mean_over_t(flat, 4096)
-        bad = np.array([n_nan, n_neg], np.int64)
-    else:
-        xp = namespace(x)
-        flat = xp.reshape(x, (x.shape[0], -1))
-        m, bad = xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
+        return flat, m, np.array([n_nan, n_neg], np.int64)
+    xp = namespace(x)
+    flat = xp.reshape(x, (x.shape[0], -1))
+    return flat, xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
+
+
+def summary_block(x, capture=None, pos=()):
+    """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
+    block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
+    or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`))."""
+    flat, m, bad = block_means(x)
     frames = frame_block(flat, m)
     got = capture(flat, m, pos) if capture is not None else None
     xp = namespace(m)
