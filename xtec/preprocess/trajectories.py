@@ -138,12 +138,14 @@ def block_means(x):
 def summary_block(x, capture=None, pos=()):
     """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
     block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
-    or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`))."""
+    or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`),
+    the block's log-mean summary (:func:`xtec.preprocess.threshold.log_mean_block`))."""
     flat, m, bad = block_means(x)
     frames = frame_block(flat, m)
     got = capture(flat, m, pos) if capture is not None else None
     xp = namespace(m)
-    return xp.reshape(m, tuple(x.shape[1:])), bad, got, frames
+    mean = xp.reshape(m, tuple(x.shape[1:]))
+    return mean, bad, got, frames, log_mean_block(mean)
 
 
 def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummary:
@@ -158,7 +160,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    f = dask.delayed(summary_block, pure=True, nout=4)
+    f = dask.delayed(summary_block, pure=True, nout=5)
     blocks = data.to_delayed()[0]
     positions = list(np.ndindex(*blocks.shape))
     parts = [f(blocks[pos], capture, pos) for pos in positions]
@@ -166,8 +168,8 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
         # The tuples are persisted first, so each chunk is read once; then
         # their items, so the means and the captures can be released apart.
         parts = dask.persist(*parts)
-        items = dask.persist(*[p[i] for p in parts for i in range(4)])
-        parts = [items[4 * j:4 * j + 4] for j in range(len(parts))]
+        items = dask.persist(*[p[i] for p in parts for i in range(5)])
+        parts = [items[5 * j:5 * j + 5] for j in range(len(parts))]
     meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
         if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
     grid = np.empty(blocks.shape, dtype=object)
@@ -184,15 +186,15 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
         # assembly of pieces (on two workers 0.45 s against 0.22 s per pass
         # at 1.5 GB).
         mean = mean.persist()
-    # With persisted blocks, each block's log-mean summary is computed where
-    # its mean lies, as the block is read: the threshold's first two passes (a
-    # round of tasks each) ride on this one.  Each task's whole result is
-    # wanted by this compute: Dask's scheduler fails an assertion when a run
-    # is cancelled (a lost worker job) with unwanted tasks depending on
-    # persisted ones, so there is no reduction tree here.
-    f = dask.delayed(log_mean_block, pure=True)
+    # Each block's log-mean summary is computed in the block's own task, as it
+    # is read: the threshold's first two passes (a round of tasks each) ride on
+    # this one, and so did a round of tasks on the persisted means (32-128
+    # tasks whose scheduling a cluster's client pays).  Each task's whole
+    # result is wanted by this compute: Dask's scheduler fails an assertion
+    # when a run is cancelled (a lost worker job) with unwanted tasks depending
+    # on persisted ones, so there is no reduction tree here.
     bad, logs, frames = dask.compute([p[1] for p in parts],
-                                     [f(p[0]) for p in parts] if persist else [],
+                                     [p[4] for p in parts] if persist else [],
                                      [p[3] for p in parts])
     log_means = combine_log_mean_blocks(logs) if persist else None
     totals = np.sum(bad, axis=0)
