@@ -72,7 +72,11 @@ from xtec.preprocess.frames import (
     scale_frames,
     wants_normalize,
 )
-from xtec.preprocess.registration import register_series, registration_variables
+from xtec.preprocess.registration import (
+    block_maxima,
+    register_series,
+    registration_variables,
+)
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
@@ -290,7 +294,9 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     file_chunked = _file_chunked(config, arr)
     plan = _candidate_plan(config, arr, rt, scratch, file_chunked)
     timings["pilot"] = time.perf_counter() - tick
-    summary = summarize(data, capture=plan)
+    # The lattice estimate's search for bright maxima rides on the first pass.
+    summary = summarize(data, capture=plan,
+                        peaks=None if config.register == "off" else block_maxima)
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
     _check_not_all_nan(summary, math.prod(arr.shape[1:]))
     tick = time.perf_counter()
@@ -298,7 +304,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
-        summary.mean, None if config.register == "off" else file_chunked())
+        summary.mean, None if config.register == "off" else file_chunked(), summary.maxima)
     if registered is not data:  # the first pass again, over the registered frames
         data = registered
         if plan is not None and plan.scratch:

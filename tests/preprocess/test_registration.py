@@ -134,3 +134,25 @@ def test_block_maxima_equal_the_full_maximum_filter():
             ref_vals, ref_idx = reference(b, n)
             np.testing.assert_array_equal(vals, ref_vals)
             np.testing.assert_array_equal(idx, ref_idx)
+
+
+def test_first_pass_maxima_give_the_same_registration():
+    """The peak search that rides on the first pass (summarize's ``peaks``) finds the
+    peaks the search over the mean volume finds, so the lattice estimate is the same."""
+    from xtec.preprocess.registration import block_maxima, reference_peaks
+    from xtec.preprocess.trajectories import summarize
+
+    s = make_measured_series(seed=1, expansion=(0.0, 1e-5, 4e-5), **GRID)
+    data = da.from_array(s.intensity, chunks=(24, 5, 20, 20))
+    axes = (s.ql, s.qk, s.qh)
+    with dask.config.set(scheduler="threads"):
+        summ = summarize(data, peaks=block_maxima)
+        assert len(summ.maxima) == int(np.prod(data.numblocks[1:]))
+        assert summarize(data).maxima is None
+        np.testing.assert_array_equal(reference_peaks(summ.mean, separation=4),
+                                      reference_peaks(None, separation=4, maxima=summ.maxima))
+        own = estimate_registration(data, s.temperature, axes, peaks_in=summ.mean)
+        ridden = estimate_registration(data, s.temperature, axes, peaks_in=summ.mean,
+                                       maxima=summ.maxima)
+    np.testing.assert_array_equal(own.scale, ridden.scale)
+    assert own.n_peaks == ridden.n_peaks > 4

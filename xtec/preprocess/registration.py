@@ -185,18 +185,30 @@ def _block_maxima(block, offset, n: int):
     return vals[top], idx + np.asarray(offset, np.int64)
 
 
-def reference_peaks(frame: da.Array, n: int = N_PEAKS, separation: int = 3) -> np.ndarray:
+def block_maxima(block, offset, n_peaks: int = N_PEAKS):
+    """The candidates one block (l, k, h) at ``offset`` gives :func:`reference_peaks`
+    for ``n_peaks`` peaks: its 4 x ``n_peaks`` brightest local maxima (values,
+    global indices); what the first pass computes with each block's means
+    (:func:`xtec.preprocess.trajectories.summarize`, ``peaks``)."""
+    return _block_maxima(block, offset, 4 * n_peaks)
+
+
+def reference_peaks(frame: da.Array, n: int = N_PEAKS, separation: int = 3,
+                    maxima: list | None = None) -> np.ndarray:
     """Indices (m, 3) of the ``n`` brightest local maxima of one frame (L, K, H),
     no two closer than ``separation`` voxels on every axis (the brighter kept:
     noise and gaps make several maxima of one peak), searched block by block
-    (a maximum on a block's face may be missed: enough for a lattice's many peaks)."""
-    blocks = frame.to_delayed()
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in frame.chunks]
-    f = dask.delayed(_block_maxima, pure=True)
-    parts = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], 4 * n)
-                           for p in np.ndindex(*blocks.shape)])
-    vals = np.concatenate([p[0] for p in parts])
-    idx = np.concatenate([p[1] for p in parts])
+    (a maximum on a block's face may be missed: enough for a lattice's many peaks).
+    ``maxima``: :func:`block_maxima` of each block of ``frame`` in np.ndindex
+    order, where the caller has them (then ``frame`` is not read)."""
+    if maxima is None:
+        blocks = frame.to_delayed()
+        starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in frame.chunks]
+        f = dask.delayed(block_maxima, pure=True)
+        maxima = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], n)
+                                for p in np.ndindex(*blocks.shape)])
+    vals = np.concatenate([p[0] for p in maxima])
+    idx = np.concatenate([p[1] for p in maxima])
     keep: list[int] = []
     for i in np.argsort(-vals, kind="stable"):
         if all(np.abs(idx[i] - idx[k]).max() > separation for k in keep):
@@ -333,18 +345,22 @@ def fit_lattice_scale(ref: np.ndarray, pos: np.ndarray,
 def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PEAKS,
                           reference: int | None = None,
                           peaks_in: da.Array | None = None,
-                          boxes_from: da.Array | None = None) -> Registration:
+                          boxes_from: da.Array | None = None,
+                          maxima: list | None = None) -> Registration:
     """Measure each frame's lattice scale against the ``reference`` frame (default
     the coldest) from the data (module docstring): the ``n_peaks`` brightest
     peaks of ``peaks_in`` (a volume (L, K, H) in memory, such as the mean over
     T; default the reference frame, one frame read), then a box of a few voxels
     around each in every frame, read from ``boxes_from`` (default ``data``: the
-    same series, chunked as the file is, reads far less, :func:`read_boxes`)."""
+    same series, chunked as the file is, reads far less, :func:`read_boxes`);
+    ``maxima``: :func:`block_maxima` of each block of ``peaks_in``, where the
+    first pass found them (``n_peaks`` = N_PEAKS)."""
     t = np.asarray(temperature, np.float64)
     ref = int(np.argmin(t)) if reference is None else int(reference)
     axes = [np.asarray(q, np.float64) for q in axes]
     radius = box_radius(axes, t)
-    peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius)
+    peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius,
+                            maxima if peaks_in is not None else None)
     idx = peak_positions(data if boxes_from is None else boxes_from, peaks,
                          box_radii(peaks, axes, t))
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
@@ -363,16 +379,17 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
 
 
 def register_series(mode: str, temperature, axes, data: da.Array, mean: da.Array,
-                    boxes_from: da.Array | None = None
+                    boxes_from: da.Array | None = None, maxima: list | None = None
                     ) -> tuple[Registration | None, da.Array]:
     """The frames' lattice scale (None with ``mode="off"``) and the series
     resampled onto the reference frame's lattice where ``mode`` asks for it
     (peaks searched in ``mean``, the first pass's mean volume; boxes around them
-    read from ``boxes_from``, :func:`estimate_registration`)."""
+    read from ``boxes_from``, :func:`estimate_registration`; ``maxima``: the
+    first pass's :func:`block_maxima` of ``mean``'s blocks, if it found them)."""
     if mode == "off":
         return None, data
     reg = estimate_registration(data, temperature, axes, peaks_in=mean,
-                              boxes_from=boxes_from)
+                                boxes_from=boxes_from, maxima=maxima)
     log.info(reg.describe())
     if not wants_register(mode, reg):
         log.info("frames not registered (--register %s)", mode)

@@ -117,6 +117,9 @@ class VoxelSummary:
     log_means: object = None
     # Per-temperature statistics (:class:`xtec.preprocess.frames.FrameStats`).
     frames: object = None
+    # What ``peaks`` returned per spatial block (the brightest local maxima of
+    # its mean), in np.ndindex order of the block grid; None without ``peaks``.
+    maxima: list | None = None
 
 
 def block_means(x):
@@ -135,20 +138,22 @@ def block_means(x):
     return flat, xp.reshape(mean_block(clean_block(x)), (-1,)), _bad_counts_block(x)
 
 
-def summary_block(x, capture=None, pos=()):
+def summary_block(x, capture=None, pos=(), peaks=None, offset=()):
     """(T, l, k, h) -> (mean (l, k, h) float32 as in :func:`mean_block` of the cleaned
     block, [n_nan_voxels, n_negative_values], capture(values (T, n), mean (n,), pos)
     or None, the block's frame statistics (:func:`xtec.preprocess.frames.frame_block`),
-    the block's log-mean summary (:func:`xtec.preprocess.threshold.log_mean_block`))."""
+    the block's log-mean summary (:func:`xtec.preprocess.threshold.log_mean_block`),
+    peaks(mean, offset) or None)."""
     flat, m, bad = block_means(x)
     frames = frame_block(flat, m)
     got = capture(flat, m, pos) if capture is not None else None
     xp = namespace(m)
     mean = xp.reshape(m, tuple(x.shape[1:]))
-    return mean, bad, got, frames, log_mean_block(mean)
+    found = peaks(mean, offset) if peaks is not None else None
+    return mean, bad, got, frames, log_mean_block(mean), found
 
 
-def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummary:
+def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) -> VoxelSummary:
     """Mean over temperature per voxel, counts of NaN / negative values, and the
     per-temperature statistics of :mod:`xtec.preprocess.frames`.
 
@@ -157,19 +162,25 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     if given, is called in each task with the block's values (T, n), means
     (n,) and block position, while the values are in hand (see
     :mod:`xtec.preprocess.candidates`); its results stay where the tasks ran.
+    ``peaks``, if given, is called in each task with the block's means (l, k, h)
+    and the block's offset in the (L, K, H) grid (such as the lattice estimate's
+    search for bright maxima, :func:`xtec.preprocess.registration.block_maxima`):
+    a round of tasks over the means saved, on a cluster a round trip.
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    f = dask.delayed(summary_block, pure=True, nout=5)
+    f = dask.delayed(summary_block, pure=True, nout=6)
     blocks = data.to_delayed()[0]
     positions = list(np.ndindex(*blocks.shape))
-    parts = [f(blocks[pos], capture, pos) for pos in positions]
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks[1:]]
+    parts = [f(blocks[pos], capture, pos, peaks,
+               tuple(int(st[i]) for st, i in zip(starts, pos))) for pos in positions]
     if persist:
         # The tuples are persisted first, so each chunk is read once; then
         # their items, so the means and the captures can be released apart.
         parts = dask.persist(*parts)
-        items = dask.persist(*[p[i] for p in parts for i in range(5)])
-        parts = [items[5 * j:5 * j + 5] for j in range(len(parts))]
+        items = dask.persist(*[p[i] for p in parts for i in range(6)])
+        parts = [items[6 * j:6 * j + 6] for j in range(len(parts))]
     meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
         if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
     grid = np.empty(blocks.shape, dtype=object)
@@ -193,14 +204,15 @@ def summarize(data: da.Array, persist: bool = True, capture=None) -> VoxelSummar
     # result is wanted by this compute: Dask's scheduler fails an assertion
     # when a run is cancelled (a lost worker job) with unwanted tasks depending
     # on persisted ones, so there is no reduction tree here.
-    bad, logs, frames = dask.compute([p[1] for p in parts],
-                                     [p[4] for p in parts] if persist else [],
-                                     [p[3] for p in parts])
+    bad, logs, frames, maxima = dask.compute([p[1] for p in parts],
+                                             [p[4] for p in parts] if persist else [],
+                                             [p[3] for p in parts],
+                                             [p[5] for p in parts] if peaks is not None else [])
     log_means = combine_log_mean_blocks(logs) if persist else None
     totals = np.sum(bad, axis=0)
     # Combined in block order: the same statistics whatever the chunking.
     return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured, log_means,
-                        FrameStats.combine(frames))
+                        FrameStats.combine(frames), list(maxima) if peaks is not None else None)
 
 
 def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
