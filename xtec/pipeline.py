@@ -302,9 +302,12 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     tick = time.perf_counter()
     # The peaks are found in the mean volume (in memory), so measuring the lattice
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
+    # On a cluster of this host the client reads the boxes itself (about 80
+    # small chunk reads: a round trip through the scheduler cost more than them).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
-        summary.mean, None if config.register == "off" else file_chunked(), summary.maxima)
+        summary.mean, None if config.register == "off" else file_chunked(), summary.maxima,
+        "threads" if rt.kind == "local" else None)
     if registered is not data:  # the first pass again, over the registered frames
         data = registered
         if plan is not None and plan.scratch:

@@ -50,6 +50,11 @@ def test_boxes_equal_the_slices_each_chunk_read_once(tmp_path):
             src.reads.clear()
             results[name] = read_boxes(data, BOXES)
             assert len(src.reads) == len(_touched(data.chunks[1:])), name
+        # Read by a scheduler of the caller's choosing (the client's threads
+        # where a cluster runs on this host): the same boxes
+        src.reads.clear()
+        results["sync"] = read_boxes(data, BOXES, scheduler="sync")
+        assert len(src.reads) == len(_touched(data.chunks[1:]))
         # Fewer voxels read on the file's own chunks (a third here, where the boxes
         # cover much of a small volume)
         assert len(_touched(data.chunks[1:])) * np.prod(FILE_CHUNKS) \

@@ -277,11 +277,13 @@ def _subvoxel(box: np.ndarray, contrast: float) -> np.ndarray:
 
 
 def peak_positions(data: da.Array, peaks: np.ndarray, radius,
-                   contrast: float = PEAK_CONTRAST / 4) -> np.ndarray:
+                   contrast: float = PEAK_CONTRAST / 4,
+                   scheduler: str | None = None) -> np.ndarray:
     """Fractional voxel index (T, m, 3) of each peak's maximum in each frame, NaN
     where not found (the peak faded, or left its box); ``radius``: the boxes'
     half-width, one for all or (m, 3) per peak and axis (:func:`box_radii`).
-    Each chunk of ``data`` the boxes touch is read once (:func:`read_boxes`)."""
+    Each chunk of ``data`` the boxes touch is read once (:func:`read_boxes`,
+    with ``scheduler``)."""
     shape = data.shape[1:]
     boxes = []
     radii = np.broadcast_to(np.asarray(radius, np.int64), (len(peaks), 3))
@@ -290,7 +292,7 @@ def peak_positions(data: da.Array, peaks: np.ndarray, radius,
         hi = tuple(min(int(i) + int(w) + 1, n) for i, w, n in zip(p, r, shape))
         boxes.append((lo, hi))
     out = np.full((data.shape[0], len(peaks), 3), np.nan)
-    for j, (v, (lo, _)) in enumerate(zip(read_boxes(data, boxes), boxes)):
+    for j, (v, (lo, _)) in enumerate(zip(read_boxes(data, boxes, scheduler), boxes)):
         for t in range(v.shape[0]):
             out[t, j] = _subvoxel(v[t], contrast) + np.asarray(lo)
     return out
@@ -346,7 +348,8 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
                           reference: int | None = None,
                           peaks_in: da.Array | None = None,
                           boxes_from: da.Array | None = None,
-                          maxima: list | None = None) -> Registration:
+                          maxima: list | None = None,
+                          box_scheduler: str | None = None) -> Registration:
     """Measure each frame's lattice scale against the ``reference`` frame (default
     the coldest) from the data (module docstring): the ``n_peaks`` brightest
     peaks of ``peaks_in`` (a volume (L, K, H) in memory, such as the mean over
@@ -354,7 +357,8 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
     around each in every frame, read from ``boxes_from`` (default ``data``: the
     same series, chunked as the file is, reads far less, :func:`read_boxes`);
     ``maxima``: :func:`block_maxima` of each block of ``peaks_in``, where the
-    first pass found them (``n_peaks`` = N_PEAKS)."""
+    first pass found them (``n_peaks`` = N_PEAKS); ``box_scheduler``: the Dask
+    scheduler that reads the boxes (None: the current one)."""
     t = np.asarray(temperature, np.float64)
     ref = int(np.argmin(t)) if reference is None else int(reference)
     axes = [np.asarray(q, np.float64) for q in axes]
@@ -362,7 +366,7 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
     peaks = reference_peaks(data[ref] if peaks_in is None else peaks_in, n_peaks, radius,
                             maxima if peaks_in is not None else None)
     idx = peak_positions(data if boxes_from is None else boxes_from, peaks,
-                         box_radii(peaks, axes, t))
+                         box_radii(peaks, axes, t), scheduler=box_scheduler)
     # Fractional indices -> r.l.u. on each axis (linear between grid points).
     pos = np.stack([np.interp(idx[..., a], np.arange(q.size), q) for a, q in enumerate(axes)],
                    axis=-1)
@@ -379,17 +383,20 @@ def estimate_registration(data: da.Array, temperature, axes, n_peaks: int = N_PE
 
 
 def register_series(mode: str, temperature, axes, data: da.Array, mean: da.Array,
-                    boxes_from: da.Array | None = None, maxima: list | None = None
+                    boxes_from: da.Array | None = None, maxima: list | None = None,
+                    box_scheduler: str | None = None
                     ) -> tuple[Registration | None, da.Array]:
     """The frames' lattice scale (None with ``mode="off"``) and the series
     resampled onto the reference frame's lattice where ``mode`` asks for it
     (peaks searched in ``mean``, the first pass's mean volume; boxes around them
     read from ``boxes_from``, :func:`estimate_registration`; ``maxima``: the
-    first pass's :func:`block_maxima` of ``mean``'s blocks, if it found them)."""
+    first pass's :func:`block_maxima` of ``mean``'s blocks, if it found them;
+    ``box_scheduler``: what reads the boxes, None for the current scheduler)."""
     if mode == "off":
         return None, data
     reg = estimate_registration(data, temperature, axes, peaks_in=mean,
-                                boxes_from=boxes_from, maxima=maxima)
+                                boxes_from=boxes_from, maxima=maxima,
+                                box_scheduler=box_scheduler)
     log.info(reg.describe())
     if not wants_register(mode, reg):
         log.info("frames not registered (--register %s)", mode)

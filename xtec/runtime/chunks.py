@@ -196,9 +196,11 @@ def _flat_keys(keys):
             yield k
 
 
-def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list:
+def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]],
+               scheduler: str | None = None) -> list:
     """The boxes ``[(lo, hi), ...]`` (spatial corners, hi exclusive) of the Dask
-    array ``data`` (T, L, K, H), every temperature: NumPy arrays (T, box shape).
+    array ``data`` (T, L, K, H), every temperature: NumPy arrays (T, box shape),
+    read with ``scheduler`` (None: the current one).
 
     Dask reads a slice of an array made by ``from_array`` as the whole chunk it
     lies in, so each chunk the boxes touch is read once (the bounding region of
@@ -222,7 +224,7 @@ def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> li
         parts.append(mine)
     cells = list(regions)
     values = dask.compute(*[data[(slice(None),) + tuple(map(slice, *regions[c]))]
-                            for c in cells])
+                            for c in cells], scheduler=scheduler)
     read = {c: to_numpy(v) for c, v in zip(cells, values)}
     out = []
     for (lo, hi), mine in zip(boxes, parts):
