@@ -72,11 +72,7 @@ from xtec.preprocess.frames import (
     scale_frames,
     wants_normalize,
 )
-from xtec.preprocess.registration import (
-    block_maxima,
-    register_series,
-    registration_variables,
-)
+from xtec.preprocess.registration import block_maxima, register_series, registration_variables
 from xtec.preprocess.threshold import NoPositiveVoxels
 from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
@@ -302,8 +298,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     tick = time.perf_counter()
     # The peaks are found in the mean volume (in memory), so measuring the lattice
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
-    # On a cluster of this host the client reads the boxes itself (about 80
-    # small chunk reads: a round trip through the scheduler cost more than them).
+    # On a cluster of this host the client reads the boxes (80 small reads: less
+    # than a round trip through the scheduler).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
         summary.mean, None if config.register == "off" else file_chunked(), summary.maxima,
