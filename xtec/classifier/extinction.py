@@ -262,15 +262,22 @@ class ExtinctionClassifier:
     def _triclinic(self, peaks: Peaks, wavelength, out: Analysis) -> Analysis | None:
         """The best triclinic cell when it indexes all but at most one line with M20 >=
         ``triclinic_min_m20``: P1 and P-1 go on top of the ranking."""
-        pr = self.params
         lam = self.wavelength if wavelength is None else float(wavelength)
-        found = index_triclinic(peaks, lam, pr.zero_trials, pr.max_zero, pr.displacement)
+        fit = self._indexed(index_triclinic, peaks, lam, 1, self.params.triclinic_min_m20)
+        return None if fit is None else self._promote(fit, peaks, lam, out)
+
+    def _indexed(self, search, peaks: Peaks, lam: float, misses: int,
+                 min_m20: float) -> CellFit | None:
+        """The best cell ``search`` (:func:`index_monoclinic`, :func:`index_triclinic`)
+        finds, when it indexes all but at most ``misses`` lines with M20 >= ``min_m20``."""
+        pr = self.params
+        found = search(peaks, lam, pr.zero_trials, pr.max_zero, pr.displacement)
         if not found:
             return None
         fit, merit = found[0]
-        if fit.n_indexed < len(peaks.q) - 1 or merit["M"] < pr.triclinic_min_m20:
+        if fit.n_indexed < len(peaks.q) - misses or merit["M"] < min_m20:
             return None
-        return self._promote(fit, peaks, lam, out)
+        return fit
 
     def _monoclinic_main_phase(self, peaks: Peaks, wavelength, out: Analysis):
         """A monoclinic main phase: a cell of the strong lines alone (at least eight) that
@@ -456,11 +463,9 @@ class ExtinctionClassifier:
         of the ranking (ordered by absences x prior), the rest keep their order below."""
         pr = self.params
         lam = self.wavelength if wavelength is None else float(wavelength)
-        found = index_monoclinic(peaks, lam, pr.zero_trials, pr.max_zero, pr.displacement)
-        if not found:
-            return None
-        fit, merit = found[0]
-        if fit.n_indexed < len(peaks.q) - misses or merit["M"] < (min_m20 or pr.monoclinic_min_m20):
+        fit = self._indexed(index_monoclinic, peaks, lam, misses,
+                            min_m20 or pr.monoclinic_min_m20)
+        if fit is None:
             return None
         ortho_params = orthorhombic_of(fit.params)
         if ortho_params is not None:
