@@ -43,7 +43,7 @@ import numpy as np
 
 from xtec.backend import namespace, to_numpy
 from xtec.preprocess.kernels import kernels
-from xtec.runtime.chunks import read_boxes
+from xtec.runtime.chunks import block_offsets, read_boxes
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +203,9 @@ def reference_peaks(frame: da.Array, n: int = N_PEAKS, separation: int = 3,
     order, where the caller has them (then ``frame`` is not read)."""
     if maxima is None:
         blocks = frame.to_delayed()
-        starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in frame.chunks]
         f = dask.delayed(block_maxima, pure=True)
-        maxima = dask.compute(*[f(blocks[p], [s[i] for s, i in zip(starts, p)], n)
-                                for p in np.ndindex(*blocks.shape)])
+        maxima = dask.compute(*[f(blocks[p], offset, n)
+                                for p, offset in block_offsets(frame.chunks).items()])
     vals = np.concatenate([p[0] for p in maxima])
     idx = np.concatenate([p[1] for p in maxima])
     keep: list[int] = []

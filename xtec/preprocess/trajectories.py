@@ -22,6 +22,7 @@ from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
+from xtec.runtime.chunks import block_offsets
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,9 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
         data = data.rechunk({0: -1})
     f = dask.delayed(summary_block, pure=True, nout=6)
     blocks = data.to_delayed()[0]
-    positions = list(np.ndindex(*blocks.shape))
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in data.chunks[1:]]
-    parts = [f(blocks[pos], capture, pos, peaks,
-               tuple(int(st[i]) for st, i in zip(starts, pos))) for pos in positions]
+    offsets = block_offsets(data.chunks[1:])
+    positions = list(offsets)
+    parts = [f(blocks[pos], capture, pos, peaks, offsets[pos]) for pos in positions]
     if persist:
         # The tuples are persisted first, so each chunk is read once; then
         # their items, so the means and the captures can be released apart.
@@ -291,7 +291,7 @@ def assemble_trajectories(mask: da.Array, block_trajectories, t: int, meta=None,
     if counts is None:
         counts = block_counts(mask)
     mblocks = mask.to_delayed()
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in mask.chunks]
+    offsets = block_offsets(mask.chunks)
     flat_idx = dask.delayed(flat_indices_block, pure=True)
     meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
     xs, ids = [], []
@@ -301,8 +301,7 @@ def assemble_trajectories(mask: da.Array, block_trajectories, t: int, meta=None,
             continue
         xs.append(da.from_delayed(block_trajectories(pos), shape=(n, t), dtype=np.float32,
                                   meta=meta2))
-        offset = tuple(int(st[i]) for st, i in zip(starts, pos))
-        ids.append(da.from_delayed(flat_idx(mblocks[pos], offset, mask.shape), shape=(n,),
+        ids.append(da.from_delayed(flat_idx(mblocks[pos], offsets[pos], mask.shape), shape=(n,),
                                    dtype=np.int64))
     if not xs:
         raise ParameterError(

@@ -196,6 +196,14 @@ def _flat_keys(keys):
             yield k
 
 
+def block_offsets(chunks) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each block's position in the block grid -> its first index on every axis,
+    from Dask's ``chunks`` (a tuple of block sizes per axis)."""
+    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
+    return {pos: tuple(int(s[i]) for s, i in zip(starts, pos))
+            for pos in np.ndindex(*[len(c) for c in chunks])}
+
+
 def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]],
                scheduler: str | None = None) -> list:
     """The boxes ``[(lo, hi), ...]`` (spatial corners, hi exclusive) of the Dask

@@ -24,6 +24,7 @@ from xtec.backend import to_numpy
 from xtec.errors import ParameterError
 from xtec.mixture.gaussian_mixture import GaussianMixture
 from xtec.preprocess import RESCALE_METHODS, clean_block, rescale_block
+from xtec.runtime.chunks import block_offsets
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ def _relabel_block(raw, keys, vals, dtype):
     nz = raw > 0
     out[nz] = vals[np.searchsorted(keys, raw[nz])]
     return out
-
-
-def _block_offsets(chunks):
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks]
-    return {
-        pos: tuple(int(s[i]) for s, i in zip(starts, pos))
-        for pos in np.ndindex(*[len(c) for c in chunks])
-    }
 
 
 _STRUCTURE = np.ones((3, 3, 3), dtype=bool)
@@ -142,7 +135,7 @@ def label_components(mask: da.Array, connectivity: int = 26) -> tuple[da.Array, 
     bases = np.concatenate([[0], np.cumsum(sizes)[:-1]]).reshape(mask.numblocks)
     raw = mask.map_blocks(_label_block, bases, connectivity, dtype=np.int64)
     f = dask.delayed(_block_min_index, pure=True)
-    offsets = _block_offsets(raw.chunks)
+    offsets = block_offsets(raw.chunks)
     blocks = raw.to_delayed()
     mins_parts = [f(blocks[pos], off, mask.shape) for pos, off in offsets.items()]
     g = dask.delayed(_face_pairs, pure=True)
