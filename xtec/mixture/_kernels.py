@@ -174,12 +174,53 @@ def _scaled_sum(r, tot):
     return s_nk
 
 
+@numba.njit(inline="always")
+def _diag_block(xt, m, means, half, norm, zero, nk, sx, sxx):
+    """One block's diagonal-covariance statistics: xt (T, >= m) holds the block's
+    m rows as columns (every inner loop runs over contiguous rows and
+    vectorises); nk (K,), sx and sxx (K, T) receive its sums; returns its summed
+    log-likelihood.  lp = norm - sum(d^2 half) with half = prec / 2 (exact, so
+    no float64 constant enters float32 loops); ``zero`` is 0 in the working
+    precision."""
+    k_, t = means.shape
+    lp = np.empty((k_, m), means.dtype)
+    for k in range(k_):
+        acc = lp[k]
+        for i in range(m):
+            acc[i] = zero
+        for j in range(t):
+            mu = means[k, j]
+            pj = half[k, j]
+            row = xt[j]
+            for i in range(m):
+                d = row[i] - mu
+                acc[i] += d * d * pj
+        c = norm[k]
+        for i in range(m):
+            acc[i] = c - acc[i]
+    s_ll, tot = _responsibilities(lp, m)
+    for k in range(k_):
+        r = lp[k]
+        nk[k] = _scaled_sum(r, tot)
+        for j in range(t):
+            row = xt[j]
+            a1 = zero
+            a2 = zero
+            for i in range(m):
+                v = r[i] * row[i]
+                a1 += v
+                a2 += v * row[i]
+            sx[k, j] = a1
+            sxx[k, j] = a2
+    return s_ll
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_stats(X, means, prec, norm, block):
-    # Each block is transposed to (T, rows) so every inner loop runs over
-    # contiguous rows and vectorises.  The arithmetic is in the precision of
-    # ``means`` (float64 for EM; float32, twice the lanes, for the start's
-    # restarts); the sums over blocks and the log-likelihood are float64.
+    # Each block is transposed to (T, rows) for _diag_block.  The arithmetic
+    # is in the precision of ``means`` (float64 for EM; float32, twice the
+    # lanes, for the start's restarts); the sums over blocks and the
+    # log-likelihood are float64.
     n, t = X.shape
     k_ = means.shape[0]
     nb = (n + block - 1) // block
@@ -187,46 +228,51 @@ def diag_stats(X, means, prec, norm, block):
     sx = np.zeros((nb, k_, t))
     sxx = np.zeros((nb, k_, t))
     ll = np.zeros(nb)
-    # prec / 2 is exact, so lp = norm - sum(d^2 prec / 2) is bit for bit
-    # norm - sum(d^2 prec) / 2, without a float64 constant in float32 loops.
     half = np.empty_like(means)
     half[:] = 0.5 * prec
     zero = np.zeros(1, means.dtype)[0]
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
-        xt = _columns(X, lo, m, means)
-        lp = np.empty((k_, m), means.dtype)
-        for k in range(k_):
-            acc = lp[k]
-            for i in range(m):
-                acc[i] = zero
-            for j in range(t):
-                mu = means[k, j]
-                pj = half[k, j]
-                row = xt[j]
-                for i in range(m):
-                    d = row[i] - mu
-                    acc[i] += d * d * pj
-            c = norm[k]
-            for i in range(m):
-                acc[i] = c - acc[i]
-        s_ll, tot = _responsibilities(lp, m)
-        ll[b] = s_ll
-        for k in range(k_):
-            r = lp[k]
-            nk[b, k] = _scaled_sum(r, tot)
-            for j in range(t):
-                row = xt[j]
-                a1 = zero
-                a2 = zero
-                for i in range(m):
-                    v = r[i] * row[i]
-                    a1 += v
-                    a2 += v * row[i]
-                sx[b, k, j] = a1
-                sxx[b, k, j] = a2
+        ll[b] = _diag_block(_columns(X, lo, m, means), m, means, half, norm, zero, nk[b],
+                            sx[b], sxx[b])
     return nk, sx, sxx, ll
+
+
+@numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+def diag_stats_blocked(blocks, n, means, prec, norm):
+    """diag_stats of n rows already cut into blocks (n_blocks, T, block) by
+    :func:`row_blocks` (the start's restarts pass over one sample some fifty
+    times, and the transpose is a quarter of a pass).  Same sums, bit for bit."""
+    nb, t, block = blocks.shape
+    k_ = means.shape[0]
+    nk = np.zeros((nb, k_))
+    sx = np.zeros((nb, k_, t))
+    sxx = np.zeros((nb, k_, t))
+    ll = np.zeros(nb)
+    half = np.empty_like(means)
+    half[:] = 0.5 * prec
+    zero = np.zeros(1, means.dtype)[0]
+    for b in numba.prange(nb):
+        m = min(n, (b + 1) * block) - b * block
+        ll[b] = _diag_block(blocks[b], m, means, half, norm, zero, nk[b], sx[b], sxx[b])
+    return nk, sx, sxx, ll
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def row_blocks(X, block, like):
+    """The rows of X (n, T) as blocks of ``block`` rows transposed to columns,
+    (n_blocks, T, block) in the precision of array ``like``, the last block
+    zero-padded."""
+    n, t = X.shape
+    nb = (n + block - 1) // block
+    out = np.zeros((nb, t, block), like.dtype)
+    for b in numba.prange(nb):
+        lo = b * block
+        for i in range(min(n, lo + block) - lo):
+            for j in range(t):
+                out[b, j, i] = X[lo + i, j]
+    return out
 
 
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)

@@ -18,7 +18,7 @@ import numpy as np
 
 from xtec.backend import to_numpy
 from xtec.mixture.em import run_em
-from xtec.mixture.engines import PARALLEL_MIN_ROWS, chunk_stats, set_numba_threads
+from xtec.mixture.engines import PARALLEL_MIN_ROWS, fixed_rows_stats, set_numba_threads
 from xtec.mixture.kernels import start_kernels
 from xtec.mixture.parameters import MixtureParams, SufficientStats, m_step
 
@@ -151,17 +151,18 @@ def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
 _RESTART_DTYPE = {"diag": np.float32, "full": np.float64}
 
 
-def restart_e_step(engine: str, covariance_type: str, threads=lambda: 1):
-    """The E-step of one restart: ``threads()`` numba threads (one while the
+def restart_e_step(rows: np.ndarray, engine: str, covariance_type: str, threads=lambda: 1):
+    """The E-step of the restarts over ``rows`` (the rows they all share):
+    ``e_step(rows, params)`` with ``threads()`` numba threads (one while the
     restarts are the parallel level) and the arithmetic of ``_RESTART_DTYPE``.
 
     A restart only has to rank its optimum against the others; the winner
     then converges in float64 on all the data.
     """
-    work_dtype = _RESTART_DTYPE[covariance_type]
+    stats = fixed_rows_stats(rows, covariance_type, engine, _RESTART_DTYPE[covariance_type])
 
     def e_step(X, params):
-        return chunk_stats(X, params, engine=engine, threads=threads(), work_dtype=work_dtype)
+        return stats(params, threads())
 
     return e_step
 
@@ -206,7 +207,7 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     lock = threading.Lock()
     if small.shape[0] < PARALLEL_MIN_ROWS:
         cores = 1
-    e_step = restart_e_step(engine, covariance_type,
+    e_step = restart_e_step(small32, engine, covariance_type,
                             lambda: max(1, cores // max(1, unfinished[0])))
 
     def restart(init: int):

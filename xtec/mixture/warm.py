@@ -16,10 +16,10 @@ import time
 
 import numpy as np
 
-from xtec.mixture.engines import chunk_stats, warm_kernels
+from xtec.mixture.engines import warm_kernels
 from xtec.mixture.parameters import MixtureParams
 from xtec.mixture.profiles import warm_kernels as warm_profiles
-from xtec.mixture.start import init_sample, kmeans_plusplus, params_from_labels
+from xtec.mixture.start import init_sample, kmeans_plusplus, params_from_labels, restart_e_step
 from xtec.preprocess.kernels import kernels
 from xtec.preprocess.threshold import warm_kernels as warm_threshold
 from xtec.preprocess.trajectories import flat_indices_block, summary_block, trajectories_block
@@ -51,7 +51,8 @@ def warm_start(covariance_type: str) -> bool:
     params_from_labels(sample, labels, 1, covariance_type, 1e-6)
     identity = {"diag": np.ones((1, 2)), "full": np.eye(2)[None]}[covariance_type]
     params = MixtureParams(np.ones(1), np.zeros((1, 2)), identity)
-    chunk_stats(np.zeros((2, 2), np.float32), params, threads=1, work_dtype=np.float32)
+    rows = np.zeros((2, 2), np.float32)
+    restart_e_step(rows, "auto", covariance_type)(rows, params)
     return True
 
 
