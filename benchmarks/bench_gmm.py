@@ -227,6 +227,12 @@ def whole_mode(args, sk_threads) -> dict:
             fits = {}
             for _ in range(args.repeats):
                 for name, fn in runners.items():
+                    # The other estimator's pools idle first: OpenBLAS threads spin
+                    # after scikit-learn's last product, and on two cores a fit
+                    # started then shares them (measured: xtec's diagonal fit
+                    # 146-167 ms right after a 2000 x 2000 matmul, 114-135 ms
+                    # back to back).
+                    time.sleep(args.settle)
                     t0 = time.perf_counter()
                     fits[name] = fn()
                     times[name].append(time.perf_counter() - t0)
@@ -265,6 +271,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--sklearn-threads", default="default",
                     help="comma list: 'default' (no limit) and/or thread counts")
+    ap.add_argument("--settle", type=float, default=1.0,
+                    help="seconds of idle before each timed whole fit")
     ap.add_argument("--results", default=str(RESULTS))
     ap.add_argument("--tag", default="", help="suffix of the results file names")
     args = ap.parse_args(argv)
