@@ -17,6 +17,7 @@ import itertools
 
 import numpy as np
 
+from xtec.backend import compiled_kernels
 from xtec.errors import InputError
 
 try:
@@ -33,6 +34,8 @@ except ImportError:  # pragma: no cover - deflate is a dependency; zlib still wo
     from zlib import error as _InflateError
 
 _DEFLATE, _SHUFFLE = 1, 2
+# Value widths with a compiled unshuffle (xtec.io._kernels); NumPy does others.
+_UNSHUFFLE = {2: "unshuffle2", 4: "unshuffle4", 8: "unshuffle8"}
 
 
 def _filters(dset) -> list[int] | None:
@@ -45,7 +48,17 @@ def _filters(dset) -> list[int] | None:
 
 
 def _unshuffle(raw, itemsize: int) -> np.ndarray:
-    """Undo HDF5's shuffle: byte plane j holds byte j of every value."""
+    """Undo HDF5's shuffle: byte plane j holds byte j of every value.  The
+    values' bytes in order, as an array whose buffer :func:`_decode` reads."""
+    kernel = _UNSHUFFLE.get(itemsize) if compiled_kernels() else None
+    if kernel is not None:
+        from xtec.io import _kernels
+
+        return getattr(_kernels, kernel)(np.frombuffer(raw, np.uint8))
+    return _unshuffle_numpy(raw, itemsize)
+
+
+def _unshuffle_numpy(raw, itemsize: int) -> np.ndarray:
     planes = np.frombuffer(raw, np.uint8).reshape(itemsize, -1)
     out = np.empty((planes.shape[1], itemsize), np.uint8)
     for j in range(itemsize):  # one strided copy per plane: 2.5x a transpose's tobytes
@@ -106,3 +119,14 @@ def read_hyperslab(dset, key) -> np.ndarray | None:
             dst.append(slice(lo - a, hi - a))
         out[tuple(dst)] = fill if block is None else block[tuple(src)]
     return out
+
+
+def warm_kernels() -> bool:
+    """Load (or compile) the compiled unshuffles, for every width they serve and
+    both buffers they get: libdeflate's bytearray (writable) and the bytes of a
+    chunk stored without deflate or inflated by zlib (read-only), which numba
+    types apart."""
+    for itemsize in _UNSHUFFLE:
+        for buffer in (bytearray, bytes):
+            _unshuffle(buffer(2 * itemsize), itemsize)
+    return True

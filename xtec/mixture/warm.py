@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from xtec.io.hdf5_chunks import warm_kernels as warm_reader
 from xtec.mixture.engines import warm_kernels
 from xtec.mixture.parameters import MixtureParams
 from xtec.mixture.profiles import warm_kernels as warm_profiles
@@ -26,8 +27,9 @@ from xtec.preprocess.trajectories import flat_indices_block, summary_block, traj
 
 
 def warm_first_pass() -> bool:
-    """The first pass, the peak search, the kept trajectories' gather and the
-    threshold's passes."""
+    """The HDF5 chunk reader, the first pass, the peak search, the kept
+    trajectories' gather and the threshold's passes."""
+    warm_reader()
     x = np.ones((2, 1, 1, 2), np.float32)
     summary_block(x)
     trajectories_block(x, np.ones((1, 1, 2), bool), "mean")
