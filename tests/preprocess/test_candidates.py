@@ -7,6 +7,7 @@ import math
 from dataclasses import replace
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -165,3 +166,37 @@ def test_capture_and_pick_run_on_array_api_strict():
     got = pick_block(cand, xps.asarray(mask))
     np.testing.assert_allclose(np.from_dlpack(got), pick_block(ref, mask), rtol=1e-5, atol=1e-6)
     assert got.shape[0] == int(mask.sum()) < cand.n
+
+
+def test_pilot_reads_only_its_sampled_blocks():
+    """The pilot's log-means are those of the blocks the seed picks (the NumPy
+    expression on each), and its graph holds tasks for those blocks only: per
+    block the summary with its read fused in, and Dask's alias of it."""
+    from xtec.preprocess.candidates import pilot_log_means
+
+    rng = np.random.default_rng(5)
+    cube = rng.gamma(0.5, 2.0, size=(6, 4, 8, 8)).astype(np.float32)
+    cube[:, 1, :4, :4] = 0.0  # a block of zeros leaves nothing
+    data = da.from_array(cube, chunks=(6, 1, 4, 4))
+    got = pilot_log_means(data, max_fraction=0.25, min_blocks=3, seed=2)
+    grid = data.numblocks[1:]
+    chosen = np.sort(np.random.default_rng(2).choice(16, size=4, replace=False))
+    want = []
+    for i in chosen:
+        lb, kb, hb = np.unravel_index(i, grid)
+        m = cube[:, lb, 4 * kb:4 * kb + 4, 4 * hb:4 * hb + 4].mean(0, dtype=np.float64)
+        m = m.astype(np.float32).astype(np.float64).ravel()  # float32 means, as stored
+        want.append(np.log(m[m > 0]))
+    np.testing.assert_allclose(got, np.concatenate(want), rtol=0, atol=1e-12)
+
+    tasks = []
+
+    from dask.callbacks import Callback
+
+    class Count(Callback):
+        def _start_state(self, dsk, state):
+            tasks.append(len(state["ready"]) + len(state["waiting"]))
+
+    with Count():
+        pilot_log_means(data, max_fraction=0.25, min_blocks=3, seed=2)
+    assert tasks == [2 * 4]

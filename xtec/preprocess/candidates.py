@@ -227,13 +227,18 @@ def pilot_log_means(data: da.Array, max_fraction: float = PILOT_FRACTION,
     """
     if data.numblocks[0] != 1:
         data = data.rechunk({0: -1})
-    blocks = data.to_delayed()[0]
-    total = blocks.size
+    grid = data.numblocks[1:]
+    total = math.prod(grid)
     n = min(total, max(min_blocks, int(round(total * max_fraction))))
     chosen = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-    f = dask.delayed(_pilot_block, pure=True)
-    flat = blocks.ravel()
-    return np.concatenate(dask.compute(*[f(flat[i]) for i in chosen]))
+    # Only the chosen blocks' tasks are built, each summary fused with its
+    # read (and Dask's alias of the fused task): building the whole grid's
+    # tasks (1,024 blocks at 1.5 GB) to pick 64 took 0.04-0.23 s of the
+    # client's time, with the workers idle.
+    parts = [data.blocks[(0, *np.unravel_index(i, grid))].map_blocks(
+        _pilot_block, drop_axis=(1, 2, 3), chunks=((np.nan,),), dtype=np.float64,
+        meta=np.empty(0)).to_delayed().ravel()[0] for i in chosen]
+    return np.concatenate(dask.compute(*parts))
 
 
 def plan_candidates(data: da.Array, threshold, rescale: str, budget_bytes: float,
