@@ -154,6 +154,12 @@ def summary_block(x, capture=None, pos=(), peaks=None, offset=()):
     return mean, bad, got, frames, log_mean_block(mean), found
 
 
+def _small_items(part: tuple) -> tuple:
+    """A first-pass task's small results: (bad counts, frame statistics,
+    log-mean summary, peaks)."""
+    return part[1], part[3], part[4], part[5]
+
+
 def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) -> VoxelSummary:
     """Mean over temperature per voxel, counts of NaN / negative values, and the
     per-temperature statistics of :mod:`xtec.preprocess.frames`.
@@ -175,12 +181,17 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
     offsets = block_offsets(data.chunks[1:])
     positions = list(offsets)
     parts = [f(blocks[pos], capture, pos, peaks, offsets[pos]) for pos in positions]
+    small = dask.delayed(_small_items, pure=True)
     if persist:
         # The tuples are persisted first, so each chunk is read once; then
-        # their items, so the means and the captures can be released apart.
+        # their items, so the means and the captures can be released apart,
+        # and the small ones together (one task a block, not four: on a
+        # cluster each is a round of the scheduler's bookkeeping).
         parts = dask.persist(*parts)
-        items = dask.persist(*[p[i] for p in parts for i in range(6)])
-        parts = [items[6 * j:6 * j + 6] for j in range(len(parts))]
+        items = dask.persist(*[x for p in parts for x in (p[0], p[2], small(p))])
+        parts = [items[3 * j:3 * j + 3] for j in range(len(parts))]
+    else:
+        parts = [(p[0], p[2], small(p)) for p in parts]
     meta = namespace(data._meta).empty((0, 0, 0), dtype=np.float32) \
         if not isinstance(data._meta, np.ndarray) else np.empty((0, 0, 0), np.float32)
     grid = np.empty(blocks.shape, dtype=object)
@@ -189,7 +200,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
         shape = tuple(ch[i] for ch, i in zip(data.chunks[1:], pos))
         grid[pos] = da.from_delayed(part[0], shape=shape, dtype=np.float32, meta=meta)
         if captured is not None:
-            captured[pos] = part[2]
+            captured[pos] = part[1]
     mean = da.block(grid.tolist())
     if persist:
         # As one persisted array: each later pass over the blocks (the
@@ -204,10 +215,8 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
     # result is wanted by this compute: Dask's scheduler fails an assertion
     # when a run is cancelled (a lost worker job) with unwanted tasks depending
     # on persisted ones, so there is no reduction tree here.
-    bad, logs, frames, maxima = dask.compute([p[1] for p in parts],
-                                             [p[4] for p in parts] if persist else [],
-                                             [p[3] for p in parts],
-                                             [p[5] for p in parts] if peaks is not None else [])
+    (smalls,) = dask.compute([p[2] for p in parts])
+    bad, frames, logs, maxima = (list(x) for x in zip(*smalls)) if smalls else ([],) * 4
     log_means = combine_log_mean_blocks(logs) if persist else None
     totals = np.sum(bad, axis=0)
     # Combined in block order: the same statistics whatever the chunking.
