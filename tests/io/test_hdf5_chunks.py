@@ -31,6 +31,8 @@ def h5(tmp_path_factory):
                          shuffle=True, **kw)
         f.create_dataset("float64", data=a.astype(np.float64), compression="gzip",
                          shuffle=True, **kw)
+        f.create_dataset("big_endian", data=a.astype(">f4"), compression="gzip",
+                         shuffle=True, **kw)
         part = f.create_dataset("unwritten_chunks", shape=a.shape, dtype=np.float32,
                                 compression="gzip", fillvalue=-3, **kw)
         part[:, 0, :20, :20] = a[:, 0, :20, :20]
@@ -40,7 +42,7 @@ def h5(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["gzip_shuffle", "gzip", "shuffle", "plain", "int16",
-                                  "float64", "unwritten_chunks"])
+                                  "float64", "big_endian", "unwritten_chunks"])
 def test_direct_reads_equal_h5py(h5, name):
     with h5py.File(h5, "r") as f:
         d = f[name]

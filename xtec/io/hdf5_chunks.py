@@ -14,6 +14,7 @@ reads through h5py as usual.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - deflate is a dependency; zlib still wo
 _DEFLATE, _SHUFFLE = 1, 2
 # Value widths with a compiled unshuffle (xtec.io._kernels); NumPy does others.
 _UNSHUFFLE = {2: "unshuffle2", 4: "unshuffle4", 8: "unshuffle8"}
+_LITTLE = sys.byteorder == "little"
 
 
 def _filters(dset) -> list[int] | None:
@@ -50,7 +52,9 @@ def _filters(dset) -> list[int] | None:
 def _unshuffle(raw, itemsize: int) -> np.ndarray:
     """Undo HDF5's shuffle: byte plane j holds byte j of every value.  The
     values' bytes in order, as an array whose buffer :func:`_decode` reads."""
-    kernel = _UNSHUFFLE.get(itemsize) if compiled_kernels() else None
+    # The kernels put byte j of a value at bit 8 j of a word: the stored byte
+    # order only where words are little-endian in memory.
+    kernel = _UNSHUFFLE.get(itemsize) if compiled_kernels() and _LITTLE else None
     if kernel is not None:
         from xtec.io import _kernels
 
