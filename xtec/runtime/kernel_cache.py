@@ -124,7 +124,8 @@ def worker_environ() -> dict:
 # ------------------------------------------------------------ compiled or not, per run
 ENGINE_ENV = "XTEC_ENGINE"  # xtec.backend.CPU_ENGINE_ENV (this module imports nothing from xtec)
 # The kernel modules whose source numba keys its cache entries on.
-KERNEL_SOURCES = ("mixture/_kernels.py", "mixture/_start_kernels.py", "preprocess/_kernels.py")
+KERNEL_SOURCES = ("io/_kernels.py", "mixture/_kernels.py", "mixture/_start_kernels.py",
+                  "preprocess/_kernels.py")
 # A background compile older than this is taken for dead (its lock is stale).
 LOCK_STALE_S = 1800
 
