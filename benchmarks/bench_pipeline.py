@@ -83,9 +83,9 @@ def _warm_imports():
     import h5py  # noqa: F401
     import nexusformat.nexus  # noqa: F401
 
-    from xtec.pipeline import _warm_stage_kernels
+    from xtec.mixture.warm import warm_stage_kernels
 
-    return _warm_stage_kernels("diag")
+    return warm_stage_kernels("diag")
 
 
 def run_xtec(path: Path, out: Path, workers: int, memory: str) -> dict:

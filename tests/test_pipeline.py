@@ -158,6 +158,6 @@ def test_second_round_splits_one_cluster(xtec_file, xtec_result, tmp_path):
 def test_every_stage_kernel_warms():
     """What in-process runs load in a thread during the read (failures there are
     only logged, so they are checked here)."""
-    from xtec.pipeline import _warm_stage_kernels
+    from xtec.mixture.warm import warm_stage_kernels
 
-    assert _warm_stage_kernels("diag") and _warm_stage_kernels("full")
+    assert warm_stage_kernels("diag") and warm_stage_kernels("full")

@@ -119,6 +119,14 @@ class Prepared:
 
 
 # --------------------------------------------------------------------------- preparing
+def _small_reads(rt: Runtime) -> str | None:
+    """The scheduler of a stage's few chunk reads (the pilot's 64, the lattice
+    boxes' 80): the client's own threads where the cluster runs on this host,
+    less than their round trips through the scheduler; else the cluster's (a
+    remote scheduler's client may not see the files)."""
+    return "threads" if rt.kind == "local" else None
+
+
 def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
                     scratch: Path | None, pilot_data) -> CandidatePlan | None:
     """How the first pass captures candidate trajectories (None: it does not);
@@ -126,7 +134,7 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
     if config.method == "peaks" or config.parent or config.persist == "none":
         return None
     plan = plan_candidates(arr.data, config.threshold, config.rescale, rt.memory_budget(),
-                           pilot_data)
+                           pilot_data, _small_reads(rt))
     if plan is None:
         return None
     # Trajectories (float32) and their voxel indices (int64).
@@ -225,15 +233,6 @@ def _parent_mask(config: ClusterConfig, parent, arr, mean) -> tuple[Threshold, d
     return Threshold("parent", -math.inf, n_nonzero), (pmask & (mean > 0)).persist()
 
 
-def _warm_stage_kernels(covariance_type: str) -> bool:
-    """Load the numba kernels of every stage (first pass, threshold, EM start and
-    EM, profiles) in this process now: 1.8 s of a fresh in-process run on
-    1.5 GB went to loading them in the stages that first call them."""
-    from xtec.mixture.warm import warm_stage_kernels
-
-    return warm_stage_kernels(covariance_type)
-
-
 def _warm_in_background(covariance_type: str | None, in_process: bool = True) -> None:
     """Load the writer's modules (Zarr and its codecs: 0.2 s), and the kernels
     this process calls (``covariance_type`` given: every stage's in-process, the
@@ -241,7 +240,7 @@ def _warm_in_background(covariance_type: str | None, in_process: bool = True) ->
     workers are warmed by :meth:`Runtime.on_every_worker`."""
     import threading
 
-    from xtec.mixture.warm import warm_start
+    from xtec.mixture.warm import warm_stage_kernels, warm_start
 
     def warm():
         try:
@@ -251,8 +250,10 @@ def _warm_in_background(covariance_type: str | None, in_process: bool = True) ->
             if covariance_type is None:
                 return
             if in_process:
-                # every kernel of the run is now in the cache: later runs need not wait
-                if _warm_stage_kernels(covariance_type):
+                # Every stage's kernels (1.8 s of a fresh in-process run at 1.5 GB
+                # went to loading them where first called); once all are in the
+                # cache, later runs need not wait for them.
+                if warm_stage_kernels(covariance_type):
                     mark_compiled(covariance_type)
             else:
                 warm_start(covariance_type)
@@ -298,12 +299,10 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     tick = time.perf_counter()
     # The peaks are found in the mean volume (in memory), so measuring the lattice
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
-    # On a cluster of this host the client reads the boxes (80 small reads: less
-    # than a round trip through the scheduler).
     registration, registered = register_series(
         config.register, arr.temperature.values, [arr[d].values for d in Q_DIMS], data,
         summary.mean, None if config.register == "off" else file_chunked(), summary.maxima,
-        "threads" if rt.kind == "local" else None)
+        _small_reads(rt))
     if registered is not data:  # the first pass again, over the registered frames
         data = registered
         if plan is not None and plan.scratch:

@@ -218,8 +218,10 @@ def _pilot_block(x):
 
 
 def pilot_log_means(data: da.Array, max_fraction: float = PILOT_FRACTION,
-                    min_blocks: int = PILOT_MIN_BLOCKS, seed: int = 0) -> np.ndarray:
-    """log(mean_T I) of the non-zero voxels of a random sample of ``data``'s blocks.
+                    min_blocks: int = PILOT_MIN_BLOCKS, seed: int = 0,
+                    scheduler: str | None = None) -> np.ndarray:
+    """log(mean_T I) of the non-zero voxels of a random sample of ``data``'s blocks,
+    computed with ``scheduler`` (None: the current one).
 
     data : (T, L, K, H) dask array chunked like the file (one HDF5 chunk per
     block), so a sampled block costs one chunk read and only its log-means
@@ -238,18 +240,19 @@ def pilot_log_means(data: da.Array, max_fraction: float = PILOT_FRACTION,
     parts = [data.blocks[(0, *np.unravel_index(i, grid))].map_blocks(
         _pilot_block, drop_axis=(1, 2, 3), chunks=((np.nan,),), dtype=np.float64,
         meta=np.empty(0)).to_delayed().ravel()[0] for i in chosen]
-    return np.concatenate(dask.compute(*parts))
+    return np.concatenate(dask.compute(*parts, scheduler=scheduler))
 
 
 def plan_candidates(data: da.Array, threshold, rescale: str, budget_bytes: float,
-                    pilot_data=None) -> CandidatePlan | None:
+                    pilot_data=None, scheduler: str | None = None) -> CandidatePlan | None:
     """The bound for the first pass, or None when capturing would not pay.
 
     ``threshold``: 'kl', 'simple', 'none' or an intensity.  ``budget_bytes``:
     what the candidates may take in worker memory; above it they go to disk
     (the caller sets ``scratch``).  ``pilot_data``: the same series chunked
     like the file (a callable returning it; opened only if a pilot is needed).
-    Returns a plan with ``scratch=None``.
+    ``scheduler``: the pilot's (None: the current one).  Returns a plan with
+    ``scratch=None``.
     """
     t = data.shape[0]
     total = math.prod(data.shape) * 4
@@ -262,7 +265,7 @@ def plan_candidates(data: da.Array, threshold, rescale: str, budget_bytes: float
         return None
     if callable(pilot_data):
         pilot_data = pilot_data()
-    x = pilot_log_means(data if pilot_data is None else pilot_data)
+    x = pilot_log_means(data if pilot_data is None else pilot_data, scheduler=scheduler)
     if x.size < 1000:
         return None
     if threshold == "simple":
