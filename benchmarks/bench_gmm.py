@@ -22,7 +22,10 @@ timed separately and reported, not counted in the fits.
 
     python benchmarks/bench_gmm.py [--mode fixed,whole] [--covariances diag,full]
         [--ks 3,4,6] [--ks-full 4] [--n 457679] [--iters 20] [--repeats 3]
-        [--sklearn-threads default,1]
+        [--sklearn-threads default,1] [--settle 1.0]
+
+``--settle`` seconds of idle precede each timed whole fit, so neither
+estimator starts while the other's BLAS or OpenMP threads still spin.
 
 ``--sklearn-threads 1`` runs scikit-learn with its BLAS and OpenMP pools
 limited to one thread (threadpoolctl): on a busy machine their spinning
