@@ -215,22 +215,27 @@ def _diag_block(xt, m, means, half, norm, zero, nk, sx, sxx):
     return s_ll
 
 
+@numba.njit(inline="always")
+def _diag_outputs(nb, means, prec):
+    """The diagonal kernels' per-block sums for ``nb`` blocks (nk (nb, K), sx and
+    sxx (nb, K, T), log-likelihood (nb,), float64), ``half`` = prec / 2 and 0,
+    both in the working precision of ``means``."""
+    k_, t = means.shape
+    half = np.empty_like(means)
+    half[:] = 0.5 * prec
+    return (np.zeros((nb, k_)), np.zeros((nb, k_, t)), np.zeros((nb, k_, t)), np.zeros(nb),
+            half, np.zeros(1, means.dtype)[0])
+
+
 @numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
 def diag_stats(X, means, prec, norm, block):
     # Each block is transposed to (T, rows) for _diag_block.  The arithmetic
     # is in the precision of ``means`` (float64 for EM; float32, twice the
     # lanes, for the start's restarts); the sums over blocks and the
     # log-likelihood are float64.
-    n, t = X.shape
-    k_ = means.shape[0]
+    n = X.shape[0]
     nb = (n + block - 1) // block
-    nk = np.zeros((nb, k_))
-    sx = np.zeros((nb, k_, t))
-    sxx = np.zeros((nb, k_, t))
-    ll = np.zeros(nb)
-    half = np.empty_like(means)
-    half[:] = 0.5 * prec
-    zero = np.zeros(1, means.dtype)[0]
+    nk, sx, sxx, ll, half, zero = _diag_outputs(nb, means, prec)
     for b in numba.prange(nb):
         lo = b * block
         m = min(n, lo + block) - lo
@@ -244,15 +249,8 @@ def diag_stats_blocked(blocks, n, means, prec, norm):
     """diag_stats of n rows already cut into blocks (n_blocks, T, block) by
     :func:`row_blocks` (the start's restarts pass over one sample some fifty
     times, and the transpose is a quarter of a pass).  Same sums, bit for bit."""
-    nb, t, block = blocks.shape
-    k_ = means.shape[0]
-    nk = np.zeros((nb, k_))
-    sx = np.zeros((nb, k_, t))
-    sxx = np.zeros((nb, k_, t))
-    ll = np.zeros(nb)
-    half = np.empty_like(means)
-    half[:] = 0.5 * prec
-    zero = np.zeros(1, means.dtype)[0]
+    nb, block = blocks.shape[0], blocks.shape[2]
+    nk, sx, sxx, ll, half, zero = _diag_outputs(nb, means, prec)
     for b in numba.prange(nb):
         m = min(n, (b + 1) * block) - b * block
         ll[b] = _diag_block(blocks[b], m, means, half, norm, zero, nk[b], sx[b], sxx[b])

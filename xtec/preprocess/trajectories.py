@@ -221,7 +221,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
     totals = np.sum(bad, axis=0)
     # Combined in block order: the same statistics whatever the chunking.
     return VoxelSummary(mean, int(totals[0]), int(totals[1]), captured, log_means,
-                        FrameStats.combine(frames), list(maxima) if peaks is not None else None)
+                        FrameStats.combine(frames), maxima if peaks is not None else None)
 
 
 def flat_indices_block(mask, offset: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
