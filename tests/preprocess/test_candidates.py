@@ -170,8 +170,8 @@ def test_capture_and_pick_run_on_array_api_strict():
 
 def test_pilot_reads_only_its_sampled_blocks():
     """The pilot's log-means are those of the blocks the seed picks (the NumPy
-    expression on each), and its graph holds tasks for those blocks only: per
-    block the summary with its read fused in, and Dask's alias of it."""
+    expression on each), and its graph holds tasks for those blocks only (per
+    block a read and a summary at most, of a grid of 16)."""
     from xtec.preprocess.candidates import pilot_log_means
 
     rng = np.random.default_rng(5)
@@ -199,4 +199,29 @@ def test_pilot_reads_only_its_sampled_blocks():
 
     with Count():
         pilot_log_means(data, max_fraction=0.25, min_blocks=3, seed=2)
-    assert tasks == [2 * 4]
+    assert len(tasks) == 1 and 4 <= tasks[0] <= 2 * 4
+
+
+@pytest.mark.parametrize("pattern", ["sparse", "dense", "prefix", "none"])
+def test_pick_moves_the_kept_rows_up_in_place_and_again_on_a_rerun(pattern, monkeypatch):
+    from xtec.preprocess.candidates import CandidateBlock, pick_block
+
+    monkeypatch.setattr(candidates, "PICK_ROWS", 7)  # many steps, some already in place
+    rng = np.random.default_rng(3)
+    n, t = 100, 5
+    X = rng.normal(size=(n, t)).astype(np.float32)
+    index = np.sort(rng.choice(400, size=n, replace=False))
+    keep = {"sparse": rng.random(n) < 0.2, "dense": rng.random(n) < 0.9,
+            "prefix": np.arange(n) < 60, "none": np.zeros(n, bool)}[pattern]
+    keep[0] = pattern != "none"  # the first steps in place where any row is kept
+    mask = np.zeros((4, 10, 10), bool)
+    mask.reshape(-1)[index[keep]] = True
+    want = X[keep].copy()
+    cand = CandidateBlock(n, index, X, None)
+    got = pick_block(cand, mask)
+    np.testing.assert_array_equal(got, want)
+    assert got.size == 0 or np.shares_memory(got, X)  # no copy of the kept rows
+    np.testing.assert_array_equal(cand.index, index[keep])
+    again = pick_block(cand, mask)  # a rerun of the task: the same rows
+    np.testing.assert_array_equal(again, want)
+    assert cand.n == n

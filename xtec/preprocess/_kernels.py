@@ -212,39 +212,75 @@ def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
     of ``w_m`` from ``lo_m`` (ends clipped) and ``count`` (nb_m,) the voxels in
     each of those bins; ``hist`` (T, nb_r + 1) over the voxels with ``sample``
     set, column 0 their zero values and columns 1.. their log ratios log(x / m)
-    in ``nb_r`` bins of ``w_r`` from ``lo_r`` (ends clipped).
-    Serial, in voxel order."""
+    in ``nb_r`` bins of ``w_r`` from ``lo_r`` (ends clipped)."""
     t, n = x.shape
-    hist = np.zeros((t, nb_r + 1), np.int32)
-    # Voxel by voxel, a voxel's T values go to one row of (nb_m, T) sums: the
-    # T additions are independent and vectorise, where a frame-by-frame loop
-    # made each addition to a bin wait for the one before (50 MB block: 25 ms
-    # against 65 ms; the T strided reads stay within a few cache lines).
-    region_t = np.zeros((nb_m, t))
+    # Each voxel's bin (nb_m: not positive, a spare column) and log(mean), once.
+    bins = np.empty(n, np.int32)
     count = np.zeros(nb_m, np.int64)
+    ns = 0
     for i in range(n):
         mi = m[i]
-        if not mi > 0:
-            continue
-        logm = np.log(np.float64(mi))
-        b = _fine_bin(logm, lo_m, w_m, nb_m)
-        count[b] += 1
-        reg = region_t[b]
-        for j in range(t):
-            v = np.float64(x[j, i])
-            reg[j] += v if v > 0 else 0.0  # (negatives and NaN count as 0)
-        if sample[i]:
-            for j in range(t):
-                v = np.float64(x[j, i])
-                if v > 0:
-                    hist[j, 1 + _fine_bin(np.log(v) - logm, lo_r, w_r, nb_r)] += 1
-                else:
-                    hist[j, 0] += 1
-    region = np.ascontiguousarray(region_t.T)
+        if mi > 0:
+            b = _fine_bin(np.log(np.float64(mi)), lo_m, w_m, nb_m)
+            bins[i] = b
+            count[b] += 1
+            if sample[i]:
+                ns += 1
+        else:
+            bins[i] = nb_m
+    picked = np.empty(ns, np.int64)
+    logm = np.empty(ns)
+    k = 0
+    for i in range(n):
+        if sample[i] and bins[i] < nb_m:
+            picked[k] = i
+            logm[k] = np.log(np.float64(m[i]))
+            k += 1
+    # Frame by frame, along x's contiguous rows.  Voxel i adds to partial sum
+    # i % 8 of its bin, unrolled: neighbouring voxels often share a bin, and one
+    # sum made each addition wait for the one before.  A 33 MB block (24 x
+    # 344k): 20.7 ms voxel by voxel (T strided values each), 12-13 ms so.
+    region = np.zeros((t, nb_m))
+    hist = np.zeros((t, nb_r + 1), np.int32)
+    acc = np.zeros((8, nb_m + 1))
+    n8 = n - n % 8
+    for j in range(t):
+        row = x[j]
+        acc[:] = 0.0
+        for i in range(0, n8, 8):
+            acc[0, bins[i]] += _positive(row[i])
+            acc[1, bins[i + 1]] += _positive(row[i + 1])
+            acc[2, bins[i + 2]] += _positive(row[i + 2])
+            acc[3, bins[i + 3]] += _positive(row[i + 3])
+            acc[4, bins[i + 4]] += _positive(row[i + 4])
+            acc[5, bins[i + 5]] += _positive(row[i + 5])
+            acc[6, bins[i + 6]] += _positive(row[i + 6])
+            acc[7, bins[i + 7]] += _positive(row[i + 7])
+        for i in range(n8, n):
+            acc[0, bins[i]] += _positive(row[i])
+        for b in range(nb_m):
+            s = 0.0
+            for c in range(8):
+                s += acc[c, b]
+            region[j, b] = s
+        h = hist[j]
+        for q in range(ns):
+            v = np.float64(row[picked[q]])
+            if v > 0:
+                h[1 + _fine_bin(np.log(v) - logm[q], lo_r, w_r, nb_r)] += 1
+            else:
+                h[0] += 1
     total = np.empty(t)
     for j in range(t):
         total[j] = region[j].sum()
     return hist, total, region, count
+
+
+@numba.njit(inline="always")
+def _positive(v):
+    """v as float64, negatives and NaN as 0."""
+    v = np.float64(v)
+    return v if v > 0 else 0.0
 
 
 @numba.njit(cache=True, nogil=True)
