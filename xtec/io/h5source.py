@@ -119,6 +119,9 @@ class H5Source:
                 try:
                     out = dset[key]
                 except OSError as exc:
+                    if dset.is_virtual:  # a source deleted while HDF5 read it: name it
+                        check_still_there(self.filename, self.path, virtual_map(dset), key,
+                                          self.shape)
                     raise InputError(
                         f"{self.filename}: dataset {self.path}, region {_region(key)}: "
                         f"HDF5 cannot read it ({exc}); the file is damaged or a source "
