@@ -58,6 +58,7 @@ from xtec.preprocess import (
     summarize,
 )
 from xtec.preprocess.candidates import (
+    HELD_SHARE,
     CandidatePlan,
     compact_candidates,
     plan_candidates,
@@ -145,7 +146,8 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
         if scratch is None:
             return None
         scratch.mkdir(parents=True, exist_ok=True)
-        plan = replace(plan, scratch=str(scratch))
+        plan = replace(plan, scratch=str(scratch),  # each process holds some first
+                       held_bytes=HELD_SHARE * rt.memory_budget() / max(1, rt.n_workers))
     log.info("first pass keeps candidate trajectories (%.2f GB) in %s", nbytes / 1e9,
              "worker memory" if mode == "memory" else scratch)
     return plan
