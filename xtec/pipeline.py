@@ -58,7 +58,6 @@ from xtec.preprocess import (
     summarize,
 )
 from xtec.preprocess.candidates import (
-    HELD_SHARE,
     CandidatePlan,
     compact_candidates,
     plan_candidates,
@@ -146,8 +145,7 @@ def _candidate_plan(config: ClusterConfig, arr: xr.DataArray, rt: Runtime,
         if scratch is None:
             return None
         scratch.mkdir(parents=True, exist_ok=True)
-        plan = replace(plan, scratch=str(scratch),  # each process holds some first
-                       held_bytes=HELD_SHARE * rt.memory_budget() / max(1, rt.n_workers))
+        plan = replace(plan, scratch=str(scratch))
     log.info("first pass keeps candidate trajectories (%.2f GB) in %s", nbytes / 1e9,
              "worker memory" if mode == "memory" else scratch)
     return plan

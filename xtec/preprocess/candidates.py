@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from dataclasses import dataclass
 
 import dask
@@ -48,10 +47,6 @@ log = logging.getLogger(__name__)
 EXTRA_FRACTION = 0.10
 PILOT_FRACTION = 1 / 32  # of the file's chunks
 PILOT_MIN_BLOCKS = 64
-# With a scratch directory, the share of the trajectories' memory budget (per
-# process) that each worker still fills with candidates before it writes the
-# rest to disk; the first pass's blocks and the kept rows need the remainder.
-HELD_SHARE = 0.6
 # Below this a series is captured whole when it fits (no pilot: its fixed cost
 # outweighs rescaling every voxel); above it only candidates are kept, which
 # is about a third of the memory on typical data.
@@ -64,10 +59,8 @@ class CandidatePlan:
 
     Called in each first-pass task with the block's values (T, n) and means (n,).
     ``scratch``: directory for the candidates of each block, or None to hold
-    them in memory; with a directory, each process still holds blocks in memory
-    up to ``held_bytes`` of candidates, and writes the rest there.
-    ``fraction``: expected share of the voxels kept (for the memory decision
-    and the log).
+    them in memory.  ``fraction``: expected share of the voxels kept (for the
+    memory decision and the log).
     """
 
     bound: float
@@ -75,7 +68,6 @@ class CandidatePlan:
     scratch: str | None = None
     fraction: float = 1.0
     source: str = "pilot"
-    held_bytes: float = 0.0
 
     def __call__(self, values, mean, pos: tuple[int, ...]) -> CandidateBlock:
         xp = namespace(mean)
@@ -87,39 +79,17 @@ class CandidatePlan:
         if self.scratch is None:
             return CandidateBlock(int(index.size), index, X, None)
         path = os.path.join(self.scratch, "cand-" + "-".join(map(str, pos)))
-        if _hold(self.scratch, X.nbytes + index.nbytes, self.held_bytes):
-            return CandidateBlock(int(index.size), index, X, path)
         np.save(path + ".X.npy", to_numpy(X))
         np.save(path + ".index.npy", index)
         return CandidateBlock(int(index.size), None, None, path)
 
 
-# Bytes of candidates each process holds in memory, per scratch directory (one
-# a run): what a plan with a scratch directory holds before it writes there.
-# Written through the page cache, every byte is a page of it, which a host that
-# reclaims free memory makes a first touch again: the scratch writes of the
-# 1.5 GB series on two workers (0.61 GB) took about 0.9 CPU-s, and the first
-# pass on 6 GB 13.2-13.4 s against 10.3-10.4 s without capturing.
-_held: dict[str, int] = {}
-_held_lock = threading.Lock()
-
-
-def _hold(scratch: str, nbytes: int, limit: float) -> bool:
-    """Whether this process may hold ``nbytes`` more of candidates for ``scratch``
-    (and counts them if so)."""
-    with _held_lock:
-        if _held.get(scratch, 0) + nbytes > limit:
-            return False
-        _held[scratch] = _held.get(scratch, 0) + nbytes
-        return True
-
-
 @dataclass
 class CandidateBlock:
     """Candidates of one spatial block: flat indices within the block (n,) and
-    rescaled trajectories (n, T), in memory (``X`` set) or in files at ``path``.
-    Once picked (:func:`pick_block`), a block in memory holds the kept rows
-    only; ``n`` stays the number captured."""
+    rescaled trajectories (n, T), in memory or at ``path``.  Once picked
+    (:func:`pick_block`), a block in memory holds the kept rows only; ``n``
+    stays the number captured."""
 
     n: int
     index: np.ndarray | None
@@ -146,7 +116,7 @@ def pick_block(cand: CandidateBlock, mask) -> object:
     as its only rows (a rerun of the task picks the same rows again): no second
     copy of the kept trajectories, and no fresh memory for one.
     """
-    if cand.X is None:
+    if cand.path is not None:
         index = np.load(cand.path + ".index.npy")
         return read_rows(cand.path + ".X.npy", np.flatnonzero(to_numpy(mask).reshape(-1)[index]))
     index, X = cand.index, cand.X
@@ -242,7 +212,7 @@ def compact_group(cands: list, masks: list, n: int, t: int) -> str:
         raise RuntimeError(f"{path}: {rows} kept rows, the mask counts {n}")
     os.replace(path + ".part", path)
     for cand in cands:
-        for suffix in (".X.npy", ".index.npy") if cand.X is None else ():
+        for suffix in (".X.npy", ".index.npy"):
             os.remove(cand.path + suffix)
     return path
 
