@@ -137,7 +137,7 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
 # tasks for the write of the 1.5 GB benchmark series on two workers, each a
 # round of the scheduler's bookkeeping on a machine whose two cores also run
 # the workers.  Writing every volume's block in one task (with what computes it)
-# leaves about 130.
+# leaves 238 (the labels' predictions and their painting keep tasks of their own).
 def _block_writes(ds: xr.Dataset, path: Path) -> list | None:
     """Dask arrays whose computing writes every Dask-backed variable of ``ds``
     into the arrays ``ds.to_zarr(path, compute=False)`` created: one task per
