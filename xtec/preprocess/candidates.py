@@ -111,56 +111,29 @@ def _sizeof_candidates(cand: CandidateBlock) -> int:
 def pick_block(cand: CandidateBlock, mask) -> object:
     """The kept rows of a block's candidates: mask (l, k, h) bool -> (n_kept, T).
 
-    On disk, the kept rows are read from the candidates' file.  In memory, they
+    On disk, the kept rows are copied out of the candidates' file.  In memory, they
     are moved up within the candidates' own array, which the block then holds
     as its only rows (a rerun of the task picks the same rows again): no second
     copy of the kept trajectories, and no fresh memory for one.
     """
-    if cand.path is not None:
+    if cand.path is not None:  # a memory map: take copies only the rows wanted
         index = np.load(cand.path + ".index.npy")
-        return read_rows(cand.path + ".X.npy", np.flatnonzero(to_numpy(mask).reshape(-1)[index]))
+        X = np.load(cand.path + ".X.npy", mmap_mode="r")
+        keep = to_numpy(mask).reshape(-1)[index]
+        return np.array(X) if keep.all() else np.take(X, np.flatnonzero(keep), axis=0)
     index, X = cand.index, cand.X
     keep = to_numpy(mask).reshape(-1)[index]
     if keep.all():
         return X
     rows = np.flatnonzero(keep)
-    flags = getattr(X, "flags", None)
     xp = namespace(X)
-    if flags is not None and not flags.writeable:  # received from another worker: a view
+    # Received from another worker, a block is a read-only view: copy its rows.
+    # (CuPy's flags have no ``writeable``: its arrays always are.)
+    if not getattr(getattr(X, "flags", None), "writeable", True):
         return xp.take(X, xp.asarray(rows), axis=0)
     compact_rows(X, rows)
     cand.index, cand.X = index[rows], X[:rows.size, ...]
     return cand.X
-
-
-def read_rows(path: str, rows: np.ndarray, step: int = 8192) -> np.ndarray:
-    """Rows ``rows`` (increasing) of the 2-D ``.npy`` file at ``path``, read
-    ``step`` rows at a time into one buffer: a memory map faulted every page of
-    the file in (the picks of the 1.5 GB series on two workers, 0.48 CPU-s)."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
-        shape, fortran, dtype = read_header(f)
-        if fortran or len(shape) != 2:
-            raise ValueError(f"{path}: not a C-order 2-D array")
-        start, width = f.tell(), shape[1] * dtype.itemsize
-        out = np.empty((rows.size, shape[1]), dtype)
-        if rows.size == shape[0]:  # every row: straight in
-            f.readinto(memoryview(out).cast("B"))
-            return out
-        buf = np.empty((step, shape[1]), dtype)
-        done = 0
-        for lo in range(0, shape[0], step):
-            hi = min(shape[0], lo + step)
-            n = int(np.searchsorted(rows, hi)) - done
-            if n == 0:
-                continue
-            f.seek(start + lo * width)
-            f.readinto(memoryview(buf[:hi - lo]).cast("B"))
-            out[done:done + n] = buf[rows[done:done + n] - lo]
-            done += n
-    return out
 
 
 def compact_rows(X, rows: np.ndarray) -> None:
