@@ -162,9 +162,9 @@ def _block_writes(ds: xr.Dataset, path: Path) -> list | None:
             whole[name] = v
         else:
             return None
-    letters = {d: chr(ord("l") + i) for i, d in enumerate(extra[:10])}
-    if len(letters) < len(extra):
+    if len(extra) > 10:  # index letters l..u
         return None
+    letters = {d: chr(ord("l") + i) for i, d in enumerate(extra)}
     edges = tuple(tuple(int(x) for x in np.cumsum((0, *c))) for c in chunks)
     # The block's region, made in the writing task itself (fused by Dask).
     regions = da.map_blocks(_block_region, edges, chunks=tuple((1,) * len(c) for c in chunks),
@@ -179,19 +179,14 @@ def _block_writes(ds: xr.Dataset, path: Path) -> list | None:
                            len(out), None, *args, dtype=np.int8, align_arrays=False,
                            adjust_chunks={i: 1 for i in out},
                            meta=np.empty((0,) * len(out), np.int8))]
-    writes += [_whole_write(v.data, str(path), name) for name, v in whole.items()]
+    writes += [v.data.map_blocks(_write_whole, str(path), name, dtype=np.int8,
+                                 chunks=(1,) * v.ndim, meta=np.empty((0,) * v.ndim, np.int8))
+               for name, v in whole.items()]
     return writes
 
 
-def _whole_write(a, path: str, name: str):
-    """A Dask array writing the one-chunk array ``a`` whole into ``name``."""
-    import dask.array as da
-
-    return da.map_blocks(_write_whole, a, path, name, dtype=np.int8,
-                         chunks=(1,) * a.ndim, meta=np.empty((0,) * a.ndim, np.int8))
-
-
 def _write_whole(block, path: str, name: str) -> np.ndarray:
+    """Write a one-chunk variable ``name`` whole."""
     _stored(path, name)[...] = np.asarray(block)
     return np.zeros((1,) * np.ndim(block), np.int8)
 
