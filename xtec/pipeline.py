@@ -67,13 +67,13 @@ from xtec.preprocess.frames import (
     ROW_NORMALIZABLE,
     check_frames,
     drop_frames,
+    fix_rows,
     frame_variables,
-    normalize_rows,
     scale_frames,
     wants_normalize,
 )
 from xtec.preprocess.registration import block_maxima, register_series, registration_variables
-from xtec.preprocess.threshold import NoPositiveVoxels
+from xtec.preprocess.threshold import NoPositiveVoxels, threshold_aside
 from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 from xtec.runtime.kernel_cache import choose_engine, compile_for_later, mark_compiled, use_engine
@@ -297,6 +297,9 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
     _check_not_all_nan(summary, math.prod(arr.shape[1:]))
     tick = time.perf_counter()
+    # The cutoff needs only the means: its passes run while the lattice is measured.
+    aside = threshold_aside(summary.mean, config.threshold, summary.log_means) \
+        if parent is None else None
     # The peaks are found in the mean volume (in memory), so measuring the lattice
     # reads a few boxes, not a frame (a whole pass where a file chunk holds every T).
     registration, registered = register_series(
@@ -304,6 +307,9 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
         summary.mean, None if config.register == "off" else file_chunked(), summary.maxima,
         _small_reads(rt))
     if registered is not data:  # the first pass again, over the registered frames
+        if aside is not None:  # its cutoff is of the frames before: let it end, unused
+            aside.exception()
+            aside = None
         data = registered
         if plan is not None and plan.scratch:
             plan = replace(plan, scratch=str(Path(plan.scratch) / "registered"))
@@ -315,7 +321,8 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
         threshold, mask = _parent_mask(config, parent, arr, summary.mean)
     else:
         try:
-            threshold = compute_threshold(summary.mean, config.threshold, summary.log_means)
+            threshold = aside.result() if aside is not None else \
+                compute_threshold(summary.mean, config.threshold, summary.log_means)
         except NoPositiveVoxels:
             if not summary.n_nan_voxels:
                 raise
@@ -360,20 +367,11 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
         fix = None if frames.applied is None else (frames.applied, None)
         in_rows = in_rows and fix is not None
     if in_rows:
-        traj.X = _fix_rows(traj.X, fix, config.rescale)
+        traj.X = fix_rows(traj.X, fix, config.rescale)
     timings["threshold"] = time.perf_counter() - tick
     return Prepared(arr, scaled, summary, threshold, mask, traj, notes, timings, warming,
                     source, frames, fix if in_rows and source != "input" else None, n_t,
                     registration)
-
-
-def _fix_rows(X: da.Array, fix, rescale: str) -> da.Array:
-    """Rows corrected for normalised frames and left out ones (``fix`` =
-    (correction or None, kept frame indices or None))."""
-    correction, keep = fix
-    t = X.shape[1] if keep is None else len(keep)
-    return X.map_blocks(normalize_rows, correction, rescale, keep, dtype=np.float32,
-                        chunks=(X.chunks[0], (t,)))
 
 
 # --------------------------------------------------------------------------- K and methods
@@ -416,7 +414,7 @@ def _kept_trajectories(config: ClusterConfig, prep: Prepared, rt: Runtime, scrat
             prep.traj, X, index = compact_candidates(prep.summary.captured, prep.mask,
                                                      prep.n_captured, prep.data._meta)
             if prep.correction is not None:
-                X = _fix_rows(X, prep.correction, config.rescale)
+                X = fix_rows(X, prep.correction, config.rescale)
             held = "disk"
     else:
         held = (prep.source if prep.source != "input"

@@ -22,6 +22,7 @@ from xtec.preprocess.threshold import (
     _per_block,
     combine_log_mean_blocks,
     log_mean_block,
+    threshold_aside,
 )
 
 
@@ -99,6 +100,10 @@ def test_streaming_threshold_equals_in_memory(log_values):
         th2 = compute_threshold(mean, "kl", lm)
         assert (th2.cutoff, th2.iterations) == (th.cutoff, th.iterations)
         np.testing.assert_array_equal(th2.hist, th.hist)
+        # In a thread of its own (while the pipeline measures the lattice): the same
+        th3 = threshold_aside(mean, "kl", lm).result(timeout=60)
+        assert (th3.cutoff, th3.iterations, th3.n_nonzero) == (th.cutoff, th.iterations, th.n_nonzero)
+        np.testing.assert_array_equal(th3.hist, th.hist)
         simple = compute_threshold(mean, "simple")
         assert simple.cutoff == pytest.approx(x.mean() + 2 * x.std())
         assert compute_threshold(mean, "simple", lm).cutoff == simple.cutoff
@@ -114,6 +119,10 @@ def test_threshold_errors():
     assert combine_log_mean_blocks(_per_block(zeros, log_mean_block)) is None
     with pytest.raises(ParameterError, match="threshold must be"):
         compute_threshold(da.ones((4, 4, 4)), "otsu")
+    # raised where the thread's result is asked for
+    future = threshold_aside(zeros, "kl")
+    with pytest.raises(ParameterError, match="every voxel is zero"):
+        future.result(timeout=60)
 
 
 def test_rescale_definitions():

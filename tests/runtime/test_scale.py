@@ -46,6 +46,9 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
                                      ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")})
         assert all(e == {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "4194304"}
                    for e in env.values()), env
+        # Without the statistical profiler (xtec.runtime.workers.worker_config)
+        profiled = rt.client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+        assert not any(profiled.values()), profiled
         with watch_workers(rt.client, interval=0.2) as watch:
             run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
                         runtime=rt)
@@ -87,6 +90,26 @@ def test_a_job_scripts_nanny_spawns_workers_with_the_allocator_settings(tmp_path
                              capture_output=True, text=True, timeout=120, env=env)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == want.split(), (extra, out.stdout)
+
+
+def test_the_workers_profiler_is_off_unless_the_users_dask_config_sets_it(monkeypatch):
+    """xtec's workers run without Dask's stack sampler; a user's ``DASK_...``
+    variable (or YAML) either way wins, and a job script exports the setting."""
+    from xtec.runtime.workers import PROFILE_KEY, worker_config
+
+    monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", raising=False)
+    assert worker_config() == {PROFILE_KEY: False}
+    for value in ("True", "False"):
+        monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", value)
+        assert worker_config() == {}
+    monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED")
+    pytest.importorskip("dask_jobqueue")
+    cluster = make_jobqueue_cluster("slurm", JobqueueOptions(cores=1, memory="2GB"))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script.splitlines()
 
 
 def test_chunks_follow_worker_memory():

@@ -433,6 +433,15 @@ def normalize_rows(x, correction, rescale: str, keep=None):
 ROW_NORMALIZABLE = ("mean", "none")
 
 
+def fix_rows(X, fix, rescale: str):
+    """Rows X (n, T) dask array corrected for normalised frames and left out ones
+    (``fix`` = (correction or None, kept frame indices or None)), lazily."""
+    correction, keep = fix
+    t = X.shape[1] if keep is None else len(keep)
+    return X.map_blocks(normalize_rows, correction, rescale, keep, dtype=np.float32,
+                        chunks=(X.chunks[0], (t,)))
+
+
 def drop_frames(arr, temperatures):
     """``arr`` (temperature, ...) without the frames nearest ``temperatures`` (K).
 

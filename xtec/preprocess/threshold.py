@@ -25,6 +25,7 @@ following the published XTEC procedure step for step:
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 from dataclasses import dataclass, field
@@ -336,6 +337,18 @@ def compute_threshold(mean: da.Array, method: str | float = "kl",
         log.warning("the KL cutoff %.3g lies outside mean - std .. mean + 2 std of log "
                     "intensity; check the threshold histogram", edges[idx])
     return Threshold("kl", float(edges[idx]), st.n, counts, edges, gauss, it)
+
+
+def threshold_aside(mean: da.Array, method: str | float = "kl",
+                    log_means: LogMeanSummary | None = None) -> concurrent.futures.Future:
+    """:func:`compute_threshold` run in a thread of its own: its passes over
+    ``mean`` keep the workers busy while the caller does other work (the
+    lattice measurement), and ``.result()`` gives the cutoff or raises."""
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="xtec-threshold")
+    try:
+        return pool.submit(compute_threshold, mean, method, log_means)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends with its one task
 
 
 def kl_threshold_values(x: np.ndarray, max_iter: int = 100) -> float:

@@ -179,7 +179,7 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
                                  f"({exc})") from None
     cls = dask_jobqueue.SLURMCluster if kind == "slurm" else dask_jobqueue.PBSCluster
     kw = options.cluster_kwargs()
-    from xtec.runtime.workers import allocator_environ
+    from xtec.runtime.workers import allocator_environ, worker_config
 
     # The worker job's output file (slurm-<id>.out) is where a user looks when a job
     # fails: Dask's INFO log goes there even when the submitting CLI is quiet.  The
@@ -195,7 +195,9 @@ def make_jobqueue_cluster(kind: str, options: JobqueueOptions):
         "export DASK_LOGGING__DISTRIBUTED=info",
         *(f"export {k}={shlex.quote(str(v))}" for k, v in spawn_env.items()
           if k.startswith("MALLOC_")),
-        *(f"export {k}={shlex.quote(v)}" for k, v in kernel_cache_environ().items()), *prologue]
+        *(f"export {k}={shlex.quote(v)}" for k, v in kernel_cache_environ().items()),
+        *(f"export DASK_{k.upper().replace('.', '__').replace('-', '_')}={v}"
+          for k, v in worker_config().items()), *prologue]
     # Any free dashboard port, as for a local cluster (8787 may be another run's on a
     # shared login node; the CLI prints the link).
     configured = dask.config.get(f"jobqueue.{kind}.scheduler-options", None) or {}
@@ -312,12 +314,19 @@ def _local_runtime(workers: int, threads_per_worker: int, memory_limit, dashboar
     """A LocalCluster of ``workers`` processes, closed (all of it) when the job ends."""
     from distributed import Client, LocalCluster
 
-    from xtec.runtime.workers import check_memory_limit, close_cluster, worker_environ
+    from xtec.runtime.workers import (
+        check_memory_limit,
+        close_cluster,
+        worker_config,
+        worker_environ,
+    )
 
     memory_limit = check_memory_limit(memory_limit, threads_per_worker)  # refuse too small
     local = client = None
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        # Each nanny hands its worker the configuration current when it is made.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(),
+                              **worker_config()}):
             local = LocalCluster(
                 n_workers=workers, threads_per_worker=threads_per_worker,
                 processes=processes, memory_limit=memory_limit,
