@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from distributed import get_task_stream
 
 from xtec.cli.main import main
 from xtec.errors import ParameterError
@@ -49,9 +50,24 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
         # Without the statistical profiler (xtec.runtime.workers.worker_config)
         profiled = rt.client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
         assert not any(profiled.values()), profiled
-        with watch_workers(rt.client, interval=0.2) as watch:
+        with watch_workers(rt.client, interval=0.2) as watch, \
+                get_task_stream(client=rt.client) as stream:
             run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
                         runtime=rt)
+    # Each worker imported the writer's Zarr in a task of its own before its first
+    # write (while the client read its pilot), not in the write itself.
+    began = {}
+    for task in stream.data:
+        name = str(task["key"][0] if isinstance(task["key"], tuple) else task["key"])
+        start = min(s["start"] for s in task["startstops"] if s["action"] == "compute")
+        for kind in ("versions-", "write_block-"):
+            if name.startswith(kind):
+                key = (kind, task["worker"])
+                began[key] = min(began.get(key, start), start)
+    workers = {w for _, w in began}
+    assert len(workers) == 2 and any(kind == "write_block-" for kind, _ in began), began
+    assert all(began[("versions-", w)] < began[("write_block-", w)] for w in workers
+               if ("write_block-", w) in began), began
     assert not watch.restarted  # no worker was killed and restarted
     assert watch.peak_rss and max(watch.peak_rss.values()) < limit
     assert set(watch.spilled) == set(watch.peak_rss) and sum(watch.spilled.values()) == 0
