@@ -286,10 +286,9 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     tick = time.perf_counter()
     log.info("pass 1 of 2: mean over temperature of %s voxels x %d temperatures",
              f"{math.prod(arr.shape[1:]):,}", arr.sizes["temperature"])
-    # Loading the kernels, and the writer's Zarr (0.1-0.13 s a worker once), overlaps
-    # the pilot and the first pass.
-    warming = rt.on_every_worker(versions) + (rt.on_every_worker(
-        functools.partial(warm_worker_kernels, config.covariance)) if compiled else [])
+    # Loading the kernels overlaps the first pass.
+    warming = rt.on_every_worker(functools.partial(warm_worker_kernels, config.covariance)) \
+        if compiled else []
     file_chunked = _file_chunked(config, arr)
     plan = _candidate_plan(config, arr, rt, scratch, file_chunked)
     timings["pilot"] = time.perf_counter() - tick
@@ -586,10 +585,13 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         clustering.attrs.update(ra)
         tick = time.perf_counter()
         log.info("writing %s", out)
+        # Each worker loads Zarr (0.1-0.13 s) while the client makes the store.
+        loading = rt.on_every_worker(versions)
         parts = ResultParts(config, prep.arr, prep.mask, prep.summary.mean, prep.threshold,
                             n_kept, clustering, prep.notes, started)
         path = write_result(build_result(parts), out, overwrite=config.overwrite)
         timings["write"] = time.perf_counter() - tick
+        del loading
         summary = summarize_result(parts)
         summary["timings"] = timings
     finally:

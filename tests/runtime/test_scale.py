@@ -55,7 +55,7 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
             run_cluster(ClusterConfig(inputs=[str(medium_file)], out=str(out), persist="disk"),
                         runtime=rt)
     # Each worker imported the writer's Zarr in a task of its own before its first
-    # write (while the client read its pilot), not in the write itself.
+    # write (while the client made the store), not in the write itself.
     began = {}
     for task in stream.data:
         name = str(task["key"][0] if isinstance(task["key"], tuple) else task["key"])
