@@ -55,6 +55,11 @@ def test_boxes_equal_the_slices_each_chunk_read_once(tmp_path):
         src.reads.clear()
         results["sync"] = read_boxes(data, BOXES, scheduler="sync")
         assert len(src.reads) == len(_touched(data.chunks[1:]))
+        # Temperatures in chunks of their own (the NXRefine layout's): stacked again
+        by_t = da.from_array(src, chunks=(8, *fine_chunks), asarray=True, fancy=False)
+        src.reads.clear()
+        results["by temperature"] = read_boxes(by_t, BOXES)
+        assert len(src.reads) == 3 * len(_touched(by_t.chunks[1:]))
         # Fewer voxels read on the file's own chunks (a third here, where the boxes
         # cover much of a small volume)
         assert len(_touched(data.chunks[1:])) * np.prod(FILE_CHUNKS) \

@@ -231,8 +231,16 @@ def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]],
             mine.append((cell, plo, phi))
         parts.append(mine)
     cells = list(regions)
-    values = dask.compute(*[data[(slice(None),) + tuple(map(slice, *regions[c]))]
-                            for c in cells], scheduler=scheduler)
+    # Each region is cut from its block in a task of its own on the blocks' tasks,
+    # culled from one unoptimised graph: slicing the array per region made Dask
+    # build, optimise and order a graph for each (0.5 of 0.7 s of the client's
+    # time for the 80 regions of the 1.5 GB benchmark series).
+    blocks = data.to_delayed(optimize_graph=False)
+    cut = dask.delayed(_region_of_blocks, pure=True)
+    values = dask.compute(*[
+        cut(tuple(slice(a - int(e[i]), b - int(e[i]))
+                  for a, b, e, i in zip(*regions[c], edges, c)), *blocks[(slice(None),) + c])
+        for c in cells], scheduler=scheduler)
     read = {c: to_numpy(v) for c, v in zip(cells, values)}
     out = []
     for (lo, hi), mine in zip(boxes, parts):
@@ -244,6 +252,13 @@ def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]],
             box[(slice(None),) + dst] = read[cell][(slice(None),) + src]
         out.append(box)
     return out
+
+
+def _region_of_blocks(region: tuple, *blocks):
+    """``region`` (spatial slices) of the blocks (T_i, l, k, h) of one spatial
+    cell, stacked along T."""
+    parts = [b[(slice(None),) + region] for b in blocks]
+    return parts[0] if len(parts) == 1 else np.concatenate([to_numpy(p) for p in parts])
 
 
 def _cells(lo, hi, edges):
