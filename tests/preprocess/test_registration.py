@@ -156,3 +156,29 @@ def test_first_pass_maxima_give_the_same_registration():
                                        maxima=summ.maxima)
     np.testing.assert_array_equal(own.scale, ridden.scale)
     assert own.n_peaks == ridden.n_peaks > 4
+
+
+def test_the_threshold_of_registered_frames_is_of_their_means(tmp_path, monkeypatch):
+    """The threshold's passes start on the first pass's means while the lattice is
+    measured; registered frames get the cutoff of their own means, as when the
+    threshold waits for the registration."""
+    import xtec.pipeline as pipeline
+    from xtec.pipeline import ClusterConfig, run_cluster
+
+    s = make_measured_series(seed=1, expansion=3e-5, **GRID)
+    f = write_xtec(s, tmp_path / "hot.nxs")
+
+    def fit(name, register):
+        out = tmp_path / f"{name}.zarr"
+        run_cluster(ClusterConfig(inputs=[str(f)], out=str(out), k=3, register=register))
+        return open_result(out)
+
+    aside, off = fit("aside", "on"), fit("off", "off")
+    monkeypatch.setattr(pipeline, "threshold_aside", lambda *a, **k: None)
+    waited = fit("waited", "on")
+    assert aside.attrs["register"] is True and off.attrs["register"] is False
+    th = {name: ds.attrs["threshold"] for name, ds in
+          (("aside", aside), ("off", off), ("waited", waited))}
+    assert th["aside"] == th["waited"]
+    assert th["aside"]["cutoff_log"] != th["off"]["cutoff_log"]  # the means moved
+    np.testing.assert_array_equal(aside.labels.values, waited.labels.values)
