@@ -17,6 +17,15 @@ from xtec.runtime.clusters import JobqueueOptions, dask_runtime, make_jobqueue_c
 from xtec.runtime.diagnostics import watch_workers
 
 
+def _job_script(kind: str, options: JobqueueOptions) -> str:
+    """The job script xtec's ``kind`` cluster would submit (nothing submitted)."""
+    cluster = make_jobqueue_cluster(kind, options)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
+
+
 @pytest.fixture(scope="module")
 def reference_labels(medium_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "ref.zarr"
@@ -82,11 +91,7 @@ def test_a_job_scripts_nanny_spawns_workers_with_the_allocator_settings(tmp_path
     import sys
 
     pytest.importorskip("dask_jobqueue")
-    cluster = make_jobqueue_cluster("slurm", JobqueueOptions(cores=1, memory="2GB"))
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
+    script = _job_script("slurm", JobqueueOptions(cores=1, memory="2GB"))
     line = "\n".join(x for x in script.splitlines() if x.startswith("export MALLOC_"))
     probe = tmp_path / "probe.py"
     probe.write_text(
@@ -120,11 +125,7 @@ def test_the_workers_profiler_is_off_unless_the_users_dask_config_sets_it(monkey
         assert worker_config() == {}
     monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED")
     pytest.importorskip("dask_jobqueue")
-    cluster = make_jobqueue_cluster("slurm", JobqueueOptions(cores=1, memory="2GB"))
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
+    script = _job_script("slurm", JobqueueOptions(cores=1, memory="2GB"))
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script.splitlines()
 
 
@@ -143,19 +144,12 @@ def test_slurm_job_script_from_cli_options(tmp_path):
     pytest.importorskip("dask_jobqueue")
     opts = JobqueueOptions(cores=8, memory="32GB", walltime="01:30:00", queue="beamline",
                            account="proj42", job_extra=["--exclusive"])
-    cluster = make_jobqueue_cluster("slurm", opts)
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
+    script = _job_script("slurm", opts)
     for line in ("#SBATCH -p beamline", "#SBATCH -A proj42", "#SBATCH -t 01:30:00",
                  "#SBATCH --exclusive", "#SBATCH --cpus-per-task=8"):
         assert line in script
-    pbs = make_jobqueue_cluster("pbs", JobqueueOptions(cores=4, memory="8GB", queue="short"))
-    try:
-        assert "#PBS -q short" in pbs.job_script()
-    finally:
-        pbs.close()
+    assert "#PBS -q short" in _job_script("pbs", JobqueueOptions(cores=4, memory="8GB",
+                                                                  queue="short"))
     with pytest.raises(ParameterError, match="cluster must be"):
         make_jobqueue_cluster("lsf", opts)
 
