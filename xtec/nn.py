@@ -25,6 +25,7 @@ import numpy as np
 
 from xtec.errors import InputError, ParameterError
 from xtec.optional import require
+from xtec.runtime.signals import raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def save_model_file(
     tmp = path.with_name(f".{path.name}.partial")
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        raise_if_stopped()  # a library swallowed an interrupt: keep nothing
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

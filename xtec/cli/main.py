@@ -62,27 +62,32 @@ _DASK_COMMANDS = ("cluster", "bic", "demo")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xtec.runtime.signals import stop_on_signals
+    from xtec.runtime.signals import Interrupted, raise_if_stopped, stop_on_signals
 
+    command = None
     # Signals are handled from the first line: a batch scheduler's SIGTERM may
     # come while the optional modules are still being imported.
-    with stop_on_signals(name="xtec"):
-        command = None
-        try:
-            parser = build_parser()
-            args = parser.parse_args(argv)
-            command = args.command
-            level = logging.WARNING - 10 * min(args.verbose, 2)
-            logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-            if command in _DASK_COMMANDS:
-                from xtec.runtime.workers import quiet_dask_logs
+    try:
+        with stop_on_signals(name="xtec"):
+            try:
+                parser = build_parser()
+                args = parser.parse_args(argv)
+                command = args.command
+                level = logging.WARNING - 10 * min(args.verbose, 2)
+                logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+                if command in _DASK_COMMANDS:
+                    from xtec.runtime.workers import quiet_dask_logs
 
-                quiet_dask_logs(args.verbose)
-            return int(args.func(args) or 0)
-        except SystemExit:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - sorted below; real bugs re-raised
-            return _exit_status(exc, command)
+                    quiet_dask_logs(args.verbose)
+                status = int(args.func(args) or 0)
+                raise_if_stopped()  # a library swallowed the interrupt; the run went on
+                return status
+            except SystemExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sorted below; real bugs re-raised
+                return _exit_status(exc, command)
+    except Interrupted as exc:  # came while the handlers were being installed
+        return _exit_status(exc, command)
 
 
 def _error(command: str | None, message: str) -> int:

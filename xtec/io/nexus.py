@@ -30,6 +30,7 @@ import xarray as xr
 from xtec.errors import InputError
 from xtec.io.h5source import H5Source, open_files
 from xtec.runtime.chunks import DEFAULT_TARGET_BYTES, checked_chunks, spatial_chunks
+from xtec.runtime.signals import held_signals
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,20 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
     return out
 
 
-def _nxload(path: Path):
-    from nexusformat.nexus import nxload
+def nexus_api():
+    """``nexusformat.nexus``, imported with SIGTERM/SIGINT held.
 
+    Its import registers hdf5plugin's compression filters under a bare
+    ``except:``: an interrupt raised there would be logged as a failed
+    registration and swallowed, and the run would go on without the filter.
+    """
+    with held_signals():
+        import nexusformat.nexus as nexus
+    return nexus
+
+
+def _nxload(path: Path):
+    nxload = nexus_api().nxload
     try:
         return nxload(str(path), "r")
     except Exception as exc:  # nexusformat raises bare NeXusError/OSError/KeyError

@@ -29,8 +29,10 @@ import xarray as xr
 
 from xtec.errors import InputError, ParameterError
 from xtec.io.curves import NEXUS_SUFFIXES
+from xtec.io.nexus import nexus_api
 from xtec.io.output import check_target
 from xtec.io.result import Q_DIMS  # the spatial dimensions of every volume, slowest first
+from xtec.runtime.signals import raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +254,8 @@ def check_nexus(path: str | os.PathLike) -> None:
     NXdata, whose signal is plotted over ``Ql, Qk, Qh`` (units set), and every
     NXdata's axes must match its signal's shape.
     """
-    from nexusformat.nexus import NXdata, nxload
-
-    root = nxload(str(path), mode="r")
+    nexus = nexus_api()
+    root = nexus.nxload(str(path), mode="r")
     try:
         data = root.get_default()
         if data is None or data.nxname != "labels" or data.nxsignal is None:
@@ -263,7 +264,7 @@ def check_nexus(path: str | os.PathLike) -> None:
         if axes != list(Q_DIMS) or any("units" not in data[a].attrs for a in Q_DIMS):
             raise InputError(f"{path}: labels are not plotted over {Q_DIMS} with units")
         for group in root["entry"].walk():
-            if isinstance(group, NXdata) and group.nxsignal is not None:
+            if isinstance(group, nexus.NXdata) and group.nxsignal is not None:
                 shape = group.nxsignal.shape
                 for i, axis in enumerate(group.nxaxes or []):
                     # bin edges (one more than the signal) are allowed
@@ -304,6 +305,7 @@ def write_nexus(
     try:
         _write_file(ds, tmp, source, path.name)
         check_nexus(tmp)
+        raise_if_stopped()  # a library swallowed an interrupt: keep nothing
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -214,6 +214,8 @@ def replace_store(claim: OutputClaim, new: Path) -> None:
     atomically the old store waits under ``.old-<run>`` (restored by the next
     claim if we die before the new one is in place).
     """
+    # A run whose interrupt a library swallowed must not commit what it went on to write.
+    signals.raise_if_stopped()
     path = claim.path
     if not path.exists():
         os.replace(new, path)

@@ -18,6 +18,12 @@ the run go on.  So inside a ``__del__`` the handler does not raise, and an
 :class:`Interrupted` that another finaliser swallowed reaches
 ``sys.unraisablehook``; either way the signal is sent to the main thread
 again a moment later, and raised where it can stop the run.
+
+A library can also catch the :class:`Interrupted` and go on (hdf5plugin
+registers its filters under a bare ``except:``).  Code known to do that runs
+under :func:`held_signals`, which raises at its end instead; and where a run
+commits its output or a command returns, :func:`raise_if_stopped` stops a run
+whose interrupt was swallowed elsewhere, so it never ends with status 0.
 """
 
 from __future__ import annotations
@@ -35,22 +41,39 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+_DASK_PACKAGES = ("distributed", "tornado")
+
+
+def _raised_by_dask(exc: BaseException) -> bool:
+    """Whether ``exc`` is Dask's own error: its type, or the frame that raised it."""
+    if type(exc).__module__.split(".")[0] in _DASK_PACKAGES:
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    name = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return name.split(".")[0] in _DASK_PACKAGES
+
+
 class _DaskLeftoverTasks(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for Dask's own errors.
+    """Drops the errors Dask leaves behind when a signal cuts it short.
 
     A gather interrupted by a signal leaves Dask tasks (``AllExit``,
-    ``CommClosedError``, tornado's ``StreamClosedError``) that nobody awaits
-    once the client closes; asyncio logs each with a traceback when it is
-    collected, which may be as soon as the interrupt unwinds the gather
-    (before the cluster is closed) or as late as interpreter exit, so the
-    signal handler installs the filter when it fires.  Only those records are
-    dropped, so the filter may stay.
+    ``CommClosedError``, tornado's ``StreamClosedError``, a nanny's
+    ``RuntimeError`` if it was still starting) that nobody awaits once the
+    client closes; asyncio logs each as "never retrieved" with a traceback
+    when it is collected, which may be as soon as the interrupt unwinds the
+    gather or as late as interpreter exit.  Tornado logs a callback that an
+    interrupted ``sync`` left half set up ("Exception in callback").  So the
+    signal handler installs the filter when it fires.  Only errors raised by
+    Dask in those two kinds of record are dropped, so the filter may stay.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not (exc is not None and "never retrieved" in record.getMessage()
-                    and type(exc).__module__.split(".")[0] in ("distributed", "tornado"))
+        message = record.getMessage()
+        leftover = "never retrieved" in message or message.startswith("Exception in callback")
+        return not (exc is not None and leftover and _raised_by_dask(exc))
 
 
 _LEFTOVER_FILTER = _DaskLeftoverTasks()
@@ -58,7 +81,8 @@ _LEFTOVER_FILTER = _DaskLeftoverTasks()
 
 def quiet_leftover_tasks() -> None:
     """Silence the leftover-task errors of an interrupted run (idempotent)."""
-    logging.getLogger("asyncio").addFilter(_LEFTOVER_FILTER)
+    for name in ("asyncio", "tornado.application"):
+        logging.getLogger(name).addFilter(_LEFTOVER_FILTER)
 
 
 _cleanup: set[Path] = set()
@@ -77,6 +101,48 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+class _Block:
+    """What the handler of a :func:`stop_on_signals` block has seen."""
+
+    def __init__(self) -> None:
+        self.fired: list[int] = []
+        self.held = 0
+
+
+_blocks: list[_Block] = []  # the active blocks, innermost last
+
+
+def raise_if_stopped() -> None:
+    """Raise :class:`Interrupted` if a signal came in the active block.
+
+    For the points a run passes only when it goes on: where it commits its
+    output, and where a command returns.  A run that gets there after a
+    signal had its :class:`Interrupted` swallowed by a library; further
+    signals are ignored while a run stops, so without this it would finish.
+    """
+    if _blocks and _blocks[-1].fired:
+        raise Interrupted(_blocks[-1].fired[0])
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold a SIGTERM/SIGINT that comes in the block; raise it when the block ends.
+
+    For code that would swallow the :class:`Interrupted` (a bare ``except:``
+    in a library's import) and go on half done.
+    """
+    if not _blocks:
+        yield
+        return
+    block = _blocks[-1]
+    block.held += 1
+    try:
+        yield
+    finally:
+        block.held -= 1
+    raise_if_stopped()
+
+
 def add_cleanup(path: str | os.PathLike) -> None:
     """Remove ``path`` if the process is stopped by the watchdog."""
     with _cleanup_lock:
@@ -93,6 +159,9 @@ def interruption(exc: BaseException | None) -> Interrupted | None:
 
     Libraries sometimes wrap an interrupt in their own error (numba loading
     its cache turns it into ``SystemError``): follow the cause/context chain.
+    A failure after a signal in the active block whose chain has lost the
+    interrupt (a library swallowed it and failed later, half set up) is the
+    signal's too: the user asked the run to stop.
     """
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -102,6 +171,8 @@ def interruption(exc: BaseException | None) -> Interrupted | None:
         if isinstance(exc, KeyboardInterrupt):
             return Interrupted(signal.SIGINT)
         exc = exc.__cause__ or exc.__context__
+    if _blocks and _blocks[-1].fired:
+        return Interrupted(_blocks[-1].fired[0])
     return None
 
 
@@ -147,7 +218,8 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
         yield
         return
     done = threading.Event()
-    fired: list[int] = []
+    block = _Block()
+    fired = block.fired
 
     def watchdog(signum: int) -> None:
         if done.wait(grace):
@@ -170,6 +242,9 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
 
     def handler(signum, frame):
         if redeliver:
+            if block.held:
+                redeliver.clear()  # raised where the held block ends
+                return
             if _in_finaliser(frame):
                 send_again(redeliver[0])
                 return
@@ -184,6 +259,8 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
             dask_log.setLevel(logging.CRITICAL)
         quiet_leftover_tasks()
         threading.Thread(target=watchdog, args=(signum,), daemon=True).start()
+        if block.held:
+            return
         if _in_finaliser(frame):
             send_again(signum)
             return
@@ -197,12 +274,17 @@ def stop_on_signals(grace: float = 12.0, name: str = "xtec") -> Iterator[None]:
             return
         send_again(info.exc_value.signum)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    sys.unraisablehook = unraisable
+    old: dict[int, object] = {}
+    _blocks.append(block)
     try:
+        # Installed inside the try: a signal between the two still restores both.
+        sys.unraisablehook = unraisable
+        for s in (signal.SIGTERM, signal.SIGINT):
+            old[s] = signal.signal(s, handler)
         yield
     finally:
         sys.unraisablehook = previous_hook
         for s, h in old.items():
             signal.signal(s, h)
+        _blocks.remove(block)
         done.set()
