@@ -27,6 +27,7 @@ from xtec.mixture.start import (
     canonical_order,
     init_sample,
 )
+from xtec.runtime.chunks import map_blocks_dropping
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +221,10 @@ class GaussianMixture(ParamsMixin):
         self._check_fitted()
         p = self.params_
         if isinstance(X, da.Array):
-            return X.map_blocks(chunk_predict, p, self.engine, drop_axis=1, dtype=np.int16,
-                                meta=np.empty(0, np.int16))
+            if X.numblocks[1] != 1:
+                X = X.rechunk({1: -1})
+            return map_blocks_dropping(chunk_predict, X, 1, p, self.engine, dtype=np.int16,
+                                       meta=np.empty(0, np.int16))
         return chunk_predict(X, p, self.engine)
 
     def predict_proba(self, X):

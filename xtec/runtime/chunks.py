@@ -266,3 +266,33 @@ def _cells(lo, hi, edges):
     return itertools.product(*[
         range(int(np.searchsorted(e, a, "right")) - 1, int(np.searchsorted(e, b - 1, "right")))
         for a, b, e in zip(lo, hi, edges)])
+
+
+def map_blocks_dropping(func, x, axis: int, *args, dtype, meta=None, **kwargs):
+    """``x.map_blocks(func, *args, drop_axis=axis)`` for ``x`` whose ``axis`` is
+    one chunk, without Dask's copy of every block.
+
+    Dask's ``drop_axis`` concatenates each block's pieces along the dropped axis,
+    and copies the block when there is only one (a whole series, for the
+    temperature axis).  Here ``func`` gets the block itself.  ``args`` are Dask
+    arrays over the other axes of ``x`` (with its chunks there) or constants;
+    ``kwargs`` go to ``func``.  Returns the (x.ndim - 1)-dimensional result with
+    the chunks of ``x``'s other axes.
+    """
+    import dask.array as da
+
+    if x.numblocks[axis] != 1:
+        raise ValueError(f"axis {axis} of x must be one chunk, not {x.numblocks[axis]}")
+    index = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
+    out = index[:axis] + index[axis + 1:]
+    pairs = []
+    for a in args:
+        pairs += [a, out] if isinstance(a, da.Array) else [a, None]
+    return da.blockwise(_first_piece, out, func, None, x, index, *pairs, dtype=dtype,
+                        meta=meta, concatenate=False, **kwargs)
+
+
+def _first_piece(func, pieces, *args, **kwargs):
+    # concatenate=False hands the block's pieces along the dropped axis as a
+    # list: there is one.
+    return func(pieces[0], *args, **kwargs)

@@ -33,6 +33,7 @@ from xtec.backend import to_numpy
 from xtec.errors import ParameterError
 from xtec.preprocess import clean_block, rescale_block
 from xtec.preprocess.threshold import Threshold, above_cutoff_block
+from xtec.runtime.chunks import map_blocks_dropping
 from xtec.spatial.peaks import label_components
 
 
@@ -136,8 +137,8 @@ def paint_grown(data: da.Array, region: da.Array, core: da.Array,
     region = da.asarray(region).rechunk(data.chunks[1:])
     core = da.asarray(core).rechunk(data.chunks[1:])
     lut = np.concatenate([[fill], np.asarray(component_cluster)]).astype(dtype)
-    return da.map_blocks(_paint_block, data, region, core, lut, gmm, rescale,
-                         drop_axis=0, dtype=dtype, chunks=data.chunks[1:])
+    return map_blocks_dropping(_paint_block, data, 0, region, core, lut, gmm, rescale,
+                               dtype=dtype, meta=np.empty((0,) * 3, dtype))
 
 
 def grown_labels(data: da.Array, mean: da.Array, threshold: Threshold, peaks, sigmas: float,

@@ -1,0 +1,67 @@
+"""Chunk helpers: blocks handed to a task without Dask's copy."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+from xtec.runtime.chunks import map_blocks_dropping
+
+
+class _Views:
+    """An array source (as a file's reader is) whose blocks are views of ``x``."""
+
+    def __init__(self, x):
+        self.x, self.shape, self.dtype, self.ndim = x, x.shape, x.dtype, x.ndim
+
+    def __getitem__(self, key):
+        return self.x[key]
+
+
+def test_dropping_an_axis_matches_map_blocks_and_hands_the_block_itself():
+    x = np.random.default_rng(0).random((90, 24), dtype=np.float32)
+    dx = da.from_array(_Views(x), chunks=(25, 24), asarray=False)
+    w = da.from_array(np.arange(90.0), chunks=(25,))
+    shared = []
+
+    def f(block, weights, scale):
+        shared.append(np.shares_memory(block, x))
+        return block.sum(axis=1) * weights * scale
+
+    got = map_blocks_dropping(f, dx, 1, w, 2.0, dtype=np.float64)
+    assert got.chunks == ((25, 25, 25, 15),)
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(got.compute(), x.sum(axis=1) * np.arange(90.0) * 2.0)
+    assert shared and all(shared)  # Dask's drop_axis would have copied each block
+
+
+def test_dropping_a_split_axis_is_refused():
+    with pytest.raises(ValueError, match="one chunk"):
+        map_blocks_dropping(np.sum, da.ones((4, 6), chunks=(4, 3)), 1, dtype=float)
+
+
+def test_the_first_pass_copies_no_block_of_the_series(monkeypatch):
+    """Each block of the series is summarised as read: nothing the size of a
+    block is concatenated (Dask's drop_axis copied the whole series once)."""
+    import dask.array.core as core
+
+    from xtec.preprocess.trajectories import summarize
+
+    sizes = []
+    concatenate3 = core.concatenate3
+
+    def recording(arrays):
+        out = concatenate3(arrays)
+        sizes.append(out.nbytes)
+        return out
+
+    monkeypatch.setattr(core, "concatenate3", recording)
+    data = da.from_array(np.random.default_rng(1).random((12, 4, 20, 20), dtype=np.float32),
+                         chunks=(12, 2, 10, 20))
+    with dask.config.set(scheduler="sync"):
+        mean = summarize(data).mean.compute()
+    block = 12 * 2 * 10 * 20 * 4
+    assert sizes and max(sizes) < block, sizes  # the cells, and the means' (L, K, H)
+    np.testing.assert_allclose(mean, data.compute().mean(axis=0), rtol=1e-6)
