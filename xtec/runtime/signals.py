@@ -112,6 +112,11 @@ class _Block:
 _blocks: list[_Block] = []  # the active blocks, innermost last
 
 
+def _came() -> Interrupted | None:
+    """The first signal that came in the active block, if one did."""
+    return Interrupted(_blocks[-1].fired[0]) if _blocks and _blocks[-1].fired else None
+
+
 def raise_if_stopped() -> None:
     """Raise :class:`Interrupted` if a signal came in the active block.
 
@@ -120,8 +125,9 @@ def raise_if_stopped() -> None:
     signal had its :class:`Interrupted` swallowed by a library; further
     signals are ignored while a run stops, so without this it would finish.
     """
-    if _blocks and _blocks[-1].fired:
-        raise Interrupted(_blocks[-1].fired[0])
+    came = _came()
+    if came is not None:
+        raise came
 
 
 @contextlib.contextmanager
@@ -171,9 +177,7 @@ def interruption(exc: BaseException | None) -> Interrupted | None:
         if isinstance(exc, KeyboardInterrupt):
             return Interrupted(signal.SIGINT)
         exc = exc.__cause__ or exc.__context__
-    if _blocks and _blocks[-1].fired:
-        return Interrupted(_blocks[-1].fired[0])
-    return None
+    return _came()
 
 
 def kill_children() -> None:
