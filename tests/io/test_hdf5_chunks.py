@@ -76,3 +76,39 @@ def test_compiled_unshuffle_equals_its_numpy_twin(dtype, monkeypatch):
     twin = np.frombuffer(_unshuffle(shuffled, itemsize), np.uint8)
     np.testing.assert_array_equal(got, values)
     np.testing.assert_array_equal(twin, values)
+
+
+@pytest.mark.parametrize("dtype", ["<f2", "<f4", "<f8", ">f4"])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_infinities_are_read_as_nan(tmp_path, dtype, shuffle):
+    """The reader's contract: infinite values come back as NaN (no more a
+    measurement), whether the chunk is unshuffled straight into the hyperslab
+    (native floats: the kernel replaces them), or copied (big-endian, deflate
+    alone: a pass over the hyperslab does); every other value as h5py reads it."""
+    rng = np.random.default_rng(3)
+    a = rng.gamma(2, 2, size=(4, 2, 40, 50)).astype(dtype)
+    a[0, 0, 3, 4], a[2, 1, 39, 49], a[3, 0, 0, 0] = np.inf, -np.inf, np.nan
+    path = tmp_path / "inf.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("d", data=a, chunks=(4, 1, 16, 16), compression="gzip",
+                             shuffle=shuffle)
+        for key in KEYS[:3]:
+            want = d[key].astype(np.float64)
+            want[np.isinf(want)] = np.nan
+            got = read_hyperslab(d, key)
+            assert got.dtype == d.dtype
+            np.testing.assert_array_equal(got.astype(np.float64), want)
+        assert np.isnan(read_hyperslab(d, KEYS[0])[0, 0, 3, 4])
+
+
+def test_integers_pass_through_the_kernels_unchanged(tmp_path):
+    """Integer bit patterns that would be a float's infinity are left alone."""
+    a = np.full((2, 1, 8, 8), 0x7F800000, np.uint32)
+    a[1] = 0x7C00FF80
+    path = tmp_path / "int.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("u4", data=a, chunks=(2, 1, 4, 4), compression="gzip", shuffle=True)
+        f.create_dataset("u2", data=np.full((2, 1, 8, 8), 0x7C00, np.uint16), chunks=(2, 1, 4, 4),
+                         compression="gzip", shuffle=True)
+        for name in ("u4", "u2"):
+            np.testing.assert_array_equal(read_hyperslab(f[name], KEYS[0]), f[name][...])

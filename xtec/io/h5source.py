@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xtec.errors import InputError
-from xtec.io.hdf5_chunks import read_hyperslab
+from xtec.io.hdf5_chunks import infinite_to_nan, read_hyperslab
 
 # The most HDF5 files a process keeps open (as xarray's ``file_cache_maxsize``):
 # an NXRefine series opens one file per temperature, and a process that reads
@@ -117,7 +117,7 @@ class H5Source:
             out = read_hyperslab(dset, key)
             if out is None:
                 try:
-                    out = dset[key]
+                    out = infinite_to_nan(dset[key])
                 except OSError as exc:
                     if dset.is_virtual:  # a source deleted while HDF5 read it: name it
                         check_still_there(self.filename, self.path, virtual_map(dset), key,
@@ -132,7 +132,7 @@ class H5Source:
         # Checked after the read: what was there then was read (an open file stays
         # readable on POSIX), what is missing now may have been read as fill values.
         check_still_there(self.filename, self.path, sources, key, self.shape)
-        return _infinite_to_nan(out)
+        return out
 
 
 # -- sources checked where they are read.  HDF5 reads the slices of a virtual dataset
@@ -234,14 +234,3 @@ def _region(key) -> str:
         return "[" + ", ".join(f"{k.start or 0}:{'' if k.stop is None else k.stop}"
                                for k in key) + "]"
     return repr(key)
-
-
-def _infinite_to_nan(block: np.ndarray) -> np.ndarray:
-    """Infinite intensities are no more measurements than NaN: treat them alike
-    (the first pass drops NaN voxels and reports how many)."""
-    if block.dtype.kind == "f":
-        inf = np.isinf(block)
-        if inf.any():
-            block = np.array(block, copy=True)
-            block[inf] = np.nan
-    return block

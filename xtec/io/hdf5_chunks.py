@@ -14,6 +14,7 @@ reads through h5py as usual.
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 
 import numpy as np
@@ -70,24 +71,73 @@ def _unshuffle_numpy(raw, itemsize: int) -> np.ndarray:
     return out
 
 
-def _decode(raw: bytes, filters: list[int], skipped: int, dtype: np.dtype,
-            chunk: tuple[int, ...]) -> np.ndarray:
-    # Reading undoes the pipeline in reverse; a set bit in ``skipped`` means
-    # that filter was not applied to this chunk.
-    nbytes = int(np.prod(chunk)) * dtype.itemsize
+def _undo(raw, filters: list[int], skipped: int, itemsize: int, nbytes: int):
+    """The chunk's bytes with ``filters`` undone (the pipeline in reverse; a set
+    bit i in ``skipped`` means filter i was not applied to this chunk)."""
     for i in reversed(range(len(filters))):
         if skipped & (1 << i):
             continue
         if filters[i] == _DEFLATE:
             raw = _inflate(raw, bufsize=nbytes)
         else:
-            raw = _unshuffle(raw, dtype.itemsize)
-    return np.frombuffer(raw, dtype).reshape(chunk)
+            raw = _unshuffle(raw, itemsize)
+    return raw
+
+
+def _decode(raw: bytes, filters: list[int], skipped: int, dtype: np.dtype,
+            chunk: tuple[int, ...]) -> np.ndarray:
+    nbytes = int(np.prod(chunk)) * dtype.itemsize
+    return np.frombuffer(_undo(raw, filters, skipped, dtype.itemsize, nbytes),
+                         dtype).reshape(chunk)
+
+
+def _row_starts(lo, hi, shape) -> np.ndarray:
+    """C-order flat offsets of the first value of each row (the last axis's run)
+    of the box ``[lo, hi)`` in an array of ``shape``, in the box's C order."""
+    strides = np.cumprod((tuple(shape[1:]) + (1,))[::-1])[::-1]
+    starts = np.array([lo[-1]], np.int64)
+    for a, b, st in zip(lo[:-1], hi[:-1], strides[:-1]):
+        starts = (starts[:, None] + np.arange(a, b, dtype=np.int64) * st).ravel()
+    return starts
+
+
+class _Unshuffler:
+    """Writes a shuffled chunk's part straight into the hyperslab (the compiled
+    ``unshuffle*_into`` kernels): one pass over its values where an unshuffled
+    copy of the chunk and a copy of that into place were two, infinities made
+    NaN on the way (:func:`infinite_to_nan`'s pass then unneeded).  In the first
+    pass of the 1.5 GB benchmark series (blocks of 24 x 640 x 988 float32) that
+    was 82-88 ms per block against 71-73 ms for inflating and unshuffling alone."""
+
+    def __init__(self, out: np.ndarray, itemsize: int):
+        from xtec.io import _kernels
+
+        self.kernel = getattr(_kernels, _UNSHUFFLE[itemsize] + "_into")
+        self.out = out
+        self.words = out.reshape(-1).view(np.dtype(f"u{itemsize}"))
+        self.nan_inf = out.dtype.kind == "f" and out.dtype.isnative
+
+    @classmethod
+    def make(cls, out: np.ndarray, filters: list[int]) -> _Unshuffler | None:
+        """One for ``out`` where the last filter undone is a shuffle of a width
+        the kernels serve (and they are compiled), else None."""
+        if not (filters and filters[0] == _SHUFFLE and out.dtype.itemsize in _UNSHUFFLE
+                and compiled_kernels() and _LITTLE and out.flags.c_contiguous):
+            return None
+        return cls(out, out.dtype.itemsize)
+
+    def write(self, planes: bytearray, chunk, src_lo, src_hi, dst_lo) -> None:
+        shape = [b - a for a, b in zip(src_lo, src_hi)]
+        src = _row_starts(src_lo, src_hi, chunk)
+        dst = _row_starts(dst_lo, [a + n for a, n in zip(dst_lo, shape)], self.out.shape)
+        self.kernel(np.frombuffer(planes, np.uint8), src, dst, shape[-1], self.words,
+                    self.nan_inf)
 
 
 def read_hyperslab(dset, key) -> np.ndarray | None:
-    """``dset[key]`` for a tuple of unit-step slices, decompressed here; None if
-    the dataset or the key is not one this reader handles."""
+    """``dset[key]`` for a tuple of unit-step slices, decompressed here, infinite
+    values as NaN (:func:`infinite_to_nan`); None if the dataset or the key is
+    not one this reader handles."""
     if not isinstance(key, tuple) or len(key) != dset.ndim or not all(
             isinstance(k, slice) and k.step in (None, 1) for k in key):
         return None
@@ -100,29 +150,57 @@ def read_hyperslab(dset, key) -> np.ndarray | None:
         return out
     chunk = dset.chunks
     fill = dset.fillvalue
+    nbytes = math.prod(chunk) * dset.dtype.itemsize
+    into = _Unshuffler.make(out, filters)
+    clean = into is not None and (into.nan_inf or dset.dtype.kind != "f")
     ranges = [range(a // c * c, b, c) for (a, b), c in zip(bounds, chunk)]
     for origin in itertools.product(*ranges):
+        src_lo, src_hi, dst_lo = [], [], []
+        for o, (a, b), c, n in zip(origin, bounds, chunk, dset.shape):
+            lo, hi = max(a, o), min(b, o + c, n)
+            src_lo.append(lo - o)
+            src_hi.append(hi - o)
+            dst_lo.append(lo - a)
+        src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
+        dst = tuple(slice(a, a + b - c) for a, b, c in zip(dst_lo, src_hi, src_lo))
         try:
             skipped, raw = dset.id.read_direct_chunk(origin)
         except RuntimeError:
             if dset.id.get_chunk_info_by_coord(origin).byte_offset is not None:
                 raise
-            block = None  # never written: the dataset's fill value
-        else:
-            try:
+            out[dst] = fill  # never written: the dataset's fill value
+            clean = False
+            continue
+        try:
+            if into is not None and not skipped & 1:
+                planes = _undo(raw, filters[1:], skipped >> 1, dset.dtype.itemsize, nbytes)
+                if isinstance(planes, bytearray):  # (libdeflate's; one kernel type)
+                    into.write(planes, chunk, src_lo, src_hi, dst_lo)
+                    continue
+                block = np.frombuffer(_unshuffle(planes, dset.dtype.itemsize),
+                                      dset.dtype).reshape(chunk)
+            else:
                 block = _decode(raw, filters, skipped, dset.dtype, chunk)
-            except (_InflateError, ValueError) as exc:
-                raise InputError(
-                    f"{dset.file.filename}: dataset {dset.name}, chunk at {tuple(origin)} "
-                    f"cannot be decompressed ({exc}); the file is damaged: copy or export "
-                    "it again") from None
-        src, dst = [], []
-        for o, (a, b), c, n in zip(origin, bounds, chunk, dset.shape):
-            lo, hi = max(a, o), min(b, o + c, n)
-            src.append(slice(lo - o, hi - o))
-            dst.append(slice(lo - a, hi - a))
-        out[tuple(dst)] = fill if block is None else block[tuple(src)]
-    return out
+        except (_InflateError, ValueError) as exc:
+            raise InputError(
+                f"{dset.file.filename}: dataset {dset.name}, chunk at {tuple(origin)} "
+                f"cannot be decompressed ({exc}); the file is damaged: copy or export "
+                "it again") from None
+        out[dst] = block[src]
+        clean = False
+    return out if clean else infinite_to_nan(out)
+
+
+def infinite_to_nan(block: np.ndarray) -> np.ndarray:
+    """``block`` with infinite values as NaN (a copy where it has any): infinite
+    intensities are no more measurements than NaN (the first pass drops NaN
+    voxels and reports how many)."""
+    if block.dtype.kind == "f":
+        inf = np.isinf(block)
+        if inf.any():
+            block = np.array(block, copy=True)
+            block[inf] = np.nan
+    return block
 
 
 def warm_kernels() -> bool:
@@ -133,4 +211,6 @@ def warm_kernels() -> bool:
     for itemsize in _UNSHUFFLE:
         for buffer in (bytearray, bytes):
             _unshuffle(buffer(2 * itemsize), itemsize)
+        out = np.empty((1, 2), np.dtype(f"f{itemsize}"))
+        _Unshuffler(out, itemsize).write(bytearray(2 * itemsize), (1, 2), (0, 0), (1, 2), (0, 0))
     return True

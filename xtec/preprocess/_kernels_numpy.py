@@ -69,8 +69,19 @@ def weighted_hist(m, edges):
     return out
 
 
+def positive_logs(m):
+    """log(m) as float64, -inf where m is not > 0."""
+    m = np.asarray(m)
+    pos = m > 0
+    return np.where(pos, np.log(np.where(pos, m, 1).astype(np.float64)), -np.inf)
+
+
 def moments_and_hist(m, lo, width, nbins):
-    x = _positive_logs(m)
+    return log_moments_and_hist(positive_logs(m), lo, width, nbins)
+
+
+def log_moments_and_hist(x, lo, width, nbins):
+    x = x[x > -np.inf]
     if x.size:
         mom = np.array([x.size, x.sum(), np.dot(x, x), x.min(), x.max()], np.float64)
     else:
@@ -115,12 +126,12 @@ def flat_indices_3d(mask, o0, o1, o2, n1, n2):
     return ((a.astype(np.int64) + o0) * n1 + b + o1) * n2 + o2 + c
 
 
-def frame_stats(x, m, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
-    """Per-temperature statistics of a block x (T, n) with per-voxel means m (n,);
-    see :func:`xtec.preprocess._kernels.frame_stats`."""
+def frame_stats(x, logm, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
+    """Per-temperature statistics of a block x (T, n) with per-voxel log means
+    ``logm`` (n,); see :func:`xtec.preprocess._kernels.frame_stats`."""
     t = x.shape[0]
-    pos = np.flatnonzero(m > 0)
-    logm = np.log(m[pos].astype(np.float64))
+    pos = np.flatnonzero(logm > -np.inf)
+    logm = logm[pos]
     bm = fine_bins(logm, lo_m, w_m, nb_m)
     count = np.bincount(bm, minlength=nb_m).astype(np.int64)
     region = np.zeros((t, nb_m))

@@ -81,16 +81,20 @@ def ratio_sample(m: np.ndarray) -> np.ndarray:
     return (mixed >> np.uint32(33 - RATIO_SAMPLE.bit_length())) == 0
 
 
-def frame_block(flat, m):
+def frame_block(flat, m, logm=None):
     """Frame statistics of one block: flat (T, n) values, m (n,) their means
-    over T (as the first pass computes them) -> (hist, total, region), NumPy."""
+    over T (as the first pass computes them), ``logm`` their logs where the
+    caller has them (:func:`xtec.preprocess.threshold.mean_logs`) -> (hist,
+    total, region, count), NumPy."""
     flat, m = to_numpy(flat), to_numpy(m)
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
-    m = np.ascontiguousarray(m, dtype=np.float32)
-    sample = ratio_sample(m)
-    return kernels().frame_stats(np.ascontiguousarray(flat), m, sample, RATIO_LO, RATIO_WIDTH,
-                                RATIO_BINS, MEAN_LO, MEAN_WIDTH, MEAN_BINS)
+    m = np.ascontiguousarray(m, dtype=np.float32).reshape(-1)
+    k = kernels()
+    if logm is None:
+        logm = k.positive_logs(m)
+    return k.frame_stats(np.ascontiguousarray(flat), logm, ratio_sample(m), RATIO_LO,
+                         RATIO_WIDTH, RATIO_BINS, MEAN_LO, MEAN_WIDTH, MEAN_BINS)
 
 
 @dataclass

@@ -169,12 +169,20 @@ class LogMeanSummary:
 _FIXED_LO, _FIXED_HI, _FIXED_BINS = -104.0, 89.0, 2**15
 
 
-def log_mean_block(m):
+def mean_logs(m) -> np.ndarray:
+    """log of a block's means (flat float64, -inf where not > 0): what
+    :func:`log_mean_block` and the frame statistics of the same block share."""
+    return kernels().positive_logs(_flat_numpy(m))
+
+
+def log_mean_block(m, logs=None):
     """Moments (5,) of x = log(m), m > 0, and their fixed-range histogram as its
     non-empty bins (int32) and counts (int32): a block's means span a few log
-    units, so a few thousand of the 2^15 bins (tens of KB, not 128 KB)."""
-    moments, hist = kernels().moments_and_hist(
-        _flat_numpy(m), _FIXED_LO, (_FIXED_HI - _FIXED_LO) / _FIXED_BINS, _FIXED_BINS)
+    units, so a few thousand of the 2^15 bins (tens of KB, not 128 KB).
+    ``logs``: :func:`mean_logs` of ``m``, where the caller has them."""
+    moments, hist = kernels().log_moments_and_hist(
+        mean_logs(m) if logs is None else logs, _FIXED_LO,
+        (_FIXED_HI - _FIXED_LO) / _FIXED_BINS, _FIXED_BINS)
     bins = np.flatnonzero(hist).astype(np.int32)
     return moments, bins, hist[bins]
 

@@ -21,7 +21,7 @@ from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
-from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block
+from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block, mean_logs
 from xtec.runtime.chunks import block_offsets
 
 log = logging.getLogger(__name__)
@@ -146,12 +146,13 @@ def summary_block(x, capture=None, pos=(), peaks=None, offset=()):
     the block's log-mean summary (:func:`xtec.preprocess.threshold.log_mean_block`),
     peaks(mean, offset) or None)."""
     flat, m, bad = block_means(x)
-    frames = frame_block(flat, m)
+    logs = mean_logs(m)  # each voxel's log once, for both summaries
+    frames = frame_block(flat, m, logs)
     got = capture(flat, m, pos) if capture is not None else None
     xp = namespace(m)
     mean = xp.reshape(m, tuple(x.shape[1:]))
     found = peaks(mean, offset) if peaks is not None else None
-    return mean, bad, got, frames, log_mean_block(mean), found
+    return mean, bad, got, frames, log_mean_block(mean, logs), found
 
 
 def _summary_cell(x, capture=None, peaks=None, block_info=None):
