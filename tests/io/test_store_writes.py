@@ -83,3 +83,21 @@ def test_a_variable_in_pieces_off_the_grid_is_written_as_xarray_writes_it(tmp_pa
     back = xr.open_zarr(tmp_path / "r.zarr")
     for name in ("mean_intensity", "color", "labels", "cluster_mean"):
         np.testing.assert_array_equal(back[name].values, ds[name].values)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32])
+@pytest.mark.parametrize("k", [4, 20])
+def test_colours_follow_labels_and_mask(dtype, k):
+    """Each voxel's colour: its cluster's palette entry, grey where kept but not
+    clustered, black where dropped (int16 labels as painted, int32 as others)."""
+    from xtec.io.result import DROPPED, KEPT_UNCLUSTERED, color_block, palette
+
+    rng = np.random.default_rng(k)
+    labels = rng.integers(-1, k, (3, 20, 30)).astype(dtype)
+    mask = (labels >= 0) | (rng.random(labels.shape) < 0.4)
+    pal = palette(k)
+    got = color_block(labels, mask, pal)
+    assert got.shape == labels.shape + (3,) and got.dtype == np.uint8
+    want = np.where(mask[..., None], np.uint8(KEPT_UNCLUSTERED), np.uint8(DROPPED))
+    want[labels >= 0] = pal[labels[labels >= 0]]
+    np.testing.assert_array_equal(got, want)

@@ -66,11 +66,14 @@ def color_block(labels: np.ndarray, mask: np.ndarray, pal: np.ndarray) -> np.nda
     labels, mask : (...,) -> (..., 3) uint8
     """
     # One lookup table, one gather: rows 0..k-1 the palette, then kept-grey
-    # and black (22 -> 5 ms against masked assignments on 632,000 voxels).
+    # and black.  The index in the labels' own small integers and ``take``:
+    # 17.5 -> 4.4 ms on 632,000 voxels against int64 indices and ``lut[index]``
+    # (masked assignments took 22).
     k = pal.shape[0]
     lut = np.concatenate([pal, [KEPT_UNCLUSTERED, DROPPED]]).astype(np.uint8)
-    index = np.where(labels >= 0, labels, np.where(mask, k, k + 1))
-    return lut[index]
+    small = np.promote_types(labels.dtype, np.int16)
+    index = np.where(labels >= 0, labels, (k + 1) - np.asarray(mask).astype(small))
+    return lut.take(index, axis=0)
 
 
 # --------------------------------------------------------------------------- attributes
