@@ -25,6 +25,7 @@ from xtec.mixture import _start_kernels as sk
 from xtec.mixture import engines, start
 from xtec.preprocess import _kernels as pk
 from xtec.preprocess import _kernels_numpy as pn
+from xtec.preprocess.frames import RATIO_LO, RATIO_WIDTH, ratio_table
 from xtec.runtime import kernel_cache
 
 RNG = np.random.default_rng(7)
@@ -54,14 +55,48 @@ def test_first_pass_twins_equal_the_kernels():
     np.testing.assert_array_equal(pn.flat_indices_3d(mask, 1, 2, 3, 20, 30),
                                   pk.flat_indices_3d(mask, 1, 2, 3, 20, 30))
     sample = (m.view(np.uint32) % 5) == 0
-    args = (-3.0, 0.01, 600, -3.0, 0.05, 200)
     logm = pk.positive_logs(m)
     np.testing.assert_array_equal(pn.positive_logs(m), logm)
-    a, b = pk.frame_stats(x, logm, sample, *args), pn.frame_stats(x, logm, sample, *args)
+    inner, lut, e_lo = ratio_table()
+    args = (sample, inner, lut, e_lo, -3.0, 0.05, 200)
+    a, b = pk.frame_stats(x, m, logm, *args), pn.frame_stats(x, m, logm, *args)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[3], b[3])
     np.testing.assert_allclose(b[1], a[1], rtol=1e-10)
     np.testing.assert_allclose(b[2], a[2], rtol=1e-10, atol=1e-9)
+
+
+def test_ratio_bins_are_the_edges_search():
+    """The kernels' ratio bins (a table of binary slices and one comparison)
+    are ``searchsorted``'s on the edges exp(lo + j w): for ratios on, beside and
+    between the edges, at the clipped ends and far beyond them; and they are
+    log(ratio)'s 1% bins from -3 wherever rounding cannot tell them apart."""
+    inner, lut, e_lo = ratio_table()
+    near = np.concatenate([inner, np.nextafter(inner, 0), np.nextafter(inner, np.inf)])
+    r = np.concatenate([near, np.exp(RNG.uniform(-4, 4, 5000)), [1e-300, 1e-3, 1.0, 1e3, 1e300],
+                        2.0 ** np.arange(-8, 9), np.nextafter(2.0 ** np.arange(-8, 9), 0)])
+    want = np.searchsorted(inner, r, side="right")
+    got = np.empty(r.size, np.int64)
+    pk.ratio_bins(r, inner, lut, e_lo, got)
+    np.testing.assert_array_equal(got, want)
+    # in a block: values / means (float32), zeros in column 0
+    x = np.exp(RNG.uniform(-4, 4, (3, 4000))).astype(np.float32)
+    x[0, :7] = 0.0
+    m = np.exp(RNG.uniform(-2, 2, 4000)).astype(np.float32)
+    args = (m, pk.positive_logs(m), np.ones(4000, bool), inner, lut, e_lo, -3.0, 0.05, 200)
+    hist = pk.frame_stats(x, *args)[0]
+    ratio = x.astype(np.float64) / m
+    assert hist[0, 0] == 7 and hist[1:, 0].sum() == 0
+    for t in range(3):
+        pos = ratio[t] > 0
+        np.testing.assert_array_equal(
+            hist[t, 1:], np.bincount(np.searchsorted(inner, ratio[t, pos], side="right"),
+                                     minlength=inner.size + 1))
+    np.testing.assert_array_equal(pn.frame_stats(x, *args)[0], hist)
+    lr = np.log(r)
+    inside = (np.abs(lr) < 2.9) & (np.abs((lr - RATIO_LO) / RATIO_WIDTH
+                                          - np.round((lr - RATIO_LO) / RATIO_WIDTH)) > 1e-6)
+    np.testing.assert_array_equal(want[inside], np.floor((lr[inside] - RATIO_LO) / RATIO_WIDTH))
 
 
 def test_peak_search_twin_equals_the_kernel():

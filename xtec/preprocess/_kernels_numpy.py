@@ -126,13 +126,13 @@ def flat_indices_3d(mask, o0, o1, o2, n1, n2):
     return ((a.astype(np.int64) + o0) * n1 + b + o1) * n2 + o2 + c
 
 
-def frame_stats(x, logm, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
-    """Per-temperature statistics of a block x (T, n) with per-voxel log means
-    ``logm`` (n,); see :func:`xtec.preprocess._kernels.frame_stats`."""
+def frame_stats(x, m, logm, sample, inner, lut, e_lo, lo_m, w_m, nb_m):
+    """Per-temperature statistics of a block x (T, n) with per-voxel means ``m``
+    and their logs ``logm`` (n,); see :func:`xtec.preprocess._kernels.frame_stats`
+    (``lut`` and ``e_lo`` only find faster what ``searchsorted`` finds here)."""
     t = x.shape[0]
     pos = np.flatnonzero(logm > -np.inf)
-    logm = logm[pos]
-    bm = fine_bins(logm, lo_m, w_m, nb_m)
+    bm = fine_bins(logm[pos], lo_m, w_m, nb_m)
     count = np.bincount(bm, minlength=nb_m).astype(np.int64)
     region = np.zeros((t, nb_m))
     values = x[:, pos]
@@ -142,13 +142,15 @@ def frame_stats(x, logm, sample, lo_r, w_r, nb_r, lo_m, w_m, nb_m):
         region[j] = np.bincount(bm, weights=np.where(row > 0, row, 0).astype(np.float64),
                                 minlength=nb_m)
     total = region.sum(axis=1)
+    nb_r = inner.size + 1
     hist = np.zeros((t, nb_r + 1), np.int32)
-    picked = np.flatnonzero(sample[pos])
-    r = values[:, picked].astype(np.float64)
+    picked = pos[sample[pos]]
+    r = x[:, picked].astype(np.float64)
     above = r > 0
     hist[:, 0] = (~above).sum(axis=1)
     rows, cols = np.nonzero(above)
-    b = 1 + fine_bins(np.log(r[rows, cols]) - logm[picked][cols], lo_r, w_r, nb_r)
+    ratio = r[rows, cols] / m[picked].astype(np.float64)[cols]
+    b = 1 + np.searchsorted(inner, ratio, side="right")
     hist[:, 1:] += np.bincount(rows * (nb_r + 1) + b, minlength=t * (nb_r + 1)) \
         .reshape(t, nb_r + 1)[:, 1:].astype(np.int32)
     return hist, total, region, count
