@@ -52,14 +52,19 @@ def test_xtec_layout_separates_planted_classes(series, xtec_result):
     assert np.all(col[~ds.mask.values] == 0)
     # Plain xarray reads it too (the notebook path).
     assert xr.open_zarr(xtec_result.path, consolidated=False).labels.shape == lab.shape
-    # Every array is Zstandard level 1 (fast to write, see xtec.io.store), then a
-    # crc32c checksum of each chunk (issue 26).
+    # Every array is Zstandard level 1 but float volumes, LZ4 on bit planes (fast
+    # to write, see xtec.io.store), then a crc32c checksum of each chunk (issue 26).
     import zarr
 
     for name, arr in zarr.open_group(xtec_result.path, mode="r").arrays():
         codec, crc = arr.compressors
-        assert (type(codec).__name__, codec.level) == ("ZstdCodec", 1), name
+        if arr.dtype.kind == "f" and arr.ndim >= 3:
+            assert (type(codec).__name__, codec.cname.value, codec.shuffle.value) == \
+                ("BloscCodec", "lz4", "bitshuffle"), name
+        else:
+            assert (type(codec).__name__, codec.level) == ("ZstdCodec", 1), name
         assert type(crc).__name__ == "Crc32cCodec", name
+    assert ds.mean_intensity.dtype == np.float32
 
 
 def test_nxrefine_layout_gives_the_same_result(series, nxrefine_files, xtec_result, tmp_path):
