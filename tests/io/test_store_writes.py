@@ -101,3 +101,30 @@ def test_colours_follow_labels_and_mask(dtype, k):
     want = np.where(mask[..., None], np.uint8(KEPT_UNCLUSTERED), np.uint8(DROPPED))
     want[labels >= 0] = pal[labels[labels >= 0]]
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("fails", ["volumes", "the rest"])
+def test_a_failure_on_either_side_of_the_write_leaves_no_store(tmp_path, monkeypatch, fails):
+    """The volumes' blocks are written while the small arrays are added beside
+    them (a thread of its own): an error on either side ends the write with that
+    error, after both sides stopped, and nothing is left at the output."""
+    ds = _dataset()
+    if fails == "volumes":
+        def broken(block, *args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(store, "_write_block", broken)
+    else:
+        real = store._to_zarr
+
+        def broken(ds, path, mode):
+            if mode == "a":
+                raise OSError("disk full")
+            return real(ds, path, mode)
+
+        monkeypatch.setattr(store, "_to_zarr", broken)
+    out = tmp_path / "out.zarr"
+    with dask.config.set(scheduler="threads"), pytest.raises(OSError, match="disk full"):
+        write_result(ds, out)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
