@@ -7,7 +7,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from xtec.runtime.chunks import map_blocks_dropping
+from xtec.runtime.chunks import map_blocks_dropping, map_blocks_with_pieces
 
 
 class _Views:
@@ -35,6 +35,33 @@ def test_dropping_an_axis_matches_map_blocks_and_hands_the_block_itself():
     with dask.config.set(scheduler="sync"):
         np.testing.assert_array_equal(got.compute(), x.sum(axis=1) * np.arange(90.0) * 2.0)
     assert shared and all(shared)  # Dask's drop_axis would have copied each block
+
+
+def test_blocks_get_their_numbered_piece_in_one_task_each():
+    """Each block of the grid with the piece its number names (pieces chunked
+    apart from the grid: one per non-empty block), None where it has none; one
+    task per block reads both, nothing assembles pieces."""
+    grid = da.from_array(np.arange(24).reshape(2, 3, 4), chunks=(1, 2, 3))
+    which = {(0, 0, 0): 0, (0, 1, 1): 1, (1, 0, 1): 2}
+    pieces = da.from_array(np.array([10.0, 11, 20, 30, 31, 32]), chunks=((2, 1, 3),))
+
+    def f(block, piece, fill):  # the block's first value plus its piece's sum
+        out = np.full(block.shape, fill)
+        out.flat[0] = block.flat[0] + (0.0 if piece is None else piece.sum())
+        return out
+
+    got = map_blocks_with_pieces(f, grid, pieces, which, -1.0, dtype=np.float64)
+    assert got.chunks == grid.chunks
+    with dask.config.set(scheduler="sync"):
+        v = got.compute()
+    firsts = {pos: v[tuple(sum(c[:i]) for c, i in zip(grid.chunks, pos))]
+              for pos in np.ndindex(*grid.numblocks)}
+    x = np.arange(24).reshape(2, 3, 4)
+    assert firsts[(0, 0, 0)] == x[0, 0, 0] + 21 and firsts[(0, 1, 1)] == x[0, 2, 3] + 20
+    assert firsts[(1, 0, 1)] == x[1, 0, 3] + 93 and firsts[(1, 1, 0)] == x[1, 2, 0]
+    assert (v == -1).sum() == v.size - len(firsts)
+    ours = [k for k in dict(got.__dask_graph__()) if k[0] == got.name]
+    assert len(ours) == np.prod(grid.numblocks)
 
 
 def test_dropping_a_split_axis_is_refused():

@@ -22,7 +22,7 @@ from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block, mean_logs
-from xtec.runtime.chunks import block_offsets
+from xtec.runtime.chunks import block_offsets, map_blocks_with_pieces
 
 log = logging.getLogger(__name__)
 
@@ -357,24 +357,21 @@ def _meta_2d(meta):
 def paint(values: da.Array, traj: Trajectories, fill, dtype) -> da.Array:
     """Scatter per-kept-voxel ``values`` (n_kept,) back onto the (L, K, H) grid.
 
-    ``values`` must have the chunks of ``traj.X`` along axis 0; voxels not kept
-    get ``fill``.
+    ``values`` must have the chunks of ``traj.X`` along axis 0 (one per block
+    with kept voxels, in block order); voxels not kept get ``fill``.
     """
-    mask = traj.mask
-    vblocks = iter(values.to_delayed().ravel())
-    mblocks = mask.to_delayed()
-
-    def scatter(m, v):
-        m = to_numpy(m)
-        out = np.full(m.shape, fill, dtype=dtype)
-        if v is not None:
-            out[m] = to_numpy(v)
-        return out
-
-    f = dask.delayed(scatter, pure=True)
-    grid = np.empty(traj.counts.shape, dtype=object)
+    which, n = {}, 0
     for pos in np.ndindex(*traj.counts.shape):
-        v = next(vblocks) if traj.counts[pos] else None
-        shape = tuple(c[i] for c, i in zip(mask.chunks, pos))
-        grid[pos] = da.from_delayed(f(mblocks[pos], v), shape=shape, dtype=dtype)
-    return da.block(grid.tolist())
+        if traj.counts[pos]:
+            which[pos], n = n, n + 1
+    return map_blocks_with_pieces(_scatter, traj.mask, values, which, fill, np.dtype(dtype),
+                                  dtype=dtype, meta=np.empty((0, 0, 0), dtype))
+
+
+def _scatter(mask, values, fill, dtype) -> np.ndarray:
+    """A block (l, k, h) of ``fill`` with ``values`` where ``mask`` is set."""
+    m = to_numpy(mask)
+    out = np.full(m.shape, fill, dtype=dtype)
+    if values is not None:
+        out[m] = to_numpy(values)
+    return out
