@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from xtec.errors import ParameterError
+from xtec.preprocess import _kernels as pk
+from xtec.preprocess import _kernels_numpy as pn
 from xtec.preprocess import (
     clean_block,
     compute_threshold,
@@ -20,6 +22,7 @@ from xtec.preprocess import (
 )
 from xtec.preprocess.threshold import (
     _per_block,
+    bin_value_ranges,
     combine_log_mean_blocks,
     log_mean_block,
     threshold_aside,
@@ -110,6 +113,50 @@ def test_streaming_threshold_equals_in_memory(log_values):
         user = compute_threshold(mean, 10.0)
         mask = keep_mask(mean, user).compute()
         assert mask.sum() == np.sum(vol > 10.0)
+
+
+def _values_in_bins_by_definition(m, lo, width, nbins, hit):
+    v = m.astype(np.float64)
+    x = np.log(v[v > 0])
+    b = np.clip(np.floor((x - lo) / width).astype(np.int64), 0, nbins - 1)
+    return x[hit[b]], b[hit[b]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_in_bins_passes_over_only_means_outside_every_bin(dtype):
+    """The order statistics' pass logs only the means near the wanted bins: what
+    it returns equals logging and binning every mean, on the float neighbours of
+    every bin edge (where a range too tight would lose a value), at the clipped
+    ends, and for NaN, zero and negative means."""
+    lo, nbins = -104.0, 2**15
+    width = 193.0 / nbins
+    rng = np.random.default_rng(5)
+    cases = [[0], [nbins - 1], [5000], [17000, 17001, 17002, 20000], [16900, 16950]]
+    for bins in cases:
+        hit = np.zeros(nbins, bool)
+        hit[bins] = True
+        edges = lo + np.array(sorted({b + d for b in bins for d in (0, 1)})) * width
+        near = [np.exp(e) for e in edges if -100 < e < 80]
+        vals = [dtype(0), dtype(-1), dtype(np.nan), dtype(np.finfo(dtype).max),
+                dtype(np.finfo(dtype).tiny)]
+        for c in near:
+            v = dtype(c)
+            for _ in range(4):
+                v = np.nextafter(v, dtype(0))
+            for _ in range(9):
+                vals.append(v)
+                v = np.nextafter(v, dtype(np.inf))
+        m = np.concatenate([np.array(vals, dtype),
+                            np.exp(rng.uniform(-6, 8, 5000)).astype(dtype)])
+        rng.shuffle(m)
+        low, high = bin_value_ranges(lo, width, nbins, bins)
+        assert low.size == len({b - i for i, b in enumerate(sorted(bins))})  # runs
+        want_x, want_b = _values_in_bins_by_definition(m, lo, width, nbins, hit)
+        assert want_x.size >= len(near)  # the edges' neighbours are in the test
+        for mod in (pk, pn):
+            x, b = mod.values_in_bins(m, lo, width, nbins, hit, low, high)
+            np.testing.assert_array_equal(b, want_b)
+            np.testing.assert_array_equal(x, want_x)
 
 
 def test_threshold_errors():

@@ -26,6 +26,7 @@ from xtec.mixture import engines, start
 from xtec.preprocess import _kernels as pk
 from xtec.preprocess import _kernels_numpy as pn
 from xtec.preprocess.frames import RATIO_LO, RATIO_WIDTH, ratio_table
+from xtec.preprocess.threshold import bin_value_ranges
 from xtec.runtime import kernel_cache
 
 RNG = np.random.default_rng(7)
@@ -115,8 +116,9 @@ def test_threshold_twins_equal_the_kernels():
     np.testing.assert_array_equal(pn.fine_hist(m, -5, 0.01, 1000), pk.fine_hist(m, -5, 0.01, 1000))
     hit = np.zeros(1000, bool)
     hit[400:600] = True
-    (x1, b1), (x2, b2) = pk.values_in_bins(m, -5, 0.01, 1000, hit), \
-        pn.values_in_bins(m, -5, 0.01, 1000, hit)
+    ranges = bin_value_ranges(-5, 0.01, 1000, np.arange(400, 600))
+    (x1, b1), (x2, b2) = pk.values_in_bins(m, -5, 0.01, 1000, hit, *ranges), \
+        pn.values_in_bins(m, -5, 0.01, 1000, hit, *ranges)
     np.testing.assert_array_equal(b1, b2)
     np.testing.assert_allclose(x2, x1, rtol=1e-14)
     edges = np.linspace(-3, 3, 51)

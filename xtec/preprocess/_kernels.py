@@ -42,14 +42,37 @@ def fine_hist(m, lo, width, nbins):
 
 
 @numba.njit(cache=True, nogil=True)
-def values_in_bins(m, lo, width, nbins, hit):
-    """The x whose fine bin has ``hit[bin]`` set, in voxel order, and their bins."""
+def positive_logs(m):
+    """log(m) as float64 (n,) of the block ``m`` (flat), -inf where m is not > 0.
+    The first pass takes each voxel's log once (its frame statistics and its
+    log-mean summary both need it), in a loop of its own (3 ms for 632,000
+    means; inside the loops that use it, 12)."""
+    out = np.empty(m.size)
+    for i in range(m.size):
+        v = np.float64(m[i])
+        out[i] = np.log(v) if v > 0 else -np.inf
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def values_in_bins(m, lo, width, nbins, hit, low, high):
+    """The x whose fine bin has ``hit[bin]`` set, in voxel order, and their bins.
+
+    ``low``/``high`` (float64, per run of hit bins): means m with low <= m <=
+    high, a little wider than the bins (:func:`xtec.preprocess.threshold.
+    bin_value_ranges`); only those are logged and binned, the rest are
+    passed over by comparisons (8.5 -> 2.2 ms per million voxels).
+    """
     out = np.empty(m.size)  # one pass: a block's worth of room, trimmed after
     bins = np.empty(m.size, np.int64)
     j = 0
     for v in m:
-        if v > 0:
-            x = np.log(np.float64(v))
+        f = np.float64(v)
+        inside = False
+        for r in range(low.size):
+            inside |= (f >= low[r]) & (f <= high[r])
+        if inside and f > 0:
+            x = np.log(f)
             b = _fine_bin(x, lo, width, nbins)
             if hit[b]:
                 out[j] = x
@@ -65,9 +88,10 @@ def weighted_hist(m, edges):
     lo, hi = edges[0], edges[-1]
     scale = nb / (hi - lo)
     out = np.zeros((3, nb))
-    for v in m:
-        if v > 0:
-            x = np.log(np.float64(v))
+    # The logs first, in a loop that vectorises (15.3 -> 10.7 ms per million
+    # voxels), then the bins in voxel order (the same sums, bit for bit).
+    for x in positive_logs(m):
+        if x > -np.inf:
             # The arithmetic guess is off by at most one bin (rounding): one
             # comparison with the actual edges on each side corrects it.
             i = min(max(np.int64(np.floor((x - lo) * scale)), 0), nb - 1)
@@ -78,19 +102,6 @@ def weighted_hist(m, edges):
             out[0, i] += 1.0
             out[1, i] += x
             out[2, i] += x * x
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def positive_logs(m):
-    """log(m) as float64 (n,) of the block ``m`` (flat), -inf where m is not > 0.
-    The first pass takes each voxel's log once (its frame statistics and its
-    log-mean summary both need it), in a loop of its own (3 ms for 632,000
-    means; inside the loops that use it, 12)."""
-    out = np.empty(m.size)
-    for i in range(m.size):
-        v = np.float64(m[i])
-        out[i] = np.log(v) if v > 0 else -np.inf
     return out
 
 

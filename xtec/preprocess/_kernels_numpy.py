@@ -34,8 +34,12 @@ def fine_hist(m, lo, width, nbins):
     return np.bincount(fine_bins(x, lo, width, nbins), minlength=nbins).astype(np.int64)
 
 
-def values_in_bins(m, lo, width, nbins, hit):
-    x = _positive_logs(m)
+def values_in_bins(m, lo, width, nbins, hit, low, high):
+    v = m.astype(np.float64)
+    near = np.zeros(v.shape, bool)
+    for a, b in zip(low, high):
+        near |= (v >= a) & (v <= b)
+    x = _positive_logs(v[near])
     b = fine_bins(x, lo, width, nbins)
     keep = hit[b]
     return x[keep], b[keep]

@@ -76,10 +76,29 @@ def _fine_hist(m, lo, width, nbins):
     return kernels().fine_hist(_flat_numpy(m), lo, width, nbins)
 
 
+def bin_value_ranges(lo: float, width: float, nbins: int, bins) -> tuple[np.ndarray, np.ndarray]:
+    """Means whose log can fall in ``bins`` (of ``nbins`` of ``width`` from ``lo``,
+    ends clipped): (low, high) float64, one pair per run of adjacent bins.
+
+    A little wider than the bins (relative 1e-9, where the rounding of exp,
+    log and the bin's arithmetic is below 1e-13), so a mean outside every
+    pair is in none of the bins and needs no logarithm; one inside is binned
+    exactly by the caller.
+    """
+    bins = np.unique(np.asarray(bins, np.int64))
+    starts = bins[np.r_[True, np.diff(bins) > 1]] if bins.size else bins
+    ends = bins[np.r_[np.diff(bins) > 1, True]] if bins.size else bins
+    with np.errstate(over="ignore", under="ignore"):
+        low = np.where(starts <= 0, 0.0, np.exp(lo + starts * width) * (1 - 1e-9))
+        high = np.where(ends >= nbins - 1, np.inf, np.exp(lo + (ends + 1) * width) * (1 + 1e-9))
+    return low, high
+
+
 def _values_in_bins(m, lo, width, nbins, bins):
     hit = np.zeros(nbins, np.bool_)
     hit[bins] = True
-    return kernels().values_in_bins(_flat_numpy(m), lo, width, nbins, hit)
+    low, high = bin_value_ranges(lo, width, nbins, bins)
+    return kernels().values_in_bins(_flat_numpy(m), lo, width, nbins, hit, low, high)
 
 
 def _weighted_hist(m, edges):
