@@ -10,7 +10,9 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
   with ``--worker-memory`` each, sampling every worker's RSS to record its peak
   and checking that no worker was restarted;
 * with ``--in-process``, xtec again with no cluster (threads, every core; what
-  a laptop user runs), with the peak RSS of the process;
+  a laptop user runs), with the peak RSS of the process; with
+  ``--compare-labels`` the two runs' label volumes compared voxel by voxel
+  (their chunks differ where the workers' memory sets another chunk size);
 * the GMM stage alone on the same thresholded trajectories, xtec vs
   scikit-learn ``GaussianMixture``, diagonal and full covariances, same initial
   parameters, same fixed number of EM iterations;
@@ -254,6 +256,25 @@ def reference(python: str, path: Path, epochs: int) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compare_labels(a: Path, b: Path) -> dict:
+    """Voxel by voxel, the labels of two result stores of the same series (the
+    workers' run and the in-process one, whose chunks differ where the workers'
+    memory sets another chunk size): how many voxels differ, and each store's
+    chunks.  Streams the volumes block by block."""
+    import dask
+    import xarray as xr
+
+    la, lb = xr.open_zarr(a)["labels"].data, xr.open_zarr(b)["labels"].data
+    out = {"voxels": int(la.size), "chunks": [list(la.chunksize), list(lb.chunksize)]}
+    if la.shape != lb.shape:
+        return {**out, "differ": None, "shapes": [list(la.shape), list(lb.shape)]}
+    with dask.config.set(scheduler="threads"):
+        out["differ"] = int((la != lb.rechunk(la.chunks)).sum().compute())
+    out["mean_loglik"] = [json.loads(xr.open_zarr(p).attrs["gmm"])["mean_loglik"]
+                          for p in (a, b)]
+    return out
+
+
 def _one_repeat(path: Path, work: Path, gb: float, args) -> tuple[bool, float, dict]:
     """One floor read and the xtec runs after it, each from a cold cache when asked."""
     cold = args.cold and drop_page_cache()
@@ -322,6 +343,9 @@ def main(argv=None) -> dict:
                     help="also run xtec without a cluster (threads, every core)")
     ap.add_argument("--in-process-memory", default=None,
                     help="the in-process run's memory budget (e.g. 3GB; default: available)")
+    ap.add_argument("--compare-labels", action="store_true",
+                    help="with --in-process: count the voxels whose labels differ "
+                         "between the workers' run and the in-process one (last repeat)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per size (cold cache each); medians are reported")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline.json"))
@@ -353,6 +377,9 @@ def main(argv=None) -> dict:
                "generate_s": gen, "io_floor_s": floor, **res,
                "ratio_to_floor": res["ratio_to_floor"],
                "ns_per_voxel": 1e9 * res["wall_s"] / math.prod(shape)}
+        if args.in_process and args.compare_labels:
+            row["labels_workers_vs_in_process"] = compare_labels(
+                work / f"result_{gb:g}.zarr", work / f"result_{gb:g}_inproc.zarr")
         if gb <= args.gmm_max_size:
             X = trajectories(path)
             row["gmm"] = gmm_vs_sklearn(X, iters=args.gmm_iters)

@@ -332,3 +332,28 @@ def test_restarts_pre_blocked_rows_give_the_kernels_sums_bit_for_bit(work_dtype)
         for name in ("nk", "sx", "sxx"):
             assert np.array_equal(getattr(got, name), getattr(want, name)), name
         assert got.loglik == want.loglik and got.n == want.n
+
+
+def test_sample_without_ids_is_the_sample_of_the_row_positions():
+    """A fit without ids samples the rows whose positions hash below the rate
+    (one kernel pass, no id array): the same rows as with ids 0..N-1 given,
+    NumPy or Dask, kernel or NumPy twin."""
+    from xtec.mixture import _kernels_numpy as mn
+    from xtec.mixture import _start_kernels as sk
+    from xtec.mixture.start import init_sample
+
+    X = np.random.default_rng(4).normal(size=(9_001, 5)).astype(np.float32)
+    ids = np.arange(X.shape[0])
+    for size in (1, 700, 9_001, 20_000):
+        want = init_sample(X, ids, size, 11)
+        assert np.array_equal(init_sample(X, None, size, 11), want)
+        assert np.array_equal(init_sample(da.from_array(X, chunks=(1_000, 5)), None, size, 11),
+                              want)
+    rate = 0.1
+    got_ids, got_rows = sk.sample_range(X, rate, 11)
+    twin_ids, twin_rows = mn.sample_range(X, rate, 11)
+    np.testing.assert_array_equal(got_ids, twin_ids)
+    np.testing.assert_array_equal(got_rows, twin_rows)
+    np.testing.assert_array_equal(got_ids, np.flatnonzero(sk.splitmix_uniform(
+        ids.astype(np.uint64), 11) < rate))
+    assert got_rows.dtype == np.float64 and got_ids.size > 700

@@ -30,6 +30,11 @@ def take_rows(X, rows):
     return np.asarray(X)[rows].astype(np.float64)
 
 
+def sample_range(X, rate, seed_low):
+    ids = np.flatnonzero(splitmix_uniform(np.arange(X.shape[0], dtype=np.uint64), seed_low) < rate)
+    return ids, take_rows(X, ids)
+
+
 def lower_sq_dist(X, center, d2):
     np.minimum(d2, ((X - center) ** 2).sum(axis=1), out=d2)
 

@@ -11,6 +11,17 @@ import numpy as np
 from xtec.mixture._kernels import _FASTMATH
 
 
+@numba.njit(inline="always")
+def _splitmix(i, s):
+    """splitmix64 of id ``i`` plus ``s`` (both uint64) as a float in [0, 1) from
+    its top 53 bits."""
+    z = i + s
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return np.float64(z >> np.uint64(11)) / 9007199254740992.0
+
+
 @numba.njit(cache=True, nogil=True)
 def splitmix_uniform(index, seed_low):
     """splitmix64 of each id (uint64) plus seed_low * golden ratio, as a float
@@ -18,12 +29,32 @@ def splitmix_uniform(index, seed_low):
     out = np.empty(index.shape[0])
     s = np.uint64(seed_low) * np.uint64(0x9E3779B97F4A7C15)
     for i in range(index.shape[0]):
-        z = index[i] + s
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-        out[i] = np.float64(z >> np.uint64(11)) / 9007199254740992.0
+        out[i] = _splitmix(index[i], s)
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def sample_range(X, rate, seed_low):
+    """The rows of X (n, T) whose position, as id, hashes below ``rate``
+    (:func:`splitmix_uniform`): their ids (int64) and the rows as float64, in
+    id order.  One serial pass and no id array: the subsample of a whole
+    in-memory fit in 1-2 ms, where the ids, their hash and a gather took
+    9-13 ms (457,679 x 24; a parallel gather's thread wake-up alone varied
+    1.2-8 ms)."""
+    n, t = X.shape
+    keep = np.empty(n, np.int64)
+    s = np.uint64(seed_low) * np.uint64(0x9E3779B97F4A7C15)
+    j = 0
+    for i in range(n):
+        if _splitmix(np.uint64(i), s) < rate:
+            keep[j] = i
+            j += 1
+    out = np.empty((j, t))
+    for r in range(j):
+        src = keep[r]
+        for f in range(t):
+            out[r, f] = X[src, f]
+    return keep[:j].copy(), out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)

@@ -176,10 +176,6 @@ class GaussianMixture(ParamsMixin):
         """
         self._validate(X)
         n = int(X.shape[0])
-        if index is None:
-            index = np.arange(n, dtype=np.int64)
-            if isinstance(X, da.Array):
-                index = da.from_array(index, chunks=(X.chunks[0],))
         sample = init_sample(X, index, self.init_sample, self.random_state)
         if not np.all(np.isfinite(sample)):
             raise ParameterError("X holds NaN or infinite values")

@@ -37,17 +37,25 @@ def hash_uniform(index: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _sample_chunk(X, index, rate, seed):
+    if index is None:  # the rows' positions are their ids
+        return start_kernels().sample_range(np.ascontiguousarray(to_numpy(X)), rate,
+                                            seed & 0xFFFFFFFF)
     idx = to_numpy(index)
     keep = np.flatnonzero(hash_uniform(idx, seed) < rate)
     return idx[keep], start_kernels().take_rows(np.ascontiguousarray(to_numpy(X)), keep)
 
 
 def init_sample(X, index, size: int, seed: int) -> np.ndarray:
-    """A subsample of about ``size`` rows of X, chosen by hashed ids, in id order."""
+    """A subsample of about ``size`` rows of X, chosen by hashed ids, in id order.
+
+    index : (N,) ids of X's rows, or None: the rows' positions 0..N-1.
+    """
     n = X.shape[0]
     rate = min(1.0, size / max(n, 1))
     if isinstance(X, da.Array):
-        if not isinstance(index, da.Array):
+        if index is None:
+            index = da.arange(n, chunks=(X.chunks[0],), dtype=np.int64)
+        elif not isinstance(index, da.Array):
             index = da.from_array(np.asarray(index), chunks=(X.chunks[0],))
         f = dask.delayed(_sample_chunk, pure=True)
         parts = dask.compute(*[f(x, i, rate, seed) for x, i in
