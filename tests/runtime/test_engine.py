@@ -143,10 +143,17 @@ def test_start_and_profile_twins_equal_the_kernels():
     sk.lower_sq_dist(X, X[3], d1)
     mn.lower_sq_dist(X, X[3], d2)
     np.testing.assert_allclose(d2, d1, rtol=1e-12)
-    a, b = sk.lloyd_step(X, X[:5].copy(), 1024), mn.lloyd_step(X, X[:5].copy(), 1024)
+    like = np.zeros(0, np.float32)
+    blocks = sk.row_blocks(X.astype(np.float32), 128, like)
+    np.testing.assert_array_equal(mn.row_blocks(X.astype(np.float32), 128, like), blocks)
+    centers = X[:5].astype(np.float32)
+    a, b = sk.lloyd_step(blocks, 5000, centers), mn.lloyd_step(blocks, 5000, centers)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    np.testing.assert_allclose(b[2], a[2], rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(b[2], a[2], rtol=1e-5, atol=1e-4)  # float32 sums
+    # the nearest centre by float64 distances, row by row
+    d = ((X[:, None, :] - centers[None].astype(np.float64)) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(a[0], np.argmin(d, axis=1))
     for full in (True, False):
         for p, q in zip(sk.label_sums(X, a[0], 5, full), mn.label_sums(X, a[0], 5, full)):
             np.testing.assert_allclose(q, p, rtol=1e-10, atol=1e-9)

@@ -39,17 +39,29 @@ def lower_sq_dist(X, center, d2):
     np.minimum(d2, ((X - center) ** 2).sum(axis=1), out=d2)
 
 
-def lloyd_step(X, centers, block):
-    """Nearest centre of each row of X (n, T) (ties to the lower centre), and per
-    centre the count and sum of its rows."""
+def row_blocks(X, block, like):
+    """The rows of X (n, T) as blocks of ``block`` rows transposed to columns,
+    (n_blocks, T, block) in the precision of ``like``, the last block zero-padded."""
     n, t = X.shape
+    nb = -(-n // block)
+    out = np.zeros((nb * block, t), like.dtype)
+    out[:n] = X
+    return np.ascontiguousarray(out.reshape(nb, block, t).transpose(0, 2, 1))
+
+
+def lloyd_step(blocks, n, centers):
+    """Nearest centre of each of the n rows in ``blocks`` (see :func:`row_blocks`;
+    ties to the lower centre), in the precision of ``centers``, and per centre
+    the count and sum of its rows."""
+    nb, t, block = blocks.shape
+    X = blocks.transpose(0, 2, 1).reshape(nb * block, t)[:n]
     k = centers.shape[0]
     labels = np.empty(n, np.int64)
     for lo in range(0, n, _ROWS):
         d = ((X[lo:lo + _ROWS, None, :] - centers[None]) ** 2).sum(axis=2)
         labels[lo:lo + _ROWS] = np.argmin(d, axis=1)
     counts = np.bincount(labels, minlength=k).astype(np.float64)
-    sums = np.stack([X[labels == j].sum(axis=0) for j in range(k)])
+    sums = np.stack([X[labels == j].sum(axis=0, dtype=np.float64) for j in range(k)])
     return labels, counts, sums
 
 

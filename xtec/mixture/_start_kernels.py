@@ -8,7 +8,7 @@ Compiled once per installation (numba's disk cache), like :mod:`xtec.mixture._ke
 import numba
 import numpy as np
 
-from xtec.mixture._kernels import _FASTMATH
+from xtec.mixture._kernels import _FASTMATH, row_blocks  # noqa: F401 (the Lloyd steps' blocks)
 
 
 @numba.njit(inline="always")
@@ -81,43 +81,61 @@ def lower_sq_dist(X, center, d2):
 
 
 @numba.njit(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
-def lloyd_step(X, centers, block):
-    """Nearest centre of each row of X (n, T) float64, and per centre the
-    count and sum of its rows: one pass, parallel over row blocks."""
-    # fastmath lets each row's sum over T vectorise (2.2x on 50,000 x 24,
-    # K=6); the sums go into a block-local array after the labels, not into
-    # the shared one row by row.  Ties go to the lower centre.
-    n, t = X.shape
+def lloyd_step(blocks, n, centers):
+    """Nearest centre of each of the n rows in ``blocks`` (n_blocks, T, rows),
+    the rows cut into blocks and transposed to columns (:func:`row_blocks`),
+    and per centre the count and sum of its rows (float64): one pass, parallel
+    over the blocks, in the precision of ``centers`` (K, T).
+
+    Every inner loop runs along a block's contiguous rows, as the E-step's
+    do: in float32 a step over 50,000 x 24 (K = 4) took 0.85 ms on one
+    thread, against 1.5 ms for a float64 pass row by row.  Within a block
+    the sums are one-hot weighted sums (they vectorise); ties go to the lower
+    centre.
+    """
+    nb, t, block = blocks.shape
     k = centers.shape[0]
     labels = np.empty(n, np.int64)
-    nb = (n + block - 1) // block
     sums = np.zeros((nb, k, t))
     counts = np.zeros((nb, k))
+    zero = np.zeros(1, centers.dtype)[0]
     for b in numba.prange(nb):
         lo = b * block
-        hi = min(n, lo + block)
-        for i in range(lo, hi):
-            best = np.inf
-            arg = 0
-            for j in range(k):
-                d = 0.0
-                for f in range(t):
-                    e = X[i, f] - centers[j, f]
-                    d += e * e
-                if d < best:
-                    best = d
-                    arg = j
-            labels[i] = arg
-        acc = np.zeros((k, t))
-        cnt = np.zeros(k)
-        for i in range(lo, hi):
-            a = labels[i]
-            cnt[a] += 1.0
-            dst = acc[a]
+        m = min(n, lo + block) - lo
+        xt = blocks[b]
+        dist = np.empty((k, m), centers.dtype)
+        for j in range(k):
+            acc = dist[j]
+            for i in range(m):
+                acc[i] = zero
             for f in range(t):
-                dst[f] += X[i, f]
-        sums[b] = acc
-        counts[b] = cnt
+                c = centers[j, f]
+                row = xt[f]
+                for i in range(m):
+                    e = row[i] - c
+                    acc[i] += e * e
+        onehot = np.zeros((k, m), centers.dtype)
+        for i in range(m):
+            best = dist[0, i]
+            arg = 0
+            for j in range(1, k):
+                if dist[j, i] < best:
+                    best = dist[j, i]
+                    arg = j
+            labels[lo + i] = arg
+            onehot[arg, i] = 1
+        for j in range(k):
+            w = onehot[j]
+            cnt = zero
+            for i in range(m):
+                cnt += w[i]
+            counts[b, j] = cnt
+            for f in range(t):
+                row = xt[f]
+                acc_f = zero
+                for i in range(m):
+                    acc_f += w[i] * row[i]
+                sums[b, j, f] = acc_f
     return labels, counts.sum(axis=0), sums.sum(axis=0)
 
 
