@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
                         fits.append((name, cov, k, seed))
                         for s in steps:
                             em_start.kmeans_plusplus = (
-                                lambda X_, k_, rng, n_lloyd=s, s=s: seeding(X_, k_, rng, s))
+                                lambda X_, k_, rng, n_lloyd=s, s=s, **kw: seeding(X_, k_, rng, s,
+                                                                                  **kw))
                             with warnings.catch_warnings():
                                 warnings.simplefilter("ignore")
                                 t0 = time.perf_counter()
