@@ -52,7 +52,9 @@ def row_blocks(X, block, like):
 def lloyd_step(blocks, n, centers):
     """Nearest centre of each of the n rows in ``blocks`` (see :func:`row_blocks`;
     ties to the lower centre), in the precision of ``centers``, and per centre
-    the count and sum of its rows."""
+    the count and sum of its rows.  The distances sum in another order than
+    the kernel's: a row equidistant from two centres to float32 rounding may
+    take the other one."""
     nb, t, block = blocks.shape
     X = blocks.transpose(0, 2, 1).reshape(nb * block, t)[:n]
     k = centers.shape[0]
