@@ -17,7 +17,15 @@ from xtec.io.nexus import open_nexus
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.preprocess import compute_threshold, extract_trajectories, keep_mask, summarize
-from xtec.preprocess.candidates import CandidatePlan, plan_candidates, trajectories_from_candidates
+from xtec.preprocess.candidates import (
+    EXTRA_FRACTION,
+    PILOT_MIN_BLOCKS,
+    CandidatePlan,
+    extra_fraction,
+    pilot_block_count,
+    plan_candidates,
+    trajectories_from_candidates,
+)
 from xtec.runtime.clusters import Runtime
 
 
@@ -104,6 +112,28 @@ def test_pilot_bound_lies_below_the_exact_cutoff(medium_file):
         assert plan_candidates(data, 2.5, "mean", 0).bound == pytest.approx(math.log(2.5))
         assert plan_candidates(data, "none", "mean", 0).bound == -math.inf
         assert plan_candidates(data, "kl", "mean", 1e12).source == "all"
+
+
+def test_candidate_margin_shrinks_with_the_pilots_sampling_error(medium_file, caplog):
+    """The margin beyond the pilot's kept fraction is 10% of the voxels at the
+    fewest sampled blocks and falls as 1 / sqrt(blocks): 3.6% at the 484
+    blocks of the 48 GB benchmark series, never below what the pilot adds
+    at the smallest sample."""
+    assert extra_fraction(1) == extra_fraction(PILOT_MIN_BLOCKS) == EXTRA_FRACTION
+    assert extra_fraction(4 * PILOT_MIN_BLOCKS) == pytest.approx(EXTRA_FRACTION / 2)
+    assert extra_fraction(pilot_block_count(15_488)) == pytest.approx(0.0364, abs=1e-4)
+    counts = [pilot_block_count(t) for t in (10, 1_024, 4_096, 15_488)]
+    assert counts == [10, 64, 128, 484]
+    margins = [extra_fraction(n) for n in counts]
+    assert margins == sorted(margins, reverse=True) and margins[-1] > 0
+    # The plan uses the margin of the blocks its pilot sampled.
+    data = open_nexus(medium_file).data
+    pilot = open_nexus(medium_file, chunks=(1, 64, 64)).data
+    with dask.config.set(scheduler="threads"), caplog.at_level("INFO"):
+        plan = plan_candidates(data, "kl", "mean", budget_bytes=0, pilot_data=pilot)
+    n_blocks = pilot_block_count(math.prod(pilot.numblocks[1:]))
+    kept = float(caplog.text.split("keeps ")[1].split("%")[0]) / 100
+    assert plan.fraction == pytest.approx(kept + extra_fraction(n_blocks), abs=1e-3)
 
 
 def test_pipeline_with_pilot_and_disk_candidates(medium_file, reread_labels, tmp_path,
