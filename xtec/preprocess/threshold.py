@@ -51,7 +51,7 @@ def warm_kernels() -> bool:
     does it during the first pass, not in the threshold's first task)."""
     m = np.ones(2, np.float32)
     _moments(m), _fine_hist(m, 0.0, 1.0, 2), _weighted_hist(m, np.array([0.0, 1.0, 2.0]))
-    _values_in_bins(m, 0.0, 1.0, 2, np.array([0]))
+    _values_in_bins(m, *_bins_wanted(0.0, 1.0, 2, [0]))
     log_mean_block(m)
     return True
 
@@ -94,10 +94,16 @@ def bin_value_ranges(lo: float, width: float, nbins: int, bins) -> tuple[np.ndar
     return low, high
 
 
-def _values_in_bins(m, lo, width, nbins, bins):
+def _bins_wanted(lo: float, width: float, nbins: int, bins) -> tuple:
+    """What :func:`_values_in_bins` needs to find the values of ``bins``: the
+    bins as flags (nbins,) and their ranges of means (:func:`bin_value_ranges`),
+    made once for every block."""
     hit = np.zeros(nbins, np.bool_)
     hit[bins] = True
-    low, high = bin_value_ranges(lo, width, nbins, bins)
+    return (lo, width, nbins, hit, *bin_value_ranges(lo, width, nbins, bins))
+
+
+def _values_in_bins(m, lo, width, nbins, hit, low, high):
     return kernels().values_in_bins(_flat_numpy(m), lo, width, nbins, hit, low, high)
 
 
@@ -152,7 +158,7 @@ def order_statistics(mean: da.Array, st: LogIntensityStats, ranks,
     cum = np.cumsum(fine.counts, dtype=np.int64)
     ranks = [min(max(int(r), 0), st.n - 1) for r in ranks]
     need = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
-    parts = _per_block(mean, _values_in_bins, lo, width, nbins, np.array(need))
+    parts = _per_block(mean, _values_in_bins, *_bins_wanted(lo, width, nbins, need))
     vals = np.concatenate([p[0] for p in parts])
     vbins = np.concatenate([p[1] for p in parts])  # as the kernel binned them
     in_bin = {b: np.sort(vals[vbins == b]) for b in need}
