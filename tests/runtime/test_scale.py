@@ -116,17 +116,41 @@ def test_a_job_scripts_nanny_spawns_workers_with_the_allocator_settings(tmp_path
 def test_the_workers_profiler_is_off_unless_the_users_dask_config_sets_it(monkeypatch):
     """xtec's workers run without Dask's stack sampler; a user's ``DASK_...``
     variable (or YAML) either way wins, and a job script exports the setting."""
-    from xtec.runtime.workers import PROFILE_KEY, worker_config
+    from xtec.runtime.workers import PROFILE_KEY, TICK_KEY, worker_config
 
     monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", raising=False)
-    assert worker_config() == {PROFILE_KEY: False}
+    monkeypatch.delenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", raising=False)
+    assert worker_config() == {PROFILE_KEY: False, TICK_KEY: "100ms"}
     for value in ("True", "False"):
         monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", value)
-        assert worker_config() == {}
+        assert worker_config() == {TICK_KEY: "100ms"}
     monkeypatch.delenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED")
     pytest.importorskip("dask_jobqueue")
     script = _job_script("slurm", JobqueueOptions(cores=1, memory="2GB"))
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in script.splitlines()
+
+
+def test_the_servers_tick_is_100_ms_unless_the_user_sets_it(monkeypatch):
+    """The event-loop health check of the scheduler, nannies and workers a
+    LocalCluster starts wakes every 100 ms, not Dask's 20 (CPU the tasks share on
+    a small machine); a user's ``DASK_...`` variable wins; a job script exports it."""
+    from xtec.runtime.workers import TICK_KEY, worker_config
+
+    monkeypatch.delenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", raising=False)
+    with dask_runtime(workers=1, memory_limit="1GB", dashboard_address=None) as rt:
+        ticks = rt.client.run(lambda dask_worker: dask_worker._tick_interval)
+        assert list(ticks.values()) == [0.1], ticks
+        assert rt.client.run_on_scheduler(lambda dask_scheduler: dask_scheduler._tick_interval) \
+            == 0.1
+    monkeypatch.setenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL", "20ms")
+    assert TICK_KEY not in worker_config()
+    with dask_runtime(workers=1, memory_limit="1GB", dashboard_address=None) as rt:
+        ticks = rt.client.run(lambda dask_worker: dask_worker._tick_interval)
+        assert list(ticks.values()) == [0.02], ticks
+    monkeypatch.delenv("DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL")
+    pytest.importorskip("dask_jobqueue")
+    script = _job_script("slurm", JobqueueOptions(cores=1, memory="2GB"))
+    assert "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=100ms" in script.splitlines()
 
 
 def test_chunks_follow_worker_memory():
