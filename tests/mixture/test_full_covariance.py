@@ -97,7 +97,7 @@ def test_full_labels_identical_in_process_chunked_and_on_local_cluster():
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                      dashboard_address=None) as cl,
-        Client(cl),
+        Client(cl) as client,
     ):
         dx = da.from_array(X, chunks=(1500, -1))
         g = GaussianMixture(3, covariance_type="full", random_state=0).fit(dx)
@@ -105,12 +105,18 @@ def test_full_labels_identical_in_process_chunked_and_on_local_cluster():
         # Held on the workers, a pass is one task per worker thread over the
         # chunks it holds: the same statistics to the bit as one task per chunk.
         from xtec.mixture import passes as em
-        from xtec.runtime.chunks import chunks_by_thread, held_chunks
+        from xtec.mixture.engines import chunk_stats
+        from xtec.runtime.chunks import chunks_by_thread, held_chunks, per_block
 
         held = dx.rechunk((1000, -1)).persist()
         shares = chunks_by_thread(held_chunks(held))
         assert len(shares) == 2 and sorted(i for _, idx in shares for i in idx) == list(range(9))
-        grouped = em._stats_where_held(held, g.params_, "auto")
+        from distributed import get_task_stream
+
+        with get_task_stream(client) as stream:
+            grouped = per_block(chunk_stats, held, args=(g.params_, "auto", 1))
+        assert len(stream.data) == 2  # one task per worker thread
+
         per_chunk = em.data_stats(dx.rechunk((1000, -1)), g.params_)
         total = grouped[0]
         for p in grouped[1:]:

@@ -21,12 +21,12 @@ from xtec.preprocess import (
     summarize,
 )
 from xtec.preprocess.threshold import (
-    _per_block,
     bin_value_ranges,
     combine_log_mean_blocks,
     log_mean_block,
     threshold_aside,
 )
+from xtec.runtime.chunks import per_block
 
 
 def reference_kl_cutoff(x: np.ndarray) -> float:
@@ -96,7 +96,7 @@ def test_streaming_threshold_equals_in_memory(log_values):
         np.testing.assert_array_equal(th.hist, np.histogram(x, th.edges)[0])
         # From the first pass's per-block summaries instead of two passes of
         # its own: the same statistics, order statistics and cutoff.
-        lm = combine_log_mean_blocks(_per_block(mean, log_mean_block))
+        lm = combine_log_mean_blocks(per_block(log_mean_block, mean))
         assert lm.stats == st
         np.testing.assert_array_equal(order_statistics(mean, st, ranks, lm.fine),
                                       np.sort(x)[ranks])
@@ -163,7 +163,7 @@ def test_threshold_errors():
     zeros = da.zeros((4, 4, 4), chunks=2)
     with pytest.raises(ParameterError, match="every voxel is zero"):
         compute_threshold(zeros, "kl")
-    assert combine_log_mean_blocks(_per_block(zeros, log_mean_block)) is None
+    assert combine_log_mean_blocks(per_block(log_mean_block, zeros)) is None
     with pytest.raises(ParameterError, match="threshold must be"):
         compute_threshold(da.ones((4, 4, 4)), "otsu")
     # raised where the thread's result is asked for

@@ -7,6 +7,8 @@ mixture's statistics, so only K x T numbers per chunk travel.
 
 from __future__ import annotations
 
+import operator
+
 import dask
 import dask.array as da
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from xtec.backend import to_numpy
 from xtec.mixture.engines import chunk_predict
 from xtec.mixture.kernels import profile_kernels
+from xtec.runtime.chunks import stack_tasks
 
 
 def _cluster_block_stats(x, labels, k):
@@ -43,8 +46,10 @@ def _predict_block_stats(x, params, engine, k):
     return labels, _cluster_block_stats(x, labels, k)
 
 
-def _summed(*parts) -> np.ndarray:
-    return np.sum(parts, axis=0)  # in block order: the same sums however they finish
+def _summed_stats(*parts) -> np.ndarray:
+    # (labels, stats) of each block, summed in block order: the same sums
+    # however they finish.
+    return np.sum([p[1] for p in parts], axis=0)
 
 
 def predict_with_profiles(gmm, X, k: int):
@@ -57,14 +62,15 @@ def predict_with_profiles(gmm, X, k: int):
     while the profiles are still being summed.  Returns also the persisted
     pass, to hold until the result is written.
     """
-    f = dask.delayed(_predict_block_stats, pure=True, nout=2)
+    f = dask.delayed(_predict_block_stats, pure=True)
     parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k) for b in X.to_delayed().ravel()])
-    labels = da.concatenate([da.from_delayed(p[0], shape=(n,), dtype=np.int16,
-                                             meta=np.empty(0, np.int16))
-                             for p, n in zip(parts, X.chunks[0])])
+    # Each block's labels are the first of its pass's results: one task per
+    # block takes them (Delayed's nout and from_delayed pieces took three).
+    labels = stack_tasks([(operator.itemgetter(0), p) for p in parts],
+                         [(n,) for n in X.chunks[0]], np.int16, np.empty(0, np.int16), "labels")
     t = int(X.shape[1])
     totals = dask.delayed(_profile_totals, pure=True, nout=3)(
-        dask.delayed(_summed, pure=True)(*[p[1] for p in parts]))
+        dask.delayed(_summed_stats, pure=True)(*parts))
     # Persisted too (asynchronously on a cluster): the write and the run's
     # summary then read the profiles, instead of each summing every block's
     # statistics again.

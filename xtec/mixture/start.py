@@ -12,7 +12,6 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -21,6 +20,7 @@ from xtec.mixture.em import run_em
 from xtec.mixture.engines import PARALLEL_MIN_ROWS, fixed_rows_stats, set_numba_threads
 from xtec.mixture.kernels import start_kernels
 from xtec.mixture.parameters import MixtureParams, SufficientStats, m_step
+from xtec.runtime.chunks import per_block
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ def init_sample(X, index, size: int, seed: int) -> np.ndarray:
             index = da.arange(n, chunks=(X.chunks[0],), dtype=np.int64)
         elif not isinstance(index, da.Array):
             index = da.from_array(np.asarray(index), chunks=(X.chunks[0],))
-        f = dask.delayed(_sample_chunk, pure=True)
-        parts = dask.compute(*[f(x, i, rate, seed) for x, i in
-                               zip(X.to_delayed().ravel(), index.to_delayed().ravel())])
+        parts = per_block(_sample_chunk, X, index, args=(rate, seed))
     else:
         parts = [_sample_chunk(X, index, rate, seed)]
     if len(parts) == 1:

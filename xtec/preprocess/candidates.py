@@ -18,6 +18,7 @@ pilot).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from xtec.preprocess.trajectories import (
     block_means,
     trajectories_block,
 )
+from xtec.runtime.chunks import stack_tasks
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +163,8 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
     :func:`xtec.preprocess.extract_trajectories` on the same mask.
     """
     mblocks = mask.to_delayed()
-    pick = dask.delayed(pick_block, pure=True)
-    return assemble_trajectories(mask, lambda pos: pick(candidates[pos], mblocks[pos]), t,
-                                 meta)
+    return assemble_trajectories(mask, lambda pos: (pick_block, candidates[pos], mblocks[pos]),
+                                 t, meta)
 
 
 def compact_group(cands: list, masks: list, n: int, t: int) -> str:
@@ -236,19 +237,19 @@ def compact_candidates(candidates: np.ndarray, mask: da.Array, t: int, meta=None
                      [mblocks[positions[i]] for i in run], sum(sizes[i] for i in run), t)
              for run in runs]
     paths = dask.compute(*tasks)
-    mapped = dask.delayed(map_kept, pure=True)
     where = {}
     for path, run in zip(paths, runs):
         start = 0
         for i in run:
             where[positions[i]] = (path, start, start + sizes[i])
             start += sizes[i]
-    traj = assemble_trajectories(mask, lambda pos: mapped(*where[pos]), t, meta, counts)
-    meta2 = traj.X._meta
+    traj = assemble_trajectories(mask, lambda pos: (functools.partial(map_kept, *where[pos]),),
+                                 t, meta, counts)
     group_rows = [sum(sizes[i] for i in run) for run in runs]
-    X = da.concatenate([da.from_delayed(mapped(path), shape=(n, t), dtype=np.float32, meta=meta2)
-                        for path, n in zip(paths, group_rows) if n])
-    return traj, X, traj.index.rechunk((tuple(n for n in group_rows if n),))
+    files = [(path, n) for path, n in zip(paths, group_rows) if n]
+    X = stack_tasks([(functools.partial(map_kept, path),) for path, _ in files],
+                    [(n, t) for _, n in files], np.float32, traj.X._meta, "kept-trajectories")
+    return traj, X, traj.index.rechunk((tuple(n for _, n in files),))
 
 
 # ---------------------------------------------------------------------------- pilot

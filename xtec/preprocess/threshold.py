@@ -30,7 +30,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -38,6 +37,7 @@ from xtec.backend import namespace, to_numpy
 from xtec.errors import ParameterError
 from xtec.preprocess._kernels_numpy import edge_index
 from xtec.preprocess.kernels import kernels
+from xtec.runtime.chunks import per_block
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,6 @@ def warm_kernels() -> bool:
     _values_in_bins(m, *_bins_wanted(0.0, 1.0, 2, [0]))
     log_mean_block(m)
     return True
-
-
-def _per_block(arr: da.Array, func, *args) -> list:
-    """Apply ``func(block, *args)`` to every block and return the small results,
-    in block order (so reductions over them are deterministic)."""
-    blocks = arr.to_delayed().ravel()
-    f = dask.delayed(func, pure=True)
-    return list(dask.compute(*[f(b, *args) for b in blocks]))
 
 
 def _flat_numpy(m) -> np.ndarray:
@@ -103,6 +95,10 @@ def _bins_wanted(lo: float, width: float, nbins: int, bins) -> tuple:
     return (lo, width, nbins, hit, *bin_value_ranges(lo, width, nbins, bins))
 
 
+def _positive_count(m) -> int:
+    return int((to_numpy(m) > 0).sum())
+
+
 def _values_in_bins(m, lo, width, nbins, hit, low, high):
     return kernels().values_in_bins(_flat_numpy(m), lo, width, nbins, hit, low, high)
 
@@ -128,7 +124,7 @@ class LogIntensityStats:
 
 def log_intensity_stats(mean: da.Array) -> LogIntensityStats:
     """Count, moments and range of x = log(mean) in one streaming pass."""
-    return _combined_moments(_per_block(mean, _moments))
+    return _combined_moments(per_block(_moments, mean))
 
 
 def _combined_moments(parts) -> LogIntensityStats:
@@ -152,13 +148,13 @@ def order_statistics(mean: da.Array, st: LogIntensityStats, ranks,
     """
     if fine is None:
         width = (st.max - st.min) / _FINE_BINS or 1.0
-        hist = np.sum(_per_block(mean, _fine_hist, st.min, width, _FINE_BINS), axis=0)
+        hist = np.sum(per_block(_fine_hist, mean, args=(st.min, width, _FINE_BINS)), axis=0)
         fine = FineHistogram(hist, st.min, width)
     lo, width, nbins = fine.lo, fine.width, fine.counts.size
     cum = np.cumsum(fine.counts, dtype=np.int64)
     ranks = [min(max(int(r), 0), st.n - 1) for r in ranks]
     need = sorted({int(np.searchsorted(cum, r, side="right")) for r in ranks})
-    parts = _per_block(mean, _values_in_bins, *_bins_wanted(lo, width, nbins, need))
+    parts = per_block(_values_in_bins, mean, args=_bins_wanted(lo, width, nbins, need))
     vals = np.concatenate([p[0] for p in parts])
     vbins = np.concatenate([p[1] for p in parts])  # as the kernel binned them
     in_bin = {b: np.sort(vals[vbins == b]) for b in need}
@@ -338,7 +334,7 @@ def compute_threshold(mean: da.Array, method: str | float = "kl",
         value = float(method)
         if not value > 0:
             raise ParameterError(f"a threshold intensity must be > 0 (got {value})")
-        n = int(sum(int(a) for a in _per_block(mean, lambda m: int((to_numpy(m) > 0).sum()))))
+        n = int(sum(per_block(_positive_count, mean)))
         return Threshold("value", math.log(value), n)
     if method not in THRESHOLD_METHODS:
         raise ParameterError(
@@ -362,7 +358,7 @@ def compute_threshold(mean: da.Array, method: str | float = "kl",
         raise ParameterError("too few distinct intensities for the KL threshold; use "
                              "threshold='simple' or an intensity")
     edges = np.linspace(st.min, st.max, nb + 1)
-    counts, s1, s2 = np.sum(_per_block(mean, _weighted_hist, edges), axis=0)
+    counts, s1, s2 = np.sum(per_block(_weighted_hist, mean, args=(edges,)), axis=0)
     idx, it, gauss = kl_cutoff(counts, edges, s1, s2, st.mean, st.std, width)
     log.info("KL threshold: bin %d of %d, cutoff %.4g (log), %d steps", idx, nb, edges[idx], it)
     if not st.mean - st.std <= edges[idx] <= st.mean + 2 * st.std:

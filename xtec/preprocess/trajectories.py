@@ -10,6 +10,7 @@ so nothing is gathered whole.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block, mean_logs
-from xtec.runtime.chunks import block_offsets, map_blocks_with_pieces
+from xtec.runtime.chunks import block_offsets, map_blocks_with_pieces, per_block, stack_tasks
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +176,11 @@ def _cell_captured(cell):
     return cell.item()[2]
 
 
-def _small_items(cell):
-    """A first-pass block's small results, (bad counts, frame statistics,
-    log-mean summary, peaks), in a (1, 1, 1) object array."""
+def _small_items(cell) -> tuple:
+    """A first-pass block's small results: (bad counts, frame statistics,
+    log-mean summary, peaks)."""
     part = cell.item()
-    out = np.empty(cell.shape, dtype=object)
-    out[(0,) * cell.ndim] = (part[1], part[3], part[4], part[5])
-    return out
+    return part[1], part[3], part[4], part[5]
 
 
 def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) -> VoxelSummary:
@@ -245,7 +244,7 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
     # result is wanted by this compute: Dask's scheduler fails an assertion
     # when a run is cancelled (a lost worker job) with unwanted tasks depending
     # on persisted ones, so there is no reduction tree here.
-    smalls = list(cells.map_blocks(_small_items, dtype=object, meta=grid).compute().ravel())
+    smalls = per_block(_small_items, cells)
     bad, frames, logs, maxima = (list(x) for x in zip(*smalls)) if smalls else ([],) * 4
     log_means = combine_log_mean_blocks(logs) if persist else None
     totals = np.sum(bad, axis=0)
@@ -306,47 +305,52 @@ def extract_trajectories(data: da.Array, mask: da.Array, rescale: str = "mean") 
         data = data.rechunk({0: -1})
     dblocks = data.to_delayed()[0]
     mblocks = mask.to_delayed()
-    traj = dask.delayed(trajectories_block, pure=True)
-    return assemble_trajectories(mask, lambda pos: traj(dblocks[pos], mblocks[pos], rescale),
+    traj = functools.partial(trajectories_block, method=rescale)
+    return assemble_trajectories(mask, lambda pos: (traj, dblocks[pos], mblocks[pos]),
                                  data.shape[0], data._meta)
+
+
+def _count_block(m) -> int:
+    return int(to_numpy(m).sum())
 
 
 def block_counts(mask: da.Array) -> np.ndarray:
     """Set voxels per block of ``mask`` (L, K, H) bool: an array of its block grid."""
-    return mask.map_blocks(
-        lambda m: np.full((1, 1, 1), int(to_numpy(m).sum()), np.int64), dtype=np.int64,
-        chunks=(1, 1, 1),
-    ).compute()
+    return np.array(per_block(_count_block, mask), np.int64).reshape(mask.numblocks)
 
 
 def assemble_trajectories(mask: da.Array, block_trajectories, t: int, meta=None,
                           counts: np.ndarray | None = None) -> Trajectories:
-    """:class:`Trajectories` from one Delayed (n_kept, T) array per spatial block.
+    """:class:`Trajectories` from one task per spatial block.
 
-    block_trajectories(pos) gives the kept rows of block ``pos`` of ``mask``
-    (L, K, H) bool, in C order; blocks that keep nothing are skipped.  ``counts``:
-    :func:`block_counts` of ``mask``, when the caller has them.
+    block_trajectories(pos) gives the task ``(func, *Delayed inputs)`` whose
+    result is the kept rows (n_kept, T) of block ``pos`` of ``mask`` (L, K, H)
+    bool, in C order (:func:`xtec.runtime.chunks.stack_tasks`); blocks that
+    keep nothing are skipped.  ``counts``: :func:`block_counts` of ``mask``,
+    when the caller has them.
     """
     if counts is None:
         counts = block_counts(mask)
     mblocks = mask.to_delayed()
     offsets = block_offsets(mask.chunks)
-    flat_idx = dask.delayed(flat_indices_block, pure=True)
-    meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
-    xs, ids = [], []
+    xs, ids, shapes = [], [], []
     for pos in np.ndindex(*counts.shape):
         n = int(counts[pos])
         if n == 0:
             continue
-        xs.append(da.from_delayed(block_trajectories(pos), shape=(n, t), dtype=np.float32,
-                                  meta=meta2))
-        ids.append(da.from_delayed(flat_idx(mblocks[pos], offsets[pos], mask.shape), shape=(n,),
-                                   dtype=np.int64))
+        xs.append(block_trajectories(pos))
+        ids.append((functools.partial(flat_indices_block, offset=offsets[pos], shape=mask.shape),
+                    mblocks[pos]))
+        shapes.append(n)
     if not xs:
         raise ParameterError(
             "the threshold keeps no voxel; lower it (--threshold simple, none, or an intensity)"
         )
-    return Trajectories(da.concatenate(xs), da.concatenate(ids), counts, mask)
+    meta2 = _meta_2d(meta if meta is not None else np.empty(0, np.float32))
+    X = stack_tasks(xs, [(n, t) for n in shapes], np.float32, meta2, "trajectories")
+    index = stack_tasks(ids, [(n,) for n in shapes], np.int64, np.empty(0, np.int64),
+                        "voxel-index")
+    return Trajectories(X, index, counts, mask)
 
 
 def _meta_2d(meta):

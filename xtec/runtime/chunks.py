@@ -188,6 +188,40 @@ def chunks_by_thread(futures: list) -> list[tuple[str, list[int]]] | None:
     return shares
 
 
+def per_block(func, *arrays, args: tuple = ()) -> list:
+    """``[func(*blocks, *args)]`` for the blocks of ``arrays`` (Dask arrays of as
+    many blocks), in flat C order: small results for the caller.
+
+    Where the first array is held (persisted) on a Dask cluster, one task per
+    worker thread runs over the blocks held there (:func:`chunks_by_thread`):
+    each task is a round of the scheduler's and a worker's bookkeeping, about
+    3 ms of CPU on this project's 2-core VM, and a pass over the 1.5 GB
+    benchmark series' means was 32 of them.  Else one task per block, with the
+    current scheduler.
+    """
+    held = [held_chunks(a) for a in arrays]
+    shares = chunks_by_thread(held[0]) if all(h is not None for h in held) else None
+    if shares is None:
+        f = dask.delayed(func, pure=True)
+        blocks = [a.to_delayed().ravel() for a in arrays]
+        return list(dask.compute(*[f(*bs, *args) for bs in zip(*blocks)]))
+    client = held[0][0].client
+    tasks = [client.submit(_blocks_of_share, func, len(arrays), args,
+                           *[h[i] for i in idx for h in held],
+                           workers=[addr], allow_other_workers=True, pure=False)
+             for addr, idx in shares]
+    out: list = [None] * len(held[0])
+    for (_, idx), got in zip(shares, client.gather(tasks)):
+        for i, r in zip(idx, got):
+            out[i] = r
+    return out
+
+
+def _blocks_of_share(func, n_arrays: int, args: tuple, *blocks) -> list:
+    # blocks: n_arrays per position, in the share's order
+    return [func(*blocks[j:j + n_arrays], *args) for j in range(0, len(blocks), n_arrays)]
+
+
 def _flat_keys(keys):
     for k in keys:
         if isinstance(k, list):
@@ -296,6 +330,45 @@ def _first_piece(func, pieces, *args, **kwargs):
     # concatenate=False hands the block's pieces along the dropped axis as a
     # list: there is one.
     return func(pieces[0], *args, **kwargs)
+
+
+def stack_tasks(tasks: list[tuple], shapes: list[tuple[int, ...]], dtype, meta=None,
+                name: str = "stack"):
+    """A Dask array stacked along axis 0 from one task per chunk and nothing else.
+
+    ``tasks[j]`` is ``(func, *inputs)``: chunk j is ``func(*results)`` of the
+    Delayed ``inputs`` (constants go into ``func``, a ``functools.partial``),
+    of shape ``shapes[j]`` (the same beyond axis 0).
+
+    ``da.concatenate`` of ``da.from_delayed`` pieces, which this replaces,
+    made three tasks of each chunk (the work, the piece, the concatenation's
+    alias), and each task is a round of a cluster's bookkeeping: 320 chunks
+    of an identity persisted in 1.2-2.0 s on two workers that way, 0.55-0.83 s
+    as one task each (this project's 2-core VM).
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    if not tasks or len(tasks) != len(shapes):
+        raise ValueError("one shape per task, and at least one task")
+    out = f"{name}-{tokenize(tasks, shapes, dtype)}"
+    tail = tuple(shapes[0][1:])
+    inputs: dict = {}
+    layer = {}
+    for j, (func, *args) in enumerate(tasks):
+        if not callable(func) or not all(isinstance(a, Delayed) for a in args):
+            raise TypeError("each task is (callable, *Delayed inputs)")
+        inputs.update((a.key, a) for a in args)
+        # dask.delayed makes the task (its inputs referred to as keys, which a
+        # tuple of a plain graph does not do for a persisted array's blocks);
+        # named as the array's chunk, it is the chunk.
+        part = dask.delayed(func, pure=True)(*args, dask_key_name=(out, j, *(0,) * len(tail)))
+        layer[part.key] = part.dask[part.key]
+    graph = HighLevelGraph.from_collections(out, layer, dependencies=list(inputs.values()))
+    chunks = (tuple(int(s[0]) for s in shapes), *((int(n),) for n in tail))
+    return da.Array(graph, out, chunks, dtype=dtype, meta=meta)
 
 
 def map_blocks_with_pieces(func, x, pieces, which: dict, *args, dtype, meta=None):
