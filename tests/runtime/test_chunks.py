@@ -92,3 +92,67 @@ def test_the_first_pass_copies_no_block_of_the_series(monkeypatch):
     block = 12 * 2 * 10 * 20 * 4
     assert sizes and max(sizes) < block, sizes  # the cells, and the means' (L, K, H)
     np.testing.assert_allclose(mean, data.compute().mean(axis=0), rtol=1e-6)
+
+
+def _ndim_and_sum(block) -> np.ndarray:
+    return np.array([[block.ndim, int(block.sum())]])
+
+
+def test_stacked_tasks_are_the_chunks_and_read_persisted_blocks_on_a_cluster():
+    """One task per chunk and no other (from_delayed pieces and a concatenate made
+    three); its inputs are the blocks themselves, also those of an array persisted
+    on a cluster and handed over by ``to_delayed()`` (a plain graph's tuple took
+    such a block's key for a constant: the bug this guards)."""
+    from distributed import Client, LocalCluster, get_task_stream, wait
+
+    from xtec.runtime.chunks import stack_tasks
+
+    x = np.arange(2 * 6 * 6).reshape(2, 6, 6)
+    want = [[3, int(x[:1, :3, :3].sum())], [3, int(x[1:, 3:, 3:].sum())]]
+    with pytest.raises(TypeError, match="Delayed"):
+        stack_tasks([(_ndim_and_sum, x)], [(1, 2)], np.int64)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        m = da.from_array(x, chunks=(1, 3, 3)).persist()
+        wait(m)
+        for optimize in (True, False):
+            blocks = m.to_delayed(optimize_graph=optimize)
+            got = stack_tasks([(_ndim_and_sum, blocks[0, 0, 0]), (_ndim_and_sum, blocks[1, 1, 1])],
+                              [(1, 2), (1, 2)], np.int64, name=f"stacked-{optimize}")
+            assert got.chunks == ((1, 1), (2,))
+            with get_task_stream(client) as stream:
+                np.testing.assert_array_equal(got.compute(), want)
+            ours = [t for t in stream.data if got.name in str(t["key"])]
+            assert len(ours) == 2 and len(stream.data) <= 3  # (and the compute's finalize)
+    with dask.config.set(scheduler="sync"):  # and without a cluster
+        blocks = da.from_array(x, chunks=(1, 3, 3)).to_delayed()
+        np.testing.assert_array_equal(
+            stack_tasks([(_ndim_and_sum, blocks[0, 0, 0]), (_ndim_and_sum, blocks[1, 1, 1])],
+                        [(1, 2), (1, 2)], np.int64).compute(), want)
+
+
+def _pair(a, b, scale) -> float:
+    return float(a.sum() * scale + b.sum())
+
+
+def test_per_block_results_in_block_order_one_task_per_worker_thread_where_held():
+    from distributed import Client, LocalCluster, get_task_stream, wait
+
+    from xtec.runtime.chunks import per_block
+
+    rng = np.random.default_rng(1)
+    a, b = rng.random((90, 4)), rng.random(90)
+    da_, db_ = da.from_array(a, chunks=(10, 4)), da.from_array(b, chunks=(10,))
+    want = [float(a[i:i + 10].sum() * 2.0 + b[i:i + 10].sum()) for i in range(0, 90, 10)]
+    with dask.config.set(scheduler="sync"):
+        assert per_block(_pair, da_, db_, args=(2.0,)) == want
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        held_a, held_b = dask.persist(da_, db_)
+        wait([held_a, held_b])
+        with get_task_stream(client) as stream:
+            assert per_block(_pair, held_a, held_b, args=(2.0,)) == want
+        assert len(stream.data) <= 2  # one per worker thread holding blocks
+        with get_task_stream(client) as stream:  # not held: a task per block
+            assert per_block(_pair, da_, db_, args=(2.0,)) == want
+        assert sum(1 for t in stream.data if "_pair" in str(t["key"])) == 9
