@@ -6,7 +6,6 @@ travel.
 
 from __future__ import annotations
 
-import dask
 import dask.array as da
 
 from xtec.mixture.engines import chunk_stats
@@ -18,11 +17,10 @@ def data_stats(X, params: MixtureParams, engine: str = "auto") -> SufficientStat
     """Statistics over a whole array: in one call, or reduced over Dask chunks
     (each chunk alone, summed in chunk order, however the tasks are cut)."""
     if isinstance(X, da.Array):
-        if X.npartitions > 1:  # one thread per chunk; held ones per worker thread
-            parts = per_block(chunk_stats, X, args=(params, engine, 1))
-        else:
-            parts = dask.compute(dask.delayed(chunk_stats, pure=True)(
-                X.to_delayed().ravel()[0], params, engine, None))
+        # One thread per chunk where there are several (held ones: one task
+        # per worker thread over those it holds); a lone chunk gets them all.
+        threads = 1 if X.npartitions > 1 else None
+        parts = per_block(chunk_stats, X, args=(params, engine, threads))
         total = parts[0]
         for p in parts[1:]:  # fixed order: the sum does not depend on who finished first
             total = total + p
