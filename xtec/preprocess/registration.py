@@ -246,32 +246,42 @@ def _step(q) -> float:
     return float(np.abs(np.diff(q)).mean()) if q.size > 1 else 1.0
 
 
-def _subvoxel(box: np.ndarray, contrast: float) -> np.ndarray:
-    """Fractional index (3,) of the maximum of one frame's box, NaN where the
-    peak does not stand out by ``contrast`` or its maximum lies on the box's face."""
-    b = np.asarray(box, np.float64)
-    base = float(np.median(b))
-    c = np.unravel_index(int(np.argmax(b)), b.shape)
-    if not b[c] > contrast * max(base, 1e-12) or b[c] <= 0:
-        return np.full(3, np.nan)
-    out = np.empty(3)
-    top = b[c] - base
-    for ax in range(3):
-        i = c[ax]
-        if i == 0 or i == b.shape[ax] - 1:
-            return np.full(3, np.nan)
-        lo, hi = list(c), list(c)
-        lo[ax], hi[ax] = i - 1, i + 1
-        side = (b[tuple(lo)] - base, b[tuple(hi)] - base)
-        # A neighbour in a gap (or nothing but background): no parabola there.
-        if min(side) < NEIGHBOUR_MIN * top:
-            out[ax] = np.nan
-            continue
-        # log of the background-subtracted intensities: a Gaussian's parabola
-        y0, y1, y2 = math.log(side[0]), math.log(top), math.log(side[1])
-        den = y0 - 2.0 * y1 + y2
-        off = 0.5 * (y0 - y2) / den if den < 0 else np.nan
-        out[ax] = i + off if abs(off) <= 0.6 else np.nan
+def _subvoxel(boxes: np.ndarray, contrast: float) -> np.ndarray:
+    """Fractional index (T, 3) of the maximum of each frame's box in ``boxes``
+    (T, l, k, h), NaN where the peak does not stand out by ``contrast`` or its
+    maximum lies on the box's face.  All frames at once: per frame, a box's
+    median and a few neighbours (1,152 frames' boxes per run of the benchmark's
+    series took 0.21 s one by one)."""
+    b = np.asarray(boxes, np.float64)
+    n_t, shape = b.shape[0], b.shape[1:]
+    flat = b.reshape(n_t, -1)
+    base = np.median(flat, axis=1) if flat.shape[1] else np.zeros(n_t)
+    arg = np.argmax(flat, axis=1) if flat.shape[1] else np.zeros(n_t, np.int64)
+    t = np.arange(n_t)
+    peak = flat[t, arg] if flat.shape[1] else np.zeros(n_t)
+    c = np.stack(np.unravel_index(arg, shape), axis=1)  # (T, 3)
+    found = (peak > contrast * np.maximum(base, 1e-12)) & (peak > 0)
+    top = peak - base
+    out = np.full((n_t, 3), np.nan)
+    inside = found & ((c > 0) & (c < np.asarray(shape) - 1)).all(axis=1)
+    if not inside.any():
+        return out
+    t, c, base, top = t[inside], c[inside], base[inside], top[inside]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for ax in range(3):
+            step = np.zeros(3, np.int64)
+            step[ax] = 1
+            lo, hi = c - step, c + step
+            side0 = b[(t, *lo.T)] - base
+            side2 = b[(t, *hi.T)] - base
+            # A neighbour in a gap (or nothing but background): no parabola there.
+            ok = np.minimum(side0, side2) >= NEIGHBOUR_MIN * top
+            # log of the background-subtracted intensities: a Gaussian's parabola
+            y0, y1, y2 = np.log(side0), np.log(top), np.log(side2)
+            den = y0 - 2.0 * y1 + y2
+            off = np.where(den < 0, 0.5 * (y0 - y2) / den, np.nan)
+            ok &= np.abs(off) <= 0.6
+            out[t, ax] = np.where(ok, c[:, ax] + off, np.nan)
     return out
 
 
@@ -292,8 +302,7 @@ def peak_positions(data: da.Array, peaks: np.ndarray, radius,
         boxes.append((lo, hi))
     out = np.full((data.shape[0], len(peaks), 3), np.nan)
     for j, (v, (lo, _)) in enumerate(zip(read_boxes(data, boxes, scheduler), boxes)):
-        for t in range(v.shape[0]):
-            out[t, j] = _subvoxel(v[t], contrast) + np.asarray(lo)
+        out[:, j] = _subvoxel(v, contrast) + np.asarray(lo)
     return out
 
 
