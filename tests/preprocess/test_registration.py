@@ -12,6 +12,7 @@ from conftest import assert_one_line_error, run
 from xtec.datasets import make_measured_series, write_xtec
 from xtec.io.store import open_result
 from xtec.preprocess.registration import (
+    _subvoxel,
     estimate_registration,
     register_frames,
     wants_register,
@@ -182,3 +183,24 @@ def test_the_threshold_of_registered_frames_is_of_their_means(tmp_path, monkeypa
     assert th["aside"] == th["waited"]
     assert th["aside"]["cutoff_log"] != th["off"]["cutoff_log"]  # the means moved
     np.testing.assert_array_equal(aside.labels.values, waited.labels.values)
+
+
+def test_subvoxel_fits_every_frame_as_one_frame_alone():
+    # The fit runs on a box's frames at once; each frame's answer is its own:
+    # a Gaussian's centre to a hundredth of a voxel, NaN where nothing stands
+    # out, where the maximum is on the box's face, or a neighbour is in a gap.
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (7, 9, 9)), indexing="ij"), axis=-1)
+    centres = [(3.2, 4.0, 3.7), (3.0, 4.45, 4.9), (None,), (0.1, 4.0, 4.0), (3.0, 4.0, 4.0),
+               (2.8, 3.6, 5.3)]
+    boxes = rng.uniform(0.5, 1.0, (len(centres), 7, 9, 9))
+    for t, c in enumerate(centres):
+        if c[0] is not None:
+            boxes[t] += 1000 * np.exp(-((grid - np.asarray(c)) ** 2).sum(-1) / (2 * 1.1**2))
+    boxes[4, 3, 4, 5] = 0.0  # a neighbour in a gap: no parabola on that axis
+    got = _subvoxel(boxes, 20.0)
+    alone = np.stack([_subvoxel(b[None], 20.0)[0] for b in boxes])
+    np.testing.assert_array_equal(got, alone)
+    np.testing.assert_allclose(got[[0, 1, 5]], [centres[i] for i in (0, 1, 5)], atol=0.01)
+    assert np.isnan(got[2]).all() and np.isnan(got[3]).all()  # no peak; on a face
+    assert np.isnan(got[4, 2]) and np.isfinite(got[4, :2]).all()

@@ -53,9 +53,13 @@ def _uniform_chunks(ds: xr.Dataset) -> xr.Dataset:
     if not sizes:
         return ds
     # Only the Dask-backed variables: Dataset.chunk would make every one a Dask
-    # array, the small ones too, and each a task of the write.
-    return ds.assign({name: var.chunk({d: sizes[d] for d in var.dims if d in sizes})
-                      for name, var in ds.data_vars.items() if var.chunks})
+    # array, the small ones too, and each a task of the write.  And only those
+    # not uniform already: each rechunk tokenizes its graph (0.04 s a run).
+    uneven = {name: var.chunk({d: sizes[d] for d in var.dims if d in sizes})
+              for name, var in ds.data_vars.items()
+              if var.chunks and any(c[0] != sizes[d] or any(x != c[0] for x in c[:-1])
+                                    for d, c in zip(var.dims, var.chunks))}
+    return ds.assign(uneven) if uneven else ds
 
 
 def _encoding(ds: xr.Dataset) -> dict:
@@ -190,7 +194,10 @@ def _layout(ds: xr.Dataset) -> xr.Dataset:
     time per run, on a cluster beside the scheduler."""
     import dask.array as da
 
-    return ds.assign({name: v.copy(data=da.empty(v.shape, chunks=v.data.chunks, dtype=v.dtype))
+    # Named after the data they stand for: a name of its own spares Dask
+    # tokenizing the call (0.07 s a run, cloudpickling its function).
+    return ds.assign({name: v.copy(data=da.empty(v.shape, chunks=v.data.chunks, dtype=v.dtype,
+                                                 name="layout-" + v.data.name))
                       for name, v in ds.data_vars.items() if isinstance(v.data, da.Array)})
 
 
