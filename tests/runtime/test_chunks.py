@@ -156,3 +156,63 @@ def test_per_block_results_in_block_order_one_task_per_worker_thread_where_held(
         with get_task_stream(client) as stream:  # not held: a task per block
             assert per_block(_pair, da_, db_, args=(2.0,)) == want
         assert sum(1 for t in stream.data if "_pair" in str(t["key"])) == 9
+
+
+def _predict_like(x, scale):
+    return (x[:, 0] * scale).astype(np.int16), float(x.sum())
+
+
+def test_painted_results_are_painted_in_the_task_that_uses_the_block():
+    """The blocks' results (labels, statistics), made under keys of the block grid
+    and persisted, paint the grid as :func:`paint` does, in the consuming task
+    (no task of their own, none picking the labels out), on a cluster and off it;
+    a block keeping no voxel is all fill."""
+    from distributed import Client, LocalCluster, get_task_stream, wait
+
+    from xtec.preprocess.trajectories import (
+        extract_trajectories,
+        kept_block_keys,
+        paint,
+        paint_results,
+    )
+    from xtec.runtime.chunks import block_grid
+
+    rng = np.random.default_rng(2)
+    data = rng.random((3, 4, 6, 6)).astype(np.float32)
+    keep = rng.random((4, 6, 6)) > 0.5
+    keep[:2, :3, :3] = False  # block (0, 0, 0) keeps nothing
+    ddata, dmask = da.from_array(data, chunks=(3, 2, 3, 3)), da.from_array(keep, chunks=(2, 3, 3))
+
+    def painted(scheduler_ctx):
+        with scheduler_ctx:
+            traj = extract_trajectories(ddata, dmask, "none")
+            keys = kept_block_keys(traj, "predicted-test")
+            f = dask.delayed(_predict_like, pure=True)
+            parts = dask.persist(*[f(b, 10.0, dask_key_name=key)
+                                   for b, key in zip(traj.X.to_delayed().ravel(), keys)])
+            return traj, parts, paint_results(list(parts), traj, 0, -1, np.int16)
+
+    import contextlib
+
+    traj, parts, got = painted(dask.config.set(scheduler="sync"))
+    assert len(parts) == 7 and (0, 0, 0) not in [p.key[1:] for p in parts]
+    want = paint(da.concatenate([da.from_array(_predict_like(x, 10.0)[0]) for x in
+                                 [traj.X.blocks[i].compute() for i in range(7)]]).rechunk(
+        (traj.X.chunks[0],)), traj, -1, np.int16).compute(scheduler="sync")
+    np.testing.assert_array_equal(got.compute(scheduler="sync"), want)
+    assert (want[:2, :3, :3] == -1).all() and (want >= -1).all() and (want > -1).any()
+    with pytest.raises(ValueError, match="keyed"):
+        block_grid({(0, 0, 1): parts[1]}, (2, 2, 2), "predicted-test")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        traj, parts, got = painted(contextlib.nullcontext())
+        wait(list(parts))
+        total = got.map_blocks(lambda b: np.array([[[b.astype(np.int64).sum()]]]),
+                               chunks=(1, 1, 1), dtype=np.int64)
+        with get_task_stream(client) as stream:
+            assert int(total.sum().compute()) == int(want.astype(np.int64).sum())
+        names = [str(t["key"]) for t in stream.data]
+        # (the block keeping nothing is a None of its own: a task that runs nothing)
+        assert [n for n in names if "predicted" in n] == ["('predicted-test', 0, 0, 0)"]
+        assert not any("scatter" in n for n in names)
+        assert sum(n.startswith("('sum-") for n in names) == 8  # one a block, painting fused in

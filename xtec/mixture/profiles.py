@@ -52,7 +52,7 @@ def _summed_stats(*parts) -> np.ndarray:
     return np.sum([p[1] for p in parts], axis=0)
 
 
-def predict_with_profiles(gmm, X, k: int):
+def predict_with_profiles(gmm, X, k: int, keys: list | None = None):
     """Labels and :func:`cluster_profiles`, from one pass over X, all lazy.
 
     X : (N, T) dask array -> labels (N,) int16 with X's chunks, counts (k,),
@@ -60,10 +60,16 @@ def predict_with_profiles(gmm, X, k: int):
     of X is read once for both).  On a cluster the pass runs in the
     background: the caller builds and submits the write of the label volume
     while the profiles are still being summed.  Returns also the persisted
-    pass, to hold until the result is written.
+    pass, (labels, statistics) per block, to hold until the result is written.
+    ``keys``: the key of each block's pass task (Dask's own if None), so that a
+    caller can make an array of the pass's results without a task more
+    (:func:`xtec.runtime.chunks.block_grid`).
     """
     f = dask.delayed(_predict_block_stats, pure=True)
-    parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k) for b in X.to_delayed().ravel()])
+    blocks = X.to_delayed().ravel()
+    named = [{}] * len(blocks) if keys is None else [{"dask_key_name": key} for key in keys]
+    parts = dask.persist(*[f(b, gmm.params_, gmm.engine, k, **kw)
+                           for b, kw in zip(blocks, named, strict=True)])
     # Each block's labels are the first of its pass's results: one task per
     # block takes them (Delayed's nout and from_delayed pieces took three).
     labels = stack_tasks([(operator.itemgetter(0), p) for p in parts],

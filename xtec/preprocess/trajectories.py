@@ -23,7 +23,13 @@ from xtec.errors import ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block, mean_logs
-from xtec.runtime.chunks import block_offsets, map_blocks_with_pieces, per_block, stack_tasks
+from xtec.runtime.chunks import (
+    block_grid,
+    block_offsets,
+    map_blocks_with_pieces,
+    per_block,
+    stack_tasks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +376,32 @@ def paint(values: da.Array, traj: Trajectories, fill, dtype) -> da.Array:
             which[pos], n = n, n + 1
     return map_blocks_with_pieces(_scatter, traj.mask, values, which, fill, np.dtype(dtype),
                                   dtype=dtype, meta=np.empty((0, 0, 0), dtype))
+
+
+def kept_block_keys(traj: Trajectories, name: str) -> list[tuple]:
+    """``(name, *position)`` of each block that keeps a voxel, in block order: the
+    keys under which one task per chunk of ``traj.X`` makes what
+    :func:`paint_results` paints."""
+    return [(name, *pos) for pos in np.ndindex(*traj.counts.shape) if traj.counts[pos]]
+
+
+def paint_results(results: list, traj: Trajectories, item: int, fill, dtype) -> da.Array:
+    """:func:`paint` of the ``item``-th element of each of ``results``, the Delayed
+    results of one task per chunk of ``traj.X`` made under :func:`kept_block_keys`.
+
+    The painting is blockwise: it runs in the task that uses the block (a
+    store's write), not in one of its own, and no task picks the item out.
+    """
+    name = results[0].key[0] if results else "painted-none"
+    cells = block_grid({r.key[1:]: r for r in results}, traj.mask.numblocks, name)
+    ind = "ijk"[:traj.mask.ndim]
+    return da.blockwise(_scatter_item, ind, traj.mask, ind, cells, ind, item, None, fill, None,
+                        np.dtype(dtype), None, dtype=dtype, align_arrays=False,
+                        meta=np.empty((0,) * traj.mask.ndim, dtype))
+
+
+def _scatter_item(mask, result, item: int, fill, dtype) -> np.ndarray:
+    return _scatter(mask, None if result is None else result[item], fill, dtype)
 
 
 def _scatter(mask, values, fill, dtype) -> np.ndarray:

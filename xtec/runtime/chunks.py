@@ -371,6 +371,29 @@ def stack_tasks(tasks: list[tuple], shapes: list[tuple[int, ...]], dtype, meta=N
     return da.Array(graph, out, chunks, dtype=dtype, meta=meta)
 
 
+def block_grid(results: dict, numblocks: tuple[int, ...], name: str):
+    """An object Dask array over a grid of ``numblocks`` blocks, one ``(1,) * ndim``
+    chunk each: block ``pos`` is what the Delayed ``results[pos]`` gives (a tuple,
+    say), None where ``results`` has no entry; for a blockwise function to take
+    each block's result beside another array's block, in its own task.
+
+    ``results[pos]`` must have been made under the key ``(name, *pos)``
+    (``dask_key_name``): the array is those tasks, persisted or not, and adds none.
+    """
+    import dask.array as da
+
+    graph: dict = {}
+    for pos, part in results.items():
+        if part.key != (name, *pos):
+            raise ValueError(f"the result for block {pos} is keyed {part.key!r}, "
+                             f"not {(name, *pos)!r}")
+        graph.update(part.__dask_graph__())
+    for pos in np.ndindex(*numblocks):
+        graph.setdefault((name, *pos), None)
+    return da.Array(graph, name, tuple((1,) * n for n in numblocks), dtype=object,
+                    meta=np.empty((0,) * len(numblocks), dtype=object))
+
+
 def map_blocks_with_pieces(func, x, pieces, which: dict, *args, dtype, meta=None):
     """``func(block, piece, *args)`` for every block of ``x``: ``piece`` the block
     of the 1-D Dask array ``pieces`` numbered ``which[position]`` (its chunks need
