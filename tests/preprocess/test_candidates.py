@@ -26,6 +26,7 @@ from xtec.preprocess.candidates import (
     plan_candidates,
     trajectories_from_candidates,
 )
+from xtec.preprocess.trajectories import captured_of
 from xtec.runtime.clusters import Runtime
 
 
@@ -55,9 +56,35 @@ def test_picked_trajectories_equal_reread_ones(medium_file, tmp_path, rescale, w
         np.testing.assert_array_equal(picked.X.compute(), reread.X.compute())
         np.testing.assert_array_equal(picked.index.compute(), reread.index.compute())
     # Candidates include voxels below the cutoff: more were captured than kept.
-    n_captured = sum(c.n for c in dask.compute(*summ.captured.ravel()))
+    n_captured = sum(captured_of(c).n for c in dask.compute(*summ.captured.ravel()))
     assert n_captured > picked.n
     assert (len(list(tmp_path.glob("cand-*.npy"))) > 0) == (where == "disk")
+
+
+def test_first_pass_with_capture_is_a_task_a_block_and_its_means(medium_file):
+    """On a cluster the pass is one task per block reading and summarising it,
+    and one per block of the means; the candidates are handed over in the
+    pass's own results (no task takes them out), and picked as in memory."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    data = open_nexus(medium_file, chunks=(2, 64, 96)).data
+    with dask.config.set(scheduler="threads"):
+        thr = compute_threshold(summarize(data).mean, "kl")
+        want = extract_trajectories(data, keep_mask(summarize(data).mean, thr), "mean")
+        want_X = want.X.compute()
+    n_blocks = math.prod(data.numblocks[1:])
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with get_task_stream(client) as stream:
+            summ = summarize(data, capture=CandidatePlan(thr.cutoff - 0.3, "mean"))
+        names = [str(t["key"]) for t in stream.data]
+        assert sum("_summary_cell" in n for n in names) == n_blocks
+        assert sum("_cell_mean" in n for n in names) == n_blocks
+        # and the file opened once, the small items a task per worker thread
+        assert len(names) <= 2 * n_blocks + 3
+        mask = keep_mask(summ.mean, thr).persist()
+        picked = trajectories_from_candidates(summ.captured, mask, data.shape[0])
+        np.testing.assert_array_equal(picked.X.compute(), want_X)
 
 
 @pytest.mark.parametrize("group_bytes", [1, 200_000, 2**30])
@@ -74,7 +101,7 @@ def test_compacted_candidates_equal_picked_ones_and_replace_them(medium_file, tm
         mask = keep_mask(summ.mean, thr).persist()
         picked = trajectories_from_candidates(summ.captured, mask, data.shape[0])
         X, index = picked.X.compute(), picked.index.compute()
-        cands = list(dask.compute(*summ.captured.ravel()))
+        cands = [captured_of(c) for c in dask.compute(*summ.captured.ravel())]
         traj, Xg, ig = compact_candidates(summ.captured, mask, data.shape[0],
                                           group_bytes=group_bytes)
         # The candidate files are gone; one file per group of consecutive blocks.

@@ -36,6 +36,7 @@ from xtec.preprocess.trajectories import (
     assemble_trajectories,
     block_counts,
     block_means,
+    captured_of,
     trajectories_block,
 )
 from xtec.runtime.chunks import stack_tasks
@@ -111,14 +112,16 @@ def _sizeof_candidates(cand: CandidateBlock) -> int:
     return 64 + sum(sizeof(a) for a in (cand.index, cand.X) if a is not None)
 
 
-def pick_block(cand: CandidateBlock, mask) -> object:
-    """The kept rows of a block's candidates: mask (l, k, h) bool -> (n_kept, T).
+def pick_block(cand, mask) -> object:
+    """The kept rows of a block's candidates (its :class:`CandidateBlock`, or the
+    first-pass cell holding it): mask (l, k, h) bool -> (n_kept, T).
 
     On disk, the kept rows are copied out of the candidates' file.  In memory, they
     are moved up within the candidates' own array, which the block then holds
     as its only rows (a rerun of the task picks the same rows again): no second
     copy of the kept trajectories, and no fresh memory for one.
     """
+    cand = captured_of(cand)
     if cand.path is not None:  # a memory map: take copies only the rows wanted
         index = np.load(cand.path + ".index.npy")
         X = np.load(cand.path + ".X.npy", mmap_mode="r")
@@ -158,8 +161,8 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
                                  t: int, meta=None) -> Trajectories:
     """Trajectories of the kept voxels picked from captured candidates.
 
-    candidates : object array of Delayed :class:`CandidateBlock`, one per
-    spatial block of ``mask`` (L, K, H) bool; the result matches
+    candidates : object array of Delayed :class:`CandidateBlock` (or the first
+    pass's cells holding them, :func:`captured_of`), one per spatial block of ``mask`` (L, K, H) bool; the result matches
     :func:`xtec.preprocess.extract_trajectories` on the same mask.
     """
     mblocks = mask.to_delayed()
@@ -171,6 +174,7 @@ def compact_group(cands: list, masks: list, n: int, t: int) -> str:
     """Write the kept rows of consecutive blocks' candidate files, in block order,
     to one ``.npy`` file (n, t) float32 and delete the candidates; returns its path
     (named after the first block's)."""
+    cands = [captured_of(c) for c in cands]
     path = cands[0].path + ".kept.npy"
     if os.path.exists(path) and not any(os.path.exists(c.path + ".X.npy") for c in cands):
         return path  # a rerun of this task: the work is done

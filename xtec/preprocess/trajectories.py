@@ -14,7 +14,6 @@ import functools
 import logging
 from dataclasses import dataclass
 
-import dask
 import dask.array as da
 import numpy as np
 
@@ -117,8 +116,9 @@ class VoxelSummary:
     mean: da.Array  # (L, K, H) float32, mean over T after cleaning
     n_nan_voxels: int
     n_negative_values: int
-    # What ``capture`` returned per spatial block (Delayed, held on the workers),
-    # as an object array of the block grid; None without ``capture``.
+    # What ``capture`` returned per spatial block, as an object array of the
+    # block grid of Delayed (held on the workers): each the block's summary
+    # cell, from which :func:`captured_of` takes it; None without ``capture``.
     captured: np.ndarray | None = None
     # Moments and histogram of log(mean) for the threshold
     # (:class:`xtec.preprocess.threshold.LogMeanSummary`); None if not persisted.
@@ -178,8 +178,10 @@ def _cell_mean(cell):
     return cell.item()[0]
 
 
-def _cell_captured(cell):
-    return cell.item()[2]
+def captured_of(held):
+    """What a first-pass task's ``capture`` returned: ``held`` is the task's
+    summary cell (:func:`summarize`'s ``captured``) or that result itself."""
+    return held.item()[2] if isinstance(held, np.ndarray) and held.dtype == object else held
 
 
 def _small_items(cell) -> tuple:
@@ -229,20 +231,15 @@ def summarize(data: da.Array, persist: bool = True, capture=None, peaks=None) ->
     # (Here the concatenation along the dropped axis is of one (1, 1, 1, 1) cell.)
     mean = cells.map_blocks(_cell_mean, drop_axis=0, chunks=spatial, dtype=np.float32,
                             meta=meta)
-    captured = None
-    if capture is not None:
-        take = dask.delayed(_cell_captured, pure=True)
-        blocks = cells.to_delayed(optimize_graph=False)[0]
-        captured = np.empty(blocks.shape, dtype=object)
-        for pos in np.ndindex(*blocks.shape):
-            captured[pos] = take(blocks[pos])
     if persist:
         # Each later pass over the means (the threshold makes four) then runs
         # on their blocks directly.
-        positions = [] if captured is None else list(np.ndindex(*captured.shape))
-        mean, *held = dask.persist(mean, *[captured[pos] for pos in positions])
-        for pos, item in zip(positions, held):
-            captured[pos] = item
+        mean = mean.persist()
+    # The captures are handed over in their cells (the consumer takes them out,
+    # :func:`captured_of`): a task per block taking each out cost a round of a
+    # cluster's bookkeeping.  The cells then live as long as the captures, and
+    # hold nothing else of size (the means are the persisted means' blocks).
+    captured = cells.to_delayed(optimize_graph=False)[0] if capture is not None else None
     # Each block's log-mean summary is computed in the block's own task, as it
     # is read: the threshold's first two passes (a round of tasks each) ride on
     # this one, and so did a round of tasks on the persisted means (32-128
