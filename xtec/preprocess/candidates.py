@@ -162,7 +162,8 @@ def trajectories_from_candidates(candidates: np.ndarray, mask: da.Array,
     """Trajectories of the kept voxels picked from captured candidates.
 
     candidates : object array of Delayed :class:`CandidateBlock` (or the first
-    pass's cells holding them, :func:`captured_of`), one per spatial block of ``mask`` (L, K, H) bool; the result matches
+    pass's cells holding them, :func:`captured_of`), one per spatial block of
+    ``mask`` (L, K, H) bool; the result matches
     :func:`xtec.preprocess.extract_trajectories` on the same mask.
     """
     mblocks = mask.to_delayed()
