@@ -32,7 +32,6 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.base import tokenize
 
 from xtec.backend import get_device_module
 from xtec.config import METHODS, PERSIST_MODES, ClusterConfig  # noqa: F401  (re-exported)
@@ -77,7 +76,7 @@ from xtec.preprocess.frames import (
     wants_normalize,
 )
 from xtec.preprocess.registration import block_maxima, register_series, registration_variables
-from xtec.preprocess.threshold import NoPositiveVoxels, threshold_aside
+from xtec.preprocess.threshold import NoPositiveVoxels, parent_threshold, threshold_aside
 from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 from xtec.runtime.kernel_cache import choose_engine, compile_for_later, mark_compiled, use_engine
@@ -225,18 +224,6 @@ def _input_notes(summary) -> list[str]:
     return notes
 
 
-def _parent_mask(config: ClusterConfig, parent, arr, mean) -> tuple[Threshold, da.Array]:
-    """The voxels of the parent's cluster (with non-zero mean) replace the threshold."""
-    plabels = parent.labels
-    if plabels.shape != mean.shape or not all(
-            np.allclose(parent[d].values, arr[d].values) for d in Q_DIMS):
-        raise ParameterError(f"{config.parent} covers a different grid than the inputs; "
-                             "give the parent's inputs and ranges")
-    pmask = da.from_array(plabels.values == config.parent_cluster, chunks=mean.chunks)
-    n_nonzero = int(da.count_nonzero(mean > 0).compute())
-    return Threshold("parent", -math.inf, n_nonzero), (pmask & (mean > 0)).persist()
-
-
 def _warm_in_background(covariance_type: str | None, in_process: bool = True) -> None:
     """Load the writer's modules (Zarr and its codecs: 0.2 s), and the kernels
     this process calls (``covariance_type`` given: every stage's in-process, the
@@ -322,7 +309,12 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
 
     tick = time.perf_counter()
     if parent is not None:
-        threshold, mask = _parent_mask(config, parent, arr, summary.mean)
+        if parent.labels.shape != summary.mean.shape or not all(
+                np.allclose(parent[d].values, arr[d].values) for d in Q_DIMS):
+            raise ParameterError(f"{config.parent} covers a different grid than the inputs; "
+                                 "give the parent's inputs and ranges")
+        threshold, mask = parent_threshold(parent.labels.values == config.parent_cluster,
+                                           summary.mean)
     else:
         try:
             threshold = aside.result() if aside is not None else \
@@ -449,9 +441,8 @@ def cluster_xtec_d(config: ClusterConfig, prep: Prepared, rt: Runtime,
     log.info("EM: K=%d, %s covariances, %d restarts on a subsample", k, config.covariance,
              config.n_init)
     gmm = GaussianMixture(k, **config.gmm_kwargs()).fit(X, index)
-    # Where X's chunks are the blocks' kept rows, each block's prediction is
-    # painted in the task that writes the block (64 tasks fewer at 1.5 GB).
-    keys = kept_block_keys(prep.traj, "predicted-" + tokenize(X.name, gmm.params_)) \
+    # Chunks of the blocks' kept rows: each block painted in the task writing it.
+    keys = kept_block_keys(prep.traj, "predicted-" + dask.base.tokenize(X.name, gmm.params_)) \
         if X.chunks[0] == prep.traj.X.chunks[0] else None
     labels, counts, cmean, cstd, pass_ = predict_with_profiles(gmm, X, k, keys)
     painted = {"labels": paint_results(pass_, prep.traj, 0, -1, np.int16), "keep": ()} \

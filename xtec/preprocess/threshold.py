@@ -316,6 +316,15 @@ def kl_cutoff(counts: np.ndarray, edges: np.ndarray, sum_x: np.ndarray, sum_x2: 
     return i, it, fit(i)
 
 
+def parent_threshold(in_cluster: np.ndarray, mean: da.Array) -> tuple[Threshold, da.Array]:
+    """A second round's stand-in for the threshold: the voxels of the parent
+    result's cluster (``in_cluster``, (L, K, H) bool, on ``mean``'s grid) with a
+    non-zero mean, persisted."""
+    pmask = da.from_array(in_cluster, chunks=mean.chunks)
+    n_nonzero = int(da.count_nonzero(mean > 0).compute())
+    return Threshold("parent", -math.inf, n_nonzero), (pmask & (mean > 0)).persist()
+
+
 def compute_threshold(mean: da.Array, method: str | float = "kl",
                       log_means: LogMeanSummary | None = None) -> Threshold:
     """Background cutoff from the per-voxel mean volume (streaming).
