@@ -9,6 +9,7 @@ import pytest
 import xarray as xr
 from sklearn.metrics import adjusted_rand_score
 
+from xtec.errors import ParameterError
 from xtec.io.store import open_result
 from xtec.pipeline import ClusterConfig, run_cluster
 from xtec.runtime.clusters import dask_runtime
@@ -158,6 +159,15 @@ def test_second_round_splits_one_cluster(xtec_file, xtec_result, tmp_path):
     inside = parent.labels.values == c
     assert np.array_equal(ds.labels.values >= 0, inside)
     assert set(np.unique(ds.labels.values[inside])) == {0, 1}
+
+
+def test_second_round_on_another_grid_is_refused(xtec_file, xtec_result, tmp_path):
+    parent = open_result(xtec_result.path)
+    qh = parent.Qh.values
+    with pytest.raises(ParameterError, match="covers a different grid"):
+        run_cluster(ClusterConfig(inputs=[str(xtec_file)], out=str(tmp_path / "s.zarr"),
+                                  parent=str(xtec_result.path), parent_cluster=0, k=2,
+                                  qh=(float(qh[1]), float(qh[-1]))))
 
 
 def test_every_stage_kernel_warms():
