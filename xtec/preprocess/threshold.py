@@ -321,7 +321,7 @@ def parent_threshold(in_cluster: np.ndarray, mean: da.Array) -> tuple[Threshold,
     result's cluster (``in_cluster``, (L, K, H) bool, on ``mean``'s grid) with a
     non-zero mean, persisted."""
     pmask = da.from_array(in_cluster, chunks=mean.chunks)
-    n_nonzero = int(da.count_nonzero(mean > 0).compute())
+    n_nonzero = int(sum(per_block(_positive_count, mean)))
     return Threshold("parent", -math.inf, n_nonzero), (pmask & (mean > 0)).persist()
 
 
