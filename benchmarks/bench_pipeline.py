@@ -121,11 +121,10 @@ def run_in_process(path: Path, out: Path, memory: str | None = None) -> dict:
     (where candidate and kept trajectories live)."""
     import threading
 
-    import dask
     import psutil
 
     from xtec.pipeline import ClusterConfig, run_cluster
-    from xtec.runtime.clusters import Runtime
+    from xtec.runtime.clusters import dask_runtime
     from xtec.runtime.workers import parse_memory_limit
 
     proc = psutil.Process()
@@ -153,11 +152,11 @@ def run_in_process(path: Path, out: Path, memory: str | None = None) -> dict:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     try:
-        with dask.config.set(scheduler="threads"):
+        budget = parse_memory_limit(memory) if memory else None
+        with dask_runtime(memory_limit=budget or None) as rt:  # as the command line
             t0 = time.perf_counter()
-            budget = parse_memory_limit(memory) if memory else None
             res = run_cluster(ClusterConfig(inputs=[str(path)], out=str(out), overwrite=True),
-                              runtime=Runtime("threads", memory_limit=budget or None))
+                              runtime=rt)
             wall = time.perf_counter() - t0
     finally:
         stop.set()

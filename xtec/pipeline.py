@@ -80,6 +80,7 @@ from xtec.preprocess.threshold import NoPositiveVoxels, parent_threshold, thresh
 from xtec.runtime.chunks import box_chunks, target_bytes_for_workers
 from xtec.runtime.clusters import Runtime
 from xtec.runtime.kernel_cache import choose_engine, compile_for_later, mark_compiled, use_engine
+from xtec.runtime.schedulers import scheduler_of
 
 log = logging.getLogger(__name__)
 
@@ -545,9 +546,9 @@ def run_cluster(config: ClusterConfig, runtime: Runtime | None = None) -> Cluste
     engine, twins = choose_engine(config.engine, config.covariance, local,
                                   config.device == "cpu")  # (the command line passes its choice)
     config = replace(config, engine=engine)
-    # The output is this run's alone until it ends (a second run fails at once);
-    # lost Dask workers end the run with one XtecError line.
-    with use_engine(config.engine), claim_output(out) as claim, cluster_failures():
+    # The output is this run's alone (a second run fails at once); lost workers: one line.
+    with use_engine(config.engine), scheduler_of(runtime), claim_output(out) as claim, \
+            cluster_failures():
         check_output(out, config.overwrite)
         result = _run_cluster(config, runtime, out, claim.scratch)
     if twins:  # the next run gets the kernels

@@ -76,7 +76,7 @@ def test_bic_scan_parallel_on_local_cluster_matches_in_process(kept_sample):
         ) as cl,
         Client(cl),
     ):
-        assert select._active_client() is not None
+        assert select.current_client() is not None
         Xd = da.from_array(X, chunks=1000)  # gathered, then fitted in parallel
         got = select.bic_scan(
             Xd, da.from_array(index, chunks=1000), ks=(2, 3), seeds=(0, 1), tol=1e-4

@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that may start or reach a Dask cluster: their logging is set up
-# after ``distributed`` is imported (it resets its loggers on import).
+# Commands that may start or reach a Dask cluster: Dask's logging is set up
+# for them (for when ``distributed`` is imported, which resets its loggers).
 _DASK_COMMANDS = ("cluster", "bic", "demo")
 
 

@@ -361,6 +361,7 @@ def compute_and_wait(*writes) -> None:
     creating chunk directories in a store already removed.
     """
     import dask
+    import dask.threaded
     from dask.base import get_scheduler
 
     scheduler = get_scheduler(collections=list(writes))
@@ -376,7 +377,7 @@ def compute_and_wait(*writes) -> None:
         pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or CPU_COUNT,
                                   thread_name_prefix="xtec-write")
         try:
-            dask.compute(*writes, scheduler="threads", pool=pool)
+            dask.compute(*writes, scheduler=dask.threaded.get, pool=pool)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
     else:  # synchronous, or processes (each write finishes before the call returns)

@@ -27,6 +27,7 @@ import numpy as np
 
 from xtec.errors import ParameterError
 from xtec.mixture.gaussian_mixture import GaussianMixture, bic_score
+from xtec.runtime.schedulers import current_client
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +116,6 @@ def _fit_one(X, index, k: int, seed: int, kwargs: dict) -> tuple[float, float, i
     return bic, ll, int(gmm.n_iter_), bool(gmm.converged_)
 
 
-def _active_client():
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def bic_scan(
     X,
     index=None,
@@ -167,7 +159,7 @@ def bic_scan(
     if index is None and not isinstance(X, da.Array):
         index = np.arange(n, dtype=np.int64)
     jobs = [(k, s) for k in ks for s in seeds]
-    client = _active_client()
+    client = current_client()
     if client is not None and not isinstance(X, da.Array):
         # One copy of the trajectories per worker, then one task per (K, seed);
         # the largest K first so the slowest fits do not trail at the end.

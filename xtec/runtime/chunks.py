@@ -16,6 +16,7 @@ import numpy as np
 
 from xtec.backend import to_numpy
 from xtec.errors import ParameterError
+from xtec.runtime.schedulers import distributed_loaded
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +151,10 @@ def _grown(chunks, shape, n_temperatures, itemsize) -> tuple[int, ...]:
 def held_chunks(X) -> list | None:
     """The futures of a Dask array's chunks in flat C order, if every chunk is
     held (persisted) on a Dask cluster; else None."""
-    try:
-        from distributed import futures_of
-    except ImportError:
+    if not distributed_loaded():
         return None
+    from distributed import futures_of
+
     futures = {f.key: f for f in futures_of(X)}
     keys = list(_flat_keys(X.__dask_keys__()))
     if not futures or any(k not in futures for k in keys):

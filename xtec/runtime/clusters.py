@@ -18,6 +18,7 @@ import dask
 from xtec.config import JobqueueOptions
 from xtec.errors import ParameterError
 from xtec.optional import require
+from xtec.runtime.schedulers import current_client, threaded
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,10 @@ class Runtime:
 
 def wait_for(*arrays) -> None:
     """Block until persisted arrays are in (distributed) memory, for honest timings."""
-    try:
-        from distributed import default_client, wait
-
-        default_client()
-    except (ImportError, ValueError):
+    if current_client() is None:
         return  # the local schedulers persist synchronously
+    from distributed import wait
+
     wait(list(arrays))
 
 
@@ -249,7 +248,7 @@ def dask_runtime(
         # In-process a memory limit is the run's budget (where the kept
         # trajectories live): "auto" or 0 leaves it to the memory available.
         budget = memory_limit if isinstance(memory_limit, int) and memory_limit > 0 else None
-        with dask.config.set(scheduler="threads"):
+        with threaded():
             yield Runtime("threads", memory_limit=budget)
         return
     from distributed.deploy.spec import SpecCluster

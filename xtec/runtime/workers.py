@@ -187,23 +187,22 @@ _DASK_LOGGERS = ("distributed", "dask", "bokeh", "tornado")
 def quiet_dask_logs(verbose: int = 0) -> None:
     """Dask's loggers at WARNING (ERROR on shutdown noise) unless ``verbose``.
 
-    ``distributed`` sets its loggers' levels when it is imported, so this
-    imports it first; worker processes read the level from the environment.
+    ``distributed`` sets its loggers' levels from Dask's ``logging`` settings
+    when it is imported, so those are set too: it need not be imported here (a
+    run in this process never imports it, 0.4 s saved); worker processes read
+    the level from the environment.
     """
+    import dask
+
     level = logging.WARNING if verbose <= 0 else logging.DEBUG if verbose > 1 else logging.INFO
     name = logging.getLevelName(level).lower()
     # Worker processes: their warnings on shutdown (heartbeats to a closed
     # scheduler, cancelled tasks) are noise; the nanny, in this process, still
     # reports a worker that dies or is restarted.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical" if verbose <= 0 else name)
-    try:
-        import distributed  # noqa: F401  (sets its own levels on import)
-    except ImportError:
-        pass
-    else:
-        import dask
-
-        dask.config.set({"logging.distributed": name})
+    # What ``distributed`` sets on import (the others keep the levels set below).
+    dask.config.set({"logging.distributed": name, "logging.tornado": name,
+                     "logging.bokeh": name if verbose > 0 else "error"})
     for logger in _DASK_LOGGERS:
         logging.getLogger(logger).setLevel(level)
     if verbose <= 0:
