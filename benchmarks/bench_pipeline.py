@@ -10,7 +10,8 @@ Dask workers) this writes a synthetic XTEC-layout file, then in one run:
   with ``--worker-memory`` each, sampling every worker's RSS to record its peak
   and checking that no worker was restarted;
 * with ``--in-process``, xtec again with no cluster (threads, every core; what
-  a laptop user runs), with the peak RSS of the process; with
+  a laptop user runs), in a new process loaded as the command line is, with
+  the peak RSS of that process; with
   ``--compare-labels`` the two runs' label volumes compared voxel by voxel
   (their chunks differ where the workers' memory sets another chunk size);
 * the GMM stage alone on the same thresholded trajectories, xtec vs
@@ -169,6 +170,29 @@ def run_in_process(path: Path, out: Path, memory: str | None = None) -> dict:
             "timings": res.summary["timings"]}
 
 
+def in_fresh_process(path: Path, out: Path, memory: str | None = None) -> dict:
+    """:func:`run_in_process` in a new Python process holding what ``xtec
+    cluster`` has imported when its run starts (the command-line modules, h5py,
+    nexusformat, the compiled kernels): a run after the cluster's in this
+    process would find Dask's distributed, Zarr and thread pools already
+    loaded, which a laptop user's command does not."""
+    argv = [sys.executable, __file__, "--in-process-child", str(path), str(out)]
+    proc = subprocess.run(argv + ([memory] if memory else []), capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"in-process run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _in_process_child(argv: list[str]) -> None:
+    import xtec.cli.cluster  # noqa: F401  (what the command has loaded)
+    import xtec.cli.main  # noqa: F401
+
+    _warm_imports()
+    path, out, *memory = argv
+    print(json.dumps(run_in_process(Path(path), Path(out), memory[0] if memory else None),
+                     default=str))
+
+
 def trajectories(path: Path) -> np.ndarray:
     """The thresholded, rescaled trajectories exactly as the pipeline makes them."""
     import dask
@@ -287,8 +311,8 @@ def _one_repeat(path: Path, work: Path, gb: float, args) -> tuple[bool, float, d
     if args.in_process:
         if cold:
             drop_page_cache()
-        res["in_process"] = run_in_process(path, work / f"result_{gb:g}_inproc.zarr",
-                                           args.in_process_memory)
+        res["in_process"] = in_fresh_process(path, work / f"result_{gb:g}_inproc.zarr",
+                                             args.in_process_memory)
         res["in_process"]["ratio_to_floor"] = res["in_process"]["wall_s"] / floor
     print(f"  repeat: floor {floor:.2f} s, cluster {res['wall_s']:.2f} s "
           f"({res['ratio_to_floor']:.2f}x)" + (
@@ -446,4 +470,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--in-process-child"]:
+        _in_process_child(sys.argv[2:])
+    else:
+        main()

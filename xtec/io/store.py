@@ -30,6 +30,7 @@ from xtec.io.output import (
     verify_store,
 )
 from xtec.io.result import check_result, decode_attrs, encode_attrs
+from xtec.io.zarr_chunks import chunk_writer
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +265,16 @@ def _block_region(edges: tuple, block_id=None) -> np.ndarray:
 
 
 def _write_block(path: str, names: tuple, ndim: int, region, *blocks) -> np.ndarray:
-    """Write one block of each variable ``names`` at ``region`` of their grid."""
+    """Write one block of each variable ``names`` at ``region`` of their grid:
+    a block that is one stored chunk as its file (:mod:`xtec.io.zarr_chunks`),
+    any other through Zarr."""
     region = region.item()
     for name, block in zip(names, blocks):
-        _stored(path, name)[region] = np.asarray(block)
+        block = np.asarray(block)
+        write = _chunk_writer(path, name)
+        whole = region + tuple(slice(0, n) for n in block.shape[len(region):])
+        if write is None or not write(whole, block):
+            _stored(path, name)[region] = block
     return np.zeros((1,) * ndim, np.int8)
 
 
@@ -279,11 +286,25 @@ def _opened(path: str, name: str, stamp: tuple):
     return zarr.open_array(path, path=name, mode="r+").with_config({"write_empty_chunks": True})
 
 
+@functools.lru_cache(maxsize=64)
+def _writer(path: str, name: str, stamp: tuple):
+    return chunk_writer(_opened(path, name, stamp), os.path.join(path, name))
+
+
+def _stamp(path: str, name: str) -> tuple:
+    st = os.stat(os.path.join(path, name, "zarr.json"))
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 def _stored(path: str, name: str):
     """The Zarr array ``name`` of the store at ``path``, opened once per process
     for as long as its metadata file is the same one."""
-    st = os.stat(os.path.join(path, name, "zarr.json"))
-    return _opened(path, name, (st.st_ino, st.st_mtime_ns, st.st_size))
+    return _opened(path, name, _stamp(path, name))
+
+
+def _chunk_writer(path: str, name: str):
+    """:func:`~xtec.io.zarr_chunks.chunk_writer` of :func:`_stored`'s array."""
+    return _writer(path, name, _stamp(path, name))
 
 
 def open_result(path: str | os.PathLike, *, verify: bool = True) -> xr.Dataset:
