@@ -45,8 +45,9 @@ from xtec.io.result import (
     build_result,
     summarize_result,
     versions,
+    volumes_template,
 )
-from xtec.io.store import check_output, open_result, write_result
+from xtec.io.store import check_output, open_result, start_layout, wait_layout, write_result
 from xtec.mixture.gaussian_mixture import GaussianMixture
 from xtec.mixture.profiles import cluster_profiles, predict_with_profiles
 from xtec.mixture.warm import warm_worker_kernels
@@ -205,26 +206,6 @@ def _open_parent(config: ClusterConfig):
     return parent
 
 
-def _check_not_all_nan(summary, n_voxels: int) -> None:
-    """One line that says what is true when no voxel is left: NaN is not zero."""
-    n_nan = summary.n_nan_voxels
-    if n_nan and n_nan >= n_voxels:
-        raise InputError(f"every voxel ({n_voxels:,}) has NaN or infinite intensities: "
-                         "nothing to cluster")
-
-
-def _input_notes(summary) -> list[str]:
-    notes = []
-    if summary.n_nan_voxels:
-        notes.append(f"{summary.n_nan_voxels} voxels with NaN or infinite intensities "
-                     "were dropped")
-    if summary.n_negative_values:
-        notes.append(f"{summary.n_negative_values} negative intensities were set to 0")
-    for n in notes:
-        log.warning(n)
-    return notes
-
-
 def _warm_in_background(covariance_type: str | None, in_process: bool = True) -> None:
     """Load the writer's modules (Zarr and its codecs: 0.2 s), and the kernels
     this process calls (``covariance_type`` given: every stage's in-process, the
@@ -287,7 +268,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
     summary = summarize(data, capture=plan,
                         peaks=None if config.register == "off" else block_maxima)
     timings["mean_pass"] = time.perf_counter() - tick - timings["pilot"]
-    _check_not_all_nan(summary, math.prod(arr.shape[1:]))
+    summary.check_some_finite(math.prod(arr.shape[1:]))
     tick = time.perf_counter()
     # The cutoff needs only the means: its passes run while the lattice is measured.
     aside = threshold_aside(summary.mean, config.threshold, summary.log_means) \
@@ -327,7 +308,7 @@ def _prepare(config: ClusterConfig, runtime: Runtime | None, parent=None,
                              "or infinite intensities, the others are zero at every "
                              "temperature") from None
         mask = keep_mask(summary.mean, threshold).persist()
-    notes = _input_notes(summary)  # after the threshold: its refusal is the one line
+    notes = summary.notes()  # after the threshold: its refusal is the one line
     frames = _check_frames(config, arr, summary, threshold, notes)
     correction = frames.correction if wants_normalize(config.normalize, frames) else None
     frames.applied = correction
@@ -563,8 +544,12 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
     started = _dt.datetime.now(_dt.UTC)
     parent = _open_parent(config) if config.parent else None
     rt = runtime if runtime is not None else Runtime("threads")
+    layout = None
     try:
         prep = _prepare(config, runtime, parent, scratch)
+        # The store's arrays are made (and the workers load Zarr) while the mixture is fitted.
+        layout = start_layout(volumes_template(prep.arr, prep.mask, prep.summary.mean), out)
+        loading = rt.on_every_worker(versions)
         n_kept = prep.traj.n
         log.info("threshold %s keeps %d of %d non-zero voxels", prep.threshold.method, n_kept,
                  prep.threshold.n_nonzero)
@@ -585,16 +570,15 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
         clustering.attrs.update(ra)
         tick = time.perf_counter()
         log.info("writing %s", out)
-        # Each worker loads Zarr (0.1-0.13 s) while the client makes the store.
-        loading = rt.on_every_worker(versions)
         parts = ResultParts(config, prep.arr, prep.mask, prep.summary.mean, prep.threshold,
                             n_kept, clustering, prep.notes, started)
-        path = write_result(build_result(parts), out, overwrite=config.overwrite)
+        path = write_result(build_result(parts), out, overwrite=config.overwrite, layout=layout)
         timings["write"] = time.perf_counter() - tick
         del loading
         summary = summarize_result(parts)
         summary["timings"] = timings
     finally:
+        wait_layout(layout)  # nothing of ours writes the private store once it is removed
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
     return ClusterResult(path, summary)

@@ -8,6 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import leftovers
 
 import xtec.io.store as store
 from xtec.io.store import write_result
@@ -151,3 +152,78 @@ def test_a_failure_on_either_side_of_the_write_leaves_no_store(tmp_path, monkeyp
         write_result(ds, out)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def _volumes(ds: xr.Dataset) -> xr.Dataset:
+    return ds[["labels", "color", "mask", "mean_intensity"]]
+
+
+@pytest.mark.parametrize("template", ["same", "other chunks", "fails"])
+def test_arrays_made_ahead_are_used_only_when_they_are_the_results(tmp_path, monkeypatch,
+                                                                   template):
+    """A run makes its volumes' arrays while it fits (start_layout); the write
+    uses them where they are the ones it needs, and makes them again where not
+    (or where making them failed): the store is the same either way."""
+    from xtec.io.output import claim_output
+
+    ds = _dataset()
+    # Lazy along a dimension of the volumes too (as the lattice's strain is).
+    ds["strain"] = ("Qh", da.linspace(0.0, 1.0, 6, chunks=6))
+    want = tmp_path / "plain.zarr"
+    with dask.config.set(scheduler="threads"):
+        write_result(ds, want)
+    made = {"same": _volumes(ds), "other chunks": _volumes(_dataset((1, 8, 6))),
+            "fails": _volumes(ds)}[template]
+    real = store._to_zarr
+    calls = []
+
+    def counted(d, path, mode):
+        calls.append((sorted(d.data_vars), mode))
+        if template == "fails" and "made ahead" in d.attrs.get("note", ""):
+            raise OSError("disk full")
+        return real(d, path, mode)
+
+    monkeypatch.setattr(store, "_to_zarr", counted)
+    out = tmp_path / "out.zarr"
+    with claim_output(out), dask.config.set(scheduler="threads"):
+        layout = store.start_layout(made.assign_attrs(note="made ahead"), out)
+        store.wait_layout(layout)
+        calls.clear()
+        write_result(ds, out, layout=layout)
+    assert store.start_layout(made, out) is None  # no run's claim: nothing made
+    every = (["cluster_mean", "color", "labels", "mask", "mean_intensity", "strain"], "w")
+    if template == "same":  # only the others are added to what was made
+        assert (["cluster_mean", "strain"], "a") in calls and every not in calls
+    else:
+        assert every in calls
+    a, b = xr.open_zarr(out), xr.open_zarr(want)
+    assert sorted(a.variables) == sorted(b.variables) and a.attrs["complete"] is True
+    for name in a.variables:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+        assert a[name].encoding["chunks"] == b[name].encoding["chunks"], name
+        assert a[name].attrs == b[name].attrs, name
+    assert leftovers(out) == []
+
+
+def test_a_run_that_fails_while_its_arrays_are_made_leaves_nothing(tmp_path, monkeypatch):
+    import threading
+
+    from xtec.io.output import claim_output
+
+    gate = threading.Event()
+    real = store._to_zarr
+
+    def slow(d, path, mode):
+        gate.wait(10)
+        return real(d, path, mode)
+
+    monkeypatch.setattr(store, "_to_zarr", slow)
+    out = tmp_path / "out.zarr"
+    with pytest.raises(RuntimeError, match="the fit failed"), claim_output(out):
+        layout = store.start_layout(_volumes(_dataset()), out)
+        try:
+            raise RuntimeError("the fit failed")
+        finally:
+            gate.set()
+            store.wait_layout(layout)  # as the pipeline does before its claim ends
+    assert leftovers(out) == [] and not out.exists()

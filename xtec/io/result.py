@@ -236,26 +236,51 @@ def _provenance(p: ResultParts) -> dict:
     )
 
 
-def build_result(p: ResultParts) -> xr.Dataset:
-    """The result Dataset (lazy where the inputs are): labels painted in colour,
-    cluster profiles, threshold histogram, and the provenance attributes."""
+def result_volumes(arr: xr.DataArray, mask, mean_intensity, labels,
+                   pal: np.ndarray) -> xr.Dataset:
+    """The result's volumes on the (Ql, Qk, Qh) grid, lazy: labels, their
+    colours in ``pal`` (k, 3), the mask and the mean intensity, with the grid's
+    coordinates.  Made with empty labels of the grid's chunks (int16) before
+    the fit, it is the layout of the store the run will write
+    (:func:`xtec.io.store.start_layout`)."""
     import dask.array as da
 
     from xtec.backend import to_numpy
 
-    c = p.clustering
-    pal = palette(c.k)
-    mask_host = p.mask.map_blocks(to_numpy, dtype=bool)
-    color = da.map_blocks(color_block, c.labels, mask_host, pal, dtype=np.uint8, new_axis=3,
-                          chunks=c.labels.chunks + ((3,),))
-    coords = {d: p.arr[d].values for d in Q_DIMS}
-    coords.update(temperature=p.arr.temperature.values, cluster=np.arange(c.k),
-                  rgb=np.arange(3))
-    variables = {
-        "labels": (Q_DIMS, c.labels),
+    mask_host = mask.map_blocks(to_numpy, dtype=bool)
+    color = da.map_blocks(color_block, labels, mask_host, pal, dtype=np.uint8, new_axis=3,
+                          chunks=labels.chunks + ((3,),))
+    coords = {d: arr[d].values for d in Q_DIMS}
+    coords.update(rgb=np.arange(3))
+    ds = xr.Dataset({
+        "labels": (Q_DIMS, labels),
         "color": ((*Q_DIMS, "rgb"), color),
         "mask": (Q_DIMS, mask_host),
-        "mean_intensity": (Q_DIMS, p.mean_intensity.map_blocks(to_numpy, dtype=np.float32)),
+        "mean_intensity": (Q_DIMS, mean_intensity.map_blocks(to_numpy, dtype=np.float32)),
+    }, coords=coords)
+    ds.labels.attrs["description"] = "cluster per voxel, -1 not clustered"
+    ds.color.attrs["description"] = "palette colour; grey kept but unclustered; black dropped"
+    for d in Q_DIMS:
+        ds[d].attrs["units"] = "rlu"
+    return ds
+
+
+def volumes_template(arr: xr.DataArray, mask, mean_intensity) -> xr.Dataset:
+    """:func:`result_volumes` with empty labels on the mask's grid: what the
+    store's arrays are before the fit."""
+    import dask.array as da
+
+    labels = da.empty(mask.shape, chunks=mask.chunks, dtype=np.int16)
+    return result_volumes(arr, mask, mean_intensity, labels, palette(1))
+
+
+def build_result(p: ResultParts) -> xr.Dataset:
+    """The result Dataset (lazy where the inputs are): labels painted in colour,
+    cluster profiles, threshold histogram, and the provenance attributes."""
+    c = p.clustering
+    pal = palette(c.k)
+    ds = result_volumes(p.arr, p.mask, p.mean_intensity, c.labels, pal)
+    variables = {
         "palette": (("cluster", "rgb"), pal),
         "cluster_mean": (("cluster", "temperature"), c.mean.astype(np.float32)),
         "cluster_std": (("cluster", "temperature"), c.std.astype(np.float32)),
@@ -265,12 +290,9 @@ def build_result(p: ResultParts) -> xr.Dataset:
         "threshold_edges": (("edge",), np.asarray(p.threshold.edges, dtype=np.float64)),
     }
     variables.update(c.variables)
-    ds = xr.Dataset(variables, coords=coords)
-    ds.labels.attrs["description"] = "cluster per voxel, -1 not clustered"
-    ds.color.attrs["description"] = "palette colour; grey kept but unclustered; black dropped"
+    ds = ds.assign(variables).assign_coords(temperature=p.arr.temperature.values,
+                                            cluster=np.arange(c.k))
     ds.temperature.attrs["units"] = "K"
-    for d in Q_DIMS:
-        ds[d].attrs["units"] = "rlu"
     ds.attrs.update(_provenance(p))
     return ds
 

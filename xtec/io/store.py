@@ -8,6 +8,7 @@ attribute are written, so an interrupted run never leaves something at
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ from xtec.io.output import (
     check_target,
     chunk_inventory,
     claim_output,
+    held_claim,
     manifest,
     replace_store,
     verify_chunks,
@@ -101,11 +103,14 @@ def _consolidate(path: Path) -> None:
         zarr.consolidate_metadata(path)
 
 
-def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False,
+                 layout: concurrent.futures.Future | None = None) -> Path:
     """Write a result Dataset to ``path`` (a .zarr directory), atomically.
 
     Under the run's exclusive claim on ``path`` (:mod:`xtec.io.output`): written
     to a private ``.partial-<run>`` name, then swapped in by renames.
+    ``layout``: :func:`start_layout`'s future, where the run made the volumes'
+    arrays ahead; used if they are the ones ``ds`` needs, else made again.
     """
     path = check_output(path, overwrite)
     with claim_output(path) as claim:
@@ -124,8 +129,15 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
             # The Dask-backed variables' arrays first (empty), then their blocks
             # are written while the rest (small arrays, made one by one through
             # Zarr's loop) is added beside them.
-            lazy = _layout(ds)[[n for n, v in ds.data_vars.items() if v.chunks]]
-            _to_zarr(lazy, tmp, "w")
+            lazy = _volumes_layout(ds)
+            made = _made(layout)
+            if made is not None and _same_layout(made, lazy[list(made.data_vars)]):
+                rest = lazy[[n for n in lazy.data_vars if n not in made.data_vars]]
+                if rest.data_vars:  # the profiles (of K clusters, known now), and such
+                    _to_zarr(rest.drop_vars([c for c in rest.coords if c in made.variables]),
+                             tmp, "a")
+            else:
+                _to_zarr(lazy, tmp, "w")
             blocks = None if any(v.chunks for v in ds.coords.values()) else \
                 _block_writes(ds, tmp)
             if blocks is None:  # xarray writes them (and makes the store again)
@@ -149,6 +161,72 @@ def write_result(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fals
             raise
     log.info("wrote %s", path)
     return path
+
+
+def start_layout(template: xr.Dataset, path: str | os.PathLike
+                 ) -> concurrent.futures.Future | None:
+    """Make the arrays of ``template``'s Dask-backed variables (the result's
+    volumes: names, coordinates, shapes, chunks, dtypes, attributes; the data
+    need not be computed) in the run's private store for ``path``, in a thread
+    of its own, while the run goes on: at 1.5 GB this was 0.17 s of the write
+    stage in-process and 0.32 s on a cluster's client, where the workers'
+    write tasks waited for it.  None outside a run's claim on ``path``.  The
+    caller waits for the future before the claim ends (:func:`wait_layout`)."""
+    import threading
+
+    claim = held_claim(path)
+    if claim is None:
+        return None
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def make():
+        try:
+            lazy = _volumes_layout(template)
+            _to_zarr(lazy.assign_attrs(complete=False), claim.partial, "w")
+        except BaseException as exc:  # noqa: BLE001 - write_result makes them then
+            future.set_exception(exc)
+        else:
+            future.set_result(lazy)
+
+    threading.Thread(target=make, name="xtec-layout", daemon=True).start()
+    return future
+
+
+def wait_layout(layout: concurrent.futures.Future | None) -> None:
+    """Wait for :func:`start_layout`'s thread to end, whatever it did."""
+    if layout is not None:
+        concurrent.futures.wait([layout])
+
+
+def _made(layout: concurrent.futures.Future | None) -> xr.Dataset | None:
+    if layout is None:
+        return None
+    try:
+        return layout.result()
+    except Exception as exc:  # noqa: BLE001 - made again by the write
+        log.debug("the store's arrays made ahead failed (%s); making them again", exc)
+        return None
+
+
+def _volumes_layout(ds: xr.Dataset) -> xr.Dataset:
+    """:func:`_layout` of ``ds``'s Dask-backed variables in even chunks (with
+    their coordinates): the arrays the block writes fill."""
+    ds = _uniform_chunks(ds)
+    return _layout(ds)[[n for n, v in ds.data_vars.items() if v.chunks]]
+
+
+def _same_layout(made: xr.Dataset, lazy: xr.Dataset) -> bool:
+    """Whether the arrays made for ``made`` are those ``lazy`` needs."""
+    if set(made.variables) != set(lazy.variables):
+        return False
+    for name, v in lazy.variables.items():
+        m = made.variables[name]
+        if (m.dims, m.shape, m.dtype, m.chunks, m.attrs) != (v.dims, v.shape, v.dtype,
+                                                           v.chunks, v.attrs):
+            return False
+        if v.chunks is None and not np.array_equal(m.values, v.values):
+            return False
+    return True
 
 
 def _to_zarr(ds: xr.Dataset, path: Path, mode: str):

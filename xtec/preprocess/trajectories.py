@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 
 from xtec.backend import namespace, to_numpy
-from xtec.errors import ParameterError
+from xtec.errors import InputError, ParameterError
 from xtec.preprocess.frames import FrameStats, frame_block
 from xtec.preprocess.kernels import kernels, one_thread
 from xtec.preprocess.threshold import combine_log_mean_blocks, log_mean_block, mean_logs
@@ -128,6 +128,24 @@ class VoxelSummary:
     # What ``peaks`` returned per spatial block (the brightest local maxima of
     # its mean), in np.ndindex order of the block grid; None without ``peaks``.
     maxima: list | None = None
+
+    def check_some_finite(self, n_voxels: int) -> None:
+        """One line that says what is true when no voxel is left: NaN is not zero."""
+        if self.n_nan_voxels and self.n_nan_voxels >= n_voxels:
+            raise InputError(f"every voxel ({n_voxels:,}) has NaN or infinite intensities: "
+                             "nothing to cluster")
+
+    def notes(self) -> list[str]:
+        """What the pass cleaned, for the user (each logged as a warning)."""
+        notes = []
+        if self.n_nan_voxels:
+            notes.append(f"{self.n_nan_voxels} voxels with NaN or infinite intensities "
+                         "were dropped")
+        if self.n_negative_values:
+            notes.append(f"{self.n_negative_values} negative intensities were set to 0")
+        for n in notes:
+            log.warning(n)
+        return notes
 
 
 def block_means(x):
