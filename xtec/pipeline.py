@@ -44,7 +44,6 @@ from xtec.io.result import (
     bic_variables,
     build_result,
     summarize_result,
-    versions,
     volumes_template,
 )
 from xtec.io.store import check_output, open_result, start_layout, wait_layout, write_result
@@ -547,9 +546,8 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
     layout = None
     try:
         prep = _prepare(config, runtime, parent, scratch)
-        # The store's arrays are made (and the workers load Zarr) while the mixture is fitted.
+        # The store's arrays are made while the mixture is fitted.
         layout = start_layout(volumes_template(prep.arr, prep.mask, prep.summary.mean), out)
-        loading = rt.on_every_worker(versions)
         n_kept = prep.traj.n
         log.info("threshold %s keeps %d of %d non-zero voxels", prep.threshold.method, n_kept,
                  prep.threshold.n_nonzero)
@@ -574,7 +572,6 @@ def _run_cluster(config: ClusterConfig, runtime: Runtime | None, out: Path,
                             n_kept, clustering, prep.notes, started)
         path = write_result(build_result(parts), out, overwrite=config.overwrite, layout=layout)
         timings["write"] = time.perf_counter() - tick
-        del loading
         summary = summarize_result(parts)
         summary["timings"] = timings
     finally:

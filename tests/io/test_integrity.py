@@ -190,20 +190,26 @@ def _slow_writes(monkeypatch, fail_after: int | None, delay: float = 0.004):
     empties the disk again."""
     import zarr.storage._local as local
 
-    real, count, lock = local._put, [0], threading.Lock()
+    import xtec.io.zarr_chunks as chunks
 
-    def put(path, value, *args, **kwargs):
-        with lock:
-            count[0] += 1
-            n = count[0]
-        if fail_after is not None and n > fail_after:
-            # As on a full tmpfs: the directories are made, the file is not.
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        time.sleep(delay)  # the writes that still fit take their time
-        return real(path, value, *args, **kwargs)
+    count, lock = [0], threading.Lock()
 
-    monkeypatch.setattr(local, "_put", put)
+    def slowed(real):
+        def put(path, value, *args, **kwargs):
+            with lock:
+                count[0] += 1
+                n = count[0]
+            if fail_after is not None and n > fail_after:
+                # As on a full tmpfs: the directories are made, the file is not.
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            time.sleep(delay)  # the writes that still fit take their time
+            return real(path, value, *args, **kwargs)
+        return put
+
+    # Zarr's writes (metadata, small arrays) and the volumes' chunk files.
+    monkeypatch.setattr(local, "_put", slowed(local._put))
+    monkeypatch.setattr(chunks, "_put", slowed(chunks._put))
     return lambda: count.__setitem__(0, 0)
 
 

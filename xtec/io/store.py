@@ -330,8 +330,11 @@ def _block_writes(ds: xr.Dataset, path: Path) -> list | None:
 
 def _write_whole(block, path: str, name: str) -> np.ndarray:
     """Write a one-chunk variable ``name`` whole."""
-    _stored(path, name)[...] = np.asarray(block)
-    return np.zeros((1,) * np.ndim(block), np.int8)
+    block = np.asarray(block)
+    write = _chunk_writer(path, name)
+    if write is None or not write(tuple(slice(0, n) for n in block.shape), block):
+        _stored(path, name)[...] = block
+    return np.zeros((1,) * block.ndim, np.int8)
 
 
 def _block_region(edges: tuple, block_id=None) -> np.ndarray:
@@ -366,7 +369,7 @@ def _opened(path: str, name: str, stamp: tuple):
 
 @functools.lru_cache(maxsize=64)
 def _writer(path: str, name: str, stamp: tuple):
-    return chunk_writer(_opened(path, name, stamp), os.path.join(path, name))
+    return chunk_writer(os.path.join(path, name))
 
 
 def _stamp(path: str, name: str) -> tuple:
