@@ -181,7 +181,7 @@ def start_layout(template: xr.Dataset, path: str | os.PathLike
 
     def make():
         try:
-            lazy = _volumes_layout(template)
+            lazy = _volumes_layout(_uniform_chunks(template))
             _to_zarr(lazy.assign_attrs(complete=False), claim.partial, "w")
         except BaseException as exc:  # noqa: BLE001 - write_result makes them then
             future.set_exception(exc)
@@ -209,9 +209,9 @@ def _made(layout: concurrent.futures.Future | None) -> xr.Dataset | None:
 
 
 def _volumes_layout(ds: xr.Dataset) -> xr.Dataset:
-    """:func:`_layout` of ``ds``'s Dask-backed variables in even chunks (with
-    their coordinates): the arrays the block writes fill."""
-    ds = _uniform_chunks(ds)
+    """:func:`_layout` of ``ds``'s Dask-backed variables (in even chunks: see
+    :func:`_uniform_chunks`), with their coordinates: the arrays the block
+    writes fill."""
     return _layout(ds)[[n for n, v in ds.data_vars.items() if v.chunks]]
 
 
@@ -331,9 +331,7 @@ def _block_writes(ds: xr.Dataset, path: Path) -> list | None:
 def _write_whole(block, path: str, name: str) -> np.ndarray:
     """Write a one-chunk variable ``name`` whole."""
     block = np.asarray(block)
-    write = _chunk_writer(path, name)
-    if write is None or not write(tuple(slice(0, n) for n in block.shape), block):
-        _stored(path, name)[...] = block
+    _write_region(path, name, tuple(slice(0, n) for n in block.shape), block)
     return np.zeros((1,) * block.ndim, np.int8)
 
 
@@ -352,11 +350,18 @@ def _write_block(path: str, names: tuple, ndim: int, region, *blocks) -> np.ndar
     region = region.item()
     for name, block in zip(names, blocks):
         block = np.asarray(block)
-        write = _chunk_writer(path, name)
-        whole = region + tuple(slice(0, n) for n in block.shape[len(region):])
-        if write is None or not write(whole, block):
-            _stored(path, name)[region] = block
+        _write_region(path, name, region + tuple(slice(0, n) for n in block.shape[len(region):]),
+                      block)
     return np.zeros((1,) * ndim, np.int8)
+
+
+def _write_region(path: str, name: str, region: tuple, block: np.ndarray) -> None:
+    """``block`` at ``region`` (a slice per dimension) of the array ``name``: as
+    its chunk file where it is one stored chunk (:mod:`xtec.io.zarr_chunks`),
+    else through Zarr."""
+    write = _chunk_writer(path, name)
+    if write is None or not write(region, block):
+        _stored(path, name)[region] = block
 
 
 @functools.lru_cache(maxsize=64)
