@@ -275,6 +275,21 @@ def test_float32_exp_is_accurate():
     assert np.all((tiny > 0) & (tiny < 1e-37))
 
 
+def test_float64_exp_is_accurate():
+    """The EM's float64 exp (2^k built from a float's bits), over the whole
+    range it meets, the clamp included."""
+    from xtec.mixture._kernels import vexp
+
+    x = np.concatenate([np.linspace(-700.0, 0.0, 400_001), -np.geomspace(1e-12, 1.0, 1000),
+                        [0.0, -0.5 * np.log(2.0), -1022.5 * np.log(2.0) / 2]])
+    got = x.copy()
+    vexp(got, np.empty(got.size, np.int64))
+    assert np.max(np.abs(got / np.exp(x) - 1.0)) < 2e-14
+    low = np.array([-701.0, -745.0, -1e300])  # clamped at exp(-700): tiny, never 0 or NaN
+    vexp(low, np.empty(3, np.int64))
+    assert np.allclose(low, np.exp(-700.0), rtol=2e-14, atol=0)
+
+
 @pytest.mark.parametrize("cov,k", [("diag", 3), ("diag", 6), ("full", 4)])
 def test_float32_restart_statistics_are_close_to_float64(cov, k):
     """The restarts' float32 arithmetic: the statistics and log-likelihood of
@@ -332,6 +347,29 @@ def test_restarts_pre_blocked_rows_give_the_kernels_sums_bit_for_bit(work_dtype)
         for name in ("nk", "sx", "sxx"):
             assert np.array_equal(getattr(got, name), getattr(want, name)), name
         assert got.loglik == want.loglik and got.n == want.n
+
+
+def test_restarts_reuse_the_lloyd_blocks_only_where_they_fit():
+    """The restarts' E-step reads the Lloyd steps' blocks instead of cutting the
+    sample again; blocks of another precision or size are cut anew; the sums
+    are the same either way."""
+    from xtec.mixture.engines import fixed_rows_stats
+    from xtec.mixture.start import kmeans_plusplus, lloyd_blocks, params_from_labels
+
+    X = _overlapping(5_000)[:4_999]
+    X64 = X.astype(np.float64)
+    p = params_from_labels(X64, kmeans_plusplus(X64, 3, np.random.default_rng(0)), 3,
+                           "diag", 1e-6)
+    want = fixed_rows_stats(X, "diag", "numba", np.float32)(p, 1)
+    blocks = lloyd_blocks(X)
+    marked = blocks.copy()
+    marked[0, 0, 0] += 1.0  # a block the kernel reads shows up in its sums
+    assert fixed_rows_stats(X, "diag", "numba", np.float32, marked)(p, 1).sx[:, 0].sum() != \
+        pytest.approx(want.sx[:, 0].sum(), rel=1e-9)
+    for other in (blocks, blocks.astype(np.float64), blocks[:, :, :64], None):
+        got = fixed_rows_stats(X, "diag", "numba", np.float32, other)(p, 1)
+        for name in ("nk", "sx", "sxx"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
 
 
 def test_sample_without_ids_is_the_sample_of_the_row_positions():

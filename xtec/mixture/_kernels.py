@@ -15,52 +15,30 @@ from numba.extending import overload
 _FASTMATH = {"reassoc", "contract"}
 
 
+@numba.njit(inline="always")
+def _exp_poly(r):
+    # exp(r) for |r| <= ln2/2: degree-11 Taylor, relative error < 1e-14.
+    return 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (
+        1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040 + r * (1.0 / 40320 + r * (
+            1.0 / 362880 + r * (1.0 / 3628800 + r * (1.0 / 39916800)))))))))))
+
+
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def vexp(a, kbuf):
     # In-place exp of a <= 0, vectorisable (numba's scalar exp is not):
-    # exp(x) = 2^k exp(r), |r| <= ln2/2, degree-11 Taylor, relative error < 1e-14.
+    # exp(x) = 2^k exp(r), |r| <= ln2/2.  2^k is built from bits: k + 2^52 + 1023
+    # as a float holds k + 1023 in its low mantissa bits, so no float -> int64
+    # conversion (which AVX2 lacks: it made the loop scalar, 1.3x slower).
     m = a.size
+    held = kbuf.view(np.float64)
     for i in range(m):
         x = max(a[i], -700.0)
         k = np.floor(x * 1.4426950408889634 + 0.5)
         r = x - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10
-        a[i] = 1.0 + r * (
-            1.0
-            + r
-            * (
-                0.5
-                + r
-                * (
-                    1.0 / 6
-                    + r
-                    * (
-                        1.0 / 24
-                        + r
-                        * (
-                            1.0 / 120
-                            + r
-                            * (
-                                1.0 / 720
-                                + r
-                                * (
-                                    1.0 / 5040
-                                    + r
-                                    * (
-                                        1.0 / 40320
-                                        + r
-                                        * (
-                                            1.0 / 362880
-                                            + r * (1.0 / 3628800 + r * (1.0 / 39916800))
-                                        )
-                                    )
-                                )
-                            )
-                        )
-                    )
-                )
-            )
-        )
-        kbuf[i] = (np.int64(k) + 1023) << 52
+        a[i] = _exp_poly(r)
+        held[i] = k + 4503599627371519.0
+    for i in range(m):
+        kbuf[i] = (kbuf[i] - 0x4330000000000000) << 52
     scale = kbuf.view(np.float64)
     for i in range(m):
         a[i] *= scale[i]

@@ -172,15 +172,19 @@ def restart_rows(sample: np.ndarray, size: int) -> np.ndarray:
 _RESTART_DTYPE = {"diag": np.float32, "full": np.float64}
 
 
-def restart_e_step(rows: np.ndarray, engine: str, covariance_type: str, threads=lambda: 1):
+def restart_e_step(rows: np.ndarray, engine: str, covariance_type: str, threads=lambda: 1,
+                   blocks: np.ndarray | None = None):
     """The E-step of the restarts over ``rows`` (the rows they all share):
     ``e_step(rows, params)`` with ``threads()`` numba threads (one while the
-    restarts are the parallel level) and the arithmetic of ``_RESTART_DTYPE``.
+    restarts are the parallel level) and the arithmetic of ``_RESTART_DTYPE``;
+    ``blocks`` (:func:`lloyd_blocks` of rows) are reused where the kernel reads
+    the same.
 
     A restart only has to rank its optimum against the others; the winner
     then converges in float64 on all the data.
     """
-    stats = fixed_rows_stats(rows, covariance_type, engine, _RESTART_DTYPE[covariance_type])
+    stats = fixed_rows_stats(rows, covariance_type, engine, _RESTART_DTYPE[covariance_type],
+                             blocks)
 
     def e_step(X, params):
         return stats(params, threads())
@@ -230,7 +234,7 @@ def best_start(sample: np.ndarray, k: int, covariance_type: str, reg_covar: floa
     if small.shape[0] < PARALLEL_MIN_ROWS:
         cores = 1
     e_step = restart_e_step(small32, engine, covariance_type,
-                            lambda: max(1, cores // max(1, unfinished[0])))
+                            lambda: max(1, cores // max(1, unfinished[0])), blocks)
 
     def restart(init: int):
         try:
