@@ -158,6 +158,37 @@ def test_per_block_results_in_block_order_one_task_per_worker_thread_where_held(
         assert sum(1 for t in stream.data if "_pair" in str(t["key"])) == 9
 
 
+def _thread_of(a, b, scale):
+    import threading
+
+    return threading.get_ident(), _pair(a, b, scale)
+
+
+def test_per_block_runs_blocks_in_memory_on_the_current_scheduler_without_delayed_calls():
+    """Blocks already in this process's memory (persisted locally, or NumPy
+    chunks) run as one task each on a graph of just them, with the scheduler
+    configured (the calling thread for 'sync', the pool for 'threads'); lazy
+    arrays take the delayed calls; the results are the same, in block order."""
+    import threading
+
+    from xtec.runtime.chunks import _blocks_in_memory, per_block
+
+    rng = np.random.default_rng(2)
+    a, b = rng.random((90, 4)), rng.random(90)
+    want = [float(a[i:i + 10].sum() * 2.0 + b[i:i + 10].sum()) for i in range(0, 90, 10)]
+    lazy_a, lazy_b = da.from_array(a, chunks=(10, 4)) * 1.0, da.from_array(b, chunks=(10,)) + 0.0
+    held_a, held_b = dask.persist(lazy_a, lazy_b, scheduler="threads")
+    assert _blocks_in_memory([lazy_a, lazy_b]) is None
+    assert _blocks_in_memory([held_a, held_b]) is not None
+    for scheduler in ("sync", "threads"):
+        with dask.config.set(scheduler=scheduler):
+            got = per_block(_thread_of, held_a, held_b, args=(2.0,))
+            assert [g[1] for g in got] == want
+            here = {g[0] for g in got} == {threading.get_ident()}
+            assert here == (scheduler == "sync")
+            assert per_block(_pair, lazy_a, lazy_b, args=(2.0,)) == want
+
+
 def _predict_like(x, scale):
     return (x[:, 0] * scale).astype(np.int16), float(x.sum())
 
