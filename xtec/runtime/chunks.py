@@ -250,15 +250,35 @@ def _per_block_in_memory(func, like, blocks: list[list], args: tuple) -> list:
     # 30-40 ms of a 0.2 s EM pass over the 1.5 GB series' 32 held chunks.
     call = functools.partial(_apply_to_blocks, func, args)
     dsk = {k: v for pairs in blocks for k, v in pairs}
-    name = f"{getattr(func, '__name__', 'per_block')}-{uuid.uuid4().hex}"  # unique, as pure=False
-    out = [(name, i) for i in range(len(blocks[0]))]
-    for i, key in enumerate(out):
-        dsk[key] = (call, *[pairs[i][0] for pairs in blocks])
-    return list(dask.base.get_scheduler(collections=[like])(dsk, out))
+    tasks = [(call, *[pairs[i][0] for pairs in blocks]) for i in range(len(blocks[0]))]
+    return _run_tasks(dsk, tasks, like, None, getattr(func, "__name__", "per_block"))
 
 
 def _apply_to_blocks(func, args: tuple, *blocks):
     return func(*blocks, *args)
+
+
+def compute_blocks(data, calls: list[tuple], scheduler: str | None = None) -> list:
+    """``[f(*blocks)]`` for each ``(f, block indices)`` of ``calls``, the blocks
+    those of the Dask array ``data``, computed with ``scheduler`` (None: the
+    current one).
+
+    Only those blocks' tasks are built and run, the array's graph culled to
+    them and not optimised: the reads that touch a few blocks of a large grid
+    (the pilot's 64 of 1,024 at 1.5 GB, the lattice boxes' 80), where delayed
+    calls on the grid's blocks and the graph's optimisation cost 30-90 ms each.
+    """
+    keys = {(data.name, *map(int, idx)) for _, idxs in calls for idx in idxs}
+    dsk = dict(data.__dask_graph__().cull(keys))
+    tasks = [(f, *[(data.name, *map(int, idx)) for idx in idxs]) for f, idxs in calls]
+    return _run_tasks(dsk, tasks, data, scheduler, "blocks")
+
+
+def _run_tasks(dsk: dict, tasks: list[tuple], like, scheduler, name: str) -> list:
+    # Under keys of their own (unique: a shared cluster may run another at once).
+    out = [(f"{name}-{uuid.uuid4().hex}", i) for i in range(len(tasks))]
+    dsk.update(zip(out, tasks))
+    return list(dask.base.get_scheduler(scheduler=scheduler, collections=[like])(dsk, out))
 
 
 def _blocks_of_share(func, n_arrays: int, args: tuple, *blocks) -> list:
@@ -309,16 +329,15 @@ def read_boxes(data, boxes: list[tuple[tuple[int, ...], tuple[int, ...]]],
             mine.append((cell, plo, phi))
         parts.append(mine)
     cells = list(regions)
-    # Each region is cut from its block in a task of its own on the blocks' tasks,
-    # culled from one unoptimised graph: slicing the array per region made Dask
-    # build, optimise and order a graph for each (0.5 of 0.7 s of the client's
-    # time for the 80 regions of the 1.5 GB benchmark series).
-    blocks = data.to_delayed(optimize_graph=False)
-    cut = dask.delayed(_region_of_blocks, pure=True)
-    values = dask.compute(*[
-        cut(tuple(slice(a - int(e[i]), b - int(e[i]))
-                  for a, b, e, i in zip(*regions[c], edges, c)), *blocks[(slice(None),) + c])
-        for c in cells], scheduler=scheduler)
+    # Each region is cut from its blocks (every T) in a task of its own on the
+    # blocks' tasks: slicing the array per region made Dask build, optimise and
+    # order a graph for each (0.5 of 0.7 s of the client's time for the 80
+    # regions of the 1.5 GB benchmark series).
+    values = compute_blocks(data, [
+        (functools.partial(_region_of_blocks, tuple(slice(a - int(e[i]), b - int(e[i]))
+                                                     for a, b, e, i in zip(*regions[c], edges, c))),
+         [(t, *c) for t in range(data.numblocks[0])])
+        for c in cells], scheduler)
     read = {c: to_numpy(v) for c, v in zip(cells, values)}
     out = []
     for (lo, hi), mine in zip(boxes, parts):
