@@ -81,3 +81,36 @@ def test_without_distributed_the_threaded_scheduler_is_named_by_its_function():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_chosen_blocks_and_blocks_in_memory_run_without_importing_distributed():
+    """compute_blocks with a scheduler named and per_block on blocks in memory
+    with none configured run on Dask's local schedulers as dask.compute would,
+    without the import dask.base.get_scheduler makes for them."""
+    code = ("import sys, numpy as np, dask, dask.array as da\n"
+            "from xtec.runtime.chunks import compute_blocks, per_block\n"
+            "x = da.from_array(np.arange(12.0).reshape(4, 3), chunks=(2, 3))\n"
+            "assert [float(v) for v in compute_blocks(x, [(np.sum, [(1, 0)])], 'threads')]"
+            " == [6.0 + 7 + 8 + 9 + 10 + 11]\n"
+            "assert per_block(lambda b: float(b.sum()), x) == [15.0, 51.0]\n"
+            "with dask.config.set(scheduler='sync'):\n"
+            "    assert per_block(lambda b: float(b.sum()), x) == [15.0, 51.0]\n"
+            "print('distributed' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+def test_scheduler_function_names_what_dask_would_run():
+    import dask.local
+    import dask.threaded
+
+    from xtec.runtime.schedulers import scheduler_function
+
+    x = dask.array.ones(4, chunks=2)
+    assert scheduler_function("threads", x) is dask.threaded.get
+    assert scheduler_function("sync", x) is dask.local.get_sync
+    assert scheduler_function(dask.local.get_sync, x) is dask.local.get_sync
+    with dask.config.set(scheduler="synchronous"):
+        assert scheduler_function(None, x) is dask.local.get_sync

@@ -18,7 +18,7 @@ import numpy as np
 
 from xtec.backend import to_numpy
 from xtec.errors import ParameterError
-from xtec.runtime.schedulers import distributed_loaded
+from xtec.runtime.schedulers import distributed_loaded, scheduler_function
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def _run_tasks(dsk: dict, tasks: list[tuple], like, scheduler, name: str) -> lis
     # Under keys of their own (unique: a shared cluster may run another at once).
     out = [(f"{name}-{uuid.uuid4().hex}", i) for i in range(len(tasks))]
     dsk.update(zip(out, tasks))
-    return list(dask.base.get_scheduler(scheduler=scheduler, collections=[like])(dsk, out))
+    return list(scheduler_function(scheduler, like)(dsk, out))
 
 
 def _blocks_of_share(func, n_arrays: int, args: tuple, *blocks) -> list:

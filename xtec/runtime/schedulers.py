@@ -57,3 +57,19 @@ def scheduler_of(runtime) -> contextlib.AbstractContextManager:
     scheduler, as :func:`threaded_unless_configured` sets it; a runtime has set
     its own."""
     return threaded_unless_configured() if runtime is None else contextlib.nullcontext()
+
+
+def scheduler_function(scheduler=None, like=None):
+    """The get function Dask would run a graph of collections like ``like``
+    with, for ``scheduler`` (a name, a get function, a Client, or None: the
+    current one), without importing ``distributed`` where no Client can exist
+    (``dask.base.get_scheduler`` imports it for a name or for none configured)."""
+    if isinstance(scheduler, str) and scheduler.lower() in dask.base.named_schedulers:
+        return dask.base.named_schedulers[scheduler.lower()]
+    if scheduler is None and not distributed_loaded():
+        configured = dask.config.get("scheduler", None)
+        if configured is None:
+            return like.__dask_scheduler__ if like is not None else dask.threaded.get
+        return scheduler_function(configured, like)
+    return dask.base.get_scheduler(scheduler=scheduler,
+                                   collections=None if like is None else [like])
