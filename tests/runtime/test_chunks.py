@@ -189,46 +189,6 @@ def test_per_block_runs_blocks_in_memory_on_the_current_scheduler_without_delaye
             assert per_block(_pair, lazy_a, lazy_b, args=(2.0,)) == want
 
 
-class _CountingSource:
-    """An array-like (as an HDF5 dataset is to ``from_array``) that counts reads."""
-
-    def __init__(self, values):
-        self.values, self.shape, self.dtype, self.ndim = values, values.shape, values.dtype, values.ndim
-        self.reads = []
-
-    def __getitem__(self, key):
-        self.reads.append(key)
-        return self.values[key]
-
-
-def _two_sums(a, b):
-    return float(a.sum() + 10 * b.sum())
-
-
-def test_compute_blocks_reads_only_the_blocks_it_is_given():
-    """compute_blocks runs f on the named blocks of a file-like array: only their
-    reads happen, the results come in call order, on the scheduler named, and
-    two calls at once on one cluster keep their own results."""
-    from distributed import Client, LocalCluster
-
-    from xtec.runtime.chunks import compute_blocks
-
-    values = np.arange(4 * 6 * 6, dtype=np.float64).reshape(4, 6, 6)
-    src = _CountingSource(values)
-    x = da.from_array(src, chunks=(2, 3, 3))
-    calls = [(np.sum, [(0, 1, 1)]), (_two_sums, [(0, 0, 0), (1, 0, 0)])]
-    want = [float(values[:2, 3:, 3:].sum()),
-            float(values[:2, :3, :3].sum() + 10 * values[2:, :3, :3].sum())]
-    for scheduler in ("sync", "threads"):
-        src.reads.clear()
-        assert [float(v) for v in compute_blocks(x, calls, scheduler)] == want
-        assert len(src.reads) == 3
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster):
-        assert [float(v) for v in compute_blocks(x, calls)] == want  # the client's
-        assert [float(v) for v in compute_blocks(x, calls[::-1])] == want[::-1]
-
-
 def _predict_like(x, scale):
     return (x[:, 0] * scale).astype(np.int16), float(x.sum())
 

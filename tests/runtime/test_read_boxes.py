@@ -8,7 +8,7 @@ import dask.array as da
 import h5py
 import numpy as np
 
-from xtec.runtime.chunks import box_chunks, read_boxes
+from xtec.runtime.chunks import box_chunks, compute_blocks, read_boxes
 
 FILE_CHUNKS = (1, 32, 32)  # 24 x 1 x 32 x 32 float32: 96 kB, above MIN_CHUNK_BYTES
 BOXES = [((1, 3, 3), (4, 9, 9)), ((2, 5, 28), (5, 11, 40)),  # share chunks, cross edges
@@ -76,3 +76,29 @@ def test_box_chunks_grow_only_where_they_would_be_too_many():
     assert box_chunks((1, 128, 128), (16, 988, 988), 24) == (1, 128, 128)
     grown = box_chunks((1, 128, 128), (1000, 1000, 1000), 24)
     assert np.prod([-(-1000 // c) for c in grown]) <= 20_000
+
+
+def _two_sums(a, b):
+    return float(a.sum() + 10 * b.sum())
+
+
+def test_compute_blocks_reads_only_the_blocks_it_is_given():
+    """compute_blocks runs f on the named blocks of a file-like array: only their
+    reads happen, the results come in call order, on the scheduler named, and
+    two calls at once on one cluster keep their own results."""
+    from distributed import Client, LocalCluster
+
+    values = np.arange(4 * 6 * 6, dtype=np.float64).reshape(4, 6, 6)
+    src = _Counted(values)
+    x = da.from_array(src, chunks=(2, 3, 3))
+    calls = [(np.sum, [(0, 1, 1)]), (_two_sums, [(0, 0, 0), (1, 0, 0)])]
+    want = [float(values[:2, 3:, 3:].sum()),
+            float(values[:2, :3, :3].sum() + 10 * values[2:, :3, :3].sum())]
+    for scheduler in ("sync", "threads"):
+        src.reads.clear()
+        assert [float(v) for v in compute_blocks(x, calls, scheduler)] == want
+        assert len(src.reads) == 3
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster):
+        assert [float(v) for v in compute_blocks(x, calls)] == want  # the client's
+        assert [float(v) for v in compute_blocks(x, calls[::-1])] == want[::-1]
