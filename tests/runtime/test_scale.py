@@ -70,7 +70,10 @@ def test_memory_limited_workers_stay_under_their_limit(medium_file, reference_la
     writers = {task["worker"] for task in stream.data
                if str(task["key"][0] if isinstance(task["key"], tuple) else task["key"])
                .startswith("write_block-")}
-    assert len(writers) == 2 and not any(imported.values()), (writers, imported)
+    # Which worker takes the four blocks' writes is the scheduler's choice (a
+    # 4-0 split happened in CI), so: a worker wrote, and no worker imported Zarr.
+    assert writers and writers <= set(imported) and not any(imported.values()), \
+        (writers, imported)
     assert not watch.restarted  # no worker was killed and restarted
     assert watch.peak_rss and max(watch.peak_rss.values()) < limit
     assert set(watch.spilled) == set(watch.peak_rss) and sum(watch.spilled.values()) == 0
