@@ -56,8 +56,14 @@ def test_first_pass_twins_equal_the_kernels():
     np.testing.assert_array_equal(pn.flat_indices_3d(mask, 1, 2, 3, 20, 30),
                                   pk.flat_indices_3d(mask, 1, 2, 3, 20, 30))
     sample = (m.view(np.uint32) % 5) == 0
-    logm = pk.positive_logs(m)
-    np.testing.assert_array_equal(pn.positive_logs(m), logm)
+    logm, logm2 = pk.positive_logs(m), pn.positive_logs(m)
+    # NumPy's log is its own SIMD code where the CPU has AVX-512 (within one ulp
+    # of the C library's, which the kernels call: 4 of these 3000 differed on
+    # such a CPU), the C library's elsewhere.
+    finite = np.isfinite(logm)
+    np.testing.assert_array_equal(np.isfinite(logm2), finite)
+    np.testing.assert_array_equal(logm2[~finite], logm[~finite])
+    np.testing.assert_array_max_ulp(logm2[finite], logm[finite], maxulp=1)
     inner, lut, e_lo = ratio_table()
     args = (sample, inner, lut, e_lo, -3.0, 0.05, 200)
     a, b = pk.frame_stats(x, m, logm, *args), pn.frame_stats(x, m, logm, *args)
