@@ -6,8 +6,8 @@ a node, see :mod:`xtec.runtime.kernel_cache`): compiling the kernels takes tens
 of seconds, these run at once.  Counts, histograms and indices equal the
 kernels'; float sums agree to rounding (NumPy sums pairwise, the kernels in
 voxel order), logs to one ulp (NumPy's own SIMD log where the CPU has AVX-512,
-the C library's in the kernels).  Each is a few vectorised passes with temporaries the size of
-the block.
+the C library's in the kernels).  Each is a few vectorised passes with
+temporaries the size of the block.
 """
 
 from __future__ import annotations
